@@ -1,0 +1,60 @@
+# evoflow: `make run` starts everything locally, `make test` runs every check, `make bench`
+# measures. Each target installs what it needs first (machine packages, the virtualenv, the
+# embedded PostgreSQL), so a fresh clone needs nothing else.
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+REQUIREMENTS_HASH := $(shell sha1sum requirements.txt | cut -c1-12)
+DEPS_STAMP := $(VENV)/.deps-$(REQUIREMENTS_HASH)
+
+export EVOFLOW_PG_PORT ?= 54329
+export EVOFLOW_WEB_PORT ?= 8000
+
+.PHONY: run test lint typecheck pytest bench deps system-deps db db-stop db-status migrate clean
+
+run: db
+	DEBUG=$${DEBUG:-1} $(BIN)/python -m evoflow.devstack
+
+test: db lint typecheck pytest
+
+lint: deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: deps
+	$(BIN)/mypy
+
+pytest: db
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: db
+	DEBUG=$${DEBUG:-1} $(BIN)/python -m bench $(if $(QUICK),--quick)
+
+system-deps:
+	@bash evoflow/scripts/install-system-packages.sh
+
+deps: system-deps $(DEPS_STAMP)
+
+$(DEPS_STAMP): requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@rm -f $(VENV)/.deps-*
+	@touch $@
+
+# The embedded cluster under .local/, unless DATABASE_URL points elsewhere.
+db: deps
+	@if [ -z "$$DATABASE_URL" ]; then $(BIN)/python -m evoflow.localdb start >/dev/null; fi
+
+db-stop:
+	@test ! -x $(BIN)/python || $(BIN)/python -m evoflow.localdb stop
+
+db-status:
+	@$(BIN)/python -m evoflow.localdb status
+
+migrate: db
+	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py migrate
+
+clean: db-stop
+	rm -rf $(VENV) .local .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -1,0 +1,154 @@
+"""One error format for the whole API: `{"code": "<stable code>", "detail": "<for humans>"}`.
+
+Validation errors add `"errors"` with the field messages. Codes are constants, so clients can
+branch on them; the detail may be reworded at any time.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+logger = logging.getLogger(__name__)
+
+BAD_REQUEST = "bad_request"
+VALIDATION_ERROR = "validation_error"
+NOT_AUTHENTICATED = "not_authenticated"
+AUTHENTICATION_FAILED = "authentication_failed"
+PERMISSION_DENIED = "permission_denied"
+NOT_FOUND = "not_found"
+METHOD_NOT_ALLOWED = "method_not_allowed"
+NOT_ACCEPTABLE = "not_acceptable"
+UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+CONFLICT = "conflict"
+THROTTLED = "throttled"
+SERVER_ERROR = "server_error"
+
+# Outside DRF views, paths under these prefixes get JSON errors too; the admin keeps HTML.
+JSON_PATH_PREFIXES = ("/api/", "/webhooks/", "/healthz", "/metrics")
+
+CODE_BY_STATUS = {
+    400: BAD_REQUEST,
+    401: NOT_AUTHENTICATED,
+    403: PERMISSION_DENIED,
+    404: NOT_FOUND,
+    405: METHOD_NOT_ALLOWED,
+    406: NOT_ACCEPTABLE,
+    409: CONFLICT,
+    415: UNSUPPORTED_MEDIA_TYPE,
+    429: THROTTLED,
+    500: SERVER_ERROR,
+}
+
+
+class ApiError(exceptions.APIException):
+    """A domain error with its own stable code; services' errors are turned into these."""
+
+    status_code: int = status.HTTP_400_BAD_REQUEST
+    default_code = BAD_REQUEST
+    default_detail = "The request could not be processed."
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        code: str | None = None,
+        status_code: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail or self.default_detail, code or self.default_code)
+        if status_code is not None:
+            self.status_code = status_code
+        self.error_code = code or self.default_code
+        self.extra = extra or {}
+
+
+class Conflict(ApiError):
+    status_code: int = status.HTTP_409_CONFLICT
+    default_code = CONFLICT
+    default_detail = "The request conflicts with the current state."
+
+
+def error_body(code: str, detail: str, **extra: Any) -> dict[str, Any]:
+    return {"code": code, "detail": detail, **extra}
+
+
+def _flatten_detail(detail: Any) -> str:
+    if isinstance(detail, list) and detail:
+        return _flatten_detail(detail[0])
+    if isinstance(detail, dict) and detail:
+        key, value = next(iter(detail.items()))
+        text = _flatten_detail(value)
+        return text if key == "non_field_errors" else f"{key}: {text}"
+    return str(detail)
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+    """DRF's handler, re-shaped; anything unexpected becomes a logged, detail-free 500."""
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        logger.exception("unhandled error in %s", context.get("view").__class__.__name__)
+        return Response(error_body(SERVER_ERROR, "Internal server error."), status=500)
+
+    if isinstance(exc, ApiError):
+        body = error_body(exc.error_code, str(exc.detail), **exc.extra)
+    elif isinstance(exc, exceptions.ValidationError):
+        body = error_body(VALIDATION_ERROR, _flatten_detail(exc.detail), errors=exc.detail)
+    elif isinstance(exc, exceptions.AuthenticationFailed):
+        body = error_body(AUTHENTICATION_FAILED, str(exc.detail))
+    elif isinstance(exc, exceptions.APIException):
+        code = CODE_BY_STATUS.get(response.status_code, str(exc.default_code))
+        body = error_body(code, _flatten_detail(exc.detail))
+    else:
+        body = error_body(CODE_BY_STATUS.get(response.status_code, "error"), "Request failed.")
+    response.data = body
+    return response
+
+
+def json_error(request: HttpRequest, status_code: int, detail: str) -> JsonResponse:
+    """Plain-Django error responses (outside DRF views) in the same shape."""
+    return JsonResponse(
+        error_body(CODE_BY_STATUS.get(status_code, "error"), detail), status=status_code
+    )
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return request.path.startswith(JSON_PATH_PREFIXES) or "application/json" in request.headers.get(
+        "Accept", ""
+    )
+
+
+def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _wants_json(request):
+        return json_error(request, 400, "Bad request.")
+    return defaults.bad_request(request, exception or Exception("bad request"))
+
+
+def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _wants_json(request):
+        return json_error(request, 403, "You do not have permission to perform this action.")
+    return defaults.permission_denied(request, exception or Exception("forbidden"))
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _wants_json(request):
+        return json_error(request, 404, "Not found.")
+    return defaults.page_not_found(request, exception)
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    if _wants_json(request):
+        return json_error(request, 500, "Internal server error.")
+    return defaults.server_error(request)

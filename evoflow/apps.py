@@ -1,0 +1,17 @@
+from django.apps import AppConfig
+
+
+class EvoflowConfig(AppConfig):
+    """The project package is also an app: users, integrity runs, shared infrastructure."""
+
+    name = "evoflow"
+    verbose_name = "evoflow"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django.db.models.signals import post_migrate
+
+        from evoflow import integrity, permissions
+
+        post_migrate.connect(permissions.grant_operator_permissions, dispatch_uid="evoflow.ops")
+        integrity.autodiscover()

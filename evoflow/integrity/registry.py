@@ -1,0 +1,131 @@
+"""Integrity checks and the registry that holds them."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import import_module
+
+from django.apps import apps
+from django.utils.module_loading import module_has_submodule
+
+SAMPLE_LIMIT = 20
+
+# A repair gets `dry_run` and returns how many rows it changed (or would change).
+Repair = Callable[..., int]
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    failing_count: int
+    population: int
+    sample_ids: list[str]
+
+    @property
+    def ratio(self) -> float:
+        return self.failing_count / self.population if self.population else 0.0
+
+
+@dataclass(frozen=True)
+class IntegrityCheck:
+    """One invariant, measured by one set-based query.
+
+    `sql` (or a callable building it, so table names can come from models at run time) returns a
+    single row: the failing count, the population, and an array of up to `SAMPLE_LIMIT` sample
+    ids (cast to text). The query may use `%(sample_limit)s`.
+
+    Status: no failing rows is `ok`; otherwise `error` when the count reaches `error_count` or the
+    ratio exceeds `error_ratio`, else `warning` when the count reaches `warning_count` or the
+    ratio exceeds `warning_ratio`; a failing count below every threshold is still `ok`.
+    """
+
+    id: str
+    description: str
+    sql: str | Callable[[], str]
+    warning_count: int | None = 1
+    error_count: int | None = None
+    warning_ratio: float | None = None
+    error_ratio: float | None = None
+    repair: Repair | None = None
+    repair_description: str = ""
+    # Where a sample id leads in the admin, e.g. "admin:deliveries_messagedelivery_change".
+    sample_admin_url_name: str | None = None
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    def render_sql(self) -> str:
+        return self.sql() if callable(self.sql) else self.sql
+
+    def status_for(self, outcome: CheckOutcome) -> str:
+        count, ratio = outcome.failing_count, outcome.ratio
+        if count <= 0:
+            return "ok"
+        if (self.error_count is not None and count >= self.error_count) or (
+            self.error_ratio is not None and ratio > self.error_ratio
+        ):
+            return "error"
+        if (self.warning_count is not None and count >= self.warning_count) or (
+            self.warning_ratio is not None and ratio > self.warning_ratio
+        ):
+            return "warning"
+        return "ok"
+
+    @property
+    def thresholds(self) -> dict[str, float | int | None]:
+        return {
+            "warning_count": self.warning_count,
+            "error_count": self.error_count,
+            "warning_ratio": self.warning_ratio,
+            "error_ratio": self.error_ratio,
+        }
+
+
+_registry: dict[str, IntegrityCheck] = {}
+
+
+class UnknownCheck(KeyError):
+    """No check is registered under that id."""
+
+
+def register(check: IntegrityCheck) -> IntegrityCheck:
+    existing = _registry.get(check.id)
+    if existing is not None and existing != check:
+        raise ValueError(f"integrity check {check.id!r} is registered twice")
+    _registry[check.id] = check
+    return check
+
+
+def unregister(check_id: str) -> None:
+    _registry.pop(check_id, None)
+
+
+def get_check(check_id: str) -> IntegrityCheck:
+    try:
+        return _registry[check_id]
+    except KeyError:
+        raise UnknownCheck(check_id) from None
+
+
+def all_checks() -> list[IntegrityCheck]:
+    return [_registry[key] for key in sorted(_registry)]
+
+
+@contextlib.contextmanager
+def registered(*checks: IntegrityCheck) -> Iterator[None]:
+    """Register checks for the duration of a block (tests, one-off scripts)."""
+    for check in checks:
+        register(check)
+    try:
+        yield
+    finally:
+        for check in checks:
+            unregister(check.id)
+
+
+def autodiscover() -> None:
+    """Import every installed app's `integrity` module, which registers its checks."""
+    for app_config in apps.get_app_configs():
+        if app_config.name == "evoflow":
+            import_module("evoflow.integrity.checks")
+        elif module_has_submodule(app_config.module, "integrity"):
+            import_module(f"{app_config.name}.integrity")

@@ -1,0 +1,128 @@
+"""Project-wide models: the user, and the stored runs of the integrity checks."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import AbstractUser
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from evoflow.phones import InvalidPhoneNumber, phone_to_e164
+
+
+class User(AbstractUser):
+    """A person who logs in: an operator, a host, or a guest reading their messages.
+
+    `phone` is kept as typed; `phone_e164` is its normalised form, which deliveries match on.
+    """
+
+    phone = models.CharField(max_length=40, blank=True, default="")
+    # NULL, not "", for "no number": a partial index skips NULLs and no two blanks ever match.
+    phone_e164 = models.CharField(  # noqa: DJ001
+        max_length=16, null=True, blank=True, editable=False
+    )
+
+    class Meta(AbstractUser.Meta):
+        swappable = "AUTH_USER_MODEL"
+        indexes = [
+            models.Index(
+                fields=["phone_e164"],
+                name="user_phone_e164_idx",
+                condition=models.Q(phone_e164__isnull=False),
+            )
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(phone_e164__isnull=True)
+                | models.Q(phone_e164__regex=r"^\+[1-9][0-9]{6,14}$"),
+                name="user_phone_e164_format",
+            )
+        ]
+
+    def clean(self) -> None:
+        super().clean()
+        try:
+            phone_to_e164(self.phone)
+        except InvalidPhoneNumber as exc:
+            raise ValidationError({"phone": str(exc)}) from exc
+
+    def save(self, *args, **kwargs) -> None:
+        try:
+            self.phone_e164 = phone_to_e164(self.phone)
+        except InvalidPhoneNumber:
+            # An unreadable number matches nobody; the integrity check lists such users.
+            self.phone_e164 = None
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and "phone" in update_fields:
+            kwargs["update_fields"] = {*update_fields, "phone_e164"}
+        super().save(*args, **kwargs)
+
+
+class IntegrityRun(models.Model):
+    """One invocation of the integrity checks (command, schedule or admin)."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        HEALTHY = "healthy"
+        WARNING = "warning"
+        ERROR = "error"
+        FAILED = "failed"  # the run itself broke: exit code 3
+
+    started_at = models.DateTimeField(default=timezone.now, db_default=Now())
+    finished_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    trigger = models.CharField(max_length=32, default="command")
+    requested_checks = models.JSONField(default=list, blank=True)
+    fix_requested = models.BooleanField(default=False)
+    dry_run = models.BooleanField(default=False)
+    exit_code = models.SmallIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    request_id = models.CharField(max_length=128, blank=True, default="")
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [models.Index(fields=["-started_at"], name="integrity_run_started_idx")]
+        permissions = [
+            ("run_integrity", "Can run the integrity checks"),
+            ("repair_integrity", "Can run integrity repairs"),
+        ]
+
+    def __str__(self) -> str:
+        return f"integrity run {self.pk} ({self.status})"
+
+
+class IntegrityCheckResult(models.Model):
+    """One check's outcome within a run: what failed, out of how many, and examples."""
+
+    class Status(models.TextChoices):
+        OK = "ok"
+        WARNING = "warning"
+        ERROR = "error"
+        FAILED = "failed"  # the check's query itself failed (timeout, bad SQL)
+
+    run = models.ForeignKey(IntegrityRun, on_delete=models.CASCADE, related_name="results")
+    check_id = models.CharField(max_length=100)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    failing_count = models.BigIntegerField(default=0)
+    population = models.BigIntegerField(default=0)
+    ratio = models.FloatField(default=0.0)
+    sample_ids = models.JSONField(default=list, blank=True)
+    duration_ms = models.FloatField(default=0.0)
+    error = models.TextField(blank=True, default="")
+    repaired_count = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_default=Now())
+
+    class Meta:
+        ordering = ["check_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "check_id"], name="integrity_result_once_per_run"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["check_id", "-created_at"], name="integrity_result_trend_idx")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.check_id}: {self.status}"

@@ -1,0 +1,263 @@
+"""Django settings for evoflow, read from the environment.
+
+Every setting named in the README comes from an environment variable. With `DEBUG` on (what
+`make run` and the test suite use) missing secrets get safe local values; with `DEBUG` off the
+process refuses to start until every secret is given (production mode).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from evoflow import localdb
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {raw!r}")
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+DEBUG = env_bool("DEBUG", default=False)
+
+# Secrets: production (DEBUG off) must set each one; local runs get fixed, obviously fake values.
+# The local encryption key is a valid Fernet key (32 zero bytes, base64) and must never reach
+# production, which is why it only applies with DEBUG on.
+LOCAL_SECRETS = {
+    "SECRET_KEY": "local-insecure-secret-key-for-development-only",
+    "FB_APP_SECRET": "local-app-secret",
+    "FB_VERIFY_TOKEN": "local-verify-token",
+    "FIELD_ENCRYPTION_KEY": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+    "CRM_API_TOKEN": "local-crm-token",
+}
+missing_secrets = [name for name in LOCAL_SECRETS if not os.environ.get(name, "").strip()]
+if not DEBUG:
+    missing = list(missing_secrets)
+    if not os.environ.get("DATABASE_URL", "").strip():
+        missing.append("DATABASE_URL")
+    if missing:
+        raise ImproperlyConfigured(
+            "Production mode (DEBUG is off) needs these environment variables: "
+            + ", ".join(sorted(missing))
+            + ". For local use run `make run`, or set DEBUG=1."
+        )
+
+
+def secret(name: str) -> str:
+    return os.environ.get(name, "").strip() or LOCAL_SECRETS[name]
+
+
+SECRET_KEY = secret("SECRET_KEY")
+FB_APP_SECRET = secret("FB_APP_SECRET")
+FB_VERIFY_TOKEN = secret("FB_VERIFY_TOKEN")
+FIELD_ENCRYPTION_KEY = secret("FIELD_ENCRYPTION_KEY")
+CRM_API_TOKEN = secret("CRM_API_TOKEN")
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+GRAPH_API_BASE_URL = os.environ.get("GRAPH_API_BASE_URL", "https://graph.facebook.com/v21.0")
+CRM_BASE_URL = os.environ.get("CRM_BASE_URL", "http://127.0.0.1:8011" if DEBUG else "")
+REDIS_URL = os.environ.get("REDIS_URL", "").strip() or None
+ALERT_WEBHOOK_URL = os.environ.get("ALERT_WEBHOOK_URL", "").strip() or None
+EVOFLOW_PG_PORT = env_int("EVOFLOW_PG_PORT", localdb.DEFAULT_PORT)
+EVOFLOW_WEB_PORT = env_int("EVOFLOW_WEB_PORT", 8000)
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    # After django.contrib.auth, so its post-migrate hook sees each app's fresh permissions.
+    "evoflow.apps.EvoflowConfig",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_q",
+    "pgtrigger",
+    "journeys",
+    "conversations",
+    "deliveries",
+]
+
+MIDDLEWARE = [
+    "evoflow.middleware.RequestIdMiddleware",
+    "evoflow.middleware.MetricsMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "evoflow.urls"
+WSGI_APPLICATION = "evoflow.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "evoflow" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# The database: DATABASE_URL, or the embedded cluster that `python -m evoflow.localdb start`
+# runs under .local/ (its URL depends only on EVOFLOW_PG_PORT).
+DATABASE_URL = os.environ.get("DATABASE_URL", "").strip() or localdb.database_url(EVOFLOW_PG_PORT)
+DATABASES = {
+    "default": dj_database_url.parse(
+        DATABASE_URL,
+        conn_max_age=env_int("DB_CONN_MAX_AGE", 60),
+        conn_health_checks=True,
+    )
+}
+DATABASES["default"].setdefault("OPTIONS", {})
+# Short statements by default: a runaway query must not hold locks for minutes.
+DATABASES["default"]["OPTIONS"].setdefault(
+    "options", f"-c statement_timeout={env_int('DB_STATEMENT_TIMEOUT_MS', 30_000)}"
+)
+DATABASES["default"]["TEST"] = {"NAME": os.environ.get("TEST_DATABASE_NAME") or None}
+
+AUTH_USER_MODEL = "evoflow.User"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# Region used to read phone numbers written without a country code.
+PHONE_DEFAULT_REGION = os.environ.get("PHONE_DEFAULT_REGION", "US")
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / ".local" / "static"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+if not DEBUG:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "evoflow.api.pagination.CreatedCursorPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "evoflow.api.errors.exception_handler",
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_THROTTLE_RATES": {"anon": "120/min", "user": "1200/min"},
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "evoflow API",
+    "DESCRIPTION": "Journeys, Messenger conversations and event deliveries.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # The UI's JavaScript and CSS come from the installed sidecar package, never from a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# Background work: django-q2. The broker is the Django ORM (the same Postgres) unless REDIS_URL
+# is set. `timeout` stays below `retry` so a task is never handed out again while it still runs.
+Q_CLUSTER = {
+    "name": "evoflow",
+    "workers": env_int("Q_WORKERS", 2),
+    "timeout": env_int("Q_TIMEOUT", 300),
+    "retry": env_int("Q_RETRY", 360),
+    "max_attempts": env_int("Q_MAX_ATTEMPTS", 5),
+    "ack_failures": True,
+    "catch_up": False,
+    "save_limit": 10_000,
+    "poll": 0.2,
+    "label": "Background tasks",
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "text" if DEBUG else "json")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"request_id": {"()": "evoflow.logging.RequestIdFilter"}},
+    "formatters": {
+        "json": {"()": "evoflow.logging.JsonFormatter"},
+        "text": {
+            "format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s",
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "filters": ["request_id"],
+            "formatter": LOG_FORMAT,
+        },
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "django_q": {"level": os.environ.get("Q_LOG_LEVEL", "WARNING").upper()},
+    },
+}
+
+# Integrity: each check query runs under this statement timeout.
+INTEGRITY_STATEMENT_TIMEOUT_MS = env_int("INTEGRITY_STATEMENT_TIMEOUT_MS", 20_000)

@@ -1,0 +1,16 @@
+"""Settings for the test suite: the normal settings with local secrets and fast hashing.
+
+Subprocesses a test starts (workers, commands, servers) use this module too, through
+DJANGO_SETTINGS_MODULE, so they see the same test database.
+"""
+
+import os
+
+os.environ.setdefault("DEBUG", "1")
+os.environ.setdefault("LOG_FORMAT", "text")
+
+from evoflow.settings import *  # noqa: E402, F403
+from evoflow.settings import Q_CLUSTER  # noqa: E402
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+Q_CLUSTER["poll"] = 0.05

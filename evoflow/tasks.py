@@ -1,0 +1,84 @@
+"""Background work: the one way to enqueue a task, and schedules created idempotently.
+
+`enqueue_after_commit` is the only enqueue helper. With the default ORM broker the queue row is
+written inside the caller's transaction, so the task and the data it needs commit together (or
+roll back together: a rolled-back task never runs, and a crash between commit and enqueue
+cannot lose it). With the Redis broker the push waits for the commit with
+`transaction.on_commit`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django_q.models import Schedule
+from django_q.tasks import async_task
+
+from evoflow import metrics
+from evoflow.requestid import get_request_id
+
+logger = logging.getLogger(__name__)
+
+TaskFunc = str | Callable[..., Any]
+
+
+def _task_path(func: TaskFunc) -> str:
+    return func if isinstance(func, str) else f"{func.__module__}.{func.__qualname__}"
+
+
+def enqueue_after_commit(
+    func: TaskFunc, *args: Any, task_name: str | None = None, **kwargs: Any
+) -> None:
+    """Run `func(*args, **kwargs)` on a worker once the current transaction has committed."""
+    path = _task_path(func)
+    options: dict[str, Any] = {}
+    if task_name:
+        options["task_name"] = task_name
+
+    def push() -> None:
+        async_task(path, *args, q_options=options, **kwargs)
+        metrics.TASKS_ENQUEUED.labels(path).inc()
+        logger.info("enqueued %s", path, extra={"task": path, "request_id": get_request_id()})
+
+    if "orm" in settings.Q_CLUSTER and connection.in_atomic_block:
+        push()
+    else:
+        transaction.on_commit(push)
+
+
+def schedule_ensure(
+    *,
+    name: str,
+    func: TaskFunc,
+    schedule_type: str,
+    minutes: int | None = None,
+    cron: str | None = None,
+    args: str = "",
+    repeats: int = -1,
+) -> Schedule:
+    """Create or update the schedule called `name`; running it again changes nothing."""
+    defaults: dict[str, Any] = {
+        "func": _task_path(func),
+        "schedule_type": schedule_type,
+        "minutes": minutes,
+        "cron": cron,
+        "args": args,
+        "repeats": repeats,
+    }
+    # django-q2's Schedule.name is not unique, so concurrent callers (two hosts deploying at
+    # once) are serialised on a transaction-level advisory lock keyed by the name.
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"schedule:{name}"]
+        )
+        schedule = Schedule.objects.filter(name=name).order_by("id").first()
+        if schedule is None:
+            return Schedule.objects.create(name=name, **defaults)
+        for field, value in defaults.items():
+            setattr(schedule, field, value)
+        schedule.save()
+        return schedule
