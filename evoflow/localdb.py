@@ -136,9 +136,30 @@ class Cluster:
     def is_initialised(self) -> bool:
         return (self.data_dir / "PG_VERSION").exists()
 
+    def postmaster_pid(self) -> int | None:
+        """The pid recorded in postmaster.pid, if the file exists and is readable."""
+        try:
+            first_line = (self.data_dir / "postmaster.pid").read_text().splitlines()[0]
+            return int(first_line.strip())
+        except (FileNotFoundError, IndexError, ValueError, PermissionError):
+            return None
+
     def is_running(self) -> bool:
-        if not self.is_initialised():
+        """True when a postgres process owns this data directory.
+
+        `pg_ctl status` only asks whether the recorded pid is alive; after a crash or a
+        container restart that pid may belong to an unrelated process, so the process's name
+        is checked too.
+        """
+        pid = self.postmaster_pid()
+        if pid is None:
             return False
+        comm = Path(f"/proc/{pid}/comm")
+        if comm.parent.exists():
+            try:
+                return comm.read_text().strip() in {"postgres", "postmaster"}
+            except OSError:
+                return False
         return self._pg("pg_ctl", "status", "-D", str(self.data_dir), check=False).returncode == 0
 
     def init(self) -> bool:
@@ -169,9 +190,9 @@ class Cluster:
         self._prepare_dir()
         stale = self.data_dir / "postmaster.pid"
         if stale.exists():
-            # pg_ctl says no server runs on this directory, so the pid file is a leftover of a
-            # killed server; its pid may belong to another process by now, which would make
-            # the new postmaster refuse to start.
+            # No postgres process owns the directory, so the pid file is a leftover of a killed
+            # server; its pid may belong to another process by now, which would make the new
+            # postmaster refuse to start.
             stale.unlink()
         self._pg(
             "pg_ctl",

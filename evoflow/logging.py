@@ -12,7 +12,7 @@ from evoflow.requestid import get_request_id
 # Attributes every LogRecord has; anything else was passed through `extra=` and is kept.
 _STANDARD_ATTRIBUTES = set(
     vars(logging.LogRecord("", logging.INFO, "", 0, "", (), None)).keys()
-) | {"message", "asctime", "request_id"}
+) | {"message", "asctime", "request_id", "request"}
 
 
 class RequestIdFilter(logging.Filter):
@@ -20,7 +20,10 @@ class RequestIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "request_id", None):
-            record.request_id = get_request_id()
+            # Django logs a request's failure (django.request) after the middleware has
+            # returned, so the request passed along with the record is asked first.
+            request = getattr(record, "request", None)
+            record.request_id = getattr(request, "request_id", None) or get_request_id()
         return True
 
 

@@ -207,6 +207,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Journeys, Messenger conversations and event deliveries.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema describes the API, it grants nothing: the frontend may read it before login.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     # The UI's JavaScript and CSS come from the installed sidecar package, never from a CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

@@ -1,0 +1,54 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from tests.core.factories import UserFactory
+
+
+@pytest.fixture
+def api_client() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def user(db):
+    return UserFactory()
+
+
+@pytest.fixture
+def authenticated_client(api_client: APIClient, user) -> APIClient:
+    api_client.force_authenticate(user=user)
+    return api_client
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def subprocess_env() -> Iterator[dict[str, str]]:
+    """Environment for a child process (worker, command, server) that uses the test database."""
+    database = settings.DATABASES["default"]
+    credentials = quote(database["USER"], safe="")
+    if database.get("PASSWORD"):
+        credentials += ":" + quote(database["PASSWORD"], safe="")
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "evoflow.settings_test",
+        "DATABASE_URL": (
+            f"postgres://{credentials}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
+        ),
+        "PYTHONUNBUFFERED": "1",
+    }
+    yield env

@@ -1,0 +1,60 @@
+"""Production mode refuses to start without its secrets; local mode has safe defaults."""
+
+import os
+import subprocess
+import sys
+
+SECRETS = [
+    "SECRET_KEY",
+    "FB_APP_SECRET",
+    "FB_VERIFY_TOKEN",
+    "FIELD_ENCRYPTION_KEY",
+    "CRM_API_TOKEN",
+]
+
+
+def run_settings(env_overrides: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if key not in [*SECRETS, "DEBUG"]}
+    env.pop("DATABASE_URL", None)
+    env.update(env_overrides)
+    env["DJANGO_SETTINGS_MODULE"] = "evoflow.settings"
+    script = (
+        "import django; django.setup(); from django.conf import settings; print(settings.DEBUG)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_production_refuses_to_start_without_secrets():
+    result = run_settings({"DEBUG": "0"})
+
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    for name in [*SECRETS, "DATABASE_URL"]:
+        assert name in result.stderr
+
+
+def test_production_starts_with_every_secret():
+    secrets = {name: f"prod-{name.lower()}" for name in SECRETS}
+    secrets["FIELD_ENCRYPTION_KEY"] = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+    result = run_settings(
+        {"DEBUG": "false", "DATABASE_URL": "postgres://app@db.internal:5432/evoflow", **secrets}
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_local_mode_fills_in_development_secrets():
+    result = run_settings({"DEBUG": "1"})
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
+
+
+def test_a_malformed_boolean_is_a_clear_error():
+    result = run_settings({"DEBUG": "maybe"})
+
+    assert result.returncode != 0
+    assert "DEBUG must be a boolean" in result.stderr

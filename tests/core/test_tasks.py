@@ -1,0 +1,160 @@
+"""The after-commit enqueue helper, proven with a real django-q2 worker, and schedules."""
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from django.conf import settings
+from django.db import connection, transaction
+from django_q.models import OrmQ, Schedule, Task
+
+from evoflow.tasks import enqueue_after_commit, schedule_ensure
+from tests.core.worker_tasks import write_marker
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Boom(Exception):
+    pass
+
+
+def queued_rows_seen_by_another_connection() -> int:
+    database = settings.DATABASES["default"]
+    with psycopg.connect(
+        host=database["HOST"],
+        port=database["PORT"],
+        user=database["USER"],
+        password=database["PASSWORD"] or None,
+        dbname=database["NAME"],
+    ) as other:
+        return other.execute("SELECT count(*) FROM django_q_ormq").fetchone()[0]
+
+
+def wait_for(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_rolled_back_task_never_runs_and_a_committed_one_runs_on_a_worker(
+    tmp_path, subprocess_env
+):
+    rolled_back = tmp_path / "rolled-back"
+    committed = tmp_path / "committed"
+
+    # Given a task enqueued in a transaction that rolls back
+    with pytest.raises(Boom), transaction.atomic():
+        enqueue_after_commit(write_marker, str(rolled_back), "never")
+        raise Boom
+    assert OrmQ.objects.count() == 0
+
+    # And one enqueued in a transaction that commits, invisible to others until then
+    with transaction.atomic():
+        enqueue_after_commit(write_marker, str(committed), "done")
+        assert queued_rows_seen_by_another_connection() == 0
+    assert queued_rows_seen_by_another_connection() == 1
+
+    # When a real worker process runs
+    worker = subprocess.Popen(
+        [sys.executable, "manage.py", "qcluster"],
+        cwd=PROJECT_ROOT,
+        env=subprocess_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        ran = wait_for(committed.exists, timeout=60)
+        finished = wait_for(lambda: Task.objects.filter(success=True).exists(), timeout=30)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = worker.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            _, stderr = worker.communicate()
+
+    # Then the committed task ran exactly once and the rolled-back one never did
+    assert ran, stderr.decode(errors="replace")[-2000:]
+    assert finished
+    assert committed.read_text() == "done"
+    assert not rolled_back.exists()
+    assert list(Task.objects.values_list("func", "success")) == [
+        ("tests.core.worker_tasks.write_marker", True)
+    ]
+    assert OrmQ.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_the_task_is_queued_at_once(tmp_path):
+    enqueue_after_commit(write_marker, str(tmp_path / "x"), "now")
+
+    assert OrmQ.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_with_the_redis_broker_the_push_waits_for_the_commit(
+    settings, django_capture_on_commit_callbacks, tmp_path
+):
+    # Given the Redis broker (no ORM queue shares the transaction)
+    settings.Q_CLUSTER = {key: value for key, value in settings.Q_CLUSTER.items() if key != "orm"}
+    settings.Q_CLUSTER["redis"] = "redis://127.0.0.1:1/0"
+
+    # When a task is enqueued inside a transaction
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        enqueue_after_commit(write_marker, str(tmp_path / "x"), "later")
+
+    # Then nothing was pushed yet: one push waits for the commit
+    assert len(callbacks) == 1
+    assert OrmQ.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_schedule_ensure_is_idempotent():
+    first = schedule_ensure(
+        name="integrity.daily", func="evoflow.tasks.noop", schedule_type=Schedule.DAILY
+    )
+    second = schedule_ensure(
+        name="integrity.daily", func="evoflow.tasks.other", schedule_type=Schedule.HOURLY
+    )
+
+    assert first.pk == second.pk
+    assert list(Schedule.objects.values_list("name", "func", "schedule_type")) == [
+        ("integrity.daily", "evoflow.tasks.other", Schedule.HOURLY)
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_schedule_ensure_creates_one_schedule():
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def ensure() -> None:
+        try:
+            barrier.wait()
+            schedule_ensure(
+                name="sync.pages", func="x.y", schedule_type=Schedule.MINUTES, minutes=5
+            )
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=ensure) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert Schedule.objects.filter(name="sync.pages").count() == 1

@@ -1,0 +1,81 @@
+"""Routes that raise each kind of error, mounted beside the real ones for the error tests."""
+
+from django.http import Http404, HttpRequest, HttpResponse
+from django.urls import include, path
+from rest_framework import exceptions
+from rest_framework.decorators import api_view, permission_classes
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from evoflow.api.errors import Conflict
+
+
+@api_view(["GET"])
+@permission_classes([AllowAny])
+def bad_input(request: Request) -> Response:
+    raise exceptions.ValidationError({"contact_id": ["Must be a valid UUID."]})
+
+
+@api_view(["GET"])
+def needs_login(request: Request) -> Response:
+    return Response({"ok": True})
+
+
+@api_view(["GET"])
+@permission_classes([AllowAny])
+def forbidden(request: Request) -> Response:
+    raise exceptions.PermissionDenied()
+
+
+@api_view(["GET"])
+@permission_classes([AllowAny])
+def missing(request: Request) -> Response:
+    raise Http404("no such thing")
+
+
+@api_view(["GET"])
+@permission_classes([AllowAny])
+def only_get(request: Request) -> Response:
+    return Response({"ok": True})
+
+
+@api_view(["GET"])
+@permission_classes([AllowAny])
+def conflicting(request: Request) -> Response:
+    raise Conflict("A live session exists.", code="session_exists", extra={"session_id": 7})
+
+
+@api_view(["GET"])
+@permission_classes([AllowAny])
+def throttled(request: Request) -> Response:
+    raise exceptions.Throttled(wait=3)
+
+
+@api_view(["GET"])
+@permission_classes([AllowAny])
+def broken(request: Request) -> Response:
+    raise RuntimeError("secret-token-abc must never reach the client")
+
+
+def broken_plain(request: HttpRequest) -> HttpResponse:
+    raise RuntimeError("plain view failure")
+
+
+urlpatterns = [
+    path("api/test/bad-input/", bad_input),
+    path("api/test/needs-login/", needs_login),
+    path("api/test/forbidden/", forbidden),
+    path("api/test/missing/", missing),
+    path("api/test/only-get/", only_get),
+    path("api/test/conflict/", conflicting),
+    path("api/test/throttled/", throttled),
+    path("api/test/broken/", broken),
+    path("api/test/broken-plain/", broken_plain),
+    path("", include("evoflow.urls")),
+]
+
+handler400 = "evoflow.api.errors.handler400"
+handler403 = "evoflow.api.errors.handler403"
+handler404 = "evoflow.api.errors.handler404"
+handler500 = "evoflow.api.errors.handler500"
