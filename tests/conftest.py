@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
@@ -37,13 +36,13 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def subprocess_env() -> Iterator[dict[str, str]]:
+def subprocess_env() -> dict[str, str]:
     """Environment for a child process (worker, command, server) that uses the test database."""
     database = settings.DATABASES["default"]
     credentials = quote(database["USER"], safe="")
     if database.get("PASSWORD"):
         credentials += ":" + quote(database["PASSWORD"], safe="")
-    env = {
+    return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "evoflow.settings_test",
         "DATABASE_URL": (
@@ -51,4 +50,3 @@ def subprocess_env() -> Iterator[dict[str, str]]:
         ),
         "PYTHONUNBUFFERED": "1",
     }
-    yield env

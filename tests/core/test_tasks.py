@@ -53,9 +53,13 @@ def test_a_rolled_back_task_never_runs_and_a_committed_one_runs_on_a_worker(
     committed = tmp_path / "committed"
 
     # Given a task enqueued in a transaction that rolls back
-    with pytest.raises(Boom), transaction.atomic():
-        enqueue_after_commit(write_marker, str(rolled_back), "never")
-        raise Boom
+    def enqueue_then_fail() -> None:
+        with transaction.atomic():
+            enqueue_after_commit(write_marker, str(rolled_back), "never")
+            raise Boom
+
+    with pytest.raises(Boom):
+        enqueue_then_fail()
     assert OrmQ.objects.count() == 0
 
     # And one enqueued in a transaction that commits, invisible to others until then
