@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -56,16 +57,19 @@ def schedule_ensure(
     func: TaskFunc,
     schedule_type: str,
     minutes: int | None = None,
-    cron: str | None = None,
     args: str = "",
     repeats: int = -1,
+    first_run: datetime | None = None,
 ) -> Schedule:
-    """Create or update the schedule called `name`; running it again changes nothing."""
+    """Create or update the schedule called `name`; running it again changes nothing.
+
+    `first_run` applies only when the schedule is created: an existing schedule keeps its
+    next run, so redeploying never shifts or repeats a run.
+    """
     defaults: dict[str, Any] = {
         "func": _task_path(func),
         "schedule_type": schedule_type,
         "minutes": minutes,
-        "cron": cron,
         "args": args,
         "repeats": repeats,
     }
@@ -77,8 +81,17 @@ def schedule_ensure(
         )
         schedule = Schedule.objects.filter(name=name).order_by("id").first()
         if schedule is None:
+            if first_run is not None:
+                defaults["next_run"] = first_run
             return Schedule.objects.create(name=name, **defaults)
         for field, value in defaults.items():
             setattr(schedule, field, value)
         schedule.save()
         return schedule
+
+
+def integrity_run_scheduled() -> int:
+    """Scheduled entry point of the daily integrity run; returns the run's id."""
+    from evoflow.integrity.runner import integrity_run
+
+    return integrity_run(trigger="schedule").pk

@@ -5,15 +5,19 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
+from io import StringIO
 from pathlib import Path
 
 import psycopg
 import pytest
 from django.conf import settings
+from django.core.management import call_command
 from django.db import connection, transaction
 from django_q.models import OrmQ, Schedule, Task
 
-from evoflow.tasks import enqueue_after_commit, schedule_ensure
+from evoflow.models import IntegrityRun
+from evoflow.tasks import enqueue_after_commit, integrity_run_scheduled, schedule_ensure
 from tests.core.worker_tasks import write_marker
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -162,3 +166,30 @@ def test_concurrent_schedule_ensure_creates_one_schedule():
 
     assert errors == []
     assert Schedule.objects.filter(name="sync.pages").count() == 1
+
+
+@pytest.mark.django_db
+def test_migrate_creates_the_daily_integrity_schedule_once_and_keeps_its_next_run():
+    # Given the schedule migrate created
+    schedule = Schedule.objects.get(name="integrity.daily")
+    schedule.next_run = schedule.next_run + timedelta(hours=5)
+    schedule.save()
+
+    # When the schedules are ensured again (a second deploy)
+    call_command("ensure_schedules", stdout=StringIO())
+
+    # Then there is still one, with the next run it had
+    again = Schedule.objects.get(name="integrity.daily")
+    assert again.pk == schedule.pk
+    assert again.next_run == schedule.next_run
+    assert again.func == "evoflow.tasks.integrity_run_scheduled"
+    assert again.schedule_type == Schedule.DAILY
+
+
+@pytest.mark.django_db
+def test_the_scheduled_integrity_task_stores_a_run():
+    run_id = integrity_run_scheduled()
+
+    run = IntegrityRun.objects.get(pk=run_id)
+    assert run.trigger == "schedule"
+    assert run.status == "healthy"
