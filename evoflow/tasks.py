@@ -20,6 +20,7 @@ from django_q.models import Schedule
 from django_q.tasks import async_task
 
 from evoflow import metrics
+from evoflow.db import advisory_xact_lock
 from evoflow.requestid import get_request_id
 
 logger = logging.getLogger(__name__)
@@ -75,10 +76,8 @@ def schedule_ensure(
     }
     # django-q2's Schedule.name is not unique, so concurrent callers (two hosts deploying at
     # once) are serialised on a transaction-level advisory lock keyed by the name.
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"schedule:{name}"]
-        )
+    with transaction.atomic():
+        advisory_xact_lock(f"schedule:{name}")
         schedule = Schedule.objects.filter(name=name).order_by("id").first()
         if schedule is None:
             if first_run is not None:

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
+from evoflow.db import set_local_statement_timeout
 from evoflow.integrity.registry import (
     SAMPLE_LIMIT,
     CheckOutcome,
@@ -45,10 +46,7 @@ def evaluate_check(check: IntegrityCheck) -> Evaluation:
     started = time.perf_counter()
     try:
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT set_config('statement_timeout', %s, true)",
-                [str(settings.INTEGRITY_STATEMENT_TIMEOUT_MS)],
-            )
+            set_local_statement_timeout(settings.INTEGRITY_STATEMENT_TIMEOUT_MS)
             cursor.execute(check.render_sql(), {"sample_limit": SAMPLE_LIMIT})
             failing, population, samples = cursor.fetchone()
     except DatabaseError as exc:
