@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import os
 import pwd
 import shutil
@@ -112,16 +113,7 @@ class Cluster:
         account = self._run_as()
         if account is None:
             return
-        # The server user must reach the data directory through every parent directory.
-        probe = subprocess.run(
-            ["test", "-x", str(self.data_dir.parent)],
-            user=account.pw_uid,
-            group=account.pw_gid,
-            extra_groups=[],
-            cwd="/",
-            check=False,
-        )
-        if probe.returncode != 0:
+        if not server_can_reach(self.data_dir.parent):
             raise LocalDbError(
                 f"the `postgres` user cannot reach {self.data_dir.parent}; make its parent "
                 "directories traversable (chmod o+x) or pass --dir elsewhere"
@@ -251,9 +243,39 @@ class Cluster:
         return True
 
 
+def server_can_reach(directory: Path) -> bool:
+    """Whether the server's user can enter `directory` (every parent must be traversable)."""
+    account = Cluster._run_as()
+    if account is None:
+        return True
+    probe = subprocess.run(
+        ["test", "-x", str(directory)],
+        user=account.pw_uid,
+        group=account.pw_gid,
+        extra_groups=[],
+        cwd="/",
+        check=False,
+    )
+    return probe.returncode == 0
+
+
+def default_data_dir() -> Path:
+    """`.local/pgdata` in the checkout; when running as root in a checkout the `postgres` user
+    cannot enter (a private home directory), a directory of its own under /var/tmp instead,
+    named after the checkout so that each checkout keeps its own cluster."""
+    local = PROJECT_ROOT / ".local"
+    local.mkdir(exist_ok=True)
+    if server_can_reach(local):
+        return local / "pgdata"
+    digest = hashlib.sha1(str(PROJECT_ROOT).encode()).hexdigest()[:12]
+    fallback = Path("/var/tmp") / f"evoflow-{digest}"
+    fallback.mkdir(mode=0o755, exist_ok=True)
+    return fallback / "pgdata"
+
+
 def default_cluster(port: int | None = None, data_dir: Path | None = None) -> Cluster:
     return Cluster(
-        data_dir=data_dir or PROJECT_ROOT / ".local" / "pgdata",
+        data_dir=data_dir or default_data_dir(),
         port=port or int(os.environ.get("EVOFLOW_PG_PORT") or DEFAULT_PORT),
     )
 
