@@ -6,12 +6,11 @@ import shutil
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import psycopg
 import pytest
 
-from evoflow.localdb import PROJECT_ROOT, Cluster
+from evoflow.localdb import PROJECT_ROOT, Cluster, default_data_dir, server_can_reach
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -19,8 +18,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def cluster():
-    # Under the project (not /tmp/pytest-of-root), so the postgres user can reach it as root.
-    data_dir = PROJECT_ROOT / ".local" / "test-clusters" / uuid.uuid4().hex[:12]
+    # Beside the project's own cluster (not in /tmp/pytest-of-root, which is private), so the
+    # postgres user can reach it when the tests run as root.
+    data_dir = default_data_dir().parent / "test-clusters" / uuid.uuid4().hex[:12]
     cluster = Cluster(data_dir=data_dir, port=free_port())
     yield cluster
     cluster.stop()
@@ -108,7 +108,13 @@ def test_url_needs_no_server():
     assert result.stdout.strip() == "postgres://postgres@127.0.0.1:61234/evoflow"
 
 
-def test_data_directory_is_under_the_project_by_default():
-    from evoflow.localdb import default_cluster
-
-    assert default_cluster().data_dir == Path(PROJECT_ROOT) / ".local" / "pgdata"
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the server to `postgres`")
+def test_a_private_directory_is_detected_as_unreachable_for_the_server(tmp_path):
+    private = default_data_dir().parent / f"private-{uuid.uuid4().hex[:8]}"
+    private.mkdir(mode=0o700)
+    try:
+        assert not server_can_reach(private / "inner")
+        private.chmod(0o755)
+        assert server_can_reach(private)
+    finally:
+        private.rmdir()
