@@ -113,7 +113,7 @@ def test_a_private_directory_is_detected_as_unreachable_for_the_server(tmp_path)
     private = default_data_dir().parent / f"private-{uuid.uuid4().hex[:8]}"
     private.mkdir(mode=0o700)
     try:
-        assert not server_can_reach(private / "inner")
+        assert not server_can_reach(private)
         private.chmod(0o755)
         assert server_can_reach(private)
     finally:
