@@ -19,9 +19,10 @@ run: db
 
 test: db lint typecheck pytest
 
-lint: deps
+lint: db
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	DEBUG=1 $(BIN)/python manage.py makemigrations --check --dry-run
 
 typecheck: deps
 	$(BIN)/mypy
