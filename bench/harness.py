@@ -1,0 +1,310 @@
+"""The benchmark runner behind `python -m bench` (`make bench`, `make bench QUICK=1`).
+
+    python -m bench [--quick] [--only NAME ...] [--scale FACTOR] [--json-only] [--results PATH]
+
+It finds every module `bench/bench_*.py` (in name order), sets Django up (settings module
+`evoflow.settings` unless DJANGO_SETTINGS_MODULE says otherwise), runs each module's
+`run(ctx)`, then prints an aligned table of every figure and one line per result of the form
+`BENCH {json}`, so that `grep '^BENCH ' | cut -c7-` yields JSON lines. The same lines go to
+`bench/results/latest.jsonl`. A module that raises is reported on stderr and makes the exit
+status 1; the other modules still run. A missed target is reported, never an error: speed is
+measured here, not asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import pkgutil
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import bench
+from bench import Context, Result, cpu_count, format_figure, reset_peak_rss
+
+JSON_PREFIX = "BENCH "
+MODULE_PREFIX = "bench_"
+DEFAULT_RESULTS = Path(bench.__file__).resolve().parent / "results" / "latest.jsonl"
+# The quick run is meant for every commit; past this it is no longer quick.
+QUICK_BUDGET_SECONDS = 60.0
+
+EXIT_OK = 0
+EXIT_BENCHMARK_FAILED = 1
+EXIT_USAGE = 2
+
+
+@dataclass
+class ModuleOutcome:
+    module: str
+    seconds: float
+    results: list[Result] = field(default_factory=list)
+    error: str | None = None
+
+
+def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description="Run evoflow's benchmarks and print their figures."
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small workloads: the whole run in well under 60 s"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only modules whose name ends with NAME (repeatable), e.g. postgres_reference",
+    )
+    parser.add_argument(
+        "--scale",
+        type=positive_float,
+        default=1.0,
+        metavar="FACTOR",
+        help="multiply every workload size (the test suite uses 0.01)",
+    )
+    parser.add_argument(
+        "--json-only", action="store_true", help="print only the BENCH JSON lines, no table"
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=DEFAULT_RESULTS,
+        metavar="PATH",
+        help="where to write the JSON lines (default bench/results/latest.jsonl)",
+    )
+    return parser.parse_args(argv)
+
+
+def positive_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from exc
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {raw!r}")
+    return value
+
+
+def discover_modules(only: Sequence[str] = ()) -> list[str]:
+    """Names of the benchmark modules (without the `bench.` package), sorted."""
+    names = sorted(
+        info.name
+        for info in pkgutil.iter_modules(bench.__path__)
+        if info.name.startswith(MODULE_PREFIX)
+    )
+    if not only:
+        return names
+    return [name for name in names if any(name.endswith(wanted) for wanted in only)]
+
+
+def short_name(module: str) -> str:
+    return module.removeprefix(MODULE_PREFIX)
+
+
+def setup_django() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "evoflow.settings")
+    import django
+    from django.apps import apps
+
+    # Already set up when the harness runs inside another Django process (the test suite).
+    if not apps.ready:
+        django.setup()
+
+
+def machine_facts(conninfo: str, peak_rss_resettable: bool) -> dict[str, Any]:
+    import django
+    import psycopg
+
+    from bench.reference import server_version
+
+    try:
+        memory_mb: int | None = (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) >> 20
+    except (ValueError, OSError, AttributeError):
+        memory_mb = None
+    return {
+        "cpu_count": cpu_count(),
+        "memory_mb": memory_mb,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "postgres": server_version(conninfo),
+        "psycopg": psycopg.__version__,
+        "django": django.get_version(),
+        "peak_rss_per_benchmark": peak_rss_resettable,
+    }
+
+
+def run_module(module: str, ctx: Context, taken_names: set[str]) -> ModuleOutcome:
+    """Import and run one benchmark module; any exception becomes the outcome's error.
+
+    `taken_names` holds the benchmark names reported so far: a name reported twice would make
+    the JSON lines ambiguous for whoever compares runs, so it fails the module.
+    """
+    # Each module's peak memory is its own, not the largest one's before it.
+    reset_peak_rss()
+    started = time.perf_counter()
+    try:
+        loaded = importlib.import_module(f"bench.{module}")
+        results = loaded.run(ctx)
+        if not isinstance(results, list) or not all(isinstance(r, Result) for r in results):
+            raise TypeError(f"bench.{module}.run() must return a list of bench.Result")
+        if not results:
+            raise ValueError(f"bench.{module}.run() returned no results")
+        names = [result.benchmark for result in results]
+        repeated = sorted({name for name in names if name in taken_names or names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"bench.{module}: benchmark names reported twice: {repeated}")
+    except Exception:
+        return ModuleOutcome(module, time.perf_counter() - started, error=traceback.format_exc())
+    taken_names.update(names)
+    return ModuleOutcome(module, time.perf_counter() - started, results=results)
+
+
+def json_record(
+    result: Result, outcome: ModuleOutcome, ctx: Context, recorded_at: str
+) -> dict[str, Any]:
+    return {
+        "benchmark": result.benchmark,
+        "module": short_name(outcome.module),
+        "figures": result.figures,
+        "targets": [target.as_json(result.figures) for target in result.targets],
+        "notes": result.notes,
+        "quick": ctx.quick,
+        "scale": ctx.scale,
+        "module_seconds": round(outcome.seconds, 3),
+        "recorded_at": recorded_at,
+        "machine": dict(ctx.machine),
+    }
+
+
+def render_table(results: Sequence[Result]) -> str:
+    """One row per figure, the benchmark's name and notes on its first row only."""
+    header = ("benchmark", "figure", "value", "target", "notes")
+    rows: list[tuple[str, str, str, str, str]] = []
+    for result in results:
+        targets = {target.figure: target for target in result.targets}
+        for index, (figure, value) in enumerate(result.figures.items()):
+            target = targets.get(figure)
+            target_text = ""
+            if target is not None:
+                verdict = "met" if target.is_met(result.figures) else "MISSED"
+                target_text = f"{target.describe()} {verdict}"
+            first = index == 0
+            rows.append(
+                (
+                    result.benchmark if first else "",
+                    figure,
+                    format_figure(value),
+                    target_text,
+                    result.notes if first else "",
+                )
+            )
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(4)]
+
+    def line(row: tuple[str, str, str, str, str]) -> str:
+        name, figure, value, target, notes = row
+        cells = [
+            name.ljust(widths[0]),
+            figure.ljust(widths[1]),
+            value.rjust(widths[2]),
+            target.ljust(widths[3]),
+            notes,
+        ]
+        return "  ".join(cells).rstrip()
+
+    separator = ("-" * widths[0], "-" * widths[1], "-" * widths[2], "-" * widths[3], "-----")
+    return "\n".join([line(header), line(separator), *(line(row) for row in rows)])
+
+
+def write_results(path: Path, lines: Sequence[str]) -> None:
+    # Write then rename, so a reader never sees half a file from an interrupted run.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text("".join(f"{line}\n" for line in lines))
+    partial.replace(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    modules = discover_modules(args.only)
+    if not modules:
+        available = ", ".join(short_name(name) for name in discover_modules()) or "none"
+        print(
+            f"bench: no benchmark module matches {args.only}; available: {available}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+
+    run_started = time.perf_counter()
+    # One timestamp for the whole run, so its lines group together when files are merged.
+    recorded_at = datetime.now(UTC).isoformat(timespec="seconds")
+    setup_django()
+    from bench.reference import conninfo_from_django
+
+    conninfo = conninfo_from_django()
+    try:
+        machine = machine_facts(conninfo, peak_rss_resettable=reset_peak_rss())
+    except Exception as exc:  # The database is down or unreachable: nothing can be measured.
+        print(f"bench: cannot reach the database: {exc}", file=sys.stderr)
+        return EXIT_BENCHMARK_FAILED
+    ctx = Context(quick=args.quick, scale=args.scale, conninfo=conninfo, machine=machine)
+
+    outcomes: list[ModuleOutcome] = []
+    taken_names: set[str] = set()
+    for module in modules:
+        print(f"bench: {short_name(module)} ...", file=sys.stderr, flush=True)
+        outcome = run_module(module, ctx, taken_names)
+        outcomes.append(outcome)
+        if outcome.error is not None:
+            print(
+                f"bench: {short_name(module)} FAILED after {outcome.seconds:.1f} s", file=sys.stderr
+            )
+            print(outcome.error, file=sys.stderr, end="")
+        else:
+            print(
+                f"bench: {short_name(module)} done in {outcome.seconds:.1f} s, "
+                f"{len(outcome.results)} results",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    results = [result for outcome in outcomes for result in outcome.results]
+    lines = [
+        JSON_PREFIX + json.dumps(json_record(result, outcome, ctx, recorded_at))
+        for outcome in outcomes
+        for result in outcome.results
+    ]
+    if results and not args.json_only:
+        print(render_table(results))
+        print()
+    for line in lines:
+        print(line)
+    sys.stdout.flush()
+    write_results(args.results, [line.removeprefix(JSON_PREFIX) for line in lines])
+
+    elapsed = time.perf_counter() - run_started
+    failed = [short_name(outcome.module) for outcome in outcomes if outcome.error is not None]
+    mode = "quick" if args.quick else "full"
+    print(
+        f"bench: {len(results)} results from {len(outcomes)} module(s) in {elapsed:.1f} s "
+        f"({mode}, scale {args.scale:g}); results in {args.results}",
+        file=sys.stderr,
+    )
+    if args.quick and elapsed > QUICK_BUDGET_SECONDS:
+        print(
+            f"bench: the quick run took {elapsed:.0f} s, over its {QUICK_BUDGET_SECONDS:.0f} s "
+            "budget; shrink the quick sizes of the slowest module above",
+            file=sys.stderr,
+        )
+    if failed:
+        print(f"bench: FAILED: {', '.join(failed)}", file=sys.stderr)
+        return EXIT_BENCHMARK_FAILED
+    return EXIT_OK

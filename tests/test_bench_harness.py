@@ -1,0 +1,173 @@
+"""The benchmark harness (`python -m bench`): its output contract and its exit status.
+
+Only the shape of what it reports is checked here, never how fast anything is: speed belongs
+to the benchmarks, and a timed assertion would fail on a busy machine for no fault of the code.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bench import Context, Result, harness
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+REFERENCE_BENCHMARKS = {
+    "postgres.copy.write_row",
+    "postgres.copy.text_stream",
+    "postgres.insert_on_conflict.1_conn",
+    "postgres.insert_on_conflict.16_conn",
+}
+
+
+@pytest.fixture
+def env_on_test_database(django_db_setup, subprocess_env) -> dict[str, str]:
+    """A child environment pointing at the test database.
+
+    pytest-django creates the test database (and renames it in the settings) only when a
+    collected test is marked `django_db`, so a test using this fixture carries the mark even
+    though the harness connects on its own. django_db_setup comes first so that the settings
+    name the test database by the time subprocess_env reads them.
+    """
+    return subprocess_env
+
+
+def bench_lines(stdout: str) -> list[dict]:
+    return [
+        json.loads(line.removeprefix(harness.JSON_PREFIX))
+        for line in stdout.splitlines()
+        if line.startswith(harness.JSON_PREFIX)
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_quick_run_prints_a_table_and_one_json_line_per_result(env_on_test_database, tmp_path):
+    # Given the harness pointed at the test database, at a tiny scale
+    results_file = tmp_path / "latest.jsonl"
+
+    # When it runs the PostgreSQL reference benchmark
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--scale", "0.01"]
+        + ["--only", "postgres_reference", "--results", str(results_file)],
+        cwd=PROJECT_ROOT,
+        env=env_on_test_database,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+    # Then it succeeds and prints the table, every benchmark named in it
+    assert completed.returncode == 0, completed.stderr
+    table_header = completed.stdout.splitlines()[0].split()
+    assert table_header == ["benchmark", "figure", "value", "target", "notes"]
+    for name in REFERENCE_BENCHMARKS:
+        assert name in completed.stdout
+
+    # And exactly one parseable JSON line per result, with the run's facts
+    records = bench_lines(completed.stdout)
+    assert sorted(record["benchmark"] for record in records) == sorted(REFERENCE_BENCHMARKS)
+    for record in records:
+        assert record["module"] == "postgres_reference"
+        assert record["quick"] is True
+        assert record["scale"] == 0.01
+        assert record["machine"]["cpu_count"] >= 1
+        assert record["machine"]["python"] == ".".join(map(str, sys.version_info[:3]))
+        assert record["machine"]["postgres"].startswith("15")
+
+    # And positive figures for COPY and for the 1- and 16-connection insert loops
+    by_name = {record["benchmark"]: record["figures"] for record in records}
+    for name in ("postgres.copy.write_row", "postgres.copy.text_stream"):
+        assert by_name[name]["rows"] == 2_000
+        assert by_name[name]["rows_per_s"] > 0
+        assert by_name[name]["seconds"] > 0
+    for connections in (1, 16):
+        figures = by_name[f"postgres.insert_on_conflict.{connections}_conn"]
+        assert figures["connections"] == connections
+        assert figures["rows"] == 150
+        assert figures["rows_per_s"] > 0
+        assert figures["p99_ms"] >= figures["p50_ms"] > 0
+
+    # And the same lines in the results file
+    saved = [json.loads(line) for line in results_file.read_text().splitlines()]
+    assert saved == records
+
+
+def test_an_unknown_module_name_is_a_usage_error(capsys, tmp_path):
+    exit_code = harness.main(["--only", "no_such_benchmark", "--results", str(tmp_path / "r")])
+
+    assert exit_code == harness.EXIT_USAGE
+    assert "available: " in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def install_fake_modules(monkeypatch, runs: dict[str, Callable[[Context], list[Result]]]) -> None:
+    """Make the harness find exactly these benchmark modules, none of which needs a database."""
+    for name, run in runs.items():
+        module = types.ModuleType(f"bench.{name}")
+        module.run = run  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, f"bench.{name}", module)
+    monkeypatch.setattr(harness, "discover_modules", lambda only=(): sorted(runs))
+    monkeypatch.setattr(harness, "machine_facts", lambda *args, **kwargs: {"cpu_count": 2})
+
+
+def test_a_module_that_raises_fails_the_run_but_the_others_are_reported(
+    monkeypatch, capsys, tmp_path
+):
+    # Given two modules, the first of which raises
+    def broken_run(ctx: Context) -> list[Result]:
+        raise RuntimeError("the scratch table vanished")
+
+    def working_run(ctx: Context) -> list[Result]:
+        return [Result(benchmark="fake.ok", figures={"rows_per_s": 10.0}, notes="fine")]
+
+    install_fake_modules(
+        monkeypatch, {"bench_fake_broken": broken_run, "bench_fake_ok": working_run}
+    )
+
+    # When the harness runs them
+    exit_code = harness.main(["--results", str(tmp_path / "latest.jsonl")])
+
+    # Then the run fails, naming the module and its error
+    output = capsys.readouterr()
+    assert exit_code == harness.EXIT_BENCHMARK_FAILED
+    assert "RuntimeError: the scratch table vanished" in output.err
+    assert "FAILED: fake_broken" in output.err
+    # And the working module's result is still printed and saved
+    records = bench_lines(output.out)
+    assert [record["benchmark"] for record in records] == ["fake.ok"]
+    assert records[0]["figures"] == {"rows_per_s": 10.0}
+    saved = [json.loads(line) for line in (tmp_path / "latest.jsonl").read_text().splitlines()]
+    assert saved == records
+
+
+def test_a_benchmark_name_reported_twice_fails_the_second_module(monkeypatch, capsys, tmp_path):
+    # Given two modules reporting the same benchmark name
+    def same_name(ctx: Context) -> list[Result]:
+        return [Result(benchmark="fake.same", figures={"seconds": 1.0})]
+
+    install_fake_modules(monkeypatch, {"bench_fake_a": same_name, "bench_fake_b": same_name})
+
+    # When the harness runs them
+    exit_code = harness.main(["--json-only", "--results", str(tmp_path / "latest.jsonl")])
+
+    # Then only the first one's line is printed, and the run fails on the second
+    output = capsys.readouterr()
+    assert exit_code == harness.EXIT_BENCHMARK_FAILED
+    assert "FAILED: fake_b" in output.err
+    assert [record["module"] for record in bench_lines(output.out)] == ["fake_a"]
+    # And --json-only printed nothing but the JSON lines
+    assert all(line.startswith(harness.JSON_PREFIX) for line in output.out.splitlines())
+
+
+def test_a_result_rejects_figures_that_are_not_finite_numbers():
+    with pytest.raises(ValueError, match="not finite"):
+        Result(benchmark="x", figures={"rows_per_s": float("nan")})
+    with pytest.raises(TypeError, match="not a number"):
+        Result(benchmark="x", figures={"rows_per_s": True})
