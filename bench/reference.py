@@ -28,9 +28,9 @@ from typing import Literal
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from bench import Context, Result, percentile_ms
+from evoflow.db import psycopg_conninfo
 
 SCRATCH_SCHEMA = "bench_scratch"
 APPLICATION_NAME = "evoflow-bench"
@@ -55,41 +55,10 @@ FASTEST_COPY_METHOD: CopyMethod = "write_row"
 # overhead vanishes, small enough not to double the memory of the rows.
 TEXT_STREAM_BATCH_ROWS = 2_000
 
-# Keys in Django's OPTIONS that configure Django or psycopg objects, not libpq.
-_DJANGO_ONLY_OPTIONS = {
-    "assume_role",
-    "context",
-    "cursor_factory",
-    "isolation_level",
-    "pool",
-    "prepare_threshold",
-    "server_side_binding",
-}
-
 
 def conninfo_from_django(alias: str = "default") -> str:
-    """A libpq connection string for a Django database, for code that talks to psycopg directly.
-
-    It carries the same libpq OPTIONS as Django's own connections (the statement timeout among
-    them), so a benchmark runs under the limits the application runs under.
-    """
-    from django.conf import settings  # Imported late: the harness sets Django up first.
-
-    database = settings.DATABASES[alias]
-    params: dict[str, str | int | None] = {
-        key: value if isinstance(value, int) else str(value)
-        for key, value in (database.get("OPTIONS") or {}).items()
-        if key not in _DJANGO_ONLY_OPTIONS
-    }
-    params.update(
-        dbname=database.get("NAME") or None,
-        user=database.get("USER") or None,
-        password=database.get("PASSWORD") or None,
-        host=database.get("HOST") or None,
-        port=str(database["PORT"]) if database.get("PORT") else None,
-    )
-    params.setdefault("application_name", APPLICATION_NAME)
-    return make_conninfo("", **{key: value for key, value in params.items() if value is not None})
+    """A libpq connection string for a Django database, labelled as the benchmark's."""
+    return psycopg_conninfo(alias, application_name=APPLICATION_NAME)
 
 
 def server_version(conninfo: str) -> str:

@@ -6,7 +6,20 @@ setting or a session-level advisory lock would leak to whoever gets the server c
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import connection
+from psycopg.conninfo import make_conninfo
+
+# Keys in Django's database OPTIONS that configure Django or psycopg objects, not libpq.
+_DJANGO_ONLY_OPTIONS = {
+    "assume_role",
+    "context",
+    "cursor_factory",
+    "isolation_level",
+    "pool",
+    "prepare_threshold",
+    "server_side_binding",
+}
 
 
 def advisory_xact_lock(key: str) -> None:
@@ -27,3 +40,27 @@ def set_local_statement_timeout(milliseconds: int) -> None:
         raise RuntimeError("set_local_statement_timeout needs an open transaction")
     with connection.cursor() as cursor:
         cursor.execute("SELECT set_config('statement_timeout', %s, true)", [str(milliseconds)])
+
+
+def psycopg_conninfo(alias: str = "default", *, application_name: str = "evoflow") -> str:
+    """A libpq connection string for a Django database, for code that talks to psycopg itself
+    (benchmarks, tests that need a second connection, bulk COPY).
+
+    It carries the same libpq options as Django's own connections (the statement timeout among
+    them), so such code runs under the limits the application runs under.
+    """
+    database = settings.DATABASES[alias]
+    params: dict[str, str | int | None] = {
+        key: value if isinstance(value, int) else str(value)
+        for key, value in (database.get("OPTIONS") or {}).items()
+        if key not in _DJANGO_ONLY_OPTIONS
+    }
+    params.update(
+        dbname=database.get("NAME") or None,
+        user=database.get("USER") or None,
+        password=database.get("PASSWORD") or None,
+        host=database.get("HOST") or None,
+        port=str(database["PORT"]) if database.get("PORT") else None,
+    )
+    params.setdefault("application_name", application_name)
+    return make_conninfo("", **{key: value for key, value in params.items() if value is not None})

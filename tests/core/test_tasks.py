@@ -11,11 +11,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from django.conf import settings
 from django.core.management import call_command
 from django.db import connection, transaction
 from django_q.models import OrmQ, Schedule, Task
 
+from evoflow.db import psycopg_conninfo
 from evoflow.models import IntegrityRun
 from evoflow.tasks import enqueue_after_commit, integrity_run_scheduled, schedule_ensure
 from tests.core.worker_tasks import write_marker
@@ -28,14 +28,7 @@ class Boom(Exception):
 
 
 def queued_rows_seen_by_another_connection() -> int:
-    database = settings.DATABASES["default"]
-    with psycopg.connect(
-        host=database["HOST"],
-        port=database["PORT"],
-        user=database["USER"],
-        password=database["PASSWORD"] or None,
-        dbname=database["NAME"],
-    ) as other:
+    with psycopg.connect(psycopg_conninfo()) as other:
         return other.execute("SELECT count(*) FROM django_q_ormq").fetchone()[0]
 
 
