@@ -66,7 +66,11 @@ class DemoSeedContext:
     summary: list[str] = field(default_factory=list)
 
     def account(self, role: str) -> DemoAccount:
-        return next(account for account in self.accounts if account.role == role)
+        """The demo account with this role; LookupError before the accounts are seeded."""
+        for account in self.accounts:
+            if account.role == role:
+                return account
+        raise LookupError(f"no demo account with role {role!r}: seed the accounts first")
 
 
 DemoSeeder = Callable[[DemoSeedContext], None]

@@ -273,7 +273,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
-        "django_q": {"level": os.environ.get("Q_LOG_LEVEL", "WARNING").upper()},
+        # django-q2 logs under "django-q" (with a dash).
+        "django-q": {"level": os.environ.get("Q_LOG_LEVEL", "INFO").upper()},
     },
 }
 

@@ -86,3 +86,10 @@ def test_api_root_lists_the_schema_and_docs(api_client):
 
     assert body["schema"].endswith("/api/schema/")
     assert body["docs"].endswith("/api/docs/")
+
+
+def test_the_site_root_leads_to_the_admin(client):
+    response = client.get("/")
+
+    assert response.status_code == 302
+    assert response["Location"] == "/admin/"
