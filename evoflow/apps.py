@@ -11,8 +11,9 @@ class EvoflowConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_migrate
 
-        from evoflow import integrity, permissions, schedules
+        from evoflow import integrity, permissions, schedules, tasks
 
         post_migrate.connect(permissions.grant_operator_permissions, dispatch_uid="evoflow.ops")
         post_migrate.connect(schedules.ensure_after_migrate, dispatch_uid="evoflow.schedules")
+        tasks.connect_request_id_signals()
         integrity.autodiscover()

@@ -17,11 +17,12 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 from django_q.models import Schedule
+from django_q.signals import pre_enqueue, pre_execute
 from django_q.tasks import async_task
 
 from evoflow import metrics
 from evoflow.db import advisory_xact_lock
-from evoflow.requestid import get_request_id
+from evoflow.requestid import NO_REQUEST_ID, _current, get_request_id, new_request_id
 
 logger = logging.getLogger(__name__)
 
@@ -94,3 +95,26 @@ def integrity_run_scheduled() -> int:
     from evoflow.integrity.runner import integrity_run
 
     return integrity_run(trigger="schedule").pk
+
+
+# -- request ids across the queue -------------------------------------------------------------
+# A task carries the request id of the work that enqueued it (an HTTP request, a sync run, an
+# earlier task), so the worker's log lines can be followed back to their cause. Scheduled tasks
+# get a fresh id per run.
+
+
+def _stamp_request_id(sender: Any, task: dict[str, Any], **kwargs: Any) -> None:
+    current = get_request_id()
+    if current != NO_REQUEST_ID:
+        task.setdefault("request_id", current)
+
+
+def _bind_request_id(sender: Any, task: dict[str, Any], **kwargs: Any) -> None:
+    # Each worker process runs one task at a time, so the value simply replaces the previous
+    # task's; nothing outlives the task that would need resetting.
+    _current.set(task.get("request_id") or new_request_id())
+
+
+def connect_request_id_signals() -> None:
+    pre_enqueue.connect(_stamp_request_id, dispatch_uid="evoflow.request_id.enqueue")
+    pre_execute.connect(_bind_request_id, dispatch_uid="evoflow.request_id.execute")

@@ -17,8 +17,9 @@ from django_q.models import OrmQ, Schedule, Task
 
 from evoflow.db import psycopg_conninfo
 from evoflow.models import IntegrityRun
+from evoflow.requestid import bound_request_id
 from evoflow.tasks import enqueue_after_commit, integrity_run_scheduled, schedule_ensure
-from tests.core.worker_tasks import write_marker
+from tests.core.worker_tasks import report_request_id, write_marker
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,10 +61,12 @@ def test_a_rolled_back_task_never_runs_and_a_committed_one_runs_on_a_worker(
     assert OrmQ.objects.count() == 0
 
     # And one enqueued in a transaction that commits, invisible to others until then
-    with transaction.atomic():
+    # (enqueued while serving a request, whose id the task carries to the worker)
+    with bound_request_id("req-task-1"), transaction.atomic():
         enqueue_after_commit(write_marker, str(committed), "done")
+        enqueue_after_commit(report_request_id)
         assert queued_rows_seen_by_another_connection() == 0
-    assert queued_rows_seen_by_another_connection() == 1
+    assert queued_rows_seen_by_another_connection() == 2
 
     # When a real worker process runs
     worker = subprocess.Popen(
@@ -76,7 +79,7 @@ def test_a_rolled_back_task_never_runs_and_a_committed_one_runs_on_a_worker(
     )
     try:
         ran = wait_for(committed.exists, timeout=60)
-        finished = wait_for(lambda: Task.objects.filter(success=True).exists(), timeout=30)
+        finished = wait_for(lambda: Task.objects.filter(success=True).count() == 2, timeout=30)
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
@@ -90,8 +93,9 @@ def test_a_rolled_back_task_never_runs_and_a_committed_one_runs_on_a_worker(
     assert finished
     assert committed.read_text() == "done"
     assert not rolled_back.exists()
-    assert list(Task.objects.values_list("func", "success")) == [
-        ("tests.core.worker_tasks.write_marker", True)
+    assert sorted(Task.objects.values_list("func", "success", "result")) == [
+        ("tests.core.worker_tasks.report_request_id", True, "req-task-1"),
+        ("tests.core.worker_tasks.write_marker", True, "done"),
     ]
     assert OrmQ.objects.count() == 0
 
