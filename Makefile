@@ -44,9 +44,14 @@ $(DEPS_STAMP): requirements.txt
 	@rm -f $(VENV)/.deps-*
 	@touch $@
 
-# The embedded cluster under .local/, unless DATABASE_URL points elsewhere.
-db: deps
+# The embedded cluster under .local/, unless DATABASE_URL points elsewhere. `.local/env` marks
+# the checkout as a local one, so `.venv/bin/python manage.py ...` runs in local mode here.
+db: deps .local/env
 	@if [ -z "$$DATABASE_URL" ]; then $(BIN)/python -m evoflow.localdb start >/dev/null; fi
+
+.local/env:
+	@mkdir -p .local
+	@printf '# Written by make: this checkout runs locally (see README, Settings).\nDEBUG=1\n' > $@
 
 db-stop:
 	@test ! -x $(BIN)/python || $(BIN)/python -m evoflow.localdb stop

@@ -17,6 +17,24 @@ from evoflow import localdb
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
+# A development checkout says so in `.local/env` (written by `make`; KEY=VALUE lines), so that
+# `manage.py` works there without exporting anything. Real environment variables win, and a
+# deployment has no `.local/`, so production is never affected.
+LOCAL_ENV_FILE = BASE_DIR / ".local" / "env"
+
+
+def load_local_env(path: Path) -> None:
+    if not path.is_file():
+        return
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            name, _, value = line.partition("=")
+            os.environ.setdefault(name.strip(), value.strip())
+
+
+load_local_env(LOCAL_ENV_FILE)
+
 
 def env_bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name)

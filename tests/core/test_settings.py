@@ -58,3 +58,20 @@ def test_a_malformed_boolean_is_a_clear_error():
 
     assert result.returncode != 0
     assert "DEBUG must be a boolean" in result.stderr
+
+
+def test_the_local_env_file_fills_in_only_what_the_environment_lacks(tmp_path, monkeypatch):
+    from evoflow.settings import load_local_env
+
+    env_file = tmp_path / "env"
+    env_file.write_text(
+        "# a comment\nEVOFLOW_TEST_ONLY_A=from-file\n\nEVOFLOW_TEST_ONLY_B = file\n"
+    )
+    monkeypatch.delenv("EVOFLOW_TEST_ONLY_A", raising=False)
+    monkeypatch.setenv("EVOFLOW_TEST_ONLY_B", "from-environment")
+
+    load_local_env(env_file)
+
+    assert os.environ["EVOFLOW_TEST_ONLY_A"] == "from-file"
+    assert os.environ["EVOFLOW_TEST_ONLY_B"] == "from-environment"
+    monkeypatch.delenv("EVOFLOW_TEST_ONLY_A")
