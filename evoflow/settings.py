@@ -225,7 +225,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "evoflow.api.pagination.CreatedCursorPagination",
+    "DEFAULT_PAGINATION_CLASS": "evoflow.api.pagination.IdCursorPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "evoflow.api.errors.exception_handler",
@@ -264,6 +264,10 @@ Q_CLUSTER = {
     "poll": 0.2,
     "label": "Background tasks",
 }
+if Q_CLUSTER["timeout"] >= Q_CLUSTER["retry"]:
+    raise ImproperlyConfigured(
+        "Q_TIMEOUT must be below Q_RETRY, or a task still running would be handed out again"
+    )
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from urllib.parse import quote
 
 import pytest
@@ -27,12 +26,6 @@ def user(db):
 def authenticated_client(api_client: APIClient, user) -> APIClient:
     api_client.force_authenticate(user=user)
     return api_client
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 from openapi_spec_validator import validate
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.django_db
 

@@ -5,7 +5,6 @@ import subprocess
 import sys
 from datetime import timedelta
 from io import StringIO
-from pathlib import Path
 
 import pytest
 from django.core.management import call_command
@@ -15,8 +14,8 @@ from django_q.models import Task
 from evoflow.integrity import IntegrityCheck, registered
 from evoflow.models import IntegrityCheckResult, IntegrityRun, User
 from tests.core.factories import UserFactory
+from tests.helpers import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TASKS_CHECK = "tasks.failed_recently"
 
 
@@ -240,7 +239,7 @@ def test_the_real_command_line_exit_code_and_json(subprocess_env):
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_a_run_that_cannot_reach_the_database_exits_3(subprocess_env):
-    from tests.conftest import free_port
+    from tests.helpers import free_port
 
     env = {**subprocess_env, "DATABASE_URL": f"postgres://postgres@127.0.0.1:{free_port()}/x"}
 

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from evoflow.localdb import PROJECT_ROOT, Cluster, default_data_dir, server_can_reach
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -75,3 +75,35 @@ def test_the_local_env_file_fills_in_only_what_the_environment_lacks(tmp_path, m
     assert os.environ["EVOFLOW_TEST_ONLY_A"] == "from-file"
     assert os.environ["EVOFLOW_TEST_ONLY_B"] == "from-environment"
     monkeypatch.delenv("EVOFLOW_TEST_ONLY_A")
+
+
+def test_redis_url_moves_the_task_queue_to_redis():
+    script = (
+        "import django; django.setup(); from django.conf import settings; "
+        "print(settings.Q_CLUSTER.get('redis'), 'orm' in settings.Q_CLUSTER)"
+    )
+    env = {**os.environ, "DEBUG": "1", "REDIS_URL": "redis://cache.internal:6379/3"}
+    env["DJANGO_SETTINGS_MODULE"] = "evoflow.settings"
+
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["redis://cache.internal:6379/3", "False"]
+
+
+def test_the_task_queue_defaults_to_the_database_and_keeps_timeout_below_retry():
+    from django.conf import settings
+
+    assert settings.Q_CLUSTER["orm"] == "default"
+    assert "redis" not in settings.Q_CLUSTER
+    assert settings.Q_CLUSTER["timeout"] < settings.Q_CLUSTER["retry"]
+    assert 0 < settings.Q_CLUSTER["max_attempts"] < 100
+
+
+def test_a_task_timeout_not_below_retry_is_refused():
+    result = run_settings({"DEBUG": "1", "Q_TIMEOUT": "600", "Q_RETRY": "600"})
+
+    assert result.returncode != 0
+    assert "Q_TIMEOUT must be below Q_RETRY" in result.stderr

@@ -4,10 +4,8 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from datetime import timedelta
 from io import StringIO
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -20,8 +18,7 @@ from evoflow.models import IntegrityRun
 from evoflow.requestid import bound_request_id
 from evoflow.tasks import enqueue_after_commit, integrity_run_scheduled, schedule_ensure
 from tests.core.worker_tasks import report_request_id, write_marker
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import PROJECT_ROOT, wait_for
 
 
 class Boom(Exception):
@@ -31,15 +28,6 @@ class Boom(Exception):
 def queued_rows_seen_by_another_connection() -> int:
     with psycopg.connect(psycopg_conninfo()) as other:
         return other.execute("SELECT count(*) FROM django_q_ormq").fetchone()[0]
-
-
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.mark.slow

@@ -2,13 +2,14 @@
 
 from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import include, path
-from rest_framework import exceptions
+from rest_framework import exceptions, generics, serializers
 from rest_framework.decorators import api_view, permission_classes
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from evoflow.api.errors import Conflict
+from evoflow.models import User
 
 
 @api_view(["GET"])
@@ -58,6 +59,20 @@ def broken(request: Request) -> Response:
     raise RuntimeError("secret-token-abc must never reach the client")
 
 
+class UserList(generics.ListAPIView):
+    """A list with the project's default pagination."""
+
+    permission_classes = [AllowAny]
+    queryset = User.objects.all()
+
+    class OutputSerializer(serializers.ModelSerializer):
+        class Meta:
+            model = User
+            fields = ["id", "username"]
+
+    serializer_class = OutputSerializer
+
+
 def broken_plain(request: HttpRequest) -> HttpResponse:
     raise RuntimeError("plain view failure")
 
@@ -72,6 +87,7 @@ urlpatterns = [
     path("api/test/throttled/", throttled),
     path("api/test/broken/", broken),
     path("api/test/broken-plain/", broken_plain),
+    path("api/test/users/", UserList.as_view()),
     path("", include("evoflow.urls")),
 ]
 

@@ -11,13 +11,12 @@ import subprocess
 import sys
 import types
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
 from bench import Context, Result, harness
+from tests.helpers import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_BENCHMARKS = {
     "postgres.copy.write_row",
     "postgres.copy.text_stream",

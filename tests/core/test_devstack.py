@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from pathlib import Path
 from urllib.parse import quote, urljoin, urlsplit
 
 import psycopg
@@ -33,11 +32,10 @@ from psycopg.conninfo import make_conninfo
 from evoflow.db import psycopg_conninfo
 from evoflow.devstack import READY_MARKER
 from evoflow.services import DEMO_OPERATOR_USERNAME
-from tests.conftest import free_port
+from tests.helpers import PROJECT_ROOT, free_port
 
 pytestmark = pytest.mark.slow
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_SECONDS = 90
 STOP_TIMEOUT_SECONDS = 30
 DEMO_PASSWORD = "devstack-test-password"

@@ -196,7 +196,7 @@ def seeder_that_needs_the_operator(context: DemoSeedContext) -> None:
 
 def test_seeders_run_in_order_with_a_shared_context():
     # Given the registered seeders followed by one that relies on the accounts existing
-    seeders = [*DEMO_SEEDERS, "tests.test_seed_demo.seeder_that_needs_the_operator"]
+    seeders = [*DEMO_SEEDERS, "tests.core.test_seed_demo.seeder_that_needs_the_operator"]
 
     # When demo_seed runs them
     context = demo_seed(seeders=seeders)
