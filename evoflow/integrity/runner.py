@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
+from evoflow import metrics
 from evoflow.db import set_local_statement_timeout
 from evoflow.integrity.registry import (
     SAMPLE_LIMIT,
@@ -146,6 +147,8 @@ def _run_one(run: IntegrityRun, check: IntegrityCheck, *, fix: bool, dry_run: bo
         if not dry_run:
             evaluation = evaluate_check(check)
     outcome = evaluation.outcome or CheckOutcome(0, 0, [])
+    if evaluation.outcome is not None:
+        metrics.INTEGRITY_CHECK_FAILING.labels(check.id).set(outcome.failing_count)
     IntegrityCheckResult.objects.create(
         run=run,
         check_id=check.id,

@@ -77,6 +77,16 @@ def test_any_failed_task_is_a_warning_exit_1():
 
 
 @pytest.mark.django_db
+def test_each_check_exports_its_failing_count_as_a_metric(client):
+    make_tasks(succeeded=3, failed=2)
+
+    run_integrity("--check", TASKS_CHECK)
+
+    metrics_text = client.get("/metrics").content.decode()
+    assert 'evoflow_integrity_failing{check_id="tasks.failed_recently"} 2.0' in metrics_text
+
+
+@pytest.mark.django_db
 def test_old_failures_do_not_count():
     make_tasks(succeeded=1, failed=3, age=timedelta(hours=30))
 
