@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -252,7 +253,7 @@ SPECTACULAR_SETTINGS = {
 
 # Background work: django-q2. The broker is the Django ORM (the same Postgres) unless REDIS_URL
 # is set. `timeout` stays below `retry` so a task is never handed out again while it still runs.
-Q_CLUSTER = {
+Q_CLUSTER: dict[str, Any] = {
     "name": "evoflow",
     "workers": env_int("Q_WORKERS", 2),
     "timeout": env_int("Q_TIMEOUT", 300),
