@@ -29,8 +29,12 @@ def authenticated_client(api_client: APIClient, user) -> APIClient:
 
 
 @pytest.fixture
-def subprocess_env() -> dict[str, str]:
-    """Environment for a child process (worker, command, server) that uses the test database."""
+def subprocess_env(django_db_setup) -> dict[str, str]:
+    """Environment for a child process (worker, command, server) that uses the test database.
+
+    It depends on django_db_setup so the test database exists and the settings name it by the
+    time they are read here, whether or not the test itself is marked django_db.
+    """
     database = settings.DATABASES["default"]
     credentials = quote(database["USER"], safe="")
     if database.get("PASSWORD"):

@@ -7,7 +7,6 @@ to the benchmarks, and a timed assertion would fail on a busy machine for no fau
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import types
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from bench import Context, Result, harness
-from tests.helpers import PROJECT_ROOT
+from tests.helpers import run_python
 
 REFERENCE_BENCHMARKS = {
     "postgres.copy.write_row",
@@ -23,18 +22,6 @@ REFERENCE_BENCHMARKS = {
     "postgres.insert_on_conflict.1_conn",
     "postgres.insert_on_conflict.16_conn",
 }
-
-
-@pytest.fixture
-def env_on_test_database(django_db_setup, subprocess_env) -> dict[str, str]:
-    """A child environment pointing at the test database.
-
-    pytest-django creates the test database (and renames it in the settings) only when a
-    collected test is marked `django_db`, so a test using this fixture carries the mark even
-    though the harness connects on its own. django_db_setup comes first so that the settings
-    name the test database by the time subprocess_env reads them.
-    """
-    return subprocess_env
 
 
 def bench_lines(stdout: str) -> list[dict]:
@@ -47,18 +34,22 @@ def bench_lines(stdout: str) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.django_db
-def test_quick_run_prints_a_table_and_one_json_line_per_result(env_on_test_database, tmp_path):
+def test_quick_run_prints_a_table_and_one_json_line_per_result(subprocess_env, tmp_path):
     # Given the harness pointed at the test database, at a tiny scale
     results_file = tmp_path / "latest.jsonl"
 
     # When it runs the PostgreSQL reference benchmark
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--scale", "0.01"]
-        + ["--only", "postgres_reference", "--results", str(results_file)],
-        cwd=PROJECT_ROOT,
-        env=env_on_test_database,
-        capture_output=True,
-        text=True,
+    completed = run_python(
+        "-m",
+        "bench",
+        "--quick",
+        "--scale",
+        "0.01",
+        "--only",
+        "postgres_reference",
+        "--results",
+        str(results_file),
+        env=subprocess_env,
         timeout=240,
     )
 

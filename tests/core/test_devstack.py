@@ -32,7 +32,7 @@ from psycopg.conninfo import make_conninfo
 from evoflow.db import psycopg_conninfo
 from evoflow.devstack import READY_MARKER
 from evoflow.services import DEMO_OPERATOR_USERNAME
-from tests.helpers import PROJECT_ROOT, free_port
+from tests.helpers import PROJECT_ROOT, free_port, run_python
 
 pytestmark = pytest.mark.slow
 
@@ -258,14 +258,7 @@ def test_devstack_refuses_a_port_that_is_taken(throwaway_database_url):
         }
 
         # When the stack starts
-        result = subprocess.run(
-            [sys.executable, "-m", "evoflow.devstack"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = run_python("-m", "evoflow.devstack", env=env, timeout=60)
 
     # Then it refuses before starting anything, saying which port and why
     assert result.returncode == 2

@@ -2,14 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 from openapi_spec_validator import validate
 
-from tests.helpers import free_port
+from tests.helpers import free_port, run_python
 
 pytestmark = pytest.mark.django_db
 
@@ -39,9 +37,7 @@ def test_healthz_is_503_when_the_database_is_down():
     }
 
     # When it asks for /healthz
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
-    )
+    result = run_python("-c", script, env=env)
 
     # Then it answers 503 with a JSON error, not a crash
     assert result.returncode == 0, result.stderr

@@ -1,8 +1,6 @@
 """`manage.py integrity`: exit codes, the JSON document, stored runs, repairs."""
 
 import json
-import subprocess
-import sys
 from datetime import timedelta
 from io import StringIO
 
@@ -14,7 +12,7 @@ from django_q.models import Task
 from evoflow.integrity import IntegrityCheck, registered
 from evoflow.models import IntegrityCheckResult, IntegrityRun, User
 from tests.core.factories import UserFactory
-from tests.helpers import PROJECT_ROOT
+from tests.helpers import free_port, run_python
 
 TASKS_CHECK = "tasks.failed_recently"
 
@@ -231,13 +229,8 @@ def test_every_invocation_stores_a_run():
 def test_the_real_command_line_exit_code_and_json(subprocess_env):
     make_tasks(succeeded=9, failed=1)
 
-    result = subprocess.run(
-        [sys.executable, "manage.py", "integrity", "--check", TASKS_CHECK, "--json"],
-        cwd=PROJECT_ROOT,
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_python(
+        "manage.py", "integrity", "--check", TASKS_CHECK, "--json", env=subprocess_env
     )
 
     assert result.returncode == 1, result.stderr
@@ -249,18 +242,9 @@ def test_the_real_command_line_exit_code_and_json(subprocess_env):
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_a_run_that_cannot_reach_the_database_exits_3(subprocess_env):
-    from tests.helpers import free_port
-
     env = {**subprocess_env, "DATABASE_URL": f"postgres://postgres@127.0.0.1:{free_port()}/x"}
 
-    result = subprocess.run(
-        [sys.executable, "manage.py", "integrity", "--json"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_python("manage.py", "integrity", "--json", env=env)
 
     assert result.returncode == 3
     assert json.loads(result.stdout)["status"] == "failed"

@@ -4,14 +4,13 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 
 import psycopg
 import pytest
 
-from evoflow.localdb import PROJECT_ROOT, Cluster, default_data_dir, server_can_reach
-from tests.helpers import free_port
+from evoflow.localdb import Cluster, default_data_dir, server_can_reach
+from tests.helpers import free_port, run_python
 
 pytestmark = pytest.mark.slow
 
@@ -31,13 +30,8 @@ def cluster():
 
 
 def localdb(cluster: Cluster, action: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "evoflow.localdb", action, "--dir", str(cluster.data_dir)]
-        + ["--port", str(cluster.port)],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    return run_python(
+        "-m", "evoflow.localdb", action, "--dir", str(cluster.data_dir), "--port", str(cluster.port)
     )
 
 
@@ -97,13 +91,7 @@ def test_a_stale_pid_file_does_not_block_start(cluster, leftover):
 
 
 def test_url_needs_no_server():
-    result = subprocess.run(
-        [sys.executable, "-m", "evoflow.localdb", "url", "--port", "61234"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_python("-m", "evoflow.localdb", "url", "--port", "61234")
 
     assert result.stdout.strip() == "postgres://postgres@127.0.0.1:61234/evoflow"
 

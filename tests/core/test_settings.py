@@ -2,7 +2,8 @@
 
 import os
 import subprocess
-import sys
+
+from tests.helpers import run_python
 
 SECRETS = [
     "SECRET_KEY",
@@ -21,9 +22,7 @@ def run_settings(env_overrides: dict[str, str]) -> subprocess.CompletedProcess[s
     script = (
         "import django; django.setup(); from django.conf import settings; print(settings.DEBUG)"
     )
-    return subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
-    )
+    return run_python("-c", script, env=env)
 
 
 def test_production_refuses_to_start_without_secrets():
@@ -85,9 +84,7 @@ def test_redis_url_moves_the_task_queue_to_redis():
     env = {**os.environ, "DEBUG": "1", "REDIS_URL": "redis://cache.internal:6379/3"}
     env["DJANGO_SETTINGS_MODULE"] = "evoflow.settings"
 
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
-    )
+    result = run_python("-c", script, env=env)
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["redis://cache.internal:6379/3", "False"]
