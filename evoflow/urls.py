@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
@@ -15,6 +15,11 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    # Each app owns its routes; the API's are under /api/v1/, Meta's webhook under /webhooks/.
+    path("api/v1/", include("journeys.urls")),
+    path("api/v1/", include("conversations.urls")),
+    path("api/v1/", include("deliveries.urls")),
+    path("webhooks/", include("conversations.webhook_urls")),
 ]
 
 handler400 = "evoflow.api.errors.handler400"

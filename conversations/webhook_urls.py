@@ -1,0 +1,5 @@
+"""Meta's Messenger webhook under /webhooks/."""
+
+from django.urls import URLPattern
+
+urlpatterns: list[URLPattern] = []
