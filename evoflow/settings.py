@@ -104,7 +104,11 @@ CRM_API_TOKEN = secret("CRM_API_TOKEN")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
-GRAPH_API_BASE_URL = os.environ.get("GRAPH_API_BASE_URL", "https://graph.facebook.com/v21.0")
+# Local runs talk to the simulators that `make run` starts; production to the real services.
+GRAPH_API_BASE_URL = os.environ.get(
+    "GRAPH_API_BASE_URL",
+    "http://127.0.0.1:8012/v21.0" if DEBUG else "https://graph.facebook.com/v21.0",
+)
 CRM_BASE_URL = os.environ.get("CRM_BASE_URL", "http://127.0.0.1:8011" if DEBUG else "")
 REDIS_URL = os.environ.get("REDIS_URL", "").strip() or None
 ALERT_WEBHOOK_URL = os.environ.get("ALERT_WEBHOOK_URL", "").strip() or None
