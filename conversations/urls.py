@@ -1,5 +1,14 @@
 """The conversations API: routes under /api/v1/."""
 
-from django.urls import URLPattern
+from django.urls import path
 
-urlpatterns: list[URLPattern] = []
+from conversations.api import ConversationListApi, ConversationMessageListApi
+
+urlpatterns = [
+    path("conversations/", ConversationListApi.as_view(), name="conversation-list"),
+    path(
+        "conversations/<int:conversation_id>/messages/",
+        ConversationMessageListApi.as_view(),
+        name="conversation-message-list",
+    ),
+]

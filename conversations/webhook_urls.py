@@ -1,5 +1,9 @@
 """Meta's Messenger webhook under /webhooks/."""
 
-from django.urls import URLPattern
+from django.urls import path
 
-urlpatterns: list[URLPattern] = []
+from conversations.webhook import messenger_webhook
+
+urlpatterns = [
+    path("messenger/", messenger_webhook, name="messenger-webhook"),
+]

@@ -108,6 +108,25 @@ def service_processes(config: DevstackConfig) -> list[ProcessSpec]:
     A new process (a simulator, say) is one more entry here; put it before what depends on it.
     """
     return [
+        # The Graph API simulator (GRAPH_API_BASE_URL's local default); new messages added
+        # through its control API reach the local webhook as signed POSTs.
+        ProcessSpec(
+            name="graph",
+            argv=manage_command(
+                "graph_simulator",
+                "--port",
+                "8012",
+                "--conversations",
+                "40",
+                "--messages",
+                "400",
+                "--seed",
+                "1",
+                "--webhook-target",
+                f"{config.base_url}/webhooks/messenger/",
+            ),
+            ready_url="http://127.0.0.1:8012/_control/state",
+        ),
         ProcessSpec(
             name="worker",
             argv=manage_command("qcluster"),

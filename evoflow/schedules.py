@@ -41,6 +41,13 @@ SCHEDULES: tuple[ScheduleSpec, ...] = (
         schedule_type=Schedule.DAILY,
         daily_at=time(3, 15),
     ),
+    # Failed webhook receipts are re-applied once their backoff (1 min doubling to 6 h) is due.
+    ScheduleSpec(
+        name="conversations.webhook_receipts_retry",
+        func="conversations.tasks.webhook_receipts_retry_scheduled",
+        schedule_type=Schedule.MINUTES,
+        minutes=1,
+    ),
 )
 
 

@@ -39,6 +39,8 @@ ROLE_SUPERUSER = "superuser"
 # Run in this order: later seeders may use what earlier ones created (the accounts first).
 DEMO_SEEDERS: list[str] = [
     "evoflow.services.demo_accounts_seed",
+    "conversations.demo.seed",
+    "deliveries.demo.seed",
 ]
 
 

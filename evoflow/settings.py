@@ -110,6 +110,13 @@ GRAPH_API_BASE_URL = os.environ.get(
     "http://127.0.0.1:8012/v21.0" if DEBUG else "https://graph.facebook.com/v21.0",
 )
 CRM_BASE_URL = os.environ.get("CRM_BASE_URL", "http://127.0.0.1:8011" if DEBUG else "")
+# Journeys (docs/journeys.md): how long a worker's claim on a session lasts without a write,
+# when a live session without a worker counts as stalled, and whether new contact stubs are
+# enriched from the CRM by a background task.
+JOURNEYS_SESSION_LEASE_SECONDS = env_int("JOURNEYS_SESSION_LEASE_SECONDS", 300)
+JOURNEYS_STALLED_AFTER_SECONDS = env_int("JOURNEYS_STALLED_AFTER_SECONDS", 120)
+JOURNEYS_ENRICH_CONTACTS = env_bool("JOURNEYS_ENRICH_CONTACTS", default=True)
+JOURNEYS_MAX_STEPS_PER_SESSION = env_int("JOURNEYS_MAX_STEPS_PER_SESSION", 1000)
 REDIS_URL = os.environ.get("REDIS_URL", "").strip() or None
 ALERT_WEBHOOK_URL = os.environ.get("ALERT_WEBHOOK_URL", "").strip() or None
 EVOFLOW_PG_PORT = env_int("EVOFLOW_PG_PORT", localdb.DEFAULT_PORT)

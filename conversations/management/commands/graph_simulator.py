@@ -1,0 +1,90 @@
+"""`manage.py graph_simulator`: the Graph API simulator in the foreground (see docs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from conversations.simulator.graph import (
+    DEFAULT_ACCESS_TOKEN,
+    DEFAULT_PAGE_ID,
+    THROTTLE_MESSAGES,
+    GraphSimulator,
+)
+from evoflow.simulator import Faults, serve_until_interrupted
+
+
+def _rate(value: str) -> float:
+    number = float(value)
+    if not 0 <= number <= 1:
+        raise ValueError(value)
+    return number
+
+
+class Command(BaseCommand):
+    help = "Serve a simulated Graph API (Messenger conversations) with paging, usage and faults."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8012)
+        parser.add_argument("--page-id", default=DEFAULT_PAGE_ID)
+        parser.add_argument("--page-name", default="Simulated Shop")
+        parser.add_argument("--conversations", type=int, default=50)
+        parser.add_argument("--messages", type=int, default=500, help="total over all threads")
+        parser.add_argument("--seed", type=int, default=1)
+        parser.add_argument("--access-token", default=DEFAULT_ACCESS_TOKEN)
+        parser.add_argument("--fault-rate", type=_rate, default=0.0)
+        parser.add_argument("--slow-ms", type=int, default=0)
+        parser.add_argument("--malformed-rate", type=_rate, default=0.0)
+        parser.add_argument("--drift", type=_rate, default=0.0, help="share of drifted answers")
+        parser.add_argument("--rate-limit", type=int, default=0, help="calls per window; 0: none")
+        parser.add_argument("--rate-window", type=float, default=60.0, help="seconds")
+        parser.add_argument(
+            "--throttle-code", type=int, default=80001, choices=sorted(THROTTLE_MESSAGES)
+        )
+        parser.add_argument(
+            "--webhook-target",
+            default=None,
+            help="URL receiving signed webhook POSTs for messages added through the control API",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["conversations"] < 0 or options["messages"] < 0:
+            raise CommandError("--conversations and --messages must not be negative")
+        simulator = GraphSimulator(
+            page_id=options["page_id"],
+            page_name=options["page_name"],
+            conversations=options["conversations"],
+            messages=options["messages"],
+            seed=options["seed"],
+            access_token=options["access_token"],
+            faults=Faults(
+                fault_rate=options["fault_rate"],
+                slow_ms=options["slow_ms"],
+                malformed_rate=options["malformed_rate"],
+                seed=options["seed"],
+            ),
+            drift_rate=options["drift"],
+            rate_limit=options["rate_limit"],
+            rate_window_s=options["rate_window"],
+            throttle_code=options["throttle_code"],
+            webhook_target=options["webhook_target"],
+            app_secret=settings.FB_APP_SECRET,
+        )
+        self.stdout.write(
+            f"graph simulator: page {simulator.page_id}, {options['conversations']} conversations,"
+            f" {options['messages']} messages, seed {options['seed']}"
+        )
+        try:
+            serve_until_interrupted(
+                simulator,
+                host=options["host"],
+                port=options["port"],
+                announce=lambda line: self.stdout.write(line),
+            )
+        except OSError as error:
+            raise CommandError(
+                f"cannot listen on {options['host']}:{options['port']}: {error}"
+            ) from error

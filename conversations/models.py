@@ -1,0 +1,305 @@
+"""Pages, conversations, messages, interaction events and webhook receipts.
+
+The invariants of DESIGN.md live here, in the database, so that every write path (the webhook,
+the coming Graph sync, the admin, raw SQL) obeys them:
+
+- C1 one conversation per (page, PSID): a unique constraint, the single conflict target of every
+  conversation upsert (F14);
+- C2 one message per (page, mid): a unique constraint, the conflict target of message inserts;
+- C3 one interaction event per dedupe key (and one received/sent event per message);
+- C4 `message_count` and `last_message*` are maintained by a statement-level trigger over the
+  rows really inserted into (or deleted from) the message table, so the count follows the stored
+  messages on every path (F19) and the last message only ever moves forward (F1); a second
+  trigger refuses any update that would move `last_message_at` backwards, and bumps `version`
+  on every change so a writer can make a version-checked update.
+"""
+
+from __future__ import annotations
+
+import pgtrigger
+from django.db import models
+from django.db.models.functions import Now
+
+from evoflow.encryption import decrypt_text, encrypt_text
+
+
+class FacebookPage(models.Model):
+    page_id = models.CharField(max_length=64, unique=True)
+    name = models.CharField(max_length=255, blank=True, default="")
+    # Fernet ciphertext of the page access token; the plaintext is never stored, shown or logged.
+    access_token_encrypted = models.TextField(blank=True, default="", editable=False)
+    is_reauthorization_required = models.BooleanField(default=False, db_default=False)
+    # The newest conversation `updated_time` a completed sync has seen (the incremental sync
+    # walks back to it, with a safety overlap).
+    sync_watermark = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+    updated_at = models.DateTimeField(db_default=Now(), auto_now=True)
+
+    class Meta:
+        verbose_name = "Facebook page"
+
+    def __str__(self) -> str:
+        return f"{self.name or 'page'} ({self.page_id})"
+
+    @property
+    def has_access_token(self) -> bool:
+        return bool(self.access_token_encrypted)
+
+    def access_token(self) -> str:
+        """The decrypted token, for the one call that needs it. Never log the result."""
+        return decrypt_text(self.access_token_encrypted) if self.access_token_encrypted else ""
+
+    def set_access_token(self, token: str) -> None:
+        self.access_token_encrypted = encrypt_text(token) if token else ""
+
+
+# Keeps the conversation's counters and last message in step with the message rows themselves.
+# Statement level with transition tables: one UPDATE per statement whatever the batch size, and
+# only rows really inserted (ON CONFLICT DO NOTHING skips the rest) are in `new_messages`.
+_COUNT_AND_LAST_ON_INSERT = """
+    UPDATE conversations_conversation AS c SET
+        message_count = c.message_count + agg.added,
+        last_message_at = CASE WHEN c.last_message_at IS NULL
+            OR (agg.sent_at, agg.mid) > (c.last_message_at, c.last_message_mid)
+            THEN agg.sent_at ELSE c.last_message_at END,
+        last_message_mid = CASE WHEN c.last_message_at IS NULL
+            OR (agg.sent_at, agg.mid) > (c.last_message_at, c.last_message_mid)
+            THEN agg.mid ELSE c.last_message_mid END,
+        last_message_text = CASE WHEN c.last_message_at IS NULL
+            OR (agg.sent_at, agg.mid) > (c.last_message_at, c.last_message_mid)
+            THEN agg.text ELSE c.last_message_text END,
+        deleted_at = CASE WHEN c.deleted_at IS NOT NULL AND agg.sent_at > c.deleted_at
+            THEN NULL ELSE c.deleted_at END,
+        updated_at = now()
+    FROM (
+        SELECT DISTINCT ON (conversation_id)
+            conversation_id, sent_at, mid, text,
+            count(*) OVER (PARTITION BY conversation_id) AS added
+        FROM new_messages
+        ORDER BY conversation_id, sent_at DESC, mid DESC
+    ) AS agg
+    WHERE c.id = agg.conversation_id;
+    RETURN NULL;
+"""
+
+_COUNT_ON_DELETE = """
+    UPDATE conversations_conversation AS c SET
+        message_count = c.message_count - agg.removed,
+        updated_at = now()
+    FROM (
+        SELECT conversation_id, count(*) AS removed FROM old_messages GROUP BY conversation_id
+    ) AS agg
+    WHERE c.id = agg.conversation_id;
+    RETURN NULL;
+"""
+
+
+class Conversation(models.Model):
+    page = models.ForeignKey(FacebookPage, on_delete=models.CASCADE, related_name="conversations")
+    psid = models.CharField("participant PSID", max_length=64)
+    # The Graph API thread id (t_...), known once a sync has seen the thread. Deliberately not
+    # unique: (page, psid) is the one conflict target of every upsert (F14).
+    thread_id = models.CharField(max_length=128, blank=True, default="", db_default="")
+    participant_name = models.CharField(max_length=255, blank=True, default="", db_default="")
+    last_message_text = models.TextField(blank=True, default="", db_default="")
+    last_message_at = models.DateTimeField(null=True, blank=True)
+    last_message_mid = models.CharField(max_length=255, blank=True, default="", db_default="")
+    message_count = models.IntegerField(default=0, db_default=0)
+    # Bumped by a trigger on every update: a writer holding an old version can detect that
+    # someone else changed the row (the sync's version-checked updates, F1).
+    version = models.BigIntegerField(default=0, db_default=0)
+    # Outbound messages sent at or before these were delivered / read (marks arriving before
+    # their messages are applied when the messages arrive).
+    delivered_watermark = models.DateTimeField(null=True, blank=True)
+    read_watermark = models.DateTimeField(null=True, blank=True)
+    # Soft delete (C8): set when the conversation disappears from Facebook; never removed.
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["page", "psid"], name="conversation_one_per_page_psid"),
+            models.CheckConstraint(
+                condition=models.Q(message_count__gte=0), name="conversation_message_count_gte_0"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["page", "-updated_at", "-id"], name="conversation_page_updated"),
+            models.Index(fields=["-updated_at", "-id"], name="conversation_updated"),
+            models.Index(fields=["page", "thread_id"], name="conversation_page_thread"),
+        ]
+        triggers = [
+            pgtrigger.Trigger(
+                name="conversation_last_message_forward_only",
+                when=pgtrigger.Before,
+                operation=pgtrigger.Update,
+                condition=pgtrigger.Q(old__last_message_at__gt=pgtrigger.F("new__last_message_at")),
+                func=(
+                    "RAISE EXCEPTION 'conversation %: last_message_at may not move backwards "
+                    "(% -> %)', OLD.id, OLD.last_message_at, NEW.last_message_at "
+                    "USING ERRCODE = 'check_violation'; RETURN NULL;"
+                ),
+            ),
+            pgtrigger.Trigger(
+                name="conversation_version_bump",
+                when=pgtrigger.Before,
+                operation=pgtrigger.Update,
+                # A no-op upsert (ON CONFLICT DO UPDATE that changes nothing) is not a change.
+                condition=pgtrigger.Condition("OLD.* IS DISTINCT FROM NEW.*"),
+                func="NEW.version := OLD.version + 1; RETURN NEW;",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.participant_name or self.psid} on {self.page_id}"
+
+
+class Direction(models.TextChoices):
+    INBOUND = "inbound", "Inbound"
+    OUTBOUND = "outbound", "Outbound"
+
+
+class Source(models.TextChoices):
+    WEBHOOK = "webhook", "Webhook"
+    SYNC = "sync", "Sync"
+
+
+class Message(models.Model):
+    page = models.ForeignKey(FacebookPage, on_delete=models.CASCADE, related_name="+")
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    # The one canonical message id (webhook `mid` and Graph `id` are stored alike).
+    mid = models.CharField(max_length=255)
+    direction = models.CharField(max_length=8, choices=Direction.choices)
+    is_echo = models.BooleanField(default=False, db_default=False)
+    app_id = models.CharField(max_length=64, blank=True, default="", db_default="")
+    text = models.TextField(blank=True, default="", db_default="")
+    attachments = models.JSONField(default=list, db_default=models.Value([], models.JSONField()))
+    reply_to_mid = models.CharField(max_length=255, blank=True, default="", db_default="")
+    sent_at = models.DateTimeField()
+    source = models.CharField(max_length=8, choices=Source.choices)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["page", "mid"], name="message_one_per_page_mid"),
+        ]
+        indexes = [
+            models.Index(fields=["conversation", "-sent_at", "-id"], name="message_conv_sent"),
+        ]
+        triggers = [
+            pgtrigger.Trigger(
+                name="message_count_and_last_on_insert",
+                when=pgtrigger.After,
+                operation=pgtrigger.Insert,
+                level=pgtrigger.Statement,
+                referencing=pgtrigger.Referencing(new="new_messages"),
+                func=_COUNT_AND_LAST_ON_INSERT,
+            ),
+            pgtrigger.Trigger(
+                name="message_count_on_delete",
+                when=pgtrigger.After,
+                operation=pgtrigger.Delete,
+                level=pgtrigger.Statement,
+                referencing=pgtrigger.Referencing(old="old_messages"),
+                func=_COUNT_ON_DELETE,
+            ),
+            # Moving a message to another conversation would silently break both counts.
+            pgtrigger.ReadOnly(name="message_conversation_fixed", fields=["conversation", "page"]),
+        ]
+
+    def __str__(self) -> str:
+        return self.mid
+
+
+class EventKind(models.TextChoices):
+    MESSAGE_RECEIVED = "message_received", "Message received"
+    MESSAGE_SENT = "message_sent", "Message sent"
+    DELIVERED = "delivered", "Delivered"
+    READ = "read", "Read"
+    REACTION = "reaction", "Reaction"
+    POSTBACK = "postback", "Postback"
+
+
+class InteractionEvent(models.Model):
+    page = models.ForeignKey(FacebookPage, on_delete=models.CASCADE, related_name="+")
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="events")
+    message = models.ForeignKey(
+        Message, on_delete=models.CASCADE, null=True, blank=True, related_name="events"
+    )
+    kind = models.CharField(max_length=20, choices=EventKind.choices)
+    occurred_at = models.DateTimeField()
+    metadata = models.JSONField(default=dict, db_default=models.Value({}, models.JSONField()))
+    # Same event, same key, whichever path (webhook, re-delivery, sync) records it (C3, F10).
+    dedupe_key = models.CharField(max_length=400)
+    source = models.CharField(max_length=8, choices=Source.choices)
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["page", "dedupe_key"], name="event_one_per_dedupe_key"),
+            models.UniqueConstraint(
+                fields=["message", "kind"],
+                condition=models.Q(kind__in=["message_received", "message_sent"]),
+                name="event_one_message_event_per_message",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["conversation", "-occurred_at"], name="event_conv_occurred"),
+            models.Index(fields=["kind", "-occurred_at"], name="event_kind_occurred"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.dedupe_key}"
+
+
+class ReceiptStatus(models.TextChoices):
+    RECEIVED = "received", "Received"
+    PROCESSED = "processed", "Processed"
+    FAILED = "failed", "Failed (will be retried)"
+    REJECTED = "rejected", "Rejected (malformed payload)"
+
+
+class SignatureVerdict(models.TextChoices):
+    VALID = "valid", "Valid X-Hub-Signature-256"
+    # Payloads applied without HTTP (the demo loader): no signature was involved.
+    INTERNAL = "internal", "Internal (not received over HTTP)"
+
+
+class WebhookReceipt(models.Model):
+    # The exact bytes Meta sent: the signature covers them and a retry re-reads them.
+    body = models.BinaryField()
+    body_sha256 = models.CharField(max_length=64, db_index=True)
+    signature_verdict = models.CharField(max_length=10, choices=SignatureVerdict.choices)
+    status = models.CharField(
+        max_length=10, choices=ReceiptStatus.choices, default=ReceiptStatus.RECEIVED
+    )
+    attempts = models.IntegerField(default=0, db_default=0)
+    error = models.TextField(blank=True, default="", db_default="")
+    event_count = models.IntegerField(default=0, db_default=0)
+    unknown_event_count = models.IntegerField(default=0, db_default=0)
+    # Events left out on purpose, each with its reason (bad participant, unknown kind).
+    skipped_events = models.JSONField(
+        default=list, db_default=models.Value([], models.JSONField()), blank=True
+    )
+    received_at = models.DateTimeField(db_default=Now(), editable=False)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=models.Q(status="failed"),
+                name="receipt_failed_due",
+            ),
+            models.Index(fields=["status", "-received_at"], name="receipt_status_received"),
+        ]
+
+    def __str__(self) -> str:
+        return f"receipt {self.pk} ({self.status})"

@@ -1,0 +1,152 @@
+"""Explicit shapes of Messenger webhook payloads (F9, F23), validated with pydantic.
+
+The envelope (`object`, `entry[]`, `messaging[]`/`standby[]`) and every event kind evoflow
+understands are strict: a field of the wrong type rejects the whole payload, so nothing of it is
+half-applied. Two things are deliberately lenient, because the issue wants them skipped and
+recorded rather than rejected: the participants (`sender.id` / `recipient.id` are checked by
+the processing rules, F7), and event kinds evoflow does not know (kept in the receipt, counted).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+# Epoch milliseconds between 2000 and 2100: anything else is not a Messenger timestamp (and
+# would overflow PostgreSQL's timestamp range if taken at face value).
+MIN_TIMESTAMP_MS = 946_684_800_000
+MAX_TIMESTAMP_MS = 4_102_444_800_000
+
+TimestampMs = Annotated[int, Field(strict=True, ge=MIN_TIMESTAMP_MS, lt=MAX_TIMESTAMP_MS)]
+MessageId = Annotated[str, Field(strict=True, min_length=1, max_length=255)]
+ShortText = Annotated[str, Field(strict=True, max_length=2_000)]
+AppId = Annotated[int, Field(strict=True, ge=0)] | Annotated[str, Field(strict=True, max_length=64)]
+
+
+class _Lenient(BaseModel):
+    # Meta adds fields over time; unknown ones are kept in the raw receipt, not rejected.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Participant(_Lenient):
+    # Any type: a bad id skips the event with a reason instead of rejecting the payload (F7).
+    id: Any = None
+
+
+class Attachment(_Lenient):
+    type: Annotated[str, Field(strict=True, max_length=64)]
+    payload: dict[str, Any] | None = None
+
+
+class ReplyTo(_Lenient):
+    mid: MessageId
+
+
+class MessageBody(_Lenient):
+    mid: MessageId
+    text: Annotated[str, Field(strict=True, max_length=20_000)] = ""
+    attachments: list[Attachment] = Field(default_factory=list, max_length=100)
+    reply_to: ReplyTo | None = None
+    is_echo: Annotated[bool, Field(strict=True)] = False
+    app_id: AppId | None = None
+    metadata: ShortText | None = None
+    quick_reply: dict[str, Any] | None = None
+
+
+class Delivery(_Lenient):
+    watermark: TimestampMs
+    mids: list[MessageId] | None = Field(default=None, max_length=1_000)
+
+
+class Read(_Lenient):
+    watermark: TimestampMs
+
+
+class Reaction(_Lenient):
+    mid: MessageId
+    action: Literal["react", "unreact"]
+    reaction: ShortText | None = None
+    emoji: ShortText | None = None
+
+
+class Postback(_Lenient):
+    mid: MessageId | None = None
+    title: ShortText = ""
+    payload: ShortText = ""
+
+
+class MessagingEvent(_Lenient):
+    sender: Participant | None = None
+    recipient: Participant | None = None
+    timestamp: TimestampMs
+    message: MessageBody | None = None
+    delivery: Delivery | None = None
+    read: Read | None = None
+    reaction: Reaction | None = None
+    postback: Postback | None = None
+
+    @property
+    def kind(self) -> str | None:
+        for name in ("message", "delivery", "read", "reaction", "postback"):
+            if getattr(self, name) is not None:
+                return name
+        return None
+
+    @property
+    def occurred_at(self) -> datetime:
+        return datetime.fromtimestamp(self.timestamp / 1000, tz=UTC)
+
+
+class Entry(_Lenient):
+    id: Annotated[str, Field(strict=True, min_length=1, max_length=64, pattern=r"^[0-9]+$")]
+    time: Annotated[int, Field(strict=True)] | None = None
+    messaging: list[dict[str, Any]] = Field(default_factory=list, max_length=10_000)
+    standby: list[dict[str, Any]] = Field(default_factory=list, max_length=10_000)
+
+
+class WebhookPayload(_Lenient):
+    object: Literal["page"]
+    entry: list[Entry] = Field(max_length=10_000)
+
+
+class PayloadInvalid(Exception):
+    """The payload is not a Messenger page webhook evoflow can read; the detail says why."""
+
+
+def _contains_nul(value: Any) -> bool:
+    # PostgreSQL text and jsonb cannot hold U+0000: refuse it up front rather than fail mid-way.
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(key) or _contains_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(item) for item in value)
+    return False
+
+
+def payload_parse(document: Any) -> WebhookPayload:
+    if _contains_nul(document):
+        raise PayloadInvalid("the payload contains a NUL character")
+    try:
+        return WebhookPayload.model_validate(document)
+    except ValidationError as error:
+        raise PayloadInvalid(_summarise(error)) from error
+
+
+def event_parse(raw: dict[str, Any]) -> MessagingEvent:
+    if not isinstance(raw, dict):
+        raise PayloadInvalid("an event is not a JSON object")
+    try:
+        return MessagingEvent.model_validate(raw)
+    except ValidationError as error:
+        raise PayloadInvalid(_summarise(error)) from error
+
+
+def _summarise(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors()[:5]:
+        location = ".".join(str(part) for part in item["loc"])
+        parts.append(f"{location}: {item['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,58 @@
+"""Repairs the integrity checks offer (`manage.py integrity --fix`); dry-run counts only."""
+
+from __future__ import annotations
+
+from django.db import connection, transaction
+
+_MISMATCHED = """
+    SELECT c.id, COALESCE(a.n, 0) AS actual
+    FROM conversations_conversation AS c
+    LEFT JOIN (SELECT conversation_id, count(*) AS n FROM conversations_message
+               GROUP BY conversation_id) AS a ON a.conversation_id = c.id
+    WHERE c.message_count <> COALESCE(a.n, 0)
+"""
+
+_MESSAGES_WITHOUT_EVENT = """
+    SELECT msg.id FROM conversations_message AS msg
+    WHERE NOT EXISTS (
+        SELECT 1 FROM conversations_interactionevent AS e
+        WHERE e.message_id = msg.id AND e.kind IN ('message_received', 'message_sent'))
+"""
+
+
+@transaction.atomic(durable=True)
+def conversation_message_counts_repair(*, dry_run: bool = True) -> int:
+    """Set `message_count` to the stored messages where they differ (C4)."""
+    with connection.cursor() as cursor:
+        if dry_run:
+            cursor.execute(f"SELECT count(*) FROM ({_MISMATCHED}) AS bad")
+            row = cursor.fetchone()
+            return int(row[0]) if row else 0
+        # Lock the conversations first, in id order, as every writer does.
+        cursor.execute(
+            f"UPDATE conversations_conversation AS c SET message_count = bad.actual"
+            f" FROM ({_MISMATCHED} ORDER BY c.id FOR UPDATE OF c) AS bad WHERE c.id = bad.id"
+        )
+        return cursor.rowcount
+
+
+@transaction.atomic(durable=True)
+def message_events_repair(*, dry_run: bool = True) -> int:
+    """Record the missing message_received / message_sent event of messages without one."""
+    with connection.cursor() as cursor:
+        if dry_run:
+            cursor.execute(f"SELECT count(*) FROM ({_MESSAGES_WITHOUT_EVENT}) AS missing")
+            row = cursor.fetchone()
+            return int(row[0]) if row else 0
+        cursor.execute(
+            "INSERT INTO conversations_interactionevent (page_id, conversation_id, message_id,"
+            " kind, occurred_at, dedupe_key, source, metadata)"
+            " SELECT msg.page_id, msg.conversation_id, msg.id,"
+            " CASE msg.direction WHEN 'inbound' THEN 'message_received' ELSE 'message_sent' END,"
+            " msg.sent_at,"
+            " CASE msg.direction WHEN 'inbound' THEN 'message_received:' ELSE 'message_sent:' END"
+            " || msg.mid, msg.source, jsonb_build_object('mid', msg.mid, 'repaired', true)"
+            f" FROM conversations_message AS msg WHERE msg.id IN ({_MESSAGES_WITHOUT_EVENT})"
+            " ON CONFLICT DO NOTHING"
+        )
+        return cursor.rowcount

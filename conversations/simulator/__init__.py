@@ -1,0 +1,1 @@
+"""The Graph API simulator and the Messenger payload builders it shares with tests and demos."""

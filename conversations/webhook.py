@@ -1,0 +1,71 @@
+"""Meta's Messenger webhook endpoint (verification GET, event POST).
+
+POST: the signature is checked over the raw bytes (never re-serialised); a bad one is a 403 and
+stores nothing but a counter. A signed payload is stored first (C7), then processed. Answers:
+200 once stored and processed or queued for retry (a processing failure is ours to retry, not
+Meta's); 400 when the bytes are not a Messenger payload evoflow can read: the receipt is kept as
+`rejected` with the reason (Meta's re-sending the same bytes would not help), never a 500.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods
+
+from conversations import metrics
+from conversations.models import ReceiptStatus
+from conversations.services import webhook_receipt_process, webhook_receipt_store
+from conversations.signatures import signature_is_valid
+from evoflow.api.errors import PERMISSION_DENIED
+
+INVALID_PAYLOAD = "invalid_payload"
+INVALID_SIGNATURE = "invalid_signature"
+
+
+@csrf_exempt
+@require_http_methods(["GET", "POST"])
+def messenger_webhook(request: HttpRequest) -> HttpResponse:
+    if request.method == "GET":
+        return _verify(request)
+    return _receive(request)
+
+
+def _verify(request: HttpRequest) -> HttpResponse:
+    mode = request.GET.get("hub.mode")
+    token = request.GET.get("hub.verify_token", "")
+    challenge = request.GET.get("hub.challenge", "")
+    if mode == "subscribe" and hmac.compare_digest(
+        token.encode(), settings.FB_VERIFY_TOKEN.encode()
+    ):
+        return HttpResponse(challenge, content_type="text/plain")
+    return JsonResponse(
+        {"code": PERMISSION_DENIED, "detail": "Verification token mismatch."}, status=403
+    )
+
+
+def _receive(request: HttpRequest) -> HttpResponse:
+    body = request.body
+    if not signature_is_valid(
+        body, request.headers.get("X-Hub-Signature-256"), secret=settings.FB_APP_SECRET
+    ):
+        metrics.WEBHOOK_SIGNATURE_REJECTED.inc()
+        return JsonResponse(
+            {"code": INVALID_SIGNATURE, "detail": "Missing or invalid X-Hub-Signature-256."},
+            status=403,
+        )
+    receipt = webhook_receipt_store(body=body)
+    outcome = webhook_receipt_process(receipt_id=receipt.pk, body=body)
+    if outcome.status == ReceiptStatus.REJECTED:
+        return JsonResponse(
+            {
+                "code": INVALID_PAYLOAD,
+                "detail": f"Not a Messenger page payload: {outcome.error}",
+                "receipt_id": receipt.pk,
+            },
+            status=400,
+        )
+    return JsonResponse({"receipt_id": receipt.pk, "status": outcome.status})

@@ -1,0 +1,325 @@
+"""Admin for events, guests, deliveries, the link audit and the feature flags.
+
+Thin: every change goes through `deliveries.services`. Actions that change who may read
+messages (linking guests, flipping a flag) show a confirmation page first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+
+from deliveries import selectors, services
+from deliveries.models import (
+    Event,
+    EventGuest,
+    FeatureFlag,
+    Message,
+    MessageDelivery,
+    UserLinkAudit,
+)
+from evoflow.models import User
+from evoflow.phones import InvalidPhoneNumber, phone_to_e164
+
+CONFIRM_TEMPLATE = "admin/deliveries/action_confirm.html"
+
+
+def _confirmation_page(
+    request: HttpRequest,
+    model_admin: admin.ModelAdmin,
+    queryset: QuerySet,
+    *,
+    action: str,
+    title: str,
+    question: str,
+    form: forms.Form | None = None,
+) -> TemplateResponse:
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": title,
+        "question": question,
+        "objects": list(queryset[:100]),
+        "object_count": queryset.count(),
+        "selected_ids": [str(pk) for pk in queryset.values_list("pk", flat=True)],
+        "action": action,
+        "form": form,
+        "opts": model_admin.model._meta,
+        "action_checkbox_name": ACTION_CHECKBOX_NAME,
+    }
+    return TemplateResponse(request, CONFIRM_TEMPLATE, context)
+
+
+def _actor(request: HttpRequest) -> User | None:
+    return request.user if isinstance(request.user, User) else None
+
+
+# -- events ---------------------------------------------------------------------------------------
+
+
+class EventGuestInline(admin.TabularInline):
+    model = EventGuest
+    fields = ("name", "phone", "phone_e164", "user", "removed_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Event)
+class EventAdmin(admin.ModelAdmin):
+    list_display = ("id", "name", "starts_at", "host", "created_at")
+    search_fields = ("name", "host__username")
+    date_hierarchy = "starts_at"
+    raw_id_fields = ("host",)
+    readonly_fields = ("created_at",)
+    inlines = [EventGuestInline]
+    list_select_related = ("host",)
+
+
+# -- guests ---------------------------------------------------------------------------------------
+
+
+class GuestLinkStateFilter(admin.SimpleListFilter):
+    title = "link state"
+    parameter_name = "link_state"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [
+            ("linked", "linked (active)"),
+            ("unlinked", "unlinked (active)"),
+            ("removed", "removed"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == "linked":
+            return queryset.filter(user__isnull=False, removed_at__isnull=True)
+        if self.value() == "unlinked":
+            return queryset.filter(user__isnull=True, removed_at__isnull=True)
+        if self.value() == "removed":
+            return queryset.filter(removed_at__isnull=False)
+        return queryset
+
+
+class GuestLinkForm(forms.Form):
+    user = forms.ModelChoiceField(
+        queryset=User.objects.filter(is_active=True),
+        widget=forms.NumberInput,
+        help_text="id of the user to link the selected guests to",
+    )
+    relink = forms.BooleanField(
+        required=False,
+        help_text=(
+            "also move guests already linked to another user (and their deliveries) to this one"
+        ),
+    )
+
+
+class EventGuestForm(forms.ModelForm):
+    class Meta:
+        model = EventGuest
+        fields = ("name", "phone")
+
+    def clean_phone(self) -> str:
+        phone = self.cleaned_data["phone"]
+        try:
+            phone_to_e164(phone)
+        except InvalidPhoneNumber as exc:
+            raise forms.ValidationError(str(exc)) from exc
+        return phone
+
+
+@admin.register(EventGuest)
+class EventGuestAdmin(admin.ModelAdmin):
+    form = EventGuestForm
+    list_display = ("id", "name", "phone", "phone_e164", "event", "user", "removed_at")
+    list_filter = (GuestLinkStateFilter,)
+    search_fields = ("name", "phone", "phone_e164", "event__name")
+    list_select_related = ("event", "user")
+    readonly_fields = ("event", "phone_e164", "user", "removed_at", "created_at", "updated_at")
+    actions = ["link_to_user"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: EventGuest, form: Any, change: bool) -> None:
+        services.guest_update(
+            guest=obj,
+            name=form.cleaned_data["name"],
+            phone=form.cleaned_data["phone"],
+            actor=_actor(request),
+        )
+
+    @admin.action(description="Link selected guests to a user", permissions=["change"])
+    def link_to_user(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        form = GuestLinkForm(request.POST if "confirm" in request.POST else None)
+        if "confirm" not in request.POST or not form.is_valid():
+            return _confirmation_page(
+                request,
+                self,
+                queryset,
+                action="link_to_user",
+                title="Link guests to a user",
+                question=(
+                    "Their deliveries without a user get that user, and the user can read them."
+                ),
+                form=form,
+            )
+        user, relink = form.cleaned_data["user"], form.cleaned_data["relink"]
+        linked = skipped = 0
+        for guest in queryset.order_by("pk"):
+            if guest.user_id is not None and guest.user_id != user.pk and not relink:
+                skipped += 1
+                continue
+            if relink:
+                services.guest_relink_user(guest=guest, user=user, actor=_actor(request))
+            else:
+                services.guest_link_user(guest=guest, user=user, actor=_actor(request))
+            linked += 1
+        self.message_user(request, f"{linked} guest(s) linked to {user}.", messages.SUCCESS)
+        if skipped:
+            self.message_user(
+                request,
+                f"{skipped} guest(s) already linked to another user were left alone "
+                "(tick 'relink' to move them).",
+                messages.WARNING,
+            )
+        return None
+
+
+# -- messages and deliveries ----------------------------------------------------------------------
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    list_display = ("id", "event", "sender", "created_at")
+    search_fields = ("body", "event__name")
+    list_select_related = ("event", "sender")
+    readonly_fields = ("event", "sender", "body", "created_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+class InconsistentFilter(admin.SimpleListFilter):
+    title = "consistency"
+    parameter_name = "consistency"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("inconsistent", "inconsistent (no user, guest linked)")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == "inconsistent":
+            return queryset.filter(pk__in=selectors.deliveries_inconsistent().values("pk"))
+        return queryset
+
+
+@admin.register(MessageDelivery)
+class MessageDeliveryAdmin(admin.ModelAdmin):
+    list_display = ("id", "message", "guest", "user", "phone_e164", "status", "created_at")
+    list_filter = (InconsistentFilter, "status")
+    search_fields = ("phone_e164", "guest__name")
+    list_select_related = ("message", "guest", "user")
+    readonly_fields = [field.name for field in MessageDelivery._meta.fields]
+    show_full_result_count = False
+    actions = ["backfill_selected"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Backfill the user of selected deliveries", permissions=["change"])
+    def backfill_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        outcomes = services.deliveries_backfill_selected(
+            delivery_ids=list(queryset.values_list("pk", flat=True)), actor=_actor(request)
+        )
+        summary = ", ".join(f"{outcome}: {count}" for outcome, count in sorted(outcomes.items()))
+        self.message_user(
+            request,
+            f"Backfill: {summary}" if summary else "Every selected delivery already has a user.",
+            messages.SUCCESS,
+        )
+
+
+# -- the audit log --------------------------------------------------------------------------------
+
+
+@admin.register(UserLinkAudit)
+class UserLinkAuditAdmin(admin.ModelAdmin):
+    list_display = ("id", "created_at", "outcome", "method", "delivery_id", "guest_id", "user_id")
+    list_filter = ("outcome", "method", ("created_at", admin.DateFieldListFilter))
+    search_fields = ("=delivery__id", "=guest__id", "=user__id")
+    readonly_fields = [field.name for field in UserLinkAudit._meta.fields]
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+    change_list_template = "admin/deliveries/userlinkaudit/change_list.html"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        extra_context = {
+            **(extra_context or {}),
+            "outcome_counts_24h": selectors.link_audit_outcome_counts(),
+        }
+        return super().changelist_view(request, extra_context=extra_context)
+
+
+# -- feature flags --------------------------------------------------------------------------------
+
+
+@admin.register(FeatureFlag)
+class FeatureFlagAdmin(admin.ModelAdmin):
+    list_display = ("name", "enabled", "updated_by", "updated_at", "description")
+    # Flags change only through the confirmed actions, which record who and when.
+    readonly_fields = ("name", "enabled", "description", "updated_by", "updated_at")
+    fields = readonly_fields
+    actions = ["turn_on", "turn_off"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def _switch(self, request: HttpRequest, queryset: QuerySet, *, enabled: bool) -> Any:
+        word = "on" if enabled else "off"
+        if "confirm" not in request.POST:
+            return _confirmation_page(
+                request,
+                self,
+                queryset,
+                action=f"turn_{word}",
+                title=f"Turn feature flags {word}",
+                question=(
+                    f"Turn these flags {word}? Linking changes with the very next delivery, "
+                    "on every server, without a restart."
+                ),
+            )
+        for flag in queryset.order_by("name"):
+            services.feature_flag_set(name=flag.name, enabled=enabled, actor=_actor(request))
+        self.message_user(request, f"{queryset.count()} flag(s) turned {word}.", messages.SUCCESS)
+        return None
+
+    @admin.action(description="Turn selected flags on (asks to confirm)", permissions=["change"])
+    def turn_on(self, request: HttpRequest, queryset: QuerySet) -> Any:
+        return self._switch(request, queryset, enabled=True)
+
+    @admin.action(description="Turn selected flags off (asks to confirm)", permissions=["change"])
+    def turn_off(self, request: HttpRequest, queryset: QuerySet) -> Any:
+        return self._switch(request, queryset, enabled=False)

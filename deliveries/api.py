@@ -1,0 +1,261 @@
+"""The deliveries API: hosts' events, guests and messages; a user's own messages.
+
+Every view is thin: it parses input, asks a selector (which filters by the requesting user) or a
+service, and shapes the output. Another host's event or guest is a 404, never a 403, so its
+existence does not leak; `GET /me/messages/` reads only the requester's deliveries, whatever the
+query string says.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from deliveries import selectors, services
+from deliveries.models import Event, EventGuest, MessageDelivery
+from evoflow.api.errors import ApiError, Conflict
+from evoflow.api.pagination import IdCursorPagination
+from evoflow.models import User
+
+INVALID_GUEST_ROWS = services.GuestImportInvalid.code
+GUEST_ALREADY_LINKED = services.GuestAlreadyLinked.code
+INVALID_PHONE = services.InvalidPhone.code
+UNKNOWN_USER = "unknown_user"
+
+
+def _requester(request: Request) -> User:
+    user = request.user
+    assert isinstance(user, User)  # IsAuthenticated is the default permission
+    return user
+
+
+def _event_for(request: Request, event_id: int) -> Event:
+    try:
+        return selectors.event_get_for_host(host=_requester(request), event_id=event_id)
+    except Event.DoesNotExist:
+        raise NotFound("No such event.") from None
+
+
+def _guest_for(request: Request, guest_id: int) -> EventGuest:
+    try:
+        return selectors.guest_get_for_host(host=_requester(request), guest_id=guest_id)
+    except EventGuest.DoesNotExist:
+        raise NotFound("No such guest.") from None
+
+
+def _paginated(request: Request, view: APIView, queryset: Any, serializer: type) -> Response:
+    paginator = IdCursorPagination()
+    page: list[Any] | None = paginator.paginate_queryset(queryset, request, view=view)
+    return paginator.get_paginated_response(serializer(page, many=True).data)
+
+
+class EventOutput(serializers.ModelSerializer):
+    class Meta:
+        model = Event
+        fields = ["id", "name", "starts_at", "created_at"]
+
+
+class GuestOutput(serializers.ModelSerializer):
+    user_id = serializers.IntegerField(allow_null=True, read_only=True)
+    is_removed = serializers.SerializerMethodField()
+
+    class Meta:
+        model = EventGuest
+        fields = ["id", "event_id", "name", "phone", "phone_e164", "user_id", "is_removed"]
+
+    def get_is_removed(self, guest: EventGuest) -> bool:
+        return guest.removed_at is not None
+
+
+class EventListCreateApi(APIView):
+    class EventCreateInputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=200)
+        starts_at = serializers.DateTimeField()
+
+    @extend_schema(responses=EventOutput(many=True), operation_id="events_list")
+    def get(self, request: Request) -> Response:
+        events = selectors.event_list_for_host(host=_requester(request))
+        return _paginated(request, self, events, EventOutput)
+
+    @extend_schema(request=EventCreateInputSerializer, responses={201: EventOutput})
+    def post(self, request: Request) -> Response:
+        serializer = self.EventCreateInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        event = services.event_create(host=_requester(request), **serializer.validated_data)
+        return Response(EventOutput(event).data, status=status.HTTP_201_CREATED)
+
+
+class EventDetailApi(APIView):
+    @extend_schema(responses=EventOutput)
+    def get(self, request: Request, event_id: int) -> Response:
+        return Response(EventOutput(_event_for(request, event_id)).data)
+
+
+class EventGuestsApi(APIView):
+    class GuestImportRowSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=200)
+        phone = serializers.CharField(max_length=40)
+
+    @extend_schema(responses=GuestOutput(many=True), operation_id="event_guests_list")
+    def get(self, request: Request, event_id: int) -> Response:
+        event = _event_for(request, event_id)
+        return _paginated(request, self, selectors.guest_list_for_event(event=event), GuestOutput)
+
+    @extend_schema(
+        request=inline_serializer("GuestImportInput", {"guests": GuestImportRowSerializer(many=True)}),
+        responses={
+            201: inline_serializer(
+                "GuestImportOutput",
+                {"created": serializers.IntegerField(), "guests": GuestOutput(many=True)},
+            )
+        },
+        description=(
+            "Bulk import: all rows or none. A bad row gives 400 `invalid_guest_rows` with "
+            "`errors`, a list of `{index, field, reason}` (index from 0)."
+        ),
+    )
+    def post(self, request: Request, event_id: int) -> Response:
+        event = _event_for(request, event_id)
+        rows = request.data.get("guests") if isinstance(request.data, dict) else None
+        if not isinstance(rows, list) or not rows:
+            raise ApiError(
+                "`guests` must be a non-empty list of {name, phone} objects.",
+                code=INVALID_GUEST_ROWS,
+                extra={"errors": [{"index": None, "field": "guests", "reason": "required"}]},
+            )
+        try:
+            guests = services.event_guests_import(event=event, rows=rows)
+        except services.GuestImportInvalid as exc:
+            raise ApiError(str(exc), code=exc.code, extra={"errors": exc.errors}) from None
+        return Response(
+            {"created": len(guests), "guests": GuestOutput(guests, many=True).data},
+            status=status.HTTP_201_CREATED,
+        )
+
+
+class GuestDetailApi(APIView):
+    class GuestUpdateInputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=200, required=False)
+        phone = serializers.CharField(max_length=40, required=False)
+        is_removed = serializers.BooleanField(required=False)
+        user_id = serializers.IntegerField(required=False, min_value=1)
+        # Moving a guest from one user to another is deliberate: ask for it by name.
+        relink = serializers.BooleanField(required=False, default=False)
+
+    @extend_schema(responses=GuestOutput)
+    def get(self, request: Request, guest_id: int) -> Response:
+        return Response(GuestOutput(_guest_for(request, guest_id)).data)
+
+    @extend_schema(
+        request=GuestUpdateInputSerializer,
+        responses=GuestOutput,
+        description=(
+            "Linking an unlinked guest (`user_id`) gives every delivery of the guest without a "
+            "user that user, in the same transaction. A guest linked to someone else needs "
+            "`relink: true` (409 `guest_already_linked` without it)."
+        ),
+    )
+    def patch(self, request: Request, guest_id: int) -> Response:
+        guest = _guest_for(request, guest_id)
+        serializer = self.GuestUpdateInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        actor = _requester(request)
+        target: User | None = None
+        if "user_id" in data:
+            target = User.objects.filter(pk=data["user_id"], is_active=True).first()
+            if target is None:
+                raise ApiError("No active user with that id.", code=UNKNOWN_USER)
+            if guest.user_id not in (None, target.pk) and not data["relink"]:
+                raise Conflict(
+                    f"The guest is linked to another user; send relink: true to move it and "
+                    f"its deliveries to user {target.pk}.",
+                    code=GUEST_ALREADY_LINKED,
+                )
+        try:
+            guest = services.guest_update(
+                guest=guest,
+                name=data.get("name"),
+                phone=data.get("phone"),
+                is_removed=data.get("is_removed"),
+                actor=actor,
+            )
+            if target is not None:
+                if data["relink"]:
+                    services.guest_relink_user(guest=guest, user=target, actor=actor)
+                else:
+                    services.guest_link_user(guest=guest, user=target, actor=actor)
+        except services.InvalidPhone as exc:
+            raise ApiError(str(exc), code=exc.code) from None
+        except services.GuestAlreadyLinked as exc:
+            raise Conflict(str(exc), code=exc.code) from None
+        guest.refresh_from_db()
+        return Response(GuestOutput(guest).data)
+
+
+class EventMessageOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    event_id = serializers.IntegerField()
+    body = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    delivery_count = serializers.IntegerField()
+    linked_count = serializers.IntegerField()
+
+
+class EventMessagesApi(APIView):
+    class MessageSendInputSerializer(serializers.Serializer):
+        body = serializers.CharField(max_length=5000)
+
+    @extend_schema(responses=EventMessageOutput(many=True), operation_id="event_messages_list")
+    def get(self, request: Request, event_id: int) -> Response:
+        event = _event_for(request, event_id)
+        messages = selectors.message_list_for_event(event=event)
+        return _paginated(request, self, messages, EventMessageOutput)
+
+    @extend_schema(request=MessageSendInputSerializer, responses={201: EventMessageOutput})
+    def post(self, request: Request, event_id: int) -> Response:
+        event = _event_for(request, event_id)
+        serializer = self.MessageSendInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        result = services.message_send(
+            event=event, sender=_requester(request), body=serializer.validated_data["body"]
+        )
+        message = result.message
+        body = {
+            "id": message.pk,
+            "event_id": event.pk,
+            "body": message.body,
+            "created_at": message.created_at,
+            "delivery_count": result.delivery_count,
+            "linked_count": result.linked_count,
+        }
+        return Response(EventMessageOutput(body).data, status=status.HTTP_201_CREATED)
+
+
+class MyMessageOutput(serializers.ModelSerializer):
+    message_id = serializers.IntegerField()
+    body = serializers.CharField(source="message.body")
+    sent_at = serializers.DateTimeField(source="message.created_at")
+    event = EventOutput(source="message.event")
+
+    class Meta:
+        model = MessageDelivery
+        fields = ["id", "message_id", "body", "sent_at", "status", "read_at", "event"]
+
+
+class MyMessagesApi(APIView):
+    @extend_schema(
+        responses=MyMessageOutput(many=True),
+        description="The messages delivered to the requesting user, newest first (D4).",
+    )
+    def get(self, request: Request) -> Response:
+        # Only the cursor and page size are read from the query string; nothing can widen
+        # the filter, which is the requester's id.
+        deliveries = selectors.deliveries_for_user(user=_requester(request))
+        return _paginated(request, self, deliveries, MyMessageOutput)

@@ -1,0 +1,61 @@
+"""Demo data: an event with guests, a message delivered to them, some deliveries linked."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.utils import timezone
+
+from deliveries import services
+from deliveries.models import Event, EventGuest
+from evoflow.models import User
+from evoflow.services import ROLE_OPERATOR, DemoSeedContext
+
+DEMO_EVENT_NAME = "Demo: summer launch party"
+# Guests: (name, phone, username of the guest's own login or None, linked at import).
+DEMO_GUESTS = (
+    ("Ada Guest", "+1 415 555 0101", "guest-ada", True),
+    ("Ben Guest", "(415) 555-0102", "guest-ben", False),
+    ("Cleo Guest", "+44 20 7946 0958", None, False),
+)
+
+
+def _demo_user(*, username: str, phone: str, password: str) -> User:
+    user, _ = User.objects.get_or_create(
+        username=username, defaults={"email": f"{username}@example.com", "phone": phone}
+    )
+    user.phone = phone
+    user.set_password(password)
+    user.save(update_fields=["phone", "password"])
+    return user
+
+
+def seed(context: DemoSeedContext) -> None:
+    """Idempotent: the event is created once; later runs only reset the guests' logins."""
+    host = User.objects.get(username=context.account(ROLE_OPERATOR).username)
+    logins = {
+        username: _demo_user(username=username, phone=phone, password=context.password)
+        for _, phone, username, _ in DEMO_GUESTS
+        if username is not None
+    }
+    event = Event.objects.filter(host=host, name=DEMO_EVENT_NAME).first()
+    if event is None:
+        event = services.event_create(
+            host=host, name=DEMO_EVENT_NAME, starts_at=timezone.now() + timedelta(days=14)
+        )
+        guests = services.event_guests_import(
+            event=event, rows=[{"name": name, "phone": phone} for name, phone, _, _ in DEMO_GUESTS]
+        )
+        by_name = {guest.name: guest for guest in guests}
+        for name, _, username, is_linked_first in DEMO_GUESTS:
+            if username is not None and is_linked_first:
+                services.guest_link_user(guest=by_name[name], user=logins[username], actor=host)
+        services.message_send(event=event, sender=host, body="Welcome! Doors open at 7 pm.")
+        # Ben gets his account after the first message: linking him backfills it.
+        services.guest_link_user(guest=by_name["Ben Guest"], user=logins["guest-ben"], actor=host)
+        services.message_send(event=event, sender=host, body="Reminder: bring your ticket.")
+    guest_count = EventGuest.objects.filter(event=event).count()
+    context.summary.append(
+        f"deliveries: event {event.name!r} (id {event.pk}) with {guest_count} guests; "
+        f"guests 'guest-ada' and 'guest-ben' read theirs at /api/v1/me/messages/"
+    )

@@ -1,0 +1,195 @@
+"""The linking rule (D1, D2) and its audit (D3), as SQL functions the triggers call.
+
+* `deliveries_flag_enabled(name, default)`: a feature flag's value, read from its table at
+  the moment of the statement (no cache, so a flip is seen by the very next delivery);
+* `deliveries_link_resolve(ids)`: for each delivery, the user it should carry and why. This
+  is the rule, written once; it reads and never writes;
+* `deliveries_link_apply(ids, method, audit_all)`: one `UPDATE ... FROM` applying the links,
+  one `INSERT ... SELECT` writing the audit rows (all attempts, or only the links when
+  `audit_all` is false), in the caller's transaction. `method` NULL means "as created": the
+  audit method is then `guest` or `phone_fallback`, whichever rule decided. The audit details
+  carry the actor and request id that services set for the transaction
+  (`set_config('deliveries.actor_id', ..., true)`).
+"""
+
+from django.db import migrations
+
+FUNCTIONS_SQL = r"""
+CREATE OR REPLACE FUNCTION deliveries_flag_enabled(p_name text, p_default boolean)
+RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(
+        (SELECT enabled FROM deliveries_featureflag WHERE name = p_name), p_default
+    )
+$$;
+
+CREATE OR REPLACE FUNCTION deliveries_link_resolve(p_delivery_ids bigint[])
+RETURNS TABLE (
+    delivery_id bigint,
+    guest_id bigint,
+    current_user_id bigint,
+    target_user_id bigint,
+    outcome text,
+    rule text,
+    details jsonb
+)
+LANGUAGE sql STABLE AS $$
+    -- Materialised: read once per statement, not once per delivery.
+    WITH flags AS MATERIALIZED (
+        SELECT deliveries_flag_enabled('LINK_USER_BY_PHONE', true) AS linking,
+               deliveries_flag_enabled('LINK_USER_BY_PHONE_FALLBACK_TO_USERS', false) AS fallback
+    ),
+    candidate AS (
+        SELECT delivery.id,
+               delivery.guest_id,
+               delivery.user_id,
+               coalesce(delivery.phone_e164, guest.phone_e164) AS phone_e164,
+               guest.user_id AS guest_user_id,
+               guest.removed_at IS NULL AS guest_active,
+               guest.event_id
+        FROM deliveries_messagedelivery AS delivery
+        JOIN deliveries_eventguest AS guest ON guest.id = delivery.guest_id
+        WHERE delivery.id = ANY (p_delivery_ids)
+    ),
+    decided AS (
+        SELECT candidate.*,
+               flags.linking,
+               flags.fallback,
+               phone_match.guest_count,
+               phone_match.user_count,
+               phone_match.user_id AS phone_user_id
+        FROM candidate
+        CROSS JOIN flags
+        -- The phone lookups run only for deliveries that reach the fallback: the WHERE
+        -- below is a one-time filter evaluated before either count.
+        LEFT JOIN LATERAL (
+            SELECT (SELECT count(*)
+                    FROM deliveries_eventguest AS other
+                    WHERE other.event_id = candidate.event_id
+                      AND other.phone_e164 = candidate.phone_e164
+                      AND other.removed_at IS NULL) AS guest_count,
+                   users.user_count,
+                   users.user_id
+            FROM (SELECT count(*) AS user_count, min(account.id) AS user_id
+                  FROM evoflow_user AS account
+                  WHERE account.phone_e164 = candidate.phone_e164
+                    AND account.is_active) AS users
+            WHERE flags.linking AND flags.fallback AND candidate.guest_active
+              AND candidate.guest_user_id IS NULL AND candidate.user_id IS NULL
+              AND candidate.phone_e164 IS NOT NULL
+        ) AS phone_match ON true
+    )
+    SELECT decided.id,
+           decided.guest_id,
+           decided.user_id,
+           CASE
+               WHEN NOT decided.linking OR NOT decided.guest_active THEN NULL
+               WHEN decided.guest_user_id IS NOT NULL THEN decided.guest_user_id
+               WHEN decided.user_id IS NOT NULL THEN decided.user_id
+               WHEN decided.guest_count > 1 OR decided.user_count <> 1 THEN NULL
+               ELSE decided.phone_user_id
+           END,
+           CASE
+               WHEN NOT decided.linking THEN 'skipped'
+               WHEN NOT decided.guest_active THEN 'no_match'
+               WHEN decided.guest_user_id IS NOT NULL THEN
+                   CASE WHEN decided.user_id = decided.guest_user_id
+                        THEN 'already_linked' ELSE 'linked' END
+               WHEN decided.user_id IS NOT NULL THEN 'already_linked'
+               WHEN NOT decided.fallback OR decided.phone_e164 IS NULL THEN 'no_match'
+               WHEN decided.guest_count > 1 OR decided.user_count > 1 THEN 'ambiguous'
+               WHEN decided.user_count = 1 THEN 'linked'
+               ELSE 'no_match'
+           END,
+           CASE
+               WHEN decided.linking AND decided.guest_active AND decided.guest_user_id IS NULL
+                    AND decided.user_id IS NULL AND decided.fallback
+                    AND decided.phone_e164 IS NOT NULL THEN 'phone'
+               ELSE 'guest'
+           END,
+           jsonb_strip_nulls(jsonb_build_object(
+               'reason',
+               CASE
+                   WHEN NOT decided.linking THEN 'linking_disabled'
+                   WHEN NOT decided.guest_active THEN 'guest_removed'
+                   WHEN decided.guest_user_id IS NOT NULL THEN 'guest_user'
+                   WHEN decided.user_id IS NOT NULL THEN 'user_given'
+                   WHEN NOT decided.fallback THEN 'guest_not_linked'
+                   WHEN decided.phone_e164 IS NULL THEN 'no_phone'
+                   WHEN decided.guest_count > 1 THEN 'several_guests_with_phone'
+                   WHEN decided.user_count > 1 THEN 'several_users_with_phone'
+                   WHEN decided.user_count = 1 THEN 'unique_user_with_phone'
+                   ELSE 'no_user_with_phone'
+               END,
+               'phone_e164', CASE WHEN decided.guest_count IS NOT NULL
+                                  THEN decided.phone_e164 END,
+               'guests_with_phone', decided.guest_count,
+               'users_with_phone', decided.user_count,
+               'previous_user_id', CASE WHEN decided.user_id IS DISTINCT FROM decided.guest_user_id
+                                        AND decided.guest_user_id IS NOT NULL
+                                        AND decided.guest_active AND decided.linking
+                                        THEN decided.user_id END
+           ))
+    FROM decided
+$$;
+
+CREATE OR REPLACE FUNCTION deliveries_link_apply(
+    p_delivery_ids bigint[], p_method text, p_audit_all boolean
+)
+RETURNS TABLE (link_outcome text, delivery_count bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    -- Who is acting, as services set it for this transaction (empty for raw SQL).
+    v_context jsonb := jsonb_strip_nulls(jsonb_build_object(
+        'actor_id', nullif(current_setting('deliveries.actor_id', true), '')::bigint,
+        'request_id', nullif(current_setting('deliveries.request_id', true), '')
+    ));
+BEGIN
+    IF coalesce(array_length(p_delivery_ids, 1), 0) = 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH resolved AS MATERIALIZED (
+        SELECT * FROM deliveries_link_resolve(p_delivery_ids)
+    ),
+    linked AS (
+        UPDATE deliveries_messagedelivery AS delivery
+        SET user_id = resolved.target_user_id, updated_at = now()
+        FROM resolved
+        WHERE delivery.id = resolved.delivery_id AND resolved.outcome = 'linked'
+        RETURNING delivery.id
+    ),
+    audited AS (
+        INSERT INTO deliveries_userlinkaudit
+            (delivery_id, guest_id, user_id, outcome, method, details, created_at)
+        SELECT resolved.delivery_id,
+               resolved.guest_id,
+               coalesce(resolved.target_user_id, resolved.current_user_id),
+               resolved.outcome,
+               coalesce(p_method,
+                        CASE resolved.rule WHEN 'phone' THEN 'phone_fallback' ELSE 'guest' END),
+               resolved.details || v_context,
+               now()
+        FROM resolved
+        WHERE p_audit_all OR resolved.outcome = 'linked'
+        ORDER BY resolved.delivery_id
+        RETURNING 1
+    )
+    SELECT resolved.outcome, count(*)
+    FROM resolved
+    GROUP BY resolved.outcome;
+END
+$$;
+"""
+
+DROP_SQL = """
+DROP FUNCTION IF EXISTS deliveries_link_apply(bigint[], text, boolean);
+DROP FUNCTION IF EXISTS deliveries_link_resolve(bigint[]);
+DROP FUNCTION IF EXISTS deliveries_flag_enabled(text, boolean);
+"""
+
+
+class Migration(migrations.Migration):
+    dependencies = [("deliveries", "0001_initial")]
+
+    operations = [migrations.RunSQL(FUNCTIONS_SQL, DROP_SQL)]

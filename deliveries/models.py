@@ -1,0 +1,383 @@
+"""Events, guests, messages and their deliveries; the link audit; the feature flags.
+
+The rule that links a delivery to its user (D1, D2) and the audit row every attempt writes (D3)
+live in PostgreSQL, so that every write path obeys them (ORM, `bulk_create`,
+`QuerySet.update`, raw SQL, data migrations):
+
+* `deliveries_link_resolve(ids)` (SQL, created by migration 0002) decides, for a set of
+  deliveries, which user each should carry and why: the rule, written once;
+* `deliveries_link_apply(ids, method, audit_all)` applies that decision in one `UPDATE ... FROM`
+  and writes the audit rows in one `INSERT ... SELECT`, in the caller's transaction;
+* the statement-level triggers declared below call it: after every INSERT of deliveries, and
+  after every UPDATE of guests that links an active guest (NULL -> user, or a linked guest
+  restored); the historical backfill calls it per id-range batch.
+
+Both triggers are statement-level with transition tables, so inserting 100,000 deliveries
+costs one set-based pass rather than 100,000 trigger calls.
+"""
+
+from __future__ import annotations
+
+import pgtrigger
+from django.conf import settings
+from django.db import models
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from evoflow.phones import InvalidPhoneNumber, phone_to_e164
+
+E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
+
+# Serialises guest links with concurrent delivery inserts of the same event (see the triggers):
+# an insert takes it shared, a guest link exclusively, both for the rest of the transaction.
+EVENT_LOCK_SQL = "hashtextextended('deliveries.event:' || {event_id}::text, 0)"
+
+DELIVERY_INSERTED_SQL = f"""
+    -- A guest being linked in a concurrent transaction either sees these deliveries when it
+    -- backfills (it waits for this lock), or has committed before the lookup below runs.
+    PERFORM pg_advisory_xact_lock_shared({EVENT_LOCK_SQL.format(event_id="events.event_id")})
+    FROM (
+        SELECT DISTINCT message.event_id
+        FROM new_rows
+        JOIN deliveries_message AS message ON message.id = new_rows.message_id
+        ORDER BY message.event_id
+    ) AS events;
+    PERFORM deliveries_link_apply(ARRAY(SELECT id FROM new_rows), NULL, true);
+    RETURN NULL;
+"""
+
+# Which guests became "active and linked" in this statement: user NULL -> value, or a linked
+# guest restored. A linked guest moved to another user is `guest_relink_user`'s job.
+_GUEST_NEWLY_LINKED = """
+    new_rows.user_id IS NOT NULL AND new_rows.removed_at IS NULL
+    AND (old_rows.user_id IS NULL OR old_rows.removed_at IS NOT NULL)
+"""
+
+GUEST_UPDATED_SQL = f"""
+    PERFORM pg_advisory_xact_lock({EVENT_LOCK_SQL.format(event_id="events.event_id")})
+    FROM (
+        SELECT DISTINCT new_rows.event_id
+        FROM new_rows JOIN old_rows ON old_rows.id = new_rows.id
+        WHERE {_GUEST_NEWLY_LINKED}
+        ORDER BY new_rows.event_id
+    ) AS events;
+    PERFORM deliveries_link_apply(
+        ARRAY(
+            SELECT delivery.id
+            FROM new_rows
+            JOIN old_rows ON old_rows.id = new_rows.id
+            JOIN deliveries_messagedelivery AS delivery
+              ON delivery.guest_id = new_rows.id AND delivery.user_id IS NULL
+            WHERE {_GUEST_NEWLY_LINKED}
+        ),
+        'guest_backfill',
+        true
+    );
+    RETURN NULL;
+"""
+
+
+def _normalised_or_none(raw: str) -> str | None:
+    try:
+        return phone_to_e164(raw)
+    except InvalidPhoneNumber:
+        # Services reject bad numbers; a row written around them matches nobody, and the
+        # integrity check `deliveries.phone_not_normalised` lists it.
+        return None
+
+
+class Event(models.Model):
+    """Something a host invites guests to and sends messages about."""
+
+    name = models.CharField(max_length=200)
+    starts_at = models.DateTimeField()
+    host = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="hosted_events"
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_default=Now())
+
+    class Meta:
+        ordering = ["-starts_at", "-id"]
+        indexes = [models.Index(fields=["host", "-id"], name="event_host_idx")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class EventGuest(models.Model):
+    """An invited person: a name and a phone, linked to a user once they have an account.
+
+    `removed_at` set means the guest was removed: a removed guest never links.
+    """
+
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="guests")
+    name = models.CharField(max_length=200)
+    phone = models.CharField(max_length=40, db_default="", default="", blank=True)
+    phone_e164 = models.CharField(  # noqa: DJ001 - NULL: no number, never matches
+        max_length=16, null=True, blank=True, editable=False
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="guest_entries",
+    )
+    removed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_default=Now())
+    updated_at = models.DateTimeField(default=timezone.now, db_default=Now())
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            # The phone fallback counts the event's active guests with a number.
+            models.Index(
+                fields=["event", "phone_e164"],
+                name="guest_event_phone_active_idx",
+                condition=models.Q(removed_at__isnull=True),
+            ),
+            models.Index(
+                fields=["user"], name="guest_user_idx", condition=models.Q(user__isnull=False)
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(phone_e164__isnull=True)
+                | models.Q(phone_e164__regex=E164_PATTERN),
+                name="guest_phone_e164_format",
+            )
+        ]
+        triggers = [
+            pgtrigger.Trigger(
+                name="guest_link_backfill",
+                level=pgtrigger.Statement,
+                when=pgtrigger.After,
+                operation=pgtrigger.Update,
+                referencing=pgtrigger.Referencing(old="old_rows", new="new_rows"),
+                func=GUEST_UPDATED_SQL,
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.phone})"
+
+    def save(self, *args, **kwargs) -> None:
+        self.phone_e164 = _normalised_or_none(self.phone)
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and "phone" in update_fields:
+            kwargs["update_fields"] = {*update_fields, "phone_e164"}
+        super().save(*args, **kwargs)
+
+    @property
+    def is_active(self) -> bool:
+        return self.removed_at is None
+
+
+class Message(models.Model):
+    """What a host sends to every active guest of an event."""
+
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="messages")
+    body = models.TextField()
+    sender = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="sent_event_messages",
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_default=Now())
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["event", "-id"], name="message_event_idx")]
+
+    def __str__(self) -> str:
+        return self.body[:60]
+
+
+class MessageDelivery(models.Model):
+    """One message for one guest; `user` is who may read it (D1, D4)."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        SENT = "sent"
+        DELIVERED = "delivered"
+        READ = "read"
+        FAILED = "failed"
+
+    message = models.ForeignKey(
+        Message, on_delete=models.CASCADE, related_name="deliveries", db_index=False
+    )
+    guest = models.ForeignKey(EventGuest, on_delete=models.CASCADE, related_name="deliveries")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="event_deliveries",
+        db_index=False,
+    )
+    phone = models.CharField(max_length=40, db_default="", default="", blank=True)
+    phone_e164 = models.CharField(max_length=16, null=True, blank=True)  # noqa: DJ001
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.QUEUED, db_default=Status.QUEUED
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_default=Now())
+    updated_at = models.DateTimeField(default=timezone.now, db_default=Now())
+    sent_at = models.DateTimeField(null=True, blank=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "message deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["message", "guest"], name="delivery_once_per_guest"),
+            models.CheckConstraint(
+                condition=models.Q(phone_e164__isnull=True)
+                | models.Q(phone_e164__regex=E164_PATTERN),
+                name="delivery_phone_e164_format",
+            ),
+        ]
+        indexes = [
+            # GET /me/messages/: a user's deliveries, newest first.
+            models.Index(fields=["user", "-id"], name="delivery_user_idx"),
+            # Backfills (guest link, historical, integrity) only look at unlinked deliveries.
+            models.Index(
+                fields=["guest"],
+                name="delivery_unlinked_guest_idx",
+                condition=models.Q(user__isnull=True),
+            ),
+            models.Index(
+                fields=["id"],
+                name="delivery_unlinked_id_idx",
+                condition=models.Q(user__isnull=True),
+            ),
+        ]
+        triggers = [
+            pgtrigger.Trigger(
+                name="delivery_link_on_insert",
+                level=pgtrigger.Statement,
+                when=pgtrigger.After,
+                operation=pgtrigger.Insert,
+                referencing=pgtrigger.Referencing(new="new_rows"),
+                func=DELIVERY_INSERTED_SQL,
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"delivery {self.pk} of message {self.message_id} to guest {self.guest_id}"
+
+    def save(self, *args, **kwargs) -> None:
+        # The delivery keeps the number it was sent to, even if the guest's changes later.
+        if self._state.adding and not self.phone and self.guest_id is not None:
+            self.phone = self.guest.phone
+            self.phone_e164 = self.guest.phone_e164
+        elif self.phone and not self.phone_e164:
+            self.phone_e164 = _normalised_or_none(self.phone)
+        super().save(*args, **kwargs)
+
+
+class UserLinkAudit(models.Model):
+    """One row per link attempt (D3). Append-only: the database refuses UPDATE and DELETE.
+
+    The references are plain ids without foreign-key constraints on purpose: the history must
+    outlive the deliveries, guests and users it talks about.
+    """
+
+    class Outcome(models.TextChoices):
+        LINKED = "linked"
+        NO_MATCH = "no_match"
+        AMBIGUOUS = "ambiguous"
+        SKIPPED = "skipped"
+        ALREADY_LINKED = "already_linked"
+
+    class Method(models.TextChoices):
+        GUEST = "guest"
+        PHONE_FALLBACK = "phone_fallback"
+        GUEST_BACKFILL = "guest_backfill"
+        HISTORICAL = "historical"
+        MANUAL = "manual"
+
+    delivery = models.ForeignKey(
+        MessageDelivery,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        related_name="link_audits",
+    )
+    guest = models.ForeignKey(
+        EventGuest,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        related_name="link_audits",
+        db_index=False,
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_index=False,
+    )
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    method = models.CharField(max_length=16, choices=Method.choices)
+    details = models.JSONField(default=dict, db_default={}, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_default=Now())
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["created_at"], name="link_audit_created_idx")]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(
+                    outcome__in=["linked", "no_match", "ambiguous", "skipped", "already_linked"]
+                ),
+                name="link_audit_outcome_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(
+                    method__in=["guest", "phone_fallback", "guest_backfill", "historical", "manual"]
+                ),
+                name="link_audit_method_valid",
+            ),
+        ]
+        triggers = [
+            pgtrigger.Protect(
+                name="link_audit_append_only", operation=pgtrigger.Update | pgtrigger.Delete
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.outcome} (delivery {self.delivery_id})"
+
+
+class FeatureFlag(models.Model):
+    """A switch operators flip without a deploy; the linking triggers read it on every use."""
+
+    LINK_USER_BY_PHONE = "LINK_USER_BY_PHONE"
+    LINK_USER_BY_PHONE_FALLBACK_TO_USERS = "LINK_USER_BY_PHONE_FALLBACK_TO_USERS"
+    # What the database assumes when a flag's row is missing (see deliveries_flag_enabled).
+    DEFAULTS = {LINK_USER_BY_PHONE: True, LINK_USER_BY_PHONE_FALLBACK_TO_USERS: False}
+
+    name = models.CharField(max_length=100, unique=True)
+    enabled = models.BooleanField(default=False)
+    description = models.TextField(blank=True, default="")
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    updated_at = models.DateTimeField(default=timezone.now, db_default=Now())
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({'on' if self.enabled else 'off'})"

@@ -1,0 +1,269 @@
+"""The journeys REST API (DESIGN.md): thin views over services and selectors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from evoflow.api.errors import ApiError
+from evoflow.api.pagination import IdCursorPagination
+from journeys import selectors, services
+from journeys.models import Journey, JourneySession, SessionStatus
+from journeys.services import InvalidFlow, JourneyError
+
+T = TypeVar("T")
+
+
+def _call(function: Callable[..., T], **kwargs: Any) -> T:
+    """Run a service; its domain errors become API errors with their stable codes."""
+    try:
+        return function(**kwargs)
+    except InvalidFlow as error:
+        raise ApiError(
+            error.detail, code=error.code, status_code=400, extra={"errors": {"flow": error.messages}}
+        ) from error
+    except JourneyError as error:
+        raise ApiError(error.detail, code=error.code, status_code=error.status_code) from error
+
+
+class JourneyOutputSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Journey
+        fields = (
+            "id",
+            "name",
+            "description",
+            "is_active",
+            "flow",
+            "triggers",
+            "default_variables",
+            "allow_reentry",
+            "version",
+            "created_at",
+            "updated_at",
+        )
+
+
+class JourneyInputSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    description = serializers.CharField(required=False, allow_blank=True)
+    is_active = serializers.BooleanField(required=False)
+    flow = serializers.JSONField()
+    triggers = serializers.JSONField(required=False)
+    default_variables = serializers.JSONField(required=False)
+    allow_reentry = serializers.BooleanField(required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # The same validator as the model and the services, so the API reports the same words.
+        if "flow" in attrs or "triggers" in attrs or "default_variables" in attrs:
+            instance = self.instance
+            _call(
+                services.journey_validate,
+                flow=attrs.get("flow", instance.flow if instance else None),
+                triggers=attrs.get("triggers", instance.triggers if instance else []),
+                default_variables=attrs.get(
+                    "default_variables", instance.default_variables if instance else {}
+                ),
+            )
+        return attrs
+
+
+class StepOutputSerializer(serializers.Serializer):
+    step_number = serializers.IntegerField()
+    node_id = serializers.CharField()
+    node_type = serializers.CharField()
+    status = serializers.CharField()
+    attempt = serializers.IntegerField()
+    idempotency_key = serializers.CharField()
+    started_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+    duration_ms = serializers.FloatField(allow_null=True)
+    result = serializers.JSONField(allow_null=True)
+    error = serializers.CharField()
+
+
+class SessionOutputSerializer(serializers.ModelSerializer):
+    journey_id = serializers.IntegerField()
+    contact_id = serializers.UUIDField()
+
+    class Meta:
+        model = JourneySession
+        fields = (
+            "id",
+            "journey_id",
+            "contact_id",
+            "status",
+            "current_node_id",
+            "step_count",
+            "variables",
+            "context",
+            "wait_event",
+            "wait_until",
+            "error",
+            "ended_reason",
+            "created_at",
+            "updated_at",
+            "finished_at",
+        )
+
+
+class SessionDetailOutputSerializer(SessionOutputSerializer):
+    steps = serializers.SerializerMethodField()
+
+    class Meta(SessionOutputSerializer.Meta):
+        fields = (*SessionOutputSerializer.Meta.fields, "steps")
+
+    @extend_schema(responses=StepOutputSerializer(many=True))  # type: ignore[misc]
+    def get_steps(self, session: JourneySession) -> list[dict[str, Any]]:
+        steps = selectors.session_steps(session_id=session.pk)
+        return list(StepOutputSerializer(steps, many=True).data)
+
+
+class JourneyListCreateApi(APIView):
+    @extend_schema(responses=JourneyOutputSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        paginator = IdCursorPagination()
+        page = paginator.paginate_queryset(selectors.journey_list(), request, view=self)
+        return paginator.get_paginated_response(JourneyOutputSerializer(page, many=True).data)
+
+    @extend_schema(request=JourneyInputSerializer, responses={201: JourneyOutputSerializer})
+    def post(self, request: Request) -> Response:
+        serializer = JourneyInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        journey = _call(services.journey_create, **serializer.validated_data)
+        return Response(JourneyOutputSerializer(journey).data, status=status.HTTP_201_CREATED)
+
+
+def _journey_or_404(journey_id: int) -> Journey:
+    journey = selectors.journey_get(journey_id=journey_id)
+    if journey is None:
+        raise ApiError("Journey not found.", code="journey_not_found", status_code=404)
+    return journey
+
+
+class JourneyDetailApi(APIView):
+    @extend_schema(responses=JourneyOutputSerializer)
+    def get(self, request: Request, journey_id: int) -> Response:
+        return Response(JourneyOutputSerializer(_journey_or_404(journey_id)).data)
+
+    @extend_schema(request=JourneyInputSerializer, responses=JourneyOutputSerializer)
+    def patch(self, request: Request, journey_id: int) -> Response:
+        journey = _journey_or_404(journey_id)
+        serializer = JourneyInputSerializer(journey, data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        journey = _call(services.journey_update, journey_id=journey.pk, **serializer.validated_data)
+        return Response(JourneyOutputSerializer(journey).data)
+
+
+class JourneyStartApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        # A plain string: the service decides what a valid contact id is (code
+        # invalid_contact_id), so the API and every other caller answer alike.
+        contact_id = serializers.CharField()
+        variables = serializers.DictField(required=False)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            201: inline_serializer("JourneyStarted", {"session_id": serializers.IntegerField()})
+        },
+    )
+    def post(self, request: Request, journey_id: int) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        session_id = _call(
+            services.session_start,
+            journey_id=journey_id,
+            contact_id=serializer.validated_data["contact_id"],
+            variables=serializer.validated_data.get("variables"),
+        )
+        return Response({"session_id": session_id}, status=status.HTTP_201_CREATED)
+
+
+class ContactEventApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=200)
+        contact_id = serializers.CharField()
+        properties = serializers.DictField(required=False)
+        message_id = serializers.CharField(max_length=200, required=False, allow_null=True)
+
+    class OutputSerializer(serializers.Serializer):
+        is_duplicate = serializers.BooleanField()
+        started_session_ids = serializers.ListField(child=serializers.IntegerField())
+        resumed_session_ids = serializers.ListField(child=serializers.IntegerField())
+        skipped = serializers.ListField(child=serializers.DictField())
+
+    @extend_schema(request=InputSerializer, responses={200: OutputSerializer})
+    def post(self, request: Request) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        result = _call(services.contact_event_ingest, **serializer.validated_data)
+        return Response(self.OutputSerializer(result).data)
+
+
+class SessionListApi(APIView):
+    class FilterSerializer(serializers.Serializer):
+        journey = serializers.IntegerField(required=False)
+        contact = serializers.UUIDField(required=False)
+        status = serializers.ChoiceField(choices=SessionStatus.choices, required=False)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("journey", int, description="journey id"),
+            OpenApiParameter("contact", str, description="contact id (UUID)"),
+            OpenApiParameter("status", str, enum=SessionStatus.values),
+        ],
+        responses=SessionOutputSerializer(many=True),
+    )
+    def get(self, request: Request) -> Response:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        sessions = selectors.session_list(
+            journey_id=filters.validated_data.get("journey"),
+            contact_id=filters.validated_data.get("contact"),
+            status=filters.validated_data.get("status"),
+        )
+        paginator = IdCursorPagination()
+        page = paginator.paginate_queryset(sessions, request, view=self)
+        return paginator.get_paginated_response(SessionOutputSerializer(page, many=True).data)
+
+
+def _session_or_404(session_id: int) -> JourneySession:
+    session = selectors.session_get(session_id=session_id)
+    if session is None:
+        raise ApiError("Session not found.", code="session_not_found", status_code=404)
+    return session
+
+
+class SessionDetailApi(APIView):
+    @extend_schema(responses=SessionDetailOutputSerializer)
+    def get(self, request: Request, session_id: int) -> Response:
+        return Response(SessionDetailOutputSerializer(_session_or_404(session_id)).data)
+
+
+class _SessionActionApi(APIView):
+    session_action: Callable[..., JourneySession]
+
+    @extend_schema(request=None, responses=SessionOutputSerializer)
+    def post(self, request: Request, session_id: int) -> Response:
+        _session_or_404(session_id)
+        session = _call(type(self).session_action, session_id=session_id)
+        return Response(SessionOutputSerializer(session).data)
+
+
+class SessionPauseApi(_SessionActionApi):
+    session_action = staticmethod(services.session_pause)
+
+
+class SessionResumeApi(_SessionActionApi):
+    session_action = staticmethod(services.session_resume)
+
+
+class SessionCancelApi(_SessionActionApi):
+    session_action = staticmethod(services.session_cancel)

@@ -1,0 +1,126 @@
+"""Nodes with side effects: CRM messages, contact updates, labels and HTTP requests.
+
+Each call carries the step's idempotency key, so a step re-run after a crash repeats the call
+under the same key and the receiver can recognise it. Called outside any transaction.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from journeys.crm import CrmError, crm_client
+from journeys.engine.flow import (
+    HttpRequestConfig,
+    LabelConfig,
+    Node,
+    SendMessageConfig,
+    UpdateContactConfig,
+)
+from journeys.engine.nodes import NodeState, Outcome, render
+
+from evoflow.http import HttpClient, HttpClientError, RetryPolicy, UpstreamUnavailable
+
+
+class EffectFailed(Exception):
+    """The node's call failed; `is_retryable` says whether another attempt may succeed."""
+
+    def __init__(self, message: str, *, is_retryable: bool) -> None:
+        super().__init__(message)
+        self.is_retryable = is_retryable
+
+
+def _failure(error: HttpClientError) -> EffectFailed:
+    if isinstance(error, UpstreamUnavailable):
+        return EffectFailed(str(error), is_retryable=True)
+    status = error.response.status_code if error.response is not None else None
+    return EffectFailed(str(error), is_retryable=status is None or status >= 500 or status == 429)
+
+
+@lru_cache(maxsize=16)
+def _http_client(timeout_seconds: float) -> HttpClient:
+    # One attempt per step run: the node's own retry policy spaces further attempts out
+    # without holding a worker.
+    return HttpClient(
+        "http://localhost/",
+        timeout=(min(3.05, timeout_seconds), timeout_seconds),
+        retry=RetryPolicy(max_attempts=1),
+    )
+
+
+def _dig(payload: Any, path: str) -> Any:
+    for part in path.split(".") if path else []:
+        if isinstance(payload, dict):
+            payload = payload.get(part)
+        elif isinstance(payload, list) and part.isdigit() and int(part) < len(payload):
+            payload = payload[int(part)]
+        else:
+            return None
+    return payload
+
+
+def effect_run(node: Node, state: NodeState, *, idempotency_key: str) -> Outcome:
+    config = node.config
+    crm = crm_client()
+    try:
+        if isinstance(config, SendMessageConfig):
+            message = crm.conversation_message_send(
+                str(render(config.conversation_id, state)),
+                content=str(render(config.content, state)),
+                message_type=config.message_type,
+                idempotency_key=idempotency_key,
+            )
+            return Outcome(result={"message_id": message.get("id")})
+        if isinstance(config, UpdateContactConfig):
+            attributes = render(config.custom_attributes, state)
+            updated = crm.contact_custom_attributes_merge(
+                state.contact_id, attributes, idempotency_key=idempotency_key
+            )
+            if updated is None:
+                raise EffectFailed("the contact does not exist in the CRM", is_retryable=False)
+            return Outcome(
+                result={"custom_attributes": updated.custom_attributes},
+                contact_changes={"custom_attributes": updated.custom_attributes},
+            )
+        if isinstance(config, LabelConfig):
+            label = str(render(config.label, state))
+            if node.type == "add_label":
+                labels = crm.contact_label_add(state.contact_id, label, idempotency_key=idempotency_key)
+            else:
+                labels = crm.contact_label_remove(
+                    state.contact_id, label, idempotency_key=idempotency_key
+                )
+            if labels is None:
+                raise EffectFailed("the contact does not exist in the CRM", is_retryable=False)
+            return Outcome(result={"labels": labels}, contact_changes={"labels": labels})
+        if isinstance(config, HttpRequestConfig):
+            return _http_request(config, state, idempotency_key=idempotency_key)
+    except CrmError as error:
+        raise _failure(error) from error
+    except HttpClientError as error:
+        raise _failure(error) from error
+    raise ValueError(f'node "{node.id}" ({node.type}) has no side effect')
+
+
+def _http_request(config: HttpRequestConfig, state: NodeState, *, idempotency_key: str) -> Outcome:
+    url = str(render(config.url, state))
+    if not url.startswith(("http://", "https://")):
+        raise EffectFailed(f"the URL {url[:200]!r} is not http(s)", is_retryable=False)
+    body = render(config.body, state) if config.body is not None else None
+    headers = {name: str(render(value, state)) for name, value in config.headers.items()}
+    response = _http_client(config.timeout_seconds).request(
+        config.method, url, json=body, headers=headers, idempotency_key=idempotency_key
+    )
+    if response.status_code >= 400:
+        raise EffectFailed(
+            f"{config.method} {url} answered HTTP {response.status_code}",
+            is_retryable=response.status_code >= 500 or response.status_code == 429,
+        )
+    try:
+        payload = response.json() if response.content else None
+    except ValueError:
+        payload = None
+    variables = {name: _dig(payload, path) for name, path in config.response_mapping.items()}
+    return Outcome(
+        variables=variables, result={"status": response.status_code, "mapped": variables}
+    )
