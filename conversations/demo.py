@@ -12,7 +12,7 @@ import hashlib
 from typing import Any
 
 from conversations.models import FacebookPage, SignatureVerdict, WebhookReceipt
-from conversations.services import page_upsert, webhook_receipt_process, webhook_receipt_store
+from conversations.services import page_upsert, webhook_receive
 from conversations.signatures import meta_json_bytes
 from conversations.simulator.graph import DEFAULT_ACCESS_TOKEN, DEFAULT_PAGE_ID, GraphSimulator
 from conversations.simulator.payloads import (
@@ -86,8 +86,7 @@ def seed(context: DemoSeedContext) -> None:
         body = meta_json_bytes(document)
         if WebhookReceipt.objects.filter(body_sha256=hashlib.sha256(body).hexdigest()).exists():
             continue
-        receipt = webhook_receipt_store(body=body, signature_verdict=SignatureVerdict.INTERNAL)
-        webhook_receipt_process(receipt_id=receipt.pk, body=body)
+        webhook_receive(body=body, signature_verdict=SignatureVerdict.INTERNAL)
         applied += 1
     page = FacebookPage.objects.get(page_id=DEFAULT_PAGE_ID)
     context.summary.append(

@@ -134,7 +134,12 @@ class Conversation(models.Model):
                 name="conversation_last_message_forward_only",
                 when=pgtrigger.Before,
                 operation=pgtrigger.Update,
-                condition=pgtrigger.Q(old__last_message_at__gt=pgtrigger.F("new__last_message_at")),
+                condition=(
+                    pgtrigger.Q(old__last_message_at__gt=pgtrigger.F("new__last_message_at"))
+                    | pgtrigger.Q(
+                        old__last_message_at__isnull=False, new__last_message_at__isnull=True
+                    )
+                ),
                 func=(
                     "RAISE EXCEPTION 'conversation %: last_message_at may not move backwards "
                     "(% -> %)', OLD.id, OLD.last_message_at, NEW.last_message_at "

@@ -126,8 +126,9 @@ def _contains_nul(value: Any) -> bool:
     return False
 
 
-def payload_parse(document: Any) -> WebhookPayload:
-    if _contains_nul(document):
+def payload_parse(document: Any, *, raw: bytes | None = None) -> WebhookPayload:
+    # A NUL can only come from a \u0000 escape: without one in the bytes, skip the full walk.
+    if (raw is None or b"\\u0000" in raw) and _contains_nul(document):
         raise PayloadInvalid("the payload contains a NUL character")
     try:
         return WebhookPayload.model_validate(document)

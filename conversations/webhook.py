@@ -1,10 +1,11 @@
 """Meta's Messenger webhook endpoint (verification GET, event POST).
 
 POST: the signature is checked over the raw bytes (never re-serialised); a bad one is a 403 and
-stores nothing but a counter. A signed payload is stored first (C7), then processed. Answers:
-200 once stored and processed or queued for retry (a processing failure is ours to retry, not
-Meta's); 400 when the bytes are not a Messenger payload evoflow can read: the receipt is kept as
-`rejected` with the reason (Meta's re-sending the same bytes would not help), never a 500.
+stores nothing but a counter. A signed payload is answered only once its receipt is durably
+stored (C7; see `conversations.services.webhook`): 200 when it was applied, or stored as
+`failed` for the retry schedule (a processing failure is ours to retry, not Meta's); 400 when
+the bytes are not a Messenger payload evoflow can read: the receipt is kept as `rejected` with
+the reason (Meta sending the same bytes again would not help). Never a 500 for bad input.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from django.views.decorators.http import require_http_methods
 
 from conversations import metrics
 from conversations.models import ReceiptStatus
-from conversations.services import webhook_receipt_process, webhook_receipt_store
+from conversations.services import webhook_receive
 from conversations.signatures import signature_is_valid
 from evoflow.api.errors import PERMISSION_DENIED
 
@@ -57,15 +58,14 @@ def _receive(request: HttpRequest) -> HttpResponse:
             {"code": INVALID_SIGNATURE, "detail": "Missing or invalid X-Hub-Signature-256."},
             status=403,
         )
-    receipt = webhook_receipt_store(body=body)
-    outcome = webhook_receipt_process(receipt_id=receipt.pk, body=body)
+    outcome = webhook_receive(body=body)
     if outcome.status == ReceiptStatus.REJECTED:
         return JsonResponse(
             {
                 "code": INVALID_PAYLOAD,
                 "detail": f"Not a Messenger page payload: {outcome.error}",
-                "receipt_id": receipt.pk,
+                "receipt_id": outcome.receipt_id,
             },
             status=400,
         )
-    return JsonResponse({"receipt_id": receipt.pk, "status": outcome.status})
+    return JsonResponse({"receipt_id": outcome.receipt_id, "status": outcome.status})

@@ -108,7 +108,9 @@ class EventGuestsApi(APIView):
         return _paginated(request, self, selectors.guest_list_for_event(event=event), GuestOutput)
 
     @extend_schema(
-        request=inline_serializer("GuestImportInput", {"guests": GuestImportRowSerializer(many=True)}),
+        request=inline_serializer(
+            "GuestImportInput", {"guests": GuestImportRowSerializer(many=True)}
+        ),
         responses={
             201: inline_serializer(
                 "GuestImportOutput",

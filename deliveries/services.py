@@ -19,6 +19,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
+from deliveries.locks import event_link_lock
 from deliveries.models import Event, EventGuest, FeatureFlag, Message, MessageDelivery
 from evoflow.models import User
 from evoflow.phones import InvalidPhoneNumber, phone_to_e164
@@ -231,6 +232,9 @@ def guest_relink_user(*, guest: EventGuest, user: User, actor: User | None = Non
         return MessageDelivery.objects.filter(guest=locked, user=user).count()
     if old_user_id == user.pk:
         return 0
+    # Deliveries being inserted for this guest right now either commit first (and are moved
+    # below) or wait and then see the new user.
+    event_link_lock(locked.event_id)
     link_audit_context_set(actor=actor)
     locked.user = user
     locked.updated_at = timezone.now()

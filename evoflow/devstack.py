@@ -127,6 +127,12 @@ def service_processes(config: DevstackConfig) -> list[ProcessSpec]:
             ),
             ready_url="http://127.0.0.1:8012/_control/state",
         ),
+        # The CRM simulator (CRM_BASE_URL's local default): journeys' contacts and messages.
+        ProcessSpec(
+            name="crm",
+            argv=manage_command("crm_simulator", "--port", "8011", "--seed", "1"),
+            ready_url="http://127.0.0.1:8011/_control/faults",
+        ),
         ProcessSpec(
             name="worker",
             argv=manage_command("qcluster"),

@@ -48,6 +48,13 @@ SCHEDULES: tuple[ScheduleSpec, ...] = (
         schedule_type=Schedule.MINUTES,
         minutes=1,
     ),
+    # Journeys: wake sessions whose wait is over, restart sessions whose worker died.
+    ScheduleSpec(
+        name="journeys.resume_due_sessions",
+        func="journeys.tasks.sessions_resume_due_task",
+        schedule_type=Schedule.MINUTES,
+        minutes=1,
+    ),
 )
 
 

@@ -41,6 +41,7 @@ DEMO_SEEDERS: list[str] = [
     "evoflow.services.demo_accounts_seed",
     "conversations.demo.seed",
     "deliveries.demo.seed",
+    "journeys.demo.seed",
 ]
 
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -26,7 +31,10 @@ def _call(function: Callable[..., T], **kwargs: Any) -> T:
         return function(**kwargs)
     except InvalidFlow as error:
         raise ApiError(
-            error.detail, code=error.code, status_code=400, extra={"errors": {"flow": error.messages}}
+            error.detail,
+            code=error.code,
+            status_code=400,
+            extra={"errors": {"flow": error.messages}},
         ) from error
     except JourneyError as error:
         raise ApiError(error.detail, code=error.code, status_code=error.status_code) from error
@@ -94,7 +102,7 @@ class SessionOutputSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = JourneySession
-        fields = (
+        fields: tuple[str, ...] = (
             "id",
             "journey_id",
             "contact_id",
@@ -117,9 +125,9 @@ class SessionDetailOutputSerializer(SessionOutputSerializer):
     steps = serializers.SerializerMethodField()
 
     class Meta(SessionOutputSerializer.Meta):
-        fields = (*SessionOutputSerializer.Meta.fields, "steps")
+        fields: tuple[str, ...] = (*SessionOutputSerializer.Meta.fields, "steps")
 
-    @extend_schema(responses=StepOutputSerializer(many=True))  # type: ignore[misc]
+    @extend_schema_field(StepOutputSerializer(many=True))
     def get_steps(self, session: JourneySession) -> list[dict[str, Any]]:
         steps = selectors.session_steps(session_id=session.pk)
         return list(StepOutputSerializer(steps, many=True).data)

@@ -23,13 +23,17 @@ from django.db.models.functions import Now
 
 
 class Contact(models.Model):
-    """The local mirror of a CRM contact; a row with only `id` (a stub) is valid."""
+    """The local mirror of a CRM contact; a row with only `id` (a stub) is valid.
+
+    Text fields default to "" in the database, so a stub is `INSERT ... (id)` and an empty
+    string means "not known yet".
+    """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4)
-    name = models.TextField(null=True, blank=True)
-    email = models.TextField(null=True, blank=True)
-    phone = models.TextField(null=True, blank=True)
-    phone_e164 = models.TextField(null=True, blank=True)
+    name = models.TextField(blank=True, default="", db_default="")
+    email = models.TextField(blank=True, default="", db_default="")
+    phone = models.TextField(blank=True, default="", db_default="")
+    phone_e164 = models.TextField(blank=True, default="", db_default="")
     custom_attributes = models.JSONField(default=dict, db_default={}, blank=True)
     additional_attributes = models.JSONField(default=dict, db_default={}, blank=True)
     labels = models.JSONField(default=list, db_default=[], blank=True)
@@ -134,7 +138,7 @@ class JourneySession(models.Model):
     variables = models.JSONField(default=dict, db_default={}, blank=True)
     context = models.JSONField(default=dict, db_default={}, blank=True)
     # What a waiting session waits for: an event name (wait_for_event), else only the clock.
-    wait_event = models.CharField(max_length=200, null=True, blank=True)
+    wait_event = models.CharField(max_length=200, blank=True, default="", db_default="")
     wait_filters = models.JSONField(default=dict, db_default={}, blank=True)
     wait_until = models.DateTimeField(null=True, blank=True)
     # A worker advancing the session holds a lease; an expired lease means the worker died.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+
 from django.db.models import Count, QuerySet
 
 from journeys.models import Journey, JourneySession, JourneyStep, SessionStatus

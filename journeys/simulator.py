@@ -119,7 +119,9 @@ class CrmSimulator(Simulator):
         try:
             normalised = str(uuid.UUID(contact_id))
         except ValueError:
-            raise SimulatorError(404, {"error": "not_found", "message": "no such contact"}) from None
+            raise SimulatorError(
+                404, {"error": "not_found", "message": "no such contact"}
+            ) from None
         if normalised.startswith(MISSING_PREFIX) or normalised in self._deleted:
             raise SimulatorError(404, {"error": "not_found", "message": "no such contact"})
         with self.lock:
@@ -150,7 +152,9 @@ class CrmSimulator(Simulator):
 
     def _labels_get(self, request: SimRequest) -> SimResponse:
         with self.lock:
-            return SimResponse(200, {"payload": list(self.contact(request.params["contact_id"])["labels"])})
+            return SimResponse(
+                200, {"payload": list(self.contact(request.params["contact_id"])["labels"])}
+            )
 
     def _labels_add(self, request: SimRequest) -> SimResponse:
         body = request.json()
@@ -216,7 +220,9 @@ class CrmSimulator(Simulator):
                 if key and (endpoint, key) in self._replies:
                     stored = self._replies[(endpoint, key)]
                     return SimResponse(
-                        stored.status, deepcopy(stored.body), {**stored.headers, "Idempotent-Replayed": "true"}
+                        stored.status,
+                        deepcopy(stored.body),
+                        {**stored.headers, "Idempotent-Replayed": "true"},
                     )
                 response = handler(request)
                 if response.status < 400:

@@ -6,6 +6,7 @@ from conversations.services.ingest import (
     IncomingEvent,
     IncomingMark,
     IncomingMessage,
+    TrailingStatement,
     batch_apply,
 )
 from conversations.services.pages import (
@@ -19,8 +20,8 @@ from conversations.services.webhook import (
     payload_plan,
     webhook_receipt_process,
     webhook_receipt_retry,
-    webhook_receipt_store,
     webhook_receipts_retry_due,
+    webhook_receive,
 )
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "IncomingMark",
     "IncomingMessage",
     "ProcessOutcome",
+    "TrailingStatement",
     "batch_apply",
     "page_flag_reauthorization",
     "page_pks_ensure",
@@ -38,6 +40,6 @@ __all__ = [
     "payload_plan",
     "webhook_receipt_process",
     "webhook_receipt_retry",
-    "webhook_receipt_store",
+    "webhook_receive",
     "webhook_receipts_retry_due",
 ]

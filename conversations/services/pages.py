@@ -70,7 +70,8 @@ def page_upsert(*, page_id: str, name: str = "", access_token: str | None = None
     return page
 
 
-@transaction.atomic(durable=True)
+# Not durable: the admin calls it inside its own change-form transaction.
+@transaction.atomic
 def page_set_access_token(*, page: FacebookPage, access_token: str) -> FacebookPage:
     page = FacebookPage.objects.select_for_update().get(pk=page.pk)
     page.set_access_token(access_token)
@@ -79,7 +80,7 @@ def page_set_access_token(*, page: FacebookPage, access_token: str) -> FacebookP
     return page
 
 
-@transaction.atomic(durable=True)
+@transaction.atomic
 def page_flag_reauthorization(*, page: FacebookPage, reason: str = "") -> FacebookPage:
     """Graph error 190 (invalid token): stop using the token until an operator sets a new one."""
     FacebookPage.objects.filter(pk=page.pk).update(is_reauthorization_required=True)

@@ -1,12 +1,18 @@
-"""The Messenger webhook: receipts stored before they are acknowledged (C7), then applied.
+"""The Messenger webhook: a payload is stored before it is acknowledged (C7), then applied.
 
-`webhook_receipt_store` writes the raw bytes in their own short transaction; the view answers
-200 as soon as that has committed. `webhook_receipt_process` then applies the payload in one
-durable transaction (receipt status included), through `batch_apply`; if anything fails, the
-transaction leaves nothing behind and the receipt is marked `failed` with the error and a next
-attempt time, which the retry schedule honours with exponential backoff. Because every insert
-is `ON CONFLICT DO NOTHING` on the right key, applying a payload twice (a retry after an
-unknown outcome, or Meta delivering it again) changes nothing the second time (C2, C3).
+`webhook_receive` is the view's entry point. It validates the payload, then applies it AND
+inserts its receipt (raw bytes, status `processed`) in one SQL statement, which commits on its
+own: the batch and its receipt are durable together, in one round trip. If that statement
+fails, nothing of it was applied (one statement is atomic) and the receipt is then inserted on
+its own as `failed`, with the error and a next attempt time; only after one of these inserts has
+committed does the view answer 200. A process dying in between answers nothing, so Meta
+delivers again: no acknowledged payload is ever lost. A payload that is not a Messenger page
+payload is stored as `rejected` (400).
+
+`webhook_receipt_process` re-applies a stored receipt (the retry schedule with exponential
+backoff, the admin's retry action) in one durable transaction that locks the receipt. Because
+every insert is `ON CONFLICT DO NOTHING` on the right key, applying a payload twice (a retry
+after an unknown outcome, or Meta delivering it again) changes nothing the second time (C2, C3).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,6 +49,7 @@ from conversations.services.ingest import (
     IncomingEvent,
     IncomingMark,
     IncomingMessage,
+    TrailingStatement,
     batch_apply,
 )
 from conversations.services.pages import page_pks_ensure
@@ -73,74 +81,150 @@ class PayloadPlan:
 @dataclass(frozen=True)
 class ProcessOutcome:
     status: str
+    receipt_id: int | None = None
     error: str = ""
     applied: ApplyResult | None = None
 
 
-# -- storing -------------------------------------------------------------------------------------
+# -- receiving ---------------------------------------------------------------------------------
+
+_RECEIPT_INSERT_PROCESSED = """
+    INSERT INTO conversations_webhookreceipt (
+        body, body_sha256, signature_verdict, status, attempts, error, event_count,
+        unknown_event_count, skipped_events, received_at, processed_at, updated_at)
+    VALUES (%s, %s, %s, 'processed', 1, '', %s, %s, %s::jsonb, now(), now(), now())
+    RETURNING id
+"""
+
+_RECEIPT_UPDATE_PROCESSED = """
+    UPDATE conversations_webhookreceipt SET status = 'processed', error = '',
+        attempts = attempts + 1, event_count = %s, unknown_event_count = %s,
+        skipped_events = %s::jsonb, processed_at = now(), next_attempt_at = NULL,
+        updated_at = now()
+    WHERE id = %s
+    RETURNING id
+"""
 
 
-def webhook_receipt_store(
+def webhook_receive(
     *, body: bytes, signature_verdict: str = SignatureVerdict.VALID
-) -> WebhookReceipt:
-    """Durably store the raw bytes; returns once committed (the caller may then answer 200)."""
-    with transaction.atomic(durable=True):
-        return WebhookReceipt.objects.create(
-            body=body,
-            body_sha256=hashlib.sha256(body).hexdigest(),
-            signature_verdict=signature_verdict,
-            status=ReceiptStatus.RECEIVED,
-        )
-
-
-# -- processing ----------------------------------------------------------------------------------
-
-
-def webhook_receipt_process(*, receipt_id: int, body: bytes | None = None) -> ProcessOutcome:
-    """Apply one stored receipt. Idempotent: a processed receipt is left alone.
-
-    `body` saves re-reading the bytes when the caller (the view) has them in hand.
-    """
+) -> ProcessOutcome:
+    """Validate, apply and store one payload; returns once its receipt is durable."""
+    body_sha256 = hashlib.sha256(body).hexdigest()
     try:
-        payload = _payload_from_bytes(body) if body is not None else None
+        plan = payload_plan(_payload_from_bytes(body))
     except PayloadInvalid as error:
-        return _receipt_reject(receipt_id=receipt_id, error=str(error))
+        receipt = _receipt_insert(
+            body=body,
+            body_sha256=body_sha256,
+            signature_verdict=signature_verdict,
+            status=ReceiptStatus.REJECTED,
+            error=str(error),
+        )
+        metrics.WEBHOOK_RECEIPTS.labels(ReceiptStatus.REJECTED).inc()
+        return ProcessOutcome(ReceiptStatus.REJECTED, receipt.pk, str(error))
+    receipt_sql = TrailingStatement(
+        _RECEIPT_INSERT_PROCESSED,
+        [
+            body,
+            body_sha256,
+            signature_verdict,
+            plan.event_count,
+            plan.unknown_count,
+            json.dumps(plan.skipped),
+        ],
+    )
+    # No transaction: one statement, atomic and committed on its own (one round trip). Called
+    # inside someone's transaction (a test, a script), a savepoint contains a failure instead.
+    enclosing = transaction.atomic() if connection.in_atomic_block else nullcontext()
+    try:
+        with enclosing:
+            applied, receipt_id = batch_apply(
+                messages=plan.messages,
+                events=plan.events,
+                marks=plan.marks,
+                source=Source.WEBHOOK,
+                trailing=receipt_sql,
+            )
+    except Exception as error:
+        logger.exception("webhook payload failed; stored for retry")
+        receipt = _receipt_insert(
+            body=body,
+            body_sha256=body_sha256,
+            signature_verdict=signature_verdict,
+            status=ReceiptStatus.FAILED,
+            error=f"{type(error).__name__}: {error}",
+            attempts=1,
+            next_attempt_at=timezone.now() + retry_delay(1),
+        )
+        metrics.WEBHOOK_RECEIPTS.labels(ReceiptStatus.FAILED).inc()
+        return ProcessOutcome(ReceiptStatus.FAILED, receipt.pk, str(error))
+    metrics.WEBHOOK_RECEIPTS.labels(ReceiptStatus.PROCESSED).inc()
+    return ProcessOutcome(ReceiptStatus.PROCESSED, int(receipt_id), applied=applied)
+
+
+@transaction.atomic(durable=True)
+def _receipt_insert(
+    *,
+    body: bytes,
+    body_sha256: str,
+    signature_verdict: str,
+    status: str,
+    error: str,
+    attempts: int = 0,
+    next_attempt_at: datetime | None = None,
+) -> WebhookReceipt:
+    return WebhookReceipt.objects.create(
+        body=body,
+        body_sha256=body_sha256,
+        signature_verdict=signature_verdict,
+        status=status,
+        error=error[:ERROR_MAX_CHARS],
+        attempts=attempts,
+        next_attempt_at=next_attempt_at,
+        processed_at=timezone.now() if status == ReceiptStatus.REJECTED else None,
+    )
+
+
+# -- processing a stored receipt --------------------------------------------------------------
+
+
+def webhook_receipt_process(*, receipt_id: int) -> ProcessOutcome:
+    """Apply one stored receipt again. Idempotent: a processed receipt is left alone."""
     try:
         with transaction.atomic(durable=True):
-            if payload is None:
-                locked = _receipt_lock(receipt_id)
-                if locked is None:
-                    return ProcessOutcome(status="skipped")
-                try:
-                    payload = _payload_from_bytes(locked)
-                except PayloadInvalid as error:
-                    _receipt_finish(
-                        receipt_id=receipt_id,
-                        status=ReceiptStatus.REJECTED,
-                        error=str(error),
-                        plan=None,
-                    )
-                    metrics.WEBHOOK_RECEIPTS.labels(ReceiptStatus.REJECTED).inc()
-                    return ProcessOutcome(status=ReceiptStatus.REJECTED, error=str(error))
-            plan = payload_plan(payload)
-            applied = batch_apply(
-                messages=plan.messages, events=plan.events, marks=plan.marks, source=Source.WEBHOOK
+            locked = _receipt_lock(receipt_id)
+            if locked is None:
+                return ProcessOutcome(status="skipped", receipt_id=receipt_id)
+            try:
+                plan = payload_plan(_payload_from_bytes(locked))
+            except PayloadInvalid as error:
+                _receipt_finish(
+                    receipt_id=receipt_id,
+                    status=ReceiptStatus.REJECTED,
+                    error=str(error),
+                    plan=None,
+                )
+                metrics.WEBHOOK_RECEIPTS.labels(ReceiptStatus.REJECTED).inc()
+                return ProcessOutcome(ReceiptStatus.REJECTED, receipt_id, str(error))
+            applied, _ = batch_apply(
+                messages=plan.messages,
+                events=plan.events,
+                marks=plan.marks,
+                source=Source.WEBHOOK,
+                trailing=TrailingStatement(
+                    _RECEIPT_UPDATE_PROCESSED,
+                    [plan.event_count, plan.unknown_count, json.dumps(plan.skipped), receipt_id],
+                ),
             )
-            _receipt_finish(
-                receipt_id=receipt_id, status=ReceiptStatus.PROCESSED, error="", plan=plan
-            )
-    except PayloadInvalid as error:
-        return _receipt_reject(receipt_id=receipt_id, error=str(error))
     except Exception as error:
         # Nothing of the payload was applied (the transaction rolled back). Record why, and
         # leave the receipt for the retry schedule.
         logger.exception("webhook receipt %s failed", receipt_id)
         _receipt_fail(receipt_id=receipt_id, error=f"{type(error).__name__}: {error}")
-        return ProcessOutcome(status=ReceiptStatus.FAILED, error=str(error))
+        return ProcessOutcome(ReceiptStatus.FAILED, receipt_id, str(error))
     metrics.WEBHOOK_RECEIPTS.labels(ReceiptStatus.PROCESSED).inc()
-    for item in plan.skipped:
-        metrics.WEBHOOK_EVENTS.labels(item.get("kind") or "unknown").inc()
-    return ProcessOutcome(status=ReceiptStatus.PROCESSED, applied=applied)
+    return ProcessOutcome(ReceiptStatus.PROCESSED, receipt_id, applied=applied)
 
 
 def webhook_receipts_retry_due(*, limit: int = 100) -> int:
@@ -173,7 +257,7 @@ def _payload_from_bytes(body: bytes) -> WebhookPayload:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise PayloadInvalid(f"the body is not JSON: {error}") from error
-    return payload_parse(document)
+    return payload_parse(document, raw=body)
 
 
 def _receipt_lock(receipt_id: int) -> bytes | None:
@@ -206,15 +290,6 @@ def _receipt_finish(*, receipt_id: int, status: str, error: str, plan: PayloadPl
         )
 
 
-def _receipt_reject(*, receipt_id: int, error: str) -> ProcessOutcome:
-    with transaction.atomic(durable=True):
-        _receipt_finish(
-            receipt_id=receipt_id, status=ReceiptStatus.REJECTED, error=error, plan=None
-        )
-    metrics.WEBHOOK_RECEIPTS.labels(ReceiptStatus.REJECTED).inc()
-    return ProcessOutcome(status=ReceiptStatus.REJECTED, error=error)
-
-
 def _receipt_fail(*, receipt_id: int, error: str) -> None:
     with transaction.atomic(durable=True):
         receipt = WebhookReceipt.objects.select_for_update().get(pk=receipt_id)
@@ -245,16 +320,20 @@ def payload_plan(payload: WebhookPayload) -> PayloadPlan:
     Raises PayloadInvalid when an event of a known kind is malformed: the whole payload is then
     rejected, so nothing of it is half-applied.
     """
-    plan = PayloadPlan()
-    page_pks = page_pks_ensure(page_ids=sorted({entry.id for entry in payload.entry}))
-    for entry_index, entry in enumerate(payload.entry):
-        page_pk = page_pks[entry.id]
-        for channel, raw_events in (("messaging", entry.messaging), ("standby", entry.standby)):
-            for event_index, raw in enumerate(raw_events):
-                plan.event_count += 1
-                where = {"entry": entry_index, "channel": channel, "index": event_index}
-                event = event_parse(raw)
-                _plan_event(plan, page_pk, entry.id, channel, event, where)
+    # Every event is validated before anything is written (not even a new page row).
+    parsed = [
+        (entry_index, entry.id, channel, event_index, event_parse(raw))
+        for entry_index, entry in enumerate(payload.entry)
+        for channel, raw_events in (("messaging", entry.messaging), ("standby", entry.standby))
+        for event_index, raw in enumerate(raw_events)
+    ]
+    plan = PayloadPlan(event_count=len(parsed))
+    if not parsed:
+        return plan
+    page_pks = page_pks_ensure(page_ids=sorted({page_id for _, page_id, *_ in parsed}))
+    for entry_index, page_id, channel, event_index, event in parsed:
+        where = {"entry": entry_index, "channel": channel, "index": event_index}
+        _plan_event(plan, page_pks[page_id], page_id, channel, event, where)
     return plan
 
 

@@ -1,9 +1,8 @@
 """The linking rule (D1, D2) and its audit (D3), as SQL functions the triggers call.
 
-* `deliveries_flag_enabled(name, default)`: a feature flag's value, read from its table at
-  the moment of the statement (no cache, so a flip is seen by the very next delivery);
 * `deliveries_link_resolve(ids)`: for each delivery, the user it should carry and why. This
-  is the rule, written once; it reads and never writes;
+  is the rule, written once; it reads and never writes. It reads the feature flags from their
+  table in the same statement (no cache, so a flip is seen by the very next delivery);
 * `deliveries_link_apply(ids, method, audit_all)`: one `UPDATE ... FROM` applying the links,
   one `INSERT ... SELECT` writing the audit rows (all attempts, or only the links when
   `audit_all` is false), in the caller's transaction. `method` NULL means "as created": the
@@ -15,14 +14,6 @@
 from django.db import migrations
 
 FUNCTIONS_SQL = r"""
-CREATE OR REPLACE FUNCTION deliveries_flag_enabled(p_name text, p_default boolean)
-RETURNS boolean
-LANGUAGE sql STABLE AS $$
-    SELECT coalesce(
-        (SELECT enabled FROM deliveries_featureflag WHERE name = p_name), p_default
-    )
-$$;
-
 CREATE OR REPLACE FUNCTION deliveries_link_resolve(p_delivery_ids bigint[])
 RETURNS TABLE (
     delivery_id bigint,
@@ -34,10 +25,17 @@ RETURNS TABLE (
     details jsonb
 )
 LANGUAGE sql STABLE AS $$
-    -- Materialised: read once per statement, not once per delivery.
+    -- The flags, read from their table by this very statement (no cache: a flip is seen by
+    -- the next delivery); a missing row means the documented default. Materialised: read
+    -- once per statement, not once per delivery.
     WITH flags AS MATERIALIZED (
-        SELECT deliveries_flag_enabled('LINK_USER_BY_PHONE', true) AS linking,
-               deliveries_flag_enabled('LINK_USER_BY_PHONE_FALLBACK_TO_USERS', false) AS fallback
+        SELECT coalesce(bool_or(enabled) FILTER (WHERE name = 'LINK_USER_BY_PHONE'), true)
+                   AS linking,
+               coalesce(bool_or(enabled)
+                        FILTER (WHERE name = 'LINK_USER_BY_PHONE_FALLBACK_TO_USERS'), false)
+                   AS fallback
+        FROM deliveries_featureflag
+        WHERE name IN ('LINK_USER_BY_PHONE', 'LINK_USER_BY_PHONE_FALLBACK_TO_USERS')
     ),
     candidate AS (
         SELECT delivery.id,
@@ -51,33 +49,39 @@ LANGUAGE sql STABLE AS $$
         JOIN deliveries_eventguest AS guest ON guest.id = delivery.guest_id
         WHERE delivery.id = ANY (p_delivery_ids)
     ),
-    decided AS (
+    gated AS (
         SELECT candidate.*,
                flags.linking,
                flags.fallback,
-               phone_match.guest_count,
-               phone_match.user_count,
-               phone_match.user_id AS phone_user_id
+               flags.linking AND flags.fallback AND candidate.guest_active
+                   AND candidate.guest_user_id IS NULL AND candidate.user_id IS NULL
+                   AND candidate.phone_e164 IS NOT NULL AS tries_phone
         FROM candidate
         CROSS JOIN flags
-        -- The phone lookups run only for deliveries that reach the fallback: the WHERE
-        -- below is a one-time filter evaluated before either count.
-        LEFT JOIN LATERAL (
-            SELECT (SELECT count(*)
-                    FROM deliveries_eventguest AS other
-                    WHERE other.event_id = candidate.event_id
-                      AND other.phone_e164 = candidate.phone_e164
-                      AND other.removed_at IS NULL) AS guest_count,
-                   users.user_count,
-                   users.user_id
-            FROM (SELECT count(*) AS user_count, min(account.id) AS user_id
-                  FROM evoflow_user AS account
-                  WHERE account.phone_e164 = candidate.phone_e164
-                    AND account.is_active) AS users
-            WHERE flags.linking AND flags.fallback AND candidate.guest_active
-              AND candidate.guest_user_id IS NULL AND candidate.user_id IS NULL
-              AND candidate.phone_e164 IS NOT NULL
-        ) AS phone_match ON true
+    ),
+    looked_up AS (
+        -- The phone lookups run only for deliveries that reach the fallback: a CASE evaluates
+        -- its subquery only when its condition holds.
+        SELECT gated.*,
+               CASE WHEN gated.tries_phone THEN (
+                   SELECT count(*)
+                   FROM deliveries_eventguest AS other
+                   WHERE other.event_id = gated.event_id
+                     AND other.phone_e164 = gated.phone_e164
+                     AND other.removed_at IS NULL
+               ) END AS guest_count,
+               CASE WHEN gated.tries_phone THEN coalesce((
+                   SELECT array_agg(account.id ORDER BY account.id)
+                   FROM evoflow_user AS account
+                   WHERE account.phone_e164 = gated.phone_e164 AND account.is_active
+               ), '{}') END AS phone_user_ids
+        FROM gated
+    ),
+    decided AS (
+        SELECT looked_up.*,
+               cardinality(looked_up.phone_user_ids) AS user_count,
+               looked_up.phone_user_ids[1] AS phone_user_id
+        FROM looked_up
     )
     SELECT decided.id,
            decided.guest_id,
@@ -101,12 +105,7 @@ LANGUAGE sql STABLE AS $$
                WHEN decided.user_count = 1 THEN 'linked'
                ELSE 'no_match'
            END,
-           CASE
-               WHEN decided.linking AND decided.guest_active AND decided.guest_user_id IS NULL
-                    AND decided.user_id IS NULL AND decided.fallback
-                    AND decided.phone_e164 IS NOT NULL THEN 'phone'
-               ELSE 'guest'
-           END,
+           CASE WHEN decided.tries_phone THEN 'phone' ELSE 'guest' END,
            jsonb_strip_nulls(jsonb_build_object(
                'reason',
                CASE
@@ -137,7 +136,11 @@ CREATE OR REPLACE FUNCTION deliveries_link_apply(
     p_delivery_ids bigint[], p_method text, p_audit_all boolean
 )
 RETURNS TABLE (link_outcome text, delivery_count bigint)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Planning this statement costs more than running it for one guest's hundred deliveries; the
+-- generic plan (index lookups by id, whatever the array's size) suits every caller.
+SET plan_cache_mode = force_generic_plan
+AS $$
 DECLARE
     -- Who is acting, as services set it for this transaction (empty for raw SQL).
     v_context jsonb := jsonb_strip_nulls(jsonb_build_object(
@@ -185,7 +188,6 @@ $$;
 DROP_SQL = """
 DROP FUNCTION IF EXISTS deliveries_link_apply(bigint[], text, boolean);
 DROP FUNCTION IF EXISTS deliveries_link_resolve(bigint[]);
-DROP FUNCTION IF EXISTS deliveries_flag_enabled(text, boolean);
 """
 
 

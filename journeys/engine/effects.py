@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+from evoflow.http import HttpClient, HttpClientError, RetryPolicy, UpstreamUnavailable
 from journeys.crm import CrmError, crm_client
 from journeys.engine.flow import (
     HttpRequestConfig,
@@ -18,8 +19,6 @@ from journeys.engine.flow import (
     UpdateContactConfig,
 )
 from journeys.engine.nodes import NodeState, Outcome, render
-
-from evoflow.http import HttpClient, HttpClientError, RetryPolicy, UpstreamUnavailable
 
 
 class EffectFailed(Exception):
@@ -85,7 +84,9 @@ def effect_run(node: Node, state: NodeState, *, idempotency_key: str) -> Outcome
         if isinstance(config, LabelConfig):
             label = str(render(config.label, state))
             if node.type == "add_label":
-                labels = crm.contact_label_add(state.contact_id, label, idempotency_key=idempotency_key)
+                labels = crm.contact_label_add(
+                    state.contact_id, label, idempotency_key=idempotency_key
+                )
             else:
                 labels = crm.contact_label_remove(
                     state.contact_id, label, idempotency_key=idempotency_key

@@ -314,8 +314,10 @@ def flow_parse(flow: Any) -> Flow:
     unreachable = [node_id for node_id in nodes if node_id not in reached]
     if unreachable:
         raise FlowInvalid(
-            [f'node "{node_id}" ({nodes[node_id].type}) is not reachable from the entry node'
-             for node_id in unreachable]
+            [
+                f'node "{node_id}" ({nodes[node_id].type}) is not reachable from the entry node'
+                for node_id in unreachable
+            ]
         )
     return Flow(nodes=nodes, entry_node_id=entry, edges=edges)
 

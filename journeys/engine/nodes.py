@@ -152,7 +152,9 @@ def node_evaluate(node: Node, state: NodeState) -> Outcome:
         for branch in config.branches:
             upper += branch.percentage
             if bucket < upper:
-                return Outcome(handle=branch.handle, result={"bucket": bucket, "branch": branch.handle})
+                return Outcome(
+                    handle=branch.handle, result={"bucket": bucket, "branch": branch.handle}
+                )
         raise AssertionError("split percentages are validated to sum to 100")
     if isinstance(config, WaitConfig):
         return Outcome(

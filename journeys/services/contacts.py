@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
+from evoflow.phones import InvalidPhoneNumber, phone_to_e164
 from journeys.crm import CrmContact, crm_client
 from journeys.models import Contact
-
-from evoflow.phones import InvalidPhoneNumber, phone_to_e164
 
 
 def _is_empty(value: Any) -> bool:
@@ -34,9 +34,9 @@ def contact_changes_from_crm(contact: Contact, crm: CrmContact) -> dict[str, Any
             changes[local_field] = value
     if "phone" in changes:
         try:
-            changes["phone_e164"] = phone_to_e164(changes["phone"])
+            changes["phone_e164"] = phone_to_e164(changes["phone"]) or ""
         except InvalidPhoneNumber:
-            changes["phone_e164"] = None
+            changes["phone_e164"] = ""
     for local_field, crm_map in (
         ("custom_attributes", crm.custom_attributes),
         ("additional_attributes", crm.additional_attributes),
@@ -76,12 +76,10 @@ def contacts_enrich(*, contact_ids: Sequence[uuid.UUID | str]) -> int:
 
 
 def contacts_stale_stub_ids(*, older_than_seconds: int = 3600, limit: int = 500) -> list[str]:
-    cutoff = timezone.now() - timezone.timedelta(seconds=older_than_seconds)
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
     return [
         str(contact_id)
-        for contact_id in Contact.objects.filter(
-            crm_synced_at__isnull=True, created_at__lt=cutoff
-        )
+        for contact_id in Contact.objects.filter(crm_synced_at__isnull=True, created_at__lt=cutoff)
         .order_by("created_at")
         .values_list("id", flat=True)[:limit]
     ]

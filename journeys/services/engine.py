@@ -30,13 +30,12 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from evoflow.tasks import enqueue_after_commit
 from journeys.engine.effects import EffectFailed, effect_run
 from journeys.engine.flow import Flow, FlowInvalid, flow_parse
 from journeys.engine.nodes import NodeState, Outcome, node_evaluate
 from journeys.models import Contact, SessionStatus, StepStatus
 from journeys.services.funnel import SessionWrite, StepWrite, session_persist_many
-
-from evoflow.tasks import enqueue_after_commit
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +180,9 @@ def _base_write(session: RunningSession, token: uuid.UUID) -> SessionWrite:
     )
 
 
-def _fail_write(session: RunningSession, token: uuid.UUID, message: str, **extra: Any) -> SessionWrite:
+def _fail_write(
+    session: RunningSession, token: uuid.UUID, message: str, **extra: Any
+) -> SessionWrite:
     write = _base_write(session, token)
     write.status = SessionStatus.FAILED
     write.error = {"message": message, "node_id": session.current_node_id, **extra}
@@ -317,8 +318,8 @@ def sessions_advance(*, session_ids: Sequence[int]) -> AdvanceReport:
         for session in effects:
             flow = flows[session.journey_id]
             assert isinstance(flow, Flow)
-            write = _effect_step(session, token, flow, contacts, report)
-            if write is not None and _apply(session, write):
+            effect_write = _effect_step(session, token, flow, contacts, report)
+            if effect_write is not None and _apply(session, effect_write):
                 still_running.append(session)
         running = still_running
     return report

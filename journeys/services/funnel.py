@@ -232,14 +232,16 @@ def session_persist_many(*, writes: Sequence[SessionWrite]) -> PersistResult:
         "session_id": ids,
         "contact_id": [write.contact_id for write in writes],
         "expected_step": [write.expected_step_count for write in writes],
-        "expected_statuses": [",".join(str(s) for s in write.expected_statuses) for write in writes],
+        "expected_statuses": [
+            ",".join(str(s) for s in write.expected_statuses) for write in writes
+        ],
         "lease_token": [write.lease_token for write in writes],
         "status": [str(write.status) for write in writes],
         "current_node_id": [write.current_node_id for write in writes],
         "step_count": [write.step_count for write in writes],
         "variables": [_json(write.variables) for write in writes],
         "context": [_json(write.context) for write in writes],
-        "wait_event": [write.wait_event for write in writes],
+        "wait_event": [write.wait_event or "" for write in writes],
         "wait_filters": [_json(write.wait_filters) for write in writes],
         "wait_until": [write.wait_until for write in writes],
         "error": [_json(write.error) for write in writes],
@@ -321,9 +323,7 @@ class InsertResult:
     created_contact_ids: list[uuid.UUID]
 
 
-def session_insert_many(
-    *, sessions: Sequence[NewSession], skip_live: bool = False
-) -> InsertResult:
+def session_insert_many(*, sessions: Sequence[NewSession], skip_live: bool = False) -> InsertResult:
     """Insert new sessions with their contact stubs in one statement.
 
     With `skip_live` a pair that already has a live session is left out (bulk enrollment);
@@ -337,7 +337,7 @@ def session_insert_many(
         if skip_live
         else ""
     )
-    params = {
+    params: dict[str, Any] = {
         "journey_id": [new.journey_id for new in sessions],
         "contact_id": [new.contact_id for new in sessions],
         "current_node_id": [new.current_node_id for new in sessions],
@@ -353,7 +353,9 @@ def session_insert_many(
     return InsertResult(
         session_ids={
             (journey_id, contact_id): session_id
-            for session_id, journey_id, contact_id in zip(ids, journey_ids, contact_ids, strict=True)
+            for session_id, journey_id, contact_id in zip(
+                ids, journey_ids, contact_ids, strict=True
+            )
         },
         created_contact_ids=list(created),
     )
@@ -368,8 +370,7 @@ def session_insert(*, new: NewSession) -> int:
         constraint = getattr(getattr(error.__cause__, "diag", None), "constraint_name", "") or ""
         if constraint == "journeys_one_live_session_per_contact":
             raise SessionAlreadyLive(
-                f"contact {new.contact_id} already has a live session in journey "
-                f"{new.journey_id}"
+                f"contact {new.contact_id} already has a live session in journey {new.journey_id}"
             ) from error
         raise
     _enqueue_enrichment(result.created_contact_ids)

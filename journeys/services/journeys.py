@@ -23,9 +23,7 @@ EDITABLE_FIELDS = (
 )
 
 
-def journey_validate(
-    *, flow: Any, triggers: Any = None, default_variables: Any = None
-) -> None:
+def journey_validate(*, flow: Any, triggers: Any = None, default_variables: Any = None) -> None:
     """The one validator behind the model, the services, the API and the admin."""
     messages: list[str] = []
     try:
@@ -87,7 +85,9 @@ def journey_update(*, journey_id: int, **changes: Any) -> Journey:
     """Change the given fields; a new flow bumps the version running workers compare with."""
     unknown = set(changes) - set(EDITABLE_FIELDS)
     if unknown:
-        raise InvalidFlow(f"unknown fields: {sorted(unknown)}", [f"unknown fields: {sorted(unknown)}"])
+        raise InvalidFlow(
+            f"unknown fields: {sorted(unknown)}", [f"unknown fields: {sorted(unknown)}"]
+        )
     journey = Journey.objects.select_for_update().filter(pk=journey_id).first()
     if journey is None:
         raise JourneyNotFound(f"journey {journey_id} does not exist")

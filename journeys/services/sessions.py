@@ -353,4 +353,3 @@ def sessions_resume_due(*, batch_size: int = 500, max_batches: int = 20) -> Resu
         if len(rows) < batch_size:
             break
     return ResumeReport(resumed=resumed, restarted_stalled=stalled)
-

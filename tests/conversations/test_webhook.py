@@ -461,3 +461,55 @@ def test_a_failure_mid_payload_applies_nothing_and_the_retry_applies_everything_
     # And retrying again (an operator's click) changes nothing
     assert webhook_receipt_retry(receipt_id=receipt.pk).status == "skipped"
     assert Message.objects.count() == 5
+
+
+def test_the_retry_schedule_is_ensured_and_its_task_retries_due_receipts(post_webhook, page):
+    from django_q.models import Schedule
+
+    from conversations.tasks import webhook_receipts_retry_scheduled
+    from evoflow.schedules import schedules_ensure
+
+    schedules_ensure()
+    schedule = Schedule.objects.get(name="conversations.webhook_receipts_retry")
+    assert (schedule.func, schedule.schedule_type, schedule.minutes) == (
+        "conversations.tasks.webhook_receipts_retry_scheduled",
+        Schedule.MINUTES,
+        1,
+    )
+
+    # Given a payload stored as failed whose backoff has elapsed
+    with connection.cursor() as cursor:
+        cursor.execute(FAIL_ON_EVENT_TRIGGER)
+    document = webhook_document(
+        PAGE_ID, [message_event(page_id=PAGE_ID, psid=PSID, mid="m_3", timestamp_ms=T0)]
+    )
+    post_webhook(document)
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TRIGGER test_fail_on_event ON conversations_interactionevent")
+    receipt = WebhookReceipt.objects.get()
+    assert receipt.status == ReceiptStatus.FAILED
+    WebhookReceipt.objects.update(next_attempt_at=receipt.received_at)
+
+    # When the scheduled task runs (twice, as an at-least-once queue may deliver it)
+    assert webhook_receipts_retry_scheduled() == 1
+    assert webhook_receipts_retry_scheduled() == 0
+
+    # Then the payload is applied once
+    receipt.refresh_from_db()
+    assert receipt.status == ReceiptStatus.PROCESSED
+    assert Message.objects.count() == 1
+    assert Conversation.objects.get().message_count == 1
+
+
+def test_retry_backoff_doubles_and_is_capped():
+    from datetime import timedelta
+
+    from conversations.services.webhook import retry_delay
+
+    assert [retry_delay(n) for n in (1, 2, 3, 10, 12)] == [
+        timedelta(minutes=1),
+        timedelta(minutes=2),
+        timedelta(minutes=4),
+        timedelta(minutes=360),
+        timedelta(minutes=360),
+    ]

@@ -10,6 +10,7 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 
+from deliveries import services
 from deliveries.models import EventGuest, MessageDelivery, UserLinkAudit
 from evoflow.models import IntegrityCheckResult
 from tests.core.factories import UserFactory
@@ -224,8 +225,6 @@ def test_integrity_is_healthy_on_data_written_through_the_triggers():
     EventGuestFactory(event=event, user=UserFactory())
     EventGuestFactory(event=event)
     MessageFactory(event=event)
-    from deliveries import services
-
     services.message_send(event=event, sender=event.host, body="hi")
 
     code, document = integrity_json(
@@ -246,8 +245,6 @@ def test_integrity_is_healthy_on_data_written_through_the_triggers():
 def test_a_raw_relink_leaving_deliveries_on_the_old_user_is_caught():
     old, new = UserFactory(), UserFactory()
     guest = EventGuestFactory(user=old)
-    from deliveries import services
-
     result = services.message_send(event=guest.event, sender=guest.event.host, body="hi")
     EventGuest.objects.filter(pk=guest.pk).update(user=new)
 

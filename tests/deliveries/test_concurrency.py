@@ -8,7 +8,9 @@ import time
 
 import psycopg
 import pytest
+from django.db import transaction
 
+from deliveries import locks
 from deliveries.models import MessageDelivery, UserLinkAudit
 from evoflow.db import psycopg_conninfo
 from tests.core.factories import UserFactory
@@ -157,8 +159,28 @@ def test_the_backfill_command_line_shows_progress_and_is_idempotent(subprocess_e
 
     assert first.returncode == 0, first.stderr
     assert "linked 5 of 5" in first.stdout
-    assert "backfill" in first.stderr and "ids" in first.stderr  # the progress bar
+    # The progress bar, on stderr
+    assert "backfill" in first.stderr
+    assert "ids" in first.stderr
     assert second.returncode == 0, second.stderr
     assert "Nothing to do" in second.stdout
     assert set(MessageDelivery.objects.values_list("user_id", flat=True)) == {user.pk}
     assert UserLinkAudit.objects.filter(method="historical").count() == 5
+
+
+def test_the_python_event_lock_is_the_one_the_insert_trigger_waits_for():
+    guest = EventGuestFactory(user=UserFactory())
+    message = MessageFactory(event=guest.event)
+    inserter = "deliveries-test-lock-key"
+
+    with transaction.atomic():
+        locks.event_link_lock(guest.event_id)
+        thread, results = run_in_thread(
+            psycopg_conninfo(application_name=inserter), INSERT_DELIVERY, [message.pk, guest.pk]
+        )
+        assert wait_for(lambda: waiting_on_a_lock(psycopg_conninfo(), inserter), timeout=10)
+        assert results == []
+    thread.join(timeout=10)
+
+    assert len(results) == 1
+    assert MessageDelivery.objects.get(pk=results[0]).user_id == guest.user_id

@@ -461,9 +461,12 @@ def test_the_audit_table_refuses_update_and_delete():
         "UPDATE deliveries_userlinkaudit SET outcome = 'no_match' WHERE id = %s",
         "DELETE FROM deliveries_userlinkaudit WHERE id = %s",
     ):
-        with pytest.raises(DatabaseError, match="Cannot update or delete"):
-            with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute(statement, [audit.pk])
+        with (
+            pytest.raises(DatabaseError, match="Cannot update or delete"),
+            transaction.atomic(),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(statement, [audit.pk])
     with pytest.raises(DatabaseError), transaction.atomic():
         UserLinkAudit.objects.filter(pk=audit.pk).update(outcome="skipped")
     with pytest.raises(DatabaseError), transaction.atomic():

@@ -13,7 +13,9 @@ from journeys.models import Contact, Journey
 def linear_flow(*nodes: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
     """A flow of (id, type, config) nodes joined one after the other by plain edges."""
     return {
-        "nodes": [{"id": node_id, "type": kind, "config": config} for node_id, kind, config in nodes],
+        "nodes": [
+            {"id": node_id, "type": kind, "config": config} for node_id, kind, config in nodes
+        ],
         "edges": [
             {"source": nodes[index][0], "target": nodes[index + 1][0]}
             for index in range(len(nodes) - 1)
@@ -34,7 +36,12 @@ def bench_flow() -> dict[str, Any]:
             {
                 "id": "ab",
                 "type": "split",
-                "config": {"branches": [{"handle": "a", "percentage": 50}, {"handle": "b", "percentage": 50}]},
+                "config": {
+                    "branches": [
+                        {"handle": "a", "percentage": 50},
+                        {"handle": "b", "percentage": 50},
+                    ]
+                },
             },
             {"id": "mark", "type": "set_variable", "config": {"name": "done", "value": True}},
             {"id": "end", "type": "exit", "config": {"reason": "finished"}},

@@ -28,14 +28,20 @@ def test_create_read_and_patch_a_journey(authenticated_client):
     )
     journey_id = created.json()["id"]
     patched = authenticated_client.patch(
-        f"/api/v1/journeys/{journey_id}/", {"description": "hello", "allow_reentry": True}, format="json"
+        f"/api/v1/journeys/{journey_id}/",
+        {"description": "hello", "allow_reentry": True},
+        format="json",
     )
     listed = authenticated_client.get("/api/v1/journeys/")
 
     assert created.status_code == 201
     assert created.json()["triggers"] == [{"event": "signed_up"}]
     assert patched.status_code == 200
-    assert (patched.json()["description"], patched.json()["allow_reentry"], patched.json()["version"]) == (
+    assert (
+        patched.json()["description"],
+        patched.json()["allow_reentry"],
+        patched.json()["version"],
+    ) == (
         "hello",
         True,
         1,
@@ -47,7 +53,9 @@ def test_an_invalid_flow_is_a_400_with_readable_messages_and_nothing_saved(authe
     flow = linear_flow(("a", "entry", {}), ("b", "fax", {}))
     flow["edges"].append({"source": "a", "target": "nowhere"})
 
-    response = authenticated_client.post("/api/v1/journeys/", {"name": "x", "flow": flow}, format="json")
+    response = authenticated_client.post(
+        "/api/v1/journeys/", {"name": "x", "flow": flow}, format="json"
+    )
 
     assert response.status_code == 400
     body = response.json()
@@ -66,7 +74,9 @@ def test_patching_a_journey_with_a_dangling_edge_is_refused(authenticated_client
     flow = bench_flow()
     flow["edges"].append({"source": "mark", "target": "ghost"})
 
-    response = authenticated_client.patch(f"/api/v1/journeys/{journey.pk}/", {"flow": flow}, format="json")
+    response = authenticated_client.patch(
+        f"/api/v1/journeys/{journey.pk}/", {"flow": flow}, format="json"
+    )
 
     assert response.status_code == 400
     assert response.json()["errors"]["flow"] == [
@@ -81,7 +91,9 @@ def test_start_returns_the_session_and_a_second_start_is_a_409(authenticated_cli
     contact_id = str(uuid.uuid4())
 
     first = authenticated_client.post(
-        f"/api/v1/journeys/{journey.pk}/start/", {"contact_id": contact_id, "variables": {"a": 1}}, format="json"
+        f"/api/v1/journeys/{journey.pk}/start/",
+        {"contact_id": contact_id, "variables": {"a": 1}},
+        format="json",
     )
     second = authenticated_client.post(
         f"/api/v1/journeys/{journey.pk}/start/", {"contact_id": contact_id}, format="json"
@@ -102,7 +114,10 @@ def test_start_with_a_non_uuid_contact_is_a_400_and_writes_nothing(authenticated
     )
 
     assert response.status_code == 400
-    assert response.json() == {"code": "invalid_contact_id", "detail": "contact id '12345' is not a UUID"}
+    assert response.json() == {
+        "code": "invalid_contact_id",
+        "detail": "contact id '12345' is not a UUID",
+    }
     assert Contact.objects.count() == 0
     assert JourneySession.objects.count() == 0
 
@@ -152,7 +167,9 @@ def test_sessions_list_filters_detail_timeline_and_actions(authenticated_client)
     by_journey = authenticated_client.get("/api/v1/journey-sessions/", {"journey": done.pk})
     by_contact = authenticated_client.get("/api/v1/journey-sessions/", {"contact": str(contact_id)})
     bad_filter = authenticated_client.get("/api/v1/journey-sessions/", {"status": "sleeping"})
-    detail = authenticated_client.get(f"/api/v1/journey-sessions/{by_journey.json()['results'][0]['id']}/")
+    detail = authenticated_client.get(
+        f"/api/v1/journey-sessions/{by_journey.json()['results'][0]['id']}/"
+    )
     paused = authenticated_client.post(f"/api/v1/journey-sessions/{waiting_session.pk}/pause/")
     resumed = authenticated_client.post(f"/api/v1/journey-sessions/{waiting_session.pk}/resume/")
     cancelled = authenticated_client.post(f"/api/v1/journey-sessions/{waiting_session.pk}/cancel/")
@@ -163,7 +180,13 @@ def test_sessions_list_filters_detail_timeline_and_actions(authenticated_client)
     assert [row["journey_id"] for row in by_journey.json()["results"]] == [done.pk]
     assert len(by_contact.json()["results"]) == 2
     assert bad_filter.status_code == 400
-    assert [step["node_id"] for step in detail.json()["steps"]] == ["greet", "check", "ab", "mark", "end"]
+    assert [step["node_id"] for step in detail.json()["steps"]] == [
+        "greet",
+        "check",
+        "ab",
+        "mark",
+        "end",
+    ]
     assert detail.json()["status"] == "completed"
     assert (paused.json()["status"], resumed.json()["status"], cancelled.json()["status"]) == (
         "paused",

@@ -36,7 +36,14 @@ def test_set_variable_interpolates_contact_and_variables():
     session = _start(
         linear_flow(
             ("a", "set_variable", {"name": "first", "value": "Hello {{contact.name}}"}),
-            ("b", "set_variable", {"name": "second", "value": "{{variables.first}} on {{contact.custom_attributes.plan}}"}),
+            (
+                "b",
+                "set_variable",
+                {
+                    "name": "second",
+                    "value": "{{variables.first}} on {{contact.custom_attributes.plan}}",
+                },
+            ),
             ("c", "set_variable", {"name": "raw", "value": "{{contact.custom_attributes}}"}),
         ),
         contact_id=contact.pk,
@@ -72,7 +79,11 @@ def test_condition_operators(field, operator, value, expected):
     flow = {
         "nodes": [
             {"id": "count", "type": "set_variable", "config": {"name": "count", "value": 3}},
-            {"id": "if", "type": "condition", "config": {"field": field, "operator": operator, "value": value}},
+            {
+                "id": "if",
+                "type": "condition",
+                "config": {"field": field, "operator": operator, "value": value},
+            },
             {"id": "yes", "type": "exit", "config": {"reason": "yes"}},
             {"id": "no", "type": "exit", "config": {"reason": "no"}},
         ],
@@ -93,7 +104,16 @@ def test_condition_operators(field, operator, value, expected):
 def test_split_is_stable_per_contact_and_follows_the_percentages():
     flow = {
         "nodes": [
-            {"id": "ab", "type": "split", "config": {"branches": [{"handle": "a", "percentage": 30}, {"handle": "b", "percentage": 70}]}},
+            {
+                "id": "ab",
+                "type": "split",
+                "config": {
+                    "branches": [
+                        {"handle": "a", "percentage": 30},
+                        {"handle": "b", "percentage": 70},
+                    ]
+                },
+            },
             {"id": "a", "type": "exit", "config": {"reason": "a"}},
             {"id": "b", "type": "exit", "config": {"reason": "b"}},
         ],
@@ -141,7 +161,11 @@ def test_a_wait_frees_the_worker_and_resumes_when_due():
 def _event_flow():
     return {
         "nodes": [
-            {"id": "wait", "type": "wait_for_event", "config": {"event": "paid", "filters": {"plan": "pro"}, "timeout_seconds": 3600}},
+            {
+                "id": "wait",
+                "type": "wait_for_event",
+                "config": {"event": "paid", "filters": {"plan": "pro"}, "timeout_seconds": 3600},
+            },
             {"id": "thanks", "type": "exit", "config": {"reason": "paid"}},
             {"id": "late", "type": "exit", "config": {"reason": "timed out"}},
         ],
@@ -157,16 +181,25 @@ def test_wait_for_event_resumes_on_a_matching_event_only():
     session = _start(_event_flow(), contact_id=contact_id)
     advance_all()
 
-    other_plan = contact_event_ingest(name="paid", contact_id=str(contact_id), properties={"plan": "free"})
-    other_event = contact_event_ingest(name="refunded", contact_id=str(contact_id), properties={"plan": "pro"})
-    matching = contact_event_ingest(name="paid", contact_id=str(contact_id), properties={"plan": "pro", "amount": 5})
+    other_plan = contact_event_ingest(
+        name="paid", contact_id=str(contact_id), properties={"plan": "free"}
+    )
+    other_event = contact_event_ingest(
+        name="refunded", contact_id=str(contact_id), properties={"plan": "pro"}
+    )
+    matching = contact_event_ingest(
+        name="paid", contact_id=str(contact_id), properties={"plan": "pro", "amount": 5}
+    )
     advance_all()
 
     assert other_plan.resumed_session_ids == other_event.resumed_session_ids == []
     assert matching.resumed_session_ids == [session.pk]
     session.refresh_from_db()
     assert (session.status, session.ended_reason) == (SessionStatus.COMPLETED, "paid")
-    assert session.variables["event"] == {"name": "paid", "properties": {"plan": "pro", "amount": 5}}
+    assert session.variables["event"] == {
+        "name": "paid",
+        "properties": {"plan": "pro", "amount": 5},
+    }
 
 
 def test_wait_for_event_takes_the_timeout_branch_when_nothing_comes():
@@ -188,13 +221,21 @@ def test_a_repeated_message_id_is_a_no_op():
     )
     contact_id = str(uuid.uuid4())
 
-    first = contact_event_ingest(name="signed_up", contact_id=contact_id, properties={"source": "web"}, message_id="m-1")
+    first = contact_event_ingest(
+        name="signed_up", contact_id=contact_id, properties={"source": "web"}, message_id="m-1"
+    )
     advance_all()
-    again = contact_event_ingest(name="signed_up", contact_id=contact_id, properties={"source": "web"}, message_id="m-1")
-    unmatched = contact_event_ingest(name="signed_up", contact_id=contact_id, properties={"source": "app"}, message_id="m-2")
+    again = contact_event_ingest(
+        name="signed_up", contact_id=contact_id, properties={"source": "web"}, message_id="m-1"
+    )
+    unmatched = contact_event_ingest(
+        name="signed_up", contact_id=contact_id, properties={"source": "app"}, message_id="m-2"
+    )
 
-    assert len(first.started_session_ids) == 1 and not first.is_duplicate
-    assert again.is_duplicate and again.started_session_ids == first.started_session_ids
+    assert len(first.started_session_ids) == 1
+    assert not first.is_duplicate
+    assert again.is_duplicate
+    assert again.started_session_ids == first.started_session_ids
     assert unmatched.started_session_ids == []
     assert JourneySession.objects.filter(journey=journey).count() == 1
 
@@ -217,7 +258,11 @@ def test_side_effect_nodes_reach_the_crm_with_read_merge_write(crm_simulator):
     contact_id = uuid.uuid4()
     ContactFactory(id=contact_id, name="Local")
     flow = linear_flow(
-        ("hello", "send_message", {"conversation_id": "c-{{variables.conv}}", "content": "Hi {{contact.name}}"}),
+        (
+            "hello",
+            "send_message",
+            {"conversation_id": "c-{{variables.conv}}", "content": "Hi {{contact.name}}"},
+        ),
         ("attrs", "update_contact", {"custom_attributes": {"stage": "{{variables.conv}}"}}),
         ("tag", "add_label", {"label": "vip"}),
         ("untag", "remove_label", {"label": "vip"}),
@@ -321,7 +366,12 @@ def test_a_retried_node_that_then_succeeds_continues(crm_simulator, settings):
     crm_simulator.faults.fault_rate = 1.0
     flow = {
         "nodes": [
-            {"id": "call", "type": "http_request", "config": {"url": settings.CRM_BASE_URL + "/hooks/x"}, "retry": {"attempts": 2, "backoff_seconds": 1}},
+            {
+                "id": "call",
+                "type": "http_request",
+                "config": {"url": settings.CRM_BASE_URL + "/hooks/x"},
+                "retry": {"attempts": 2, "backoff_seconds": 1},
+            },
             {"id": "end", "type": "exit"},
         ],
         "edges": [{"source": "call", "target": "end"}],
@@ -347,7 +397,11 @@ def test_a_loop_without_waits_is_stopped_by_the_step_limit(settings):
             {"id": "b", "type": "set_variable", "config": {"name": "x", "value": 1}},
             {"id": "c", "type": "set_variable", "config": {"name": "y", "value": 2}},
         ],
-        "edges": [{"source": "a", "target": "b"}, {"source": "b", "target": "c"}, {"source": "c", "target": "b"}],
+        "edges": [
+            {"source": "a", "target": "b"},
+            {"source": "b", "target": "c"},
+            {"source": "c", "target": "b"},
+        ],
     }
     session = _start(flow)
 

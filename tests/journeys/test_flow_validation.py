@@ -26,7 +26,9 @@ def test_an_unknown_node_type_is_refused_naming_the_node():
     with pytest.raises(FlowInvalid) as error:
         flow_parse(flow)
 
-    assert error.value.messages[0].startswith("node \"b\": unknown node type 'send_sms' (known types:")
+    assert error.value.messages[0].startswith(
+        "node \"b\": unknown node type 'send_sms' (known types:"
+    )
 
 
 def test_a_dangling_edge_is_refused():
@@ -49,13 +51,24 @@ def test_a_dangling_edge_is_refused():
         (
             linear_flow(
                 ("a", "entry", {}),
-                ("s", "split", {"branches": [{"handle": "x", "percentage": 60}, {"handle": "y", "percentage": 30}]}),
+                (
+                    "s",
+                    "split",
+                    {
+                        "branches": [
+                            {"handle": "x", "percentage": 60},
+                            {"handle": "y", "percentage": 30},
+                        ]
+                    },
+                ),
             ),
             'node "s" (split): config: Value error, branch percentages sum to 90, not 100',
         ),
         (
-            linear_flow(("a", "entry", {}), ("c", "condition", {"field": "variables.x", "operator": "is"})),
-            'node "c" (condition): config.operator: Input should be \'equals\', \'not_equals\', '
+            linear_flow(
+                ("a", "entry", {}), ("c", "condition", {"field": "variables.x", "operator": "is"})
+            ),
+            "node \"c\" (condition): config.operator: Input should be 'equals', 'not_equals', "
             "'contains', 'greater_than', 'less_than', 'exists' or 'not_exists'",
         ),
     ],

@@ -37,7 +37,7 @@ def test_start_for_a_contact_without_a_local_row_creates_a_stub_and_the_session(
     assert session.status == SessionStatus.ACTIVE
     assert session.current_node_id == "greet"
     stub = Contact.objects.get(pk=contact_id)
-    assert (stub.name, stub.email, stub.custom_attributes, stub.labels) == (None, None, {}, [])
+    assert (stub.name, stub.email, stub.custom_attributes, stub.labels) == ("", "", {}, [])
     assert stub.crm_synced_at is None
 
 

@@ -46,9 +46,16 @@ def _session(status: str) -> JourneySession:
 def test_the_database_refuses_an_invalid_transition_through_raw_sql_and_update(old, new):
     session = _session(old)
 
-    with pytest.raises(ProgrammingError, match="Invalid transition of field \"status\""), transaction.atomic():
+    with (
+        pytest.raises(ProgrammingError, match='Invalid transition of field "status"'),
+        transaction.atomic(),
+    ):
         JourneySession.objects.filter(pk=session.pk).update(status=new)
-    with pytest.raises(ProgrammingError, match="Invalid transition"), transaction.atomic(), connection.cursor() as cursor:
+    with (
+        pytest.raises(ProgrammingError, match="Invalid transition"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
         cursor.execute(
             "UPDATE journeys_journeysession SET status = %s WHERE id = %s", [new, session.pk]
         )

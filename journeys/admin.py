@@ -1,0 +1,312 @@
+"""The journeys admin: thin, every write through the services.
+
+Journeys are edited as JSON with the flow validator's messages shown on the field; sessions
+are read-only with their step timeline inline and actions that call the services; contacts
+are read-only with a "stub, not yet enriched" filter.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.shortcuts import redirect
+
+from journeys import selectors, services
+from journeys.models import Contact, Journey, JourneySession, JourneyStep, SessionStatus
+from journeys.services import JourneyError
+
+
+class ServiceWritesAdmin(admin.ModelAdmin):
+    """Services open their own durable transactions, so the change form must not wrap them in
+    the admin's usual transaction (which would make them nested)."""
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> Any:
+        return self._changeform_view(  # type: ignore[attr-defined]
+            request, object_id, form_url, extra_context
+        )
+
+
+class JourneyForm(forms.ModelForm):
+    class Meta:
+        model = Journey
+        fields = (
+            "name",
+            "description",
+            "is_active",
+            "flow",
+            "triggers",
+            "default_variables",
+            "allow_reentry",
+        )
+        widgets = {
+            "flow": forms.Textarea(
+                attrs={"rows": 24, "cols": 100, "style": "font-family: monospace"}
+            ),
+        }
+
+    # Validation happens in Journey.clean (the shared flow validator), which ModelForm runs:
+    # its messages name the node and land on the "flow" field.
+
+
+@admin.register(Journey)
+class JourneyAdmin(ServiceWritesAdmin):
+    form = JourneyForm
+    list_display = (
+        "id",
+        "name",
+        "is_active",
+        "allow_reentry",
+        "version",
+        "live_sessions",
+        "updated_at",
+    )
+    list_filter = ("is_active", "allow_reentry")
+    search_fields = ("name",)
+    readonly_fields = ("version", "created_at", "updated_at", "session_counts")
+
+    @admin.display(description="live sessions")
+    def live_sessions(self, journey: Journey) -> int:
+        counts = selectors.session_status_counts(journey_id=journey.pk)
+        return counts["active"] + counts["waiting"] + counts["paused"]
+
+    @admin.display(description="sessions by status")
+    def session_counts(self, journey: Journey) -> str:
+        if journey.pk is None:
+            return "-"
+        return json.dumps(selectors.session_status_counts(journey_id=journey.pk))
+
+    def save_model(
+        self, request: HttpRequest, obj: Journey, form: forms.ModelForm, change: bool
+    ) -> None:
+        fields = {name: form.cleaned_data[name] for name in JourneyForm.Meta.fields}
+        if change:
+            changed = {name: value for name, value in fields.items() if name in form.changed_data}
+            saved = services.journey_update(journey_id=obj.pk, **changed)
+        else:
+            saved = services.journey_create(**fields)
+        obj.pk = saved.pk
+        obj.version = saved.version
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class JourneyStepInline(admin.TabularInline):
+    model = JourneyStep
+    fields = (
+        "step_number",
+        "node_id",
+        "node_type",
+        "status",
+        "attempt",
+        "started_at",
+        "finished_at",
+        "duration_ms",
+        "result",
+        "error",
+        "idempotency_key",
+    )
+    readonly_fields = fields
+    ordering = ("step_number",)
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class SessionStartForm(forms.ModelForm):
+    """Start a journey for a contact by hand (the admin's manual trigger)."""
+
+    contact_uuid = forms.CharField(label="Contact id (UUID)")
+    start_variables = forms.JSONField(label="Variables", required=False, initial=dict)
+
+    class Meta:
+        model = JourneySession
+        fields = ("journey",)
+
+    def clean_contact_uuid(self) -> str:
+        value = self.cleaned_data["contact_uuid"].strip()
+        try:
+            services.contact_id_parse(value)
+        except JourneyError as error:
+            raise forms.ValidationError(error.detail) from error
+        return value
+
+    def clean_start_variables(self) -> dict[str, Any]:
+        value = self.cleaned_data.get("start_variables") or {}
+        if not isinstance(value, dict):
+            raise forms.ValidationError("Variables must be a JSON object.")
+        return value
+
+    def _post_clean(self) -> None:
+        # The session is created by the service, not by validating a model instance here.
+        pass
+
+
+@admin.register(JourneySession)
+class JourneySessionAdmin(ServiceWritesAdmin):
+    list_display = (
+        "id",
+        "journey",
+        "contact_id",
+        "status",
+        "current_node_id",
+        "step_count",
+        "wait_until",
+        "updated_at",
+    )
+    list_filter = ("status", "journey", ("wait_until", admin.EmptyFieldListFilter))
+    search_fields = ("=contact__id", "=id")
+    list_select_related = ("journey",)
+    inlines = (JourneyStepInline,)
+    actions = ("retry_failed_sessions", "cancel_sessions")
+    readonly_fields = (
+        "journey",
+        "contact",
+        "status",
+        "current_node_id",
+        "step_count",
+        "variables",
+        "context",
+        "wait_event",
+        "wait_filters",
+        "wait_until",
+        "lease_until",
+        "error",
+        "ended_reason",
+        "created_at",
+        "updated_at",
+        "finished_at",
+    )
+
+    def get_form(
+        self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        if obj is None:
+            kwargs["form"] = SessionStartForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return self.readonly_fields if obj is not None else ()
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is None:
+            return ("journey", "contact_uuid", "start_variables")
+        return self.readonly_fields
+
+    def get_inlines(self, request: HttpRequest, obj: Any) -> Any:
+        return self.inlines if obj is not None else ()
+
+    def save_model(
+        self, request: HttpRequest, obj: JourneySession, form: Any, change: bool
+    ) -> None:
+        if change:
+            return  # nothing is editable; status changes are actions
+        session_id = services.session_start(
+            journey_id=form.cleaned_data["journey"].pk,
+            contact_id=form.cleaned_data["contact_uuid"],
+            variables=form.cleaned_data["start_variables"],
+            source="admin",
+        )
+        obj.pk = session_id
+
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: Any = None) -> Any:
+        try:
+            return super().add_view(request, form_url, extra_context)
+        except JourneyError as error:
+            self.message_user(request, f"Not started: {error.detail}", messages.ERROR)
+            return redirect(request.get_full_path())
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def _each(
+        self, request: HttpRequest, sessions: QuerySet[JourneySession], action: Any, verb: str
+    ) -> None:
+        done, refused = 0, []
+        for session_id in sessions.order_by("id").values_list("id", flat=True):
+            try:
+                action(session_id=session_id)
+            except JourneyError as error:
+                refused.append(f"{session_id}: {error.detail}")
+            else:
+                done += 1
+        if done:
+            self.message_user(request, f"{verb} {done} session(s).", messages.SUCCESS)
+        for line in refused:
+            self.message_user(request, line, messages.WARNING)
+
+    @admin.action(description="Retry failed sessions (a new session from the failed node)")
+    def retry_failed_sessions(
+        self, request: HttpRequest, queryset: QuerySet[JourneySession]
+    ) -> None:
+        self._each(
+            request, queryset.filter(status=SessionStatus.FAILED), services.session_retry, "Retried"
+        )
+
+    @admin.action(description="Cancel sessions")
+    def cancel_sessions(self, request: HttpRequest, queryset: QuerySet[JourneySession]) -> None:
+        self._each(request, queryset, services.session_cancel, "Cancelled")
+
+
+class StubFilter(admin.SimpleListFilter):
+    title = "enrichment"
+    parameter_name = "enrichment"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("stub", "stub, not yet enriched"), ("enriched", "enriched from the CRM")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Contact]) -> QuerySet[Contact]:
+        if self.value() == "stub":
+            return queryset.filter(crm_synced_at__isnull=True)
+        if self.value() == "enriched":
+            return queryset.filter(crm_synced_at__isnull=False)
+        return queryset
+
+
+@admin.register(Contact)
+class ContactAdmin(admin.ModelAdmin):
+    list_display = ("id", "name", "email", "phone_e164", "crm_synced_at", "created_at")
+    list_filter = (StubFilter, "is_blocked")
+    search_fields = ("=id", "name", "email", "phone_e164")
+    actions = ("enrich_from_crm",)
+    readonly_fields = (
+        "id",
+        "name",
+        "email",
+        "phone",
+        "phone_e164",
+        "custom_attributes",
+        "additional_attributes",
+        "labels",
+        "is_blocked",
+        "crm_synced_at",
+        "created_at",
+        "updated_at",
+    )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # contacts come from the CRM; the funnel creates stubs
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description="Enrich from the CRM now")
+    def enrich_from_crm(self, request: HttpRequest, queryset: QuerySet[Contact]) -> None:
+        found = services.contacts_enrich(contact_ids=list(queryset.values_list("id", flat=True)))
+        self.message_user(request, f"Enriched {found} contact(s) from the CRM.", messages.SUCCESS)

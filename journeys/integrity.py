@@ -1,0 +1,129 @@
+"""Integrity checks of the journeys app (`manage.py integrity`)."""
+
+from __future__ import annotations
+
+from evoflow.integrity import IntegrityCheck, register
+from journeys.services import contacts_enrich, sessions_resume_due
+from journeys.services.contacts import contacts_stale_stub_ids
+
+# How late a live session may be before it counts as overdue: the resume schedule runs every
+# minute, so a few minutes late means the schedule or the workers are not keeping up.
+OVERDUE_MINUTES = 5
+STUB_ENRICHMENT_HOURS = 1
+STEP_STUCK_MINUTES = 10
+
+
+def _resume_overdue(*, dry_run: bool) -> int:
+    if dry_run:
+        return 0
+    report = sessions_resume_due()
+    return report.resumed + report.restarted_stalled
+
+
+def _enrich_stale_stubs(*, dry_run: bool) -> int:
+    stale = contacts_stale_stub_ids(older_than_seconds=STUB_ENRICHMENT_HOURS * 3600)
+    if dry_run:
+        return len(stale)
+    return contacts_enrich(contact_ids=stale)
+
+
+register(
+    IntegrityCheck(
+        id="journeys.sessions_missing_contact",
+        description=(
+            "Sessions whose contact row does not exist (J1). Always 0 while the funnel and the"
+            " foreign key hold: the check proves it."
+        ),
+        sql="""
+            WITH missing AS (
+                SELECT s.id FROM journeys_journeysession AS s
+                LEFT JOIN journeys_contact AS c ON c.id = s.contact_id
+                WHERE c.id IS NULL)
+            SELECT (SELECT count(*) FROM missing),
+                   (SELECT count(*) FROM journeys_journeysession),
+                   ARRAY(SELECT id::text FROM missing ORDER BY id LIMIT %(sample_limit)s)
+        """,
+        error_count=1,
+        sample_admin_url_name="admin:journeys_journeysession_change",
+    )
+)
+
+register(
+    IntegrityCheck(
+        id="journeys.sessions_overdue",
+        description=(
+            f"Live sessions more than {OVERDUE_MINUTES} minutes past their resume time (waiting),"
+            " or active without a working worker for as long (stalled)."
+        ),
+        sql=f"""
+            WITH live AS (
+                SELECT id, status, wait_until, lease_until, updated_at
+                FROM journeys_journeysession
+                WHERE status IN ('active', 'waiting')),
+            overdue AS (
+                SELECT id FROM live
+                WHERE (status = 'waiting'
+                       AND wait_until < now() - interval '{OVERDUE_MINUTES} minutes')
+                   OR (status = 'active'
+                       AND coalesce(lease_until, updated_at)
+                           < now() - interval '{OVERDUE_MINUTES} minutes'))
+            SELECT (SELECT count(*) FROM overdue),
+                   (SELECT count(*) FROM live),
+                   ARRAY(SELECT id::text FROM overdue ORDER BY id LIMIT %(sample_limit)s)
+        """,
+        warning_count=1,
+        error_count=100,
+        repair=_resume_overdue,
+        repair_description="resume the due sessions and restart the stalled ones now",
+        sample_admin_url_name="admin:journeys_journeysession_change",
+    )
+)
+
+register(
+    IntegrityCheck(
+        id="journeys.stub_contacts_not_enriched",
+        description=(
+            f"Contact stubs not enriched from the CRM {STUB_ENRICHMENT_HOURS} hour after creation"
+            " (the enrichment task failed, or the CRM does not know the contact)."
+        ),
+        sql=f"""
+            WITH stale AS (
+                SELECT id, created_at FROM journeys_contact
+                WHERE crm_synced_at IS NULL
+                  AND created_at < now() - interval '{STUB_ENRICHMENT_HOURS} hours')
+            SELECT (SELECT count(*) FROM stale),
+                   (SELECT count(*) FROM journeys_contact),
+                   ARRAY(SELECT id::text FROM stale ORDER BY created_at
+                         LIMIT %(sample_limit)s)
+        """,
+        warning_count=1,
+        warning_ratio=0.01,
+        repair=_enrich_stale_stubs,
+        repair_description="enrich up to 500 stale stubs from the CRM now",
+        sample_admin_url_name="admin:journeys_contact_change",
+    )
+)
+
+register(
+    IntegrityCheck(
+        id="journeys.steps_started_not_finished",
+        description=(
+            f"Steps started more than {STEP_STUCK_MINUTES} minutes ago and never finished, whose"
+            " session is not waiting to retry them: a side effect may or may not have happened."
+            " Samples are session ids."
+        ),
+        sql=f"""
+            WITH stuck AS (
+                SELECT st.id, st.session_id FROM journeys_journeystep AS st
+                JOIN journeys_journeysession AS s ON s.id = st.session_id
+                WHERE st.status = 'started'
+                  AND st.started_at < now() - interval '{STEP_STUCK_MINUTES} minutes'
+                  AND s.status NOT IN ('waiting', 'paused'))
+            SELECT (SELECT count(*) FROM stuck),
+                   (SELECT count(*) FROM journeys_journeystep WHERE status = 'started'),
+                   ARRAY(SELECT session_id::text FROM stuck ORDER BY id LIMIT %(sample_limit)s)
+        """,
+        warning_count=1,
+        sample_admin_url_name="admin:journeys_journeysession_change",
+    )
+)

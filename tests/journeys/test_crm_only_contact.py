@@ -1,0 +1,167 @@
+"""Acceptance: a contact that exists only in the CRM goes through a whole journey."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from journeys.crm import CrmContact
+from journeys.models import Contact, JourneySession, JourneyStep, SessionStatus
+from journeys.services import contact_enrich, sessions_resume_due
+from journeys.services.contacts import contact_changes_from_crm
+from tests.journeys.conftest import advance_all
+from tests.journeys.factories import ContactFactory, JourneyFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def _flow():
+    return {
+        "nodes": [
+            {
+                "id": "hello",
+                "type": "send_message",
+                "config": {"conversation_id": "77", "content": "Welcome {{contact.name}}"},
+            },
+            {"id": "pause", "type": "wait", "config": {"seconds": 30}},
+            {
+                "id": "order",
+                "type": "wait_for_event",
+                "config": {"event": "ordered", "timeout_seconds": 86400},
+            },
+            {
+                "id": "big",
+                "type": "condition",
+                "config": {
+                    "field": "variables.event.properties.total",
+                    "operator": "greater_than",
+                    "value": 100,
+                },
+            },
+            {"id": "vip", "type": "exit", "config": {"reason": "big order"}},
+            {"id": "small", "type": "exit", "config": {"reason": "small order"}},
+            {"id": "late", "type": "exit", "config": {"reason": "no order"}},
+        ],
+        "edges": [
+            {"source": "hello", "target": "pause"},
+            {"source": "pause", "target": "order"},
+            {"source": "order", "target": "big", "handle": "event"},
+            {"source": "order", "target": "late", "handle": "timeout"},
+            {"source": "big", "target": "vip", "handle": "true"},
+            {"source": "big", "target": "small", "handle": "false"},
+        ],
+    }
+
+
+def _run_to_completion(authenticated_client, session_id, contact_id, total):
+    advance_all()
+    session = JourneySession.objects.get(pk=session_id)
+    assert session.status == SessionStatus.WAITING
+    assert session.wait_event == ""
+    JourneySession.objects.filter(pk=session_id).update(
+        wait_until=timezone.now() - timedelta(seconds=1)
+    )
+    sessions_resume_due()
+    advance_all()
+    assert JourneySession.objects.get(pk=session_id).wait_event == "ordered"
+    response = authenticated_client.post(
+        "/api/v1/contact-events/",
+        {"name": "ordered", "contact_id": contact_id, "properties": {"total": total}},
+        format="json",
+    )
+    assert response.json()["resumed_session_ids"] == [session_id]
+    advance_all()
+    return JourneySession.objects.get(pk=session_id)
+
+
+@pytest.mark.parametrize("entry", ["api", "event"])
+def test_a_crm_only_contact_runs_a_journey_to_the_end_and_is_enriched(
+    entry, authenticated_client, crm_simulator
+):
+    journey = JourneyFactory(
+        flow=_flow(), triggers=[{"event": "signed_up", "filters": {"via": "web"}}]
+    )
+    contact_id = str(uuid.uuid4())
+    crm_name = crm_simulator.generated_contact(contact_id)["name"]
+    assert not Contact.objects.filter(pk=contact_id).exists()
+
+    if entry == "api":
+        response = authenticated_client.post(
+            f"/api/v1/journeys/{journey.pk}/start/", {"contact_id": contact_id}, format="json"
+        )
+        session_id = response.json()["session_id"]
+    else:
+        response = authenticated_client.post(
+            "/api/v1/contact-events/",
+            {"name": "signed_up", "contact_id": contact_id, "properties": {"via": "web"}},
+            format="json",
+        )
+        [session_id] = response.json()["started_session_ids"]
+    session = _run_to_completion(authenticated_client, session_id, contact_id, total=250)
+
+    assert (session.status, session.ended_reason) == (SessionStatus.COMPLETED, "big order")
+    assert list(
+        JourneyStep.objects.filter(session=session)
+        .order_by("step_number")
+        .values_list("node_id", "status")
+    ) == [
+        ("hello", "completed"),
+        ("pause", "completed"),
+        ("order", "completed"),
+        ("big", "completed"),
+        ("vip", "completed"),
+    ]
+    assert [m["content"] for m in crm_simulator.messages()] == [
+        "Welcome "
+    ]  # a stub has no name yet
+    assert Contact.objects.filter(pk=contact_id).count() == 1
+
+    # Enrichment fills the stub from the CRM...
+    assert contact_enrich(contact_id=contact_id) is True
+    contact = Contact.objects.get(pk=contact_id)
+    assert contact.name == crm_name
+    assert contact.crm_synced_at is not None
+    assert contact.phone_e164 == crm_simulator.generated_contact(contact_id)["phone_number"]
+
+    # ...and a later stub upsert (another session write for the contact) leaves it intact.
+    other = JourneyFactory()
+    authenticated_client.post(
+        f"/api/v1/journeys/{other.pk}/start/", {"contact_id": contact_id}, format="json"
+    )
+    advance_all()
+    assert Contact.objects.get(pk=contact_id).name == crm_name
+    assert Contact.objects.count() == 1
+
+
+def test_enrichment_never_overwrites_newer_local_data(crm_simulator):
+    contact = ContactFactory(name="Local Name", email="", custom_attributes={"plan": "local"})
+    older = CrmContact(
+        id=str(contact.pk),
+        name="CRM Name",
+        email="crm@example.com",
+        custom_attributes={"plan": "crm", "extra": 1},
+        updated_at=contact.updated_at - timedelta(days=1),
+    )
+    newer = older.model_copy(update={"updated_at": contact.updated_at + timedelta(seconds=5)})
+
+    # An older CRM copy only fills what is empty locally.
+    assert contact_changes_from_crm(contact, older) == {
+        "email": "crm@example.com",
+        "custom_attributes": {"plan": "local", "extra": 1},
+    }
+    assert contact_changes_from_crm(contact, newer)["name"] == "CRM Name"
+    assert contact_changes_from_crm(contact, newer)["custom_attributes"] == {
+        "plan": "crm",
+        "extra": 1,
+    }
+
+
+def test_enrichment_of_a_contact_unknown_to_the_crm_leaves_the_stub(crm_simulator):
+    contact_id = "00000000-0000-4000-8000-00000000abcd"
+    ContactFactory(id=contact_id, name="")
+
+    assert contact_enrich(contact_id=contact_id) is False
+    assert Contact.objects.get(pk=contact_id).crm_synced_at is None
