@@ -338,8 +338,8 @@ def _guest_link_result(ctx: Context, scratch: Scratch) -> Result:
     user = User.objects.get(pk=scratch.users(1, label="linker")[0])
     # Settle what the backfill benchmarks left behind (dead rows, fresh statistics), so that
     # autovacuum does not run on one of the two cores in the middle of the measurement.
-    for table in ("deliveries_messagedelivery", "deliveries_userlinkaudit", "deliveries_eventguest"):
-        _execute(f"VACUUM ANALYZE {table}")
+    for table in ("messagedelivery", "userlinkaudit", "eventguest"):
+        _execute(f"VACUUM ANALYZE deliveries_{table}")
     guests = {guest.pk: guest for guest in EventGuest.objects.filter(event_id=event)}
 
     def link(guest_id: int) -> float:

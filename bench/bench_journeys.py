@@ -137,7 +137,7 @@ def _engine(ctx: Context, contacts: int) -> Result:
     contact_ids = [uuid.uuid4() for _ in range(contacts)]
     workers = _start_workers()
     try:
-        time.sleep(3.0)  # let both clusters start polling before the clock starts
+        time.sleep(2.5)  # let both clusters start polling before the clock starts
         started_db = _scalar("SELECT clock_timestamp()")
         started = time.perf_counter()
         sessions_start_many(journey_id=journey.pk, contact_ids=contact_ids)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import permissions, serializers
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import CursorPagination
@@ -93,6 +93,18 @@ class MessageOutput(serializers.ModelSerializer):
         ]
 
 
+def _page_of(name: str, serializer: serializers.Serializer) -> serializers.Serializer:
+    """The schema of a cursor page: `next`, `previous` (URLs or null) and `results`."""
+    return inline_serializer(
+        name=name,
+        fields={
+            "next": serializers.URLField(allow_null=True),
+            "previous": serializers.URLField(allow_null=True),
+            "results": serializer,
+        },
+    )
+
+
 def _paginated(
     request: Request, view: APIView, queryset: Any, paginator: CursorPagination, serializer: type
 ) -> Response:
@@ -117,7 +129,7 @@ class ConversationListApi(APIView):
             OpenApiParameter("cursor", str),
             OpenApiParameter("page_size", int),
         ],
-        responses=ConversationOutput(many=True),
+        responses=_page_of("ConversationPage", ConversationOutput(many=True)),
     )
     def get(self, request: Request) -> Response:
         filters = self.FilterSerializer(data=request.query_params)
@@ -138,7 +150,7 @@ class ConversationMessageListApi(APIView):
     @extend_schema(
         operation_id="conversations_messages_list",
         parameters=[OpenApiParameter("cursor", str), OpenApiParameter("page_size", int)],
-        responses=MessageOutput(many=True),
+        responses=_page_of("MessagePage", MessageOutput(many=True)),
     )
     def get(self, request: Request, conversation_id: int) -> Response:
         conversation = selectors.conversation_get(conversation_id=conversation_id)

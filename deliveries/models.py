@@ -38,10 +38,10 @@ DELIVERY_INSERTED_SQL = f"""
     -- backfills (it waits for this lock), or has committed before the lookup below runs.
     PERFORM pg_advisory_xact_lock_shared({EVENT_LOCK_SQL.format(event_id="events.event_id")})
     FROM (
-        SELECT DISTINCT message.event_id
+        SELECT DISTINCT guest.event_id
         FROM new_rows
-        JOIN deliveries_message AS message ON message.id = new_rows.message_id
-        ORDER BY message.event_id
+        JOIN deliveries_eventguest AS guest ON guest.id = new_rows.guest_id
+        ORDER BY guest.event_id
     ) AS events;
     PERFORM deliveries_link_apply(ARRAY(SELECT id FROM new_rows), NULL, true);
     RETURN NULL;
@@ -168,10 +168,6 @@ class EventGuest(models.Model):
         if update_fields is not None and "phone" in update_fields:
             kwargs["update_fields"] = {*update_fields, "phone_e164"}
         super().save(*args, **kwargs)
-
-    @property
-    def is_active(self) -> bool:
-        return self.removed_at is None
 
 
 class Message(models.Model):
@@ -366,7 +362,7 @@ class FeatureFlag(models.Model):
 
     LINK_USER_BY_PHONE = "LINK_USER_BY_PHONE"
     LINK_USER_BY_PHONE_FALLBACK_TO_USERS = "LINK_USER_BY_PHONE_FALLBACK_TO_USERS"
-    # What the database assumes when a flag's row is missing (see deliveries_flag_enabled).
+    # What the database assumes when a flag's row is missing (see deliveries_link_resolve).
     DEFAULTS = {LINK_USER_BY_PHONE: True, LINK_USER_BY_PHONE_FALLBACK_TO_USERS: False}
 
     name = models.CharField(max_length=100, unique=True)

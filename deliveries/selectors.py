@@ -15,7 +15,6 @@ from django.utils import timezone
 from deliveries.models import (
     Event,
     EventGuest,
-    FeatureFlag,
     Message,
     MessageDelivery,
     UserLinkAudit,
@@ -58,12 +57,6 @@ def deliveries_inconsistent() -> QuerySet[MessageDelivery]:
     return MessageDelivery.objects.filter(
         user__isnull=True, guest__user__isnull=False, guest__removed_at__isnull=True
     )
-
-
-def feature_flag_is_enabled(*, name: str) -> bool:
-    """The flag's value, or the database's default for it when its row is missing."""
-    enabled = FeatureFlag.objects.filter(name=name).values_list("enabled", flat=True).first()
-    return FeatureFlag.DEFAULTS.get(name, False) if enabled is None else bool(enabled)
 
 
 def link_audit_outcome_counts(*, since: datetime | None = None) -> dict[str, int]:

@@ -6,18 +6,28 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('conversations', '0001_initial'),
+        ("conversations", "0001_initial"),
     ]
 
     operations = [
         pgtrigger.migrations.RemoveTrigger(
-            model_name='conversation',
-            name='conversation_last_message_forward_only',
+            model_name="conversation",
+            name="conversation_last_message_forward_only",
         ),
         pgtrigger.migrations.AddTrigger(
-            model_name='conversation',
-            trigger=pgtrigger.compiler.Trigger(name='conversation_last_message_forward_only', sql=pgtrigger.compiler.UpsertTriggerSql(condition='WHEN (OLD."last_message_at" > (NEW."last_message_at") OR (NEW."last_message_at" IS NULL AND OLD."last_message_at" IS NOT NULL))', func="RAISE EXCEPTION 'conversation %: last_message_at may not move backwards (% -> %)', OLD.id, OLD.last_message_at, NEW.last_message_at USING ERRCODE = 'check_violation'; RETURN NULL;", hash='e6963a1baa3ed4fa69098ea248015d020d80aaa3', operation='UPDATE', pgid='pgtrigger_conversation_last_message_forward_only_bf2dd', table='conversations_conversation', when='BEFORE')),
+            model_name="conversation",
+            trigger=pgtrigger.compiler.Trigger(
+                name="conversation_last_message_forward_only",
+                sql=pgtrigger.compiler.UpsertTriggerSql(
+                    condition='WHEN (OLD."last_message_at" > (NEW."last_message_at") OR (NEW."last_message_at" IS NULL AND OLD."last_message_at" IS NOT NULL))',
+                    func="RAISE EXCEPTION 'conversation %: last_message_at may not move backwards (% -> %)', OLD.id, OLD.last_message_at, NEW.last_message_at USING ERRCODE = 'check_violation'; RETURN NULL;",
+                    hash="e6963a1baa3ed4fa69098ea248015d020d80aaa3",
+                    operation="UPDATE",
+                    pgid="pgtrigger_conversation_last_message_forward_only_bf2dd",
+                    table="conversations_conversation",
+                    when="BEFORE",
+                ),
+            ),
         ),
     ]

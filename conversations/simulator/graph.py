@@ -266,14 +266,6 @@ class GraphSimulator(Simulator):
             conversation.updated = self._bumped[key]
         return conversation
 
-    def _messages_newest_first(self, conversation: SimConversation) -> list[SimMessage]:
-        added = self._added_messages.get(conversation.key, [])
-        generated = [
-            self.generated_message(conversation, position)
-            for position in range(conversation.base_count)
-        ]
-        return list(reversed(generated + added))
-
     def _message_window(
         self, conversation: SimConversation, *, skip_newest: int, limit: int
     ) -> tuple[list[SimMessage], int]:

@@ -23,6 +23,7 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
+from evoflow.tasks import enqueue_after_commit
 from journeys.models import LIVE_STATUSES
 
 
@@ -54,6 +55,10 @@ class ReentryNotAllowed(JourneyError):
 class JourneyInactive(JourneyError):
     code = "journey_inactive"
     status_code = 409
+
+
+class InvalidVariables(JourneyError):
+    code = "invalid_variables"
 
 
 class InvalidSessionTransition(JourneyError):
@@ -272,7 +277,7 @@ def session_persist_many(*, writes: Sequence[SessionWrite]) -> PersistResult:
 def session_persist(*, write: SessionWrite) -> bool:
     """One session write through the funnel; False when a guard did not hold."""
     result = session_persist_many(writes=[write])
-    _enqueue_enrichment(result.created_contact_ids)
+    contacts_enrichment_enqueue(result.created_contact_ids)
     return write.session_id in result.updated_session_ids
 
 
@@ -373,15 +378,14 @@ def session_insert(*, new: NewSession) -> int:
                 f"contact {new.contact_id} already has a live session in journey {new.journey_id}"
             ) from error
         raise
-    _enqueue_enrichment(result.created_contact_ids)
+    contacts_enrichment_enqueue(result.created_contact_ids)
     return result.session_ids[(new.journey_id, new.contact_id)]
 
 
-def _enqueue_enrichment(contact_ids: Sequence[uuid.UUID]) -> None:
+def contacts_enrichment_enqueue(contact_ids: Sequence[uuid.UUID]) -> None:
+    """Queue the CRM enrichment of new stubs (after commit), unless switched off."""
     if not contact_ids or not settings.JOURNEYS_ENRICH_CONTACTS:
         return
-    from evoflow.tasks import enqueue_after_commit
-
     enqueue_after_commit(
         "journeys.tasks.contacts_enrich_task", [str(contact_id) for contact_id in contact_ids]
     )

@@ -27,13 +27,14 @@ from journeys.models import (
 from journeys.services.engine import sessions_enqueue_advance
 from journeys.services.funnel import (
     InvalidSessionTransition,
+    InvalidVariables,
     JourneyInactive,
     JourneyNotFound,
     NewSession,
     ReentryNotAllowed,
     SessionWrite,
-    _enqueue_enrichment,
     contact_id_parse,
+    contacts_enrichment_enqueue,
     session_insert,
     session_insert_many,
     session_persist,
@@ -107,7 +108,7 @@ def session_start(
     """
     contact_uuid = contact_id_parse(contact_id)
     if variables is not None and not isinstance(variables, dict):
-        raise InvalidSessionTransition("variables must be a JSON object")
+        raise InvalidVariables("variables must be a JSON object")
     journey = _journey_get(journey_id)
     return session_start_in_transaction(
         journey=journey,
@@ -155,7 +156,7 @@ def sessions_start_many(
         skip_live=True,
     )
     ids = sorted(result.session_ids.values())
-    _enqueue_enrichment(result.created_contact_ids)
+    contacts_enrichment_enqueue(result.created_contact_ids)
     sessions_enqueue_advance(session_ids=ids)
     return BulkStartResult(session_ids=ids, skipped=len(contact_ids) - len(ids))
 

@@ -324,3 +324,50 @@ def test_the_management_command_serves_under_a_version_prefix():
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_base_control_routes_faults_reset_and_idempotency_keys():
+    simulator = GraphSimulator(conversations=2, messages=2)
+    with simulator.running() as base:
+        assert requests.get(f"{base}/_control/faults", timeout=5).json() == {
+            "fault_rate": 0.0,
+            "slow_ms": 0,
+            "malformed_rate": 0.0,
+        }
+        changed = requests.post(f"{base}/_control/faults", json={"fault_rate": 1}, timeout=5)
+        assert changed.json()["fault_rate"] == 1.0
+        assert get(base, f"/{PAGE}").status_code == 500
+        requests.post(f"{base}/_control/faults", json={"fault_rate": 0}, timeout=5)
+        bad = requests.post(f"{base}/_control/faults", json={"fault_rate": 2}, timeout=5)
+        assert bad.status_code == 400
+        page = requests.get(
+            f"{base}/v21.0/{PAGE}",
+            params={"access_token": TOKEN},
+            headers={"Idempotency-Key": "k-1"},
+            timeout=5,
+        )
+        assert page.json() == {"id": PAGE, "name": "Simulated Shop"}
+        counters = requests.get(f"{base}/_control/counters", timeout=5).json()
+        assert counters["calls"]["page"] == 2
+        assert counters["idempotency_keys"]["page"] == {"k-1": 1}
+        requests.post(f"{base}/_control/reset", timeout=5)
+        assert requests.get(f"{base}/_control/counters", timeout=5).json()["calls"] == {}
+        assert requests.post(f"{base}/{PAGE}/conversations", timeout=5).status_code == 405
+        assert requests.get(f"{base}/nowhere", timeout=5).status_code == 404
+        other_page = get(base, "/999/conversations").json()
+        assert other_page["error"]["code"] == 100
+
+
+def test_a_large_world_is_lazy_and_pages_in_constant_time():
+    simulator = GraphSimulator(conversations=100_000, messages=1_000_000, seed=7)
+    with simulator.running() as base:
+        first = get(base, f"/{PAGE}/conversations", limit=100, fields="id,message_count").json()
+        # jump deep into the list with the cursor of conversation 99,000
+        from conversations.simulator.graph import _encode_cursor
+
+        started = time.monotonic()
+        deep = get(base, f"/{PAGE}/conversations", limit=100, after=_encode_cursor("i:98999"))
+        assert time.monotonic() - started < 2
+    assert len(first["data"]) == 100
+    assert deep.json()["data"][0]["id"] == "t_7000099000"
+    assert sum(simulator.generated_message_count(i) for i in range(100_000)) == 1_000_000

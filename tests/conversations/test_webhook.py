@@ -216,6 +216,15 @@ def test_last_message_cannot_move_backwards_even_by_raw_sql(page):
             "UPDATE conversations_conversation SET last_message_at = %s WHERE id = %s",
             [at(T0), conversation.pk],
         )
+    with (
+        pytest.raises(IntegrityError, match="may not move backwards"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute(
+            "UPDATE conversations_conversation SET last_message_at = NULL WHERE id = %s",
+            [conversation.pk],
+        )
     conversation.refresh_from_db()
     assert conversation.last_message_at == at(T0 + 1000)
 

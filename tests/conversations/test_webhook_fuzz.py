@@ -120,10 +120,11 @@ def payloads(draw):
     }
 
 
-def _counts() -> tuple[int, int, int]:
+def _counts() -> tuple[int, int, int, int]:
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT (SELECT count(*) FROM conversations_conversation),"
+            "SELECT (SELECT count(*) FROM conversations_facebookpage),"
+            " (SELECT count(*) FROM conversations_conversation),"
             " (SELECT count(*) FROM conversations_message),"
             " (SELECT count(*) FROM conversations_interactionevent)"
         )

@@ -227,3 +227,23 @@ def test_fifty_concurrent_starts_give_one_201_and_49_409s(user):
     assert sorted(statuses) == [201] + [409] * 49
     assert JourneySession.objects.filter(journey=journey, status=SessionStatus.ACTIVE).count() == 1
     assert Contact.objects.filter(pk=contact_id).count() == 1
+
+
+def test_every_journeys_endpoint_is_in_the_openapi_schema(authenticated_client):
+    schema = authenticated_client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+
+    assert {
+        "/api/v1/journeys/": {"get", "post"},
+        "/api/v1/journeys/{journey_id}/": {"get", "patch"},
+        "/api/v1/journeys/{journey_id}/start/": {"post"},
+        "/api/v1/contact-events/": {"post"},
+        "/api/v1/journey-sessions/": {"get"},
+        "/api/v1/journey-sessions/{session_id}/": {"get"},
+        "/api/v1/journey-sessions/{session_id}/pause/": {"post"},
+        "/api/v1/journey-sessions/{session_id}/resume/": {"post"},
+        "/api/v1/journey-sessions/{session_id}/cancel/": {"post"},
+    } == {
+        path: set(operations) - {"parameters"}
+        for path, operations in schema["paths"].items()
+        if path.startswith(("/api/v1/journey", "/api/v1/contact-events"))
+    }

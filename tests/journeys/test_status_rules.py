@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from django.db import ProgrammingError, connection, transaction
+from django.db import IntegrityError, ProgrammingError, connection, transaction
 
 from journeys.models import JourneySession, SessionStatus
 from journeys.services import (
@@ -101,3 +101,20 @@ def test_a_worker_holding_a_cancelled_session_cannot_complete_it():
 
     assert result.updated_session_ids == set()
     assert JourneySession.objects.get(pk=session_id).status == SessionStatus.CANCELLED
+
+
+def test_the_step_log_refuses_a_second_row_for_one_step():
+    journey = JourneyFactory()
+    session_id = session_start(journey_id=journey.pk, contact_id=str(uuid.uuid4()))
+    advance_all()
+
+    with (
+        pytest.raises(IntegrityError, match="journeys_one_row_per_step"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute(
+            "INSERT INTO journeys_journeystep (session_id, step_number, node_id, node_type,"
+            " status) VALUES (%s, 1, 'greet', 'set_variable', 'completed')",
+            [session_id],
+        )
