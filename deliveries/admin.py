@@ -25,7 +25,6 @@ from deliveries.models import (
     UserLinkAudit,
 )
 from evoflow.models import User
-from evoflow.phones import InvalidPhoneNumber, phone_to_e164
 
 CONFIRM_TEMPLATE = "admin/deliveries/action_confirm.html"
 
@@ -123,40 +122,28 @@ class GuestLinkForm(forms.Form):
     )
 
 
-class EventGuestForm(forms.ModelForm):
-    class Meta:
-        model = EventGuest
-        fields = ("name", "phone")
-
-    def clean_phone(self) -> str:
-        phone = self.cleaned_data["phone"]
-        try:
-            phone_to_e164(phone)
-        except InvalidPhoneNumber as exc:
-            raise forms.ValidationError(str(exc)) from exc
-        return phone
-
-
 @admin.register(EventGuest)
 class EventGuestAdmin(admin.ModelAdmin):
-    form = EventGuestForm
     list_display = ("id", "name", "phone", "phone_e164", "event", "user", "removed_at")
     list_filter = (GuestLinkStateFilter,)
     search_fields = ("name", "phone", "phone_e164", "event__name")
     list_select_related = ("event", "user")
-    readonly_fields = ("event", "phone_e164", "user", "removed_at", "created_at", "updated_at")
+    # Read-only: guests change through the API and the actions here, which call the services
+    # (the change form's own transaction could not hold their durable ones).
+    readonly_fields = (
+        "event",
+        "name",
+        "phone",
+        "phone_e164",
+        "user",
+        "removed_at",
+        "created_at",
+        "updated_at",
+    )
     actions = ["link_to_user"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
-
-    def save_model(self, request: HttpRequest, obj: EventGuest, form: Any, change: bool) -> None:
-        services.guest_update(
-            guest=obj,
-            name=form.cleaned_data["name"],
-            phone=form.cleaned_data["phone"],
-            actor=_actor(request),
-        )
 
     @admin.action(description="Link selected guests to a user", permissions=["change"])
     def link_to_user(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:

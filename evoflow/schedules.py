@@ -48,6 +48,13 @@ SCHEDULES: tuple[ScheduleSpec, ...] = (
         schedule_type=Schedule.MINUTES,
         minutes=1,
     ),
+    # Processed and rejected webhook receipts are kept 30 days, then deleted in small batches.
+    ScheduleSpec(
+        name="conversations.webhook_receipts_prune",
+        func="conversations.tasks.webhook_receipts_prune_scheduled",
+        schedule_type=Schedule.DAILY,
+        daily_at=time(3, 45),
+    ),
     # Journeys: wake sessions whose wait is over, restart sessions whose worker died.
     ScheduleSpec(
         name="journeys.resume_due_sessions",

@@ -20,6 +20,7 @@ from conversations.services.webhook import (
     payload_plan,
     webhook_receipt_process,
     webhook_receipt_retry,
+    webhook_receipts_prune,
     webhook_receipts_retry_due,
     webhook_receive,
 )
@@ -41,5 +42,7 @@ __all__ = [
     "webhook_receipt_process",
     "webhook_receipt_retry",
     "webhook_receive",
+    "webhook_receipts_prune",
+    "webhook_receipts_prune",
     "webhook_receipts_retry_due",
 ]

@@ -64,6 +64,9 @@ MAX_ATTEMPTS = 12
 # A receipt still `received` this long after arrival lost its process mid-way: retry it.
 STALE_RECEIVED_AFTER = timedelta(minutes=5)
 ERROR_MAX_CHARS = 2_000
+# Processed and rejected receipts are kept this long (for audits and replays), then deleted.
+RECEIPT_RETENTION = timedelta(days=30)
+PRUNE_BATCH = 5_000
 
 
 @dataclass
@@ -245,6 +248,26 @@ def webhook_receipts_retry_due(*, limit: int = 100) -> int:
     for receipt_id in (*due, *stale):
         webhook_receipt_process(receipt_id=receipt_id)
     return len(due) + len(stale)
+
+
+def webhook_receipts_prune(*, older_than: timedelta = RECEIPT_RETENTION) -> int:
+    """Delete processed and rejected receipts received before `older_than` ago, in bounded
+    batches (short transactions); failed ones are kept until retried. Returns rows deleted."""
+    cutoff = timezone.now() - older_than
+    deleted = 0
+    while True:
+        with transaction.atomic(durable=True), connection.cursor() as cursor:
+            cursor.execute(
+                "DELETE FROM conversations_webhookreceipt WHERE id IN ("
+                " SELECT id FROM conversations_webhookreceipt"
+                " WHERE status IN ('processed', 'rejected') AND received_at < %s"
+                " ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)",
+                [cutoff, PRUNE_BATCH],
+            )
+            batch = cursor.rowcount
+        deleted += batch
+        if batch < PRUNE_BATCH:
+            return deleted
 
 
 def webhook_receipt_retry(*, receipt_id: int) -> ProcessOutcome:

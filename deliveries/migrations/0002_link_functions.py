@@ -160,7 +160,6 @@ BEGIN
         SET user_id = resolved.target_user_id, updated_at = now()
         FROM resolved
         WHERE delivery.id = resolved.delivery_id AND resolved.outcome = 'linked'
-        RETURNING delivery.id
     ),
     audited AS (
         INSERT INTO deliveries_userlinkaudit
@@ -176,7 +175,6 @@ BEGIN
         FROM resolved
         WHERE p_audit_all OR resolved.outcome = 'linked'
         ORDER BY resolved.delivery_id
-        RETURNING 1
     )
     SELECT resolved.outcome, count(*)
     FROM resolved

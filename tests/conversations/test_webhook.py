@@ -522,3 +522,31 @@ def test_retry_backoff_doubles_and_is_capped():
         timedelta(minutes=360),
         timedelta(minutes=360),
     ]
+
+
+def test_old_processed_and_rejected_receipts_are_pruned_and_failed_ones_kept(page):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from conversations.services import webhook_receipts_prune
+
+    def receipt(status: str, age_days: int) -> int:
+        created = WebhookReceipt.objects.create(
+            body=b"{}", body_sha256="z", signature_verdict="valid", status=status
+        )
+        WebhookReceipt.objects.filter(pk=created.pk).update(
+            received_at=timezone.now() - timedelta(days=age_days)
+        )
+        return created.pk
+
+    old_processed = receipt("processed", 40)
+    old_rejected = receipt("rejected", 31)
+    old_failed = receipt("failed", 40)
+    recent = receipt("processed", 2)
+
+    assert webhook_receipts_prune() == 2
+    remaining = set(WebhookReceipt.objects.values_list("id", flat=True))
+    assert remaining == {old_failed, recent}
+    assert {old_processed, old_rejected}.isdisjoint(remaining)
+    assert webhook_receipts_prune() == 0

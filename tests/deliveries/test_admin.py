@@ -184,3 +184,11 @@ def test_a_flag_change_asks_for_confirmation_and_records_who_and_when(admin_clie
     # And the very next delivery is skipped.
     delivery = MessageDeliveryFactory(guest=EventGuestFactory(user=UserFactory()))
     assert UserLinkAudit.objects.get(delivery=delivery).outcome == "skipped"
+
+
+def test_a_guest_cannot_be_edited_around_the_services_in_the_admin(admin_client):
+    guest = EventGuestFactory(name="Old")
+
+    admin_client.post(f"/admin/deliveries/eventguest/{guest.pk}/change/", {"name": "New"})
+
+    assert EventGuest.objects.get(pk=guest.pk).name == "Old"
