@@ -117,24 +117,26 @@ def test_json_output_lists_the_accounts():
     # When seed_demo prints JSON (as `make run` asks it to)
     document = json.loads(seed("--json"))
 
-    # Then it is one document with both accounts and their credentials
-    assert document == {
-        "accounts": [
-            {
-                "role": "operator",
-                "username": "operator",
-                "password": LOCAL_DEMO_PASSWORD,
-                "created": True,
-            },
-            {
-                "role": "superuser",
-                "username": "admin",
-                "password": LOCAL_DEMO_PASSWORD,
-                "created": True,
-            },
-        ],
-        "summary": ["demo accounts: 'operator' (operators group) and 'admin' (superuser)"],
-    }
+    # Then it is one document with both accounts and their credentials, and a summary line from
+    # every registered seeder, the accounts' first
+    assert document["accounts"] == [
+        {
+            "role": "operator",
+            "username": "operator",
+            "password": LOCAL_DEMO_PASSWORD,
+            "created": True,
+        },
+        {
+            "role": "superuser",
+            "username": "admin",
+            "password": LOCAL_DEMO_PASSWORD,
+            "created": True,
+        },
+    ]
+    assert document["summary"][0] == (
+        "demo accounts: 'operator' (operators group) and 'admin' (superuser)"
+    )
+    assert len(document["summary"]) == len(DEMO_SEEDERS)
 
 
 def test_refuses_with_debug_off(settings):
@@ -195,8 +197,11 @@ def seeder_that_needs_the_operator(context: DemoSeedContext) -> None:
 
 
 def test_seeders_run_in_order_with_a_shared_context():
-    # Given the registered seeders followed by one that relies on the accounts existing
-    seeders = [*DEMO_SEEDERS, "tests.core.test_seed_demo.seeder_that_needs_the_operator"]
+    # Given the accounts seeder followed by one that relies on the accounts existing
+    seeders = [
+        "evoflow.services.demo_accounts_seed",
+        "tests.core.test_seed_demo.seeder_that_needs_the_operator",
+    ]
 
     # When demo_seed runs them
     context = demo_seed(seeders=seeders)
