@@ -18,7 +18,10 @@ Every answer carries `X-App-Usage` and `X-Business-Use-Case-Usage` computed from
 window of calls per page; past the configured rate, calls fail with the configured throttling
 code (4, 32, 613, 80001 or 80006) until the window drains (calls while blocked keep it full,
 as Meta warns). A wrong token is error 190. Faults: server errors (`fault_rate`), slowness,
-truncated JSON (`malformed_rate`) and shape drift (`drift_rate`: fields renamed or retyped).
+truncated JSON (`malformed_rate`), shape drift (`drift_rate`: fields renamed or retyped) and
+churn (`churn_rate`: after a conversations page is served, a conversation further down the list
+gets a new message, jumping to the top, or is deleted, so a walk sees the list change between
+its pages).
 Control routes under `/_control/` add messages and conversations, delete conversations,
 change the token and the rate, and send signed webhook POSTs for new messages to a target URL.
 """
@@ -131,6 +134,7 @@ class GraphSimulator(Simulator):
         access_token: str = DEFAULT_ACCESS_TOKEN,
         faults: Faults | None = None,
         drift_rate: float = 0.0,
+        churn_rate: float = 0.0,
         rate_limit: int = 0,
         rate_window_s: float = 60.0,
         throttle_code: int = 80001,
@@ -149,6 +153,9 @@ class GraphSimulator(Simulator):
         self.seed = seed
         self.access_token = access_token
         self.drift_rate = drift_rate
+        self.churn_rate = churn_rate
+        self._churn_random = random.Random(seed * 7919 + 2)
+        self.churned: list[tuple[str, str]] = []  # (action, thread id), for tests and state
         self.rate_limit = rate_limit
         self.rate_window_s = rate_window_s
         self.throttle_code = throttle_code
@@ -617,7 +624,32 @@ class GraphSimulator(Simulator):
                 body["paging"]["next"] = self._next_url(
                     request, f"/{page_id}/conversations", cursors["after"]
                 )
+                self._maybe_churn(conversations[-1])
         return SimResponse(200, self._maybe_drift(body), headers)
+
+    def _maybe_churn(self, last_served: SimConversation) -> None:
+        """With `churn_rate`, change a generated conversation not yet served in this walk."""
+        if self.churn_rate <= 0 or last_served.generated_index is None:
+            return
+        with self.lock:
+            if self._churn_random.random() >= self.churn_rate:
+                return
+            remaining = self.conversation_total - last_served.generated_index - 1
+            if remaining <= 0:
+                return
+            index = last_served.generated_index + 1 + self._churn_random.randrange(remaining)
+            is_delete = self._churn_random.random() < 0.3
+        key = f"t_{self.seed}{index:09d}"
+        if self._conversation(key) is None:
+            return
+        if is_delete:
+            with self.lock:
+                self._deleted.add(key)
+                self.churned.append(("deleted", key))
+        else:
+            self.message_add(thread_id=key, text="arrived while you were paging")
+            with self.lock:
+                self.churned.append(("bumped", key))
 
     def _conversation_node(self, request: SimRequest) -> SimResponse:
         headers = self._guarded(request, self.page_id)
@@ -677,6 +709,8 @@ class GraphSimulator(Simulator):
                     "rate_window_s": self.rate_window_s,
                     "throttle_code": self.throttle_code,
                     "drift_rate": self.drift_rate,
+                    "churn_rate": self.churn_rate,
+                    "churned": self.churned[-100:],
                     "webhook_target": self.webhook_target,
                 },
             )

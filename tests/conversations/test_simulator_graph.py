@@ -371,3 +371,27 @@ def test_a_large_world_is_lazy_and_pages_in_constant_time():
     assert len(first["data"]) == 100
     assert deep.json()["data"][0]["id"] == "t_7000099000"
     assert sum(simulator.generated_message_count(i) for i in range(100_000)) == 1_000_000
+
+
+def test_churn_changes_the_list_between_pages_of_a_walk():
+    # Given a simulator where every page served makes a later conversation jump or vanish
+    simulator = GraphSimulator(conversations=30, messages=60, seed=4, churn_rate=1.0)
+    with simulator.running() as base:
+        nodes = [n for page in walk_conversations(base, limit=5) for n in page["data"]]
+
+    # Then the walk missed exactly the conversations that changed after their page position
+    seen = [node["id"] for node in nodes]
+    assert len(seen) == len(set(seen))
+    churned = {key for _, key in simulator.churned}
+    assert churned
+    assert not churned & set(seen)
+    assert len(seen) == 30 - len(churned)
+    # And a new walk finds the bumped ones first (newest updated), the deleted ones nowhere
+    deleted = {key for action, key in simulator.churned if action == "deleted"}
+    bumped = {key for action, key in simulator.churned if action == "bumped"} - deleted
+    simulator.churn_rate = 0.0
+    with simulator.running() as base:
+        again = [n["id"] for page in walk_conversations(base, limit=100) for n in page["data"]]
+    assert set(again[: len(bumped)]) == bumped
+    assert not deleted & set(again)
+    assert len(again) == 30 - len(deleted)

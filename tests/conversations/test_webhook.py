@@ -550,3 +550,27 @@ def test_old_processed_and_rejected_receipts_are_pruned_and_failed_ones_kept(pag
     assert remaining == {old_failed, recent}
     assert {old_processed, old_rejected}.isdisjoint(remaining)
     assert webhook_receipts_prune() == 0
+
+
+def test_version_grows_on_every_change_and_not_on_a_no_op(post_webhook, page):
+    first = message_event(page_id=PAGE_ID, psid=PSID, mid="m_v1", timestamp_ms=T0)
+    post_webhook(webhook_document(PAGE_ID, [first]))
+    conversation = Conversation.objects.get()
+    after_first = conversation.version
+
+    post_webhook(webhook_document(PAGE_ID, [first]))  # re-delivery: no change
+    conversation.refresh_from_db()
+    assert conversation.version == after_first
+
+    post_webhook(
+        webhook_document(
+            PAGE_ID, [message_event(page_id=PAGE_ID, psid=PSID, mid="m_v2", timestamp_ms=T0 + 1)]
+        )
+    )
+    conversation.refresh_from_db()
+    assert conversation.version == after_first + 1
+
+    # any other writer (here a plain ORM update) bumps it too, through the trigger
+    Conversation.objects.filter(pk=conversation.pk).update(participant_name="Renamed")
+    conversation.refresh_from_db()
+    assert conversation.version == after_first + 2

@@ -39,6 +39,12 @@ class Command(BaseCommand):
         parser.add_argument("--slow-ms", type=int, default=0)
         parser.add_argument("--malformed-rate", type=_rate, default=0.0)
         parser.add_argument("--drift", type=_rate, default=0.0, help="share of drifted answers")
+        parser.add_argument(
+            "--churn-rate",
+            type=_rate,
+            default=0.0,
+            help="share of conversations pages after which a later conversation changes or goes",
+        )
         parser.add_argument("--rate-limit", type=int, default=0, help="calls per window; 0: none")
         parser.add_argument("--rate-window", type=float, default=60.0, help="seconds")
         parser.add_argument(
@@ -67,6 +73,7 @@ class Command(BaseCommand):
                 seed=options["seed"],
             ),
             drift_rate=options["drift"],
+            churn_rate=options["churn_rate"],
             rate_limit=options["rate_limit"],
             rate_window_s=options["rate_window"],
             throttle_code=options["throttle_code"],
