@@ -1,9 +1,9 @@
 """The local development stack that `make run` starts: `python -m evoflow.devstack`.
 
 It migrates the database, then starts every long-running process in `service_processes` (the
-django-q2 worker and the web server) as its own child, each in its own process group, waiting
-for each to be ready before starting the next. Then it loads the demo data with `seed_demo`
-and prints where everything is and how to log in.
+simulators, the django-q2 worker and the web server) as its own child, each in its own process
+group, waiting for each to be ready before starting the next. Then it loads the demo data with
+`seed_demo` and prints where everything is and how to log in.
 
 Every line a child prints is shown with the child's name in front. Ctrl-C (SIGINT), SIGTERM or
 SIGHUP stops every process it started and exits 0: each process group gets its stop signal,
@@ -12,8 +12,10 @@ own, the others are stopped and the exit status is non-zero, naming the one that
 
 The database is whatever the settings point at: `DATABASE_URL`, or the embedded cluster on
 `EVOFLOW_PG_PORT`, which the Makefile starts beforehand. The web server listens on
-127.0.0.1:`EVOFLOW_WEB_PORT` (default 8000), so two checkouts run side by side when each has its
-own pair of ports.
+127.0.0.1:`EVOFLOW_WEB_PORT` (default 8000), the CRM and Graph API simulators on
+`EVOFLOW_CRM_PORT` (8011) and `EVOFLOW_GRAPH_PORT` (8012), and the children are told where the
+simulators are (`CRM_BASE_URL`, `GRAPH_API_BASE_URL`), so two checkouts run side by side when
+each has its own ports.
 
 This module does not import Django: the children do, each with the settings of its own
 environment.
@@ -44,6 +46,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MANAGE_PY = PROJECT_ROOT / "manage.py"
 HOST = "127.0.0.1"
 DEFAULT_WEB_PORT = 8000
+# The settings' local defaults for CRM_BASE_URL and GRAPH_API_BASE_URL point at these.
+DEFAULT_CRM_PORT = 8011
+DEFAULT_GRAPH_PORT = 8012
 
 # Printed once everything is up; tests and scripts wait for this text.
 READY_MARKER = "evoflow is running"
@@ -74,22 +79,47 @@ class ProcessSpec:
 
 @dataclass(frozen=True)
 class DevstackConfig:
-    """What differs between two stacks on one machine: the web server's port."""
+    """What differs between two stacks on one machine: the ports of the web server and of the
+    simulators (each from its environment variable)."""
 
     web_port: int = DEFAULT_WEB_PORT
+    crm_port: int = DEFAULT_CRM_PORT
+    graph_port: int = DEFAULT_GRAPH_PORT
 
     @property
     def base_url(self) -> str:
         return f"http://{HOST}:{self.web_port}"
 
+    @property
+    def crm_base_url(self) -> str:
+        return f"http://{HOST}:{self.crm_port}"
+
+    @property
+    def graph_base_url(self) -> str:
+        return f"http://{HOST}:{self.graph_port}"
+
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> DevstackConfig:
-        raw = (os.environ if environ is None else environ).get(
-            "EVOFLOW_WEB_PORT", ""
-        ).strip() or str(DEFAULT_WEB_PORT)
-        if not raw.isdigit() or not 0 < int(raw) < 65536:
-            raise CannotStart(f"EVOFLOW_WEB_PORT must be a port number, got {raw!r}")
-        return cls(web_port=int(raw))
+        environ = os.environ if environ is None else environ
+        return cls(
+            web_port=_port_from(environ, "EVOFLOW_WEB_PORT", DEFAULT_WEB_PORT),
+            crm_port=_port_from(environ, "EVOFLOW_CRM_PORT", DEFAULT_CRM_PORT),
+            graph_port=_port_from(environ, "EVOFLOW_GRAPH_PORT", DEFAULT_GRAPH_PORT),
+        )
+
+    def service_environment(self) -> dict[str, str]:
+        """Where the children find the simulators this stack starts."""
+        return {
+            "CRM_BASE_URL": self.crm_base_url,
+            "GRAPH_API_BASE_URL": f"{self.graph_base_url}/v21.0",
+        }
+
+
+def _port_from(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "").strip() or str(default)
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise CannotStart(f"{name} must be a port number, got {raw!r}")
+    return int(raw)
 
 
 def manage_command(*args: str) -> tuple[str, ...]:
@@ -115,7 +145,7 @@ def service_processes(config: DevstackConfig) -> list[ProcessSpec]:
             argv=manage_command(
                 "graph_simulator",
                 "--port",
-                "8012",
+                str(config.graph_port),
                 "--conversations",
                 "40",
                 "--messages",
@@ -125,13 +155,13 @@ def service_processes(config: DevstackConfig) -> list[ProcessSpec]:
                 "--webhook-target",
                 f"{config.base_url}/webhooks/messenger/",
             ),
-            ready_url="http://127.0.0.1:8012/_control/state",
+            ready_url=f"{config.graph_base_url}/_control/state",
         ),
         # The CRM simulator (CRM_BASE_URL's local default): journeys' contacts and messages.
         ProcessSpec(
             name="crm",
-            argv=manage_command("crm_simulator", "--port", "8011", "--seed", "1"),
-            ready_url="http://127.0.0.1:8011/_control/faults",
+            argv=manage_command("crm_simulator", "--port", str(config.crm_port), "--seed", "1"),
+            ready_url=f"{config.crm_base_url}/_control/faults",
         ),
         ProcessSpec(
             name="worker",
@@ -468,7 +498,7 @@ def ensure_ports_free(specs: Sequence[ProcessSpec]) -> None:
                 raise CannotStart(
                     f"{host}:{port} is already in use ({exc.strerror}), so {spec.name} cannot "
                     "listen there; stop what runs there or choose another port "
-                    "(EVOFLOW_WEB_PORT for the web server)"
+                    "(EVOFLOW_WEB_PORT, EVOFLOW_CRM_PORT, EVOFLOW_GRAPH_PORT)"
                 ) from None
 
 
@@ -522,7 +552,8 @@ def parse_seed_output(lines: Sequence[str]) -> dict[str, Any]:
 
 def run(config: DevstackConfig, console: Console) -> int:
     """Start the stack and supervise it until it is stopped; returns the exit status."""
-    supervisor = Supervisor(console=console, env=child_environment())
+    env = {**child_environment(), **config.service_environment()}
+    supervisor = Supervisor(console=console, env=env)
     supervisor.install_signal_handlers()
     services = service_processes(config)
     console.prefix_width = max(len(name) for name in ["devstack", *(s.name for s in services)])

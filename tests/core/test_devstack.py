@@ -123,7 +123,14 @@ def web_port() -> int:
 
 
 @pytest.fixture
-def devstack(throwaway_database_url: str, web_port: int) -> Iterator[RunningStack]:
+def simulator_ports() -> dict[str, int]:
+    return {"crm": free_port(), "graph": free_port()}
+
+
+@pytest.fixture
+def devstack(
+    throwaway_database_url: str, web_port: int, simulator_ports: dict[str, int]
+) -> Iterator[RunningStack]:
     """`python -m evoflow.devstack` in its own process group, its output collected."""
     env = {
         **os.environ,
@@ -131,6 +138,8 @@ def devstack(throwaway_database_url: str, web_port: int) -> Iterator[RunningStac
         "DEBUG": "1",
         "DATABASE_URL": throwaway_database_url,
         "EVOFLOW_WEB_PORT": str(web_port),
+        "EVOFLOW_CRM_PORT": str(simulator_ports["crm"]),
+        "EVOFLOW_GRAPH_PORT": str(simulator_ports["graph"]),
         "EVOFLOW_DEMO_PASSWORD": DEMO_PASSWORD,
         "PYTHONUNBUFFERED": "1",
     }
@@ -177,7 +186,9 @@ class AssetReferences(HTMLParser):
         self.urls += [value for name, value in attrs if name in ("src", "href") and value]
 
 
-def test_devstack_serves_the_site_and_stops_everything_on_ctrl_c(devstack, web_port):
+def test_devstack_serves_the_site_and_stops_everything_on_ctrl_c(
+    devstack, web_port, simulator_ports
+):
     base = f"http://127.0.0.1:{web_port}"
 
     # Given the stack has started and printed its banner
@@ -187,7 +198,11 @@ def test_devstack_serves_the_site_and_stops_everything_on_ctrl_c(devstack, web_p
     assert f"API schema  {base}/api/schema/" in devstack.output
     assert f"username {DEMO_OPERATOR_USERNAME}  password {DEMO_PASSWORD}" in devstack.output
     children = devstack.child_pids()
-    assert set(children) == {"migrate", "worker", "web", "seed"}
+    assert set(children) == {"migrate", "graph", "crm", "worker", "web", "seed"}
+
+    # And the simulators answer on the ports they were given
+    for port in simulator_ports.values():
+        assert requests.get(f"http://127.0.0.1:{port}/_control/counters", timeout=10).ok
 
     # Then /healthz answers
     health = requests.get(f"{base}/healthz", timeout=10)
@@ -242,6 +257,7 @@ def test_devstack_serves_the_site_and_stops_everything_on_ctrl_c(devstack, web_p
     for name, pid in children.items():
         assert (name, live_processes_in_group(pid)) == (name, [])
     assert port_is_free(web_port)
+    assert all(port_is_free(port) for port in simulator_ports.values())
 
 
 def test_devstack_refuses_a_port_that_is_taken(throwaway_database_url):

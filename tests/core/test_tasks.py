@@ -122,9 +122,9 @@ def test_schedule_ensure_is_idempotent():
     )
 
     assert first.pk == second.pk
-    assert list(Schedule.objects.values_list("name", "func", "schedule_type")) == [
-        ("integrity.daily", "evoflow.tasks.other", Schedule.HOURLY)
-    ]
+    assert list(
+        Schedule.objects.filter(name="integrity.daily").values_list("name", "func", "schedule_type")
+    ) == [("integrity.daily", "evoflow.tasks.other", Schedule.HOURLY)]
 
 
 @pytest.mark.django_db(transaction=True)
