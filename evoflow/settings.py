@@ -117,6 +117,11 @@ JOURNEYS_SESSION_LEASE_SECONDS = env_int("JOURNEYS_SESSION_LEASE_SECONDS", 300)
 JOURNEYS_STALLED_AFTER_SECONDS = env_int("JOURNEYS_STALLED_AFTER_SECONDS", 120)
 JOURNEYS_ENRICH_CONTACTS = env_bool("JOURNEYS_ENRICH_CONTACTS", default=True)
 JOURNEYS_MAX_STEPS_PER_SESSION = env_int("JOURNEYS_MAX_STEPS_PER_SESSION", 1000)
+# Hosts (or host:port) that http_request nodes may call, "*" for any; empty refuses the node.
+# Locally the CRM simulator's hooks, so demo and test flows work.
+JOURNEYS_HTTP_ALLOWED_HOSTS = env_list(
+    "JOURNEYS_HTTP_ALLOWED_HOSTS", ["127.0.0.1", "localhost"] if DEBUG else []
+)
 REDIS_URL = os.environ.get("REDIS_URL", "").strip() or None
 ALERT_WEBHOOK_URL = os.environ.get("ALERT_WEBHOOK_URL", "").strip() or None
 EVOFLOW_PG_PORT = env_int("EVOFLOW_PG_PORT", localdb.DEFAULT_PORT)

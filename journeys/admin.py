@@ -13,7 +13,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 
 from journeys import selectors, services
@@ -22,8 +22,16 @@ from journeys.services import JourneyError
 
 
 class ServiceWritesAdmin(admin.ModelAdmin):
-    """Services open their own durable transactions, so the change form must not wrap them in
-    the admin's usual transaction (which would make them nested)."""
+    """Every write goes through a service, inside the change form's own atomic block.
+
+    That block is the admin's transaction, so `save_model` calls the services'
+    `*_in_transaction` variants (their durable entry points refuse to run nested) and the
+    enqueued tasks commit or roll back with it. A domain error the form could not foresee
+    (a race: the contact got a live session meanwhile) rolls the block back and is shown as
+    a message instead of a server error.
+    """
+
+    service_error_prefix = "Not saved"
 
     def changeform_view(
         self,
@@ -31,10 +39,14 @@ class ServiceWritesAdmin(admin.ModelAdmin):
         object_id: str | None = None,
         form_url: str = "",
         extra_context: dict[str, Any] | None = None,
-    ) -> Any:
-        return self._changeform_view(  # type: ignore[attr-defined]
-            request, object_id, form_url, extra_context
-        )
+    ) -> HttpResponse:
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except JourneyError as error:
+            self.message_user(
+                request, f"{self.service_error_prefix}: {error.detail}", messages.ERROR
+            )
+            return redirect(request.get_full_path())
 
 
 class JourneyForm(forms.ModelForm):
@@ -75,10 +87,13 @@ class JourneyAdmin(ServiceWritesAdmin):
     search_fields = ("name",)
     readonly_fields = ("version", "created_at", "updated_at", "session_counts")
 
-    @admin.display(description="live sessions")
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Journey]:
+        # One query for the whole changelist page, not one count per row.
+        return selectors.journeys_with_live_session_count(super().get_queryset(request))
+
+    @admin.display(description="live sessions", ordering="live_session_count")
     def live_sessions(self, journey: Journey) -> int:
-        counts = selectors.session_status_counts(journey_id=journey.pk)
-        return counts["active"] + counts["waiting"] + counts["paused"]
+        return journey.live_session_count  # type: ignore[attr-defined]
 
     @admin.display(description="sessions by status")
     def session_counts(self, journey: Journey) -> str:
@@ -92,11 +107,13 @@ class JourneyAdmin(ServiceWritesAdmin):
         fields = {name: form.cleaned_data[name] for name in JourneyForm.Meta.fields}
         if change:
             changed = {name: value for name, value in fields.items() if name in form.changed_data}
-            saved = services.journey_update(journey_id=obj.pk, **changed)
+            saved = services.journey_update_in_transaction(journey_id=obj.pk, **changed)
         else:
-            saved = services.journey_create(**fields)
+            saved = services.journey_create_in_transaction(**fields)
         obj.pk = saved.pk
         obj.version = saved.version
+        obj.created_at = saved.created_at
+        obj.updated_at = saved.updated_at
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -160,6 +177,7 @@ class SessionStartForm(forms.ModelForm):
 
 @admin.register(JourneySession)
 class JourneySessionAdmin(ServiceWritesAdmin):
+    service_error_prefix = "Not started"
     list_display = (
         "id",
         "journey",
@@ -217,7 +235,7 @@ class JourneySessionAdmin(ServiceWritesAdmin):
     ) -> None:
         if change:
             return  # nothing is editable; status changes are actions
-        session_id = services.session_start(
+        session_id = services.session_start_in_transaction(
             journey_id=form.cleaned_data["journey"].pk,
             contact_id=form.cleaned_data["contact_uuid"],
             variables=form.cleaned_data["start_variables"],
@@ -225,16 +243,11 @@ class JourneySessionAdmin(ServiceWritesAdmin):
         )
         obj.pk = session_id
 
-    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: Any = None) -> Any:
-        try:
-            return super().add_view(request, form_url, extra_context)
-        except JourneyError as error:
-            self.message_user(request, f"Not started: {error.detail}", messages.ERROR)
-            return redirect(request.get_full_path())
-
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    # Actions run in the changelist view, which holds no transaction: each session is its own
+    # durable service call, so one refusal does not undo the others.
     def _each(
         self, request: HttpRequest, sessions: QuerySet[JourneySession], action: Any, verb: str
     ) -> None:

@@ -78,6 +78,7 @@ class JourneyInputSerializer(serializers.Serializer):
                 default_variables=attrs.get(
                     "default_variables", instance.default_variables if instance else {}
                 ),
+                previous_flow=instance.flow if instance else None,
             )
         return attrs
 

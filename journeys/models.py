@@ -12,6 +12,7 @@ The invariants of DESIGN.md that live in the database:
 
 from __future__ import annotations
 
+import copy
 import uuid
 from typing import Any
 
@@ -78,12 +79,23 @@ class Journey(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    # The flow as loaded from the database (None for a new journey), so that `clean` can tell
+    # whether a save changes it; set by `from_db`, Django's documented hook for this.
+    _loaded_flow: Any = None
+
+    @classmethod
+    def from_db(cls, db: str | None, field_names: Any, values: Any, **kwargs: Any) -> Journey:
+        journey = super().from_db(db, field_names, values, **kwargs)
+        loaded = dict(zip(field_names, values, strict=True))
+        journey._loaded_flow = copy.deepcopy(loaded.get("flow"))
+        return journey
+
     def clean(self) -> None:
         from journeys.engine.flow import FlowInvalid, flow_validate, triggers_validate
 
         errors: dict[str, list[str]] = {}
         try:
-            flow_validate(self.flow)
+            flow_validate(self.flow, previous_flow=self._loaded_flow)
         except FlowInvalid as error:
             errors["flow"] = error.messages
         try:

@@ -4,13 +4,32 @@ from __future__ import annotations
 
 import uuid
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 
-from journeys.models import Journey, JourneySession, JourneyStep, SessionStatus
+from journeys.models import LIVE_STATUSES, Journey, JourneySession, JourneyStep, SessionStatus
 
 
 def journey_list() -> QuerySet[Journey]:
     return Journey.objects.all()
+
+
+def journeys_with_live_session_count(journeys: QuerySet[Journey]) -> QuerySet[Journey]:
+    """`journeys` with `live_session_count` (active, waiting or paused sessions).
+
+    A correlated subquery rather than a join with GROUP BY: it is evaluated only for the rows
+    a page shows, and the partial unique index on live sessions answers it.
+    """
+    live = (
+        JourneySession.objects.filter(journey=OuterRef("pk"), status__in=LIVE_STATUSES)
+        .order_by()
+        .values("journey")
+        .annotate(total=Count("id"))
+        .values("total")
+    )
+    return journeys.annotate(
+        live_session_count=Coalesce(Subquery(live, output_field=IntegerField()), 0)
+    )
 
 
 def journey_get(*, journey_id: int) -> Journey | None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+import requests
+
 from evoflow.http import HttpClient, HttpClientError, RetryPolicy, UpstreamUnavailable
 from journeys.crm import CrmError, crm_client
 from journeys.engine.flow import (
@@ -17,6 +19,7 @@ from journeys.engine.flow import (
     Node,
     SendMessageConfig,
     UpdateContactConfig,
+    http_url_refusal,
 )
 from journeys.engine.nodes import NodeState, Outcome, render
 
@@ -40,11 +43,19 @@ def _failure(error: HttpClientError) -> EffectFailed:
 def _http_client(timeout_seconds: float) -> HttpClient:
     # One attempt per step run: the node's own retry policy spaces further attempts out
     # without holding a worker.
-    return HttpClient(
+    client = HttpClient(
         "http://localhost/",
         timeout=(min(3.05, timeout_seconds), timeout_seconds),
         retry=RetryPolicy(max_attempts=1),
     )
+    # Redirects are not followed: the allow-list vetted the URL the flow names, and a redirect
+    # would lead past it. A 3xx answer fails the node instead.
+    client.session.get_redirect_target = _no_redirect  # type: ignore[method-assign,assignment]
+    return client
+
+
+def _no_redirect(response: requests.Response) -> str | None:
+    return None
 
 
 def _dig(payload: Any, path: str) -> Any:
@@ -105,13 +116,22 @@ def effect_run(node: Node, state: NodeState, *, idempotency_key: str) -> Outcome
 
 def _http_request(config: HttpRequestConfig, state: NodeState, *, idempotency_key: str) -> Outcome:
     url = str(render(config.url, state))
-    if not url.startswith(("http://", "https://")):
-        raise EffectFailed(f"the URL {url[:200]!r} is not http(s)", is_retryable=False)
+    # Checked again on every run: the URL may be a template, and the setting may have been
+    # narrowed since the flow was saved. Nothing is sent to a refused URL.
+    refusal = http_url_refusal(url)
+    if refusal:
+        raise EffectFailed(f"{refusal}; no request was sent", is_retryable=False)
     body = render(config.body, state) if config.body is not None else None
     headers = {name: str(render(value, state)) for name, value in config.headers.items()}
     response = _http_client(config.timeout_seconds).request(
         config.method, url, json=body, headers=headers, idempotency_key=idempotency_key
     )
+    if 300 <= response.status_code < 400:
+        raise EffectFailed(
+            f"{config.method} {url} answered HTTP {response.status_code} "
+            "(redirects are not followed)",
+            is_retryable=False,
+        )
     if response.status_code >= 400:
         raise EffectFailed(
             f"{config.method} {url} answered HTTP {response.status_code}",

@@ -2,7 +2,9 @@
 
 One validator (`flow_validate`) serves the model's `clean`, the services and the API, so an
 unknown node type or a dangling edge is refused at save time with a message that names the
-node, never skipped at run time.
+node, never skipped at run time. It also holds http_request URLs to
+`JOURNEYS_HTTP_ALLOWED_HOSTS` (`http_url_refusal`, which the engine applies again to the
+rendered URL before every call, since the setting can change after a flow is saved).
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
+from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
@@ -322,8 +326,91 @@ def flow_parse(flow: Any) -> Flow:
     return Flow(nodes=nodes, entry_node_id=entry, edges=edges)
 
 
-def flow_validate(flow: Any) -> None:
-    flow_parse(flow)
+def _allowed_hosts() -> list[str]:
+    return [entry.strip().lower() for entry in settings.JOURNEYS_HTTP_ALLOWED_HOSTS if entry]
+
+
+def _host_entry_matches(entry: str, host: str, port: int) -> bool:
+    if entry == "*":
+        return True
+    # "host", "host:port", "[::1]" or "[::1]:port"
+    if entry.startswith("["):
+        entry_host, _, rest = entry[1:].partition("]")
+        entry_port = rest.removeprefix(":")
+    elif entry.count(":") == 1:
+        entry_host, _, entry_port = entry.partition(":")
+    else:
+        entry_host, entry_port = entry, ""
+    if entry_host != host:
+        return False
+    return not entry_port or entry_port == str(port)
+
+
+def http_url_refusal(url: str) -> str | None:
+    """Why an http_request node may not call `url` (a rendered URL), or None when it may.
+
+    Only http and https, no credentials in the URL, and a host that
+    `JOURNEYS_HTTP_ALLOWED_HOSTS` allows: the URL is written by whoever edits a flow, and the
+    request leaves from inside the network (server-side request forgery).
+    """
+    allowed = _allowed_hosts()
+    if not allowed:
+        return "http_request nodes are disabled (JOURNEYS_HTTP_ALLOWED_HOSTS is empty)"
+    shown = repr(url[:200])
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return f"the URL {shown} is not a valid URL"
+    if parts.scheme not in ("http", "https"):
+        return f"the URL {shown} is not http(s)"
+    # Parsers disagree on these (userinfo, backslashes, blanks), so a host one of them reads
+    # could differ from the host the request goes to: refuse rather than guess.
+    if "@" in parts.netloc:
+        return f"the URL {shown} carries credentials; send them in a header instead"
+    if any(char in parts.netloc for char in "\\ \t\r\n") or not parts.hostname:
+        return f"the URL {shown} has no valid host"
+    host = parts.hostname.lower()
+    effective_port = port or (443 if parts.scheme == "https" else 80)
+    if any(_host_entry_matches(entry, host, effective_port) for entry in allowed):
+        return None
+    where = host if port is None else f"{host}:{port}"
+    return f"the host {where!r} is not in JOURNEYS_HTTP_ALLOWED_HOSTS"
+
+
+def _http_hosts_check(flow: Flow) -> list[str]:
+    messages = []
+    for node in flow.nodes.values():
+        if not isinstance(node.config, HttpRequestConfig):
+            continue
+        url = node.config.url
+        # A templated scheme or host is only known when the node runs; the engine checks it
+        # then. Everything else is checked now, when the mistake is cheap to fix.
+        try:
+            is_host_templated = url.startswith("{{") or "{{" in urlsplit(url).netloc
+        except ValueError:
+            is_host_templated = False  # http_url_refusal names the problem
+        if is_host_templated and _allowed_hosts():
+            continue
+        refusal = http_url_refusal(url)
+        if refusal:
+            messages.append(f'node "{node.id}" (http_request): config.url: {refusal}')
+    return messages
+
+
+def flow_validate(flow: Any, *, previous_flow: Any = None) -> None:
+    """Refuse a flow that breaks a rule, naming the node at fault.
+
+    `previous_flow` is the flow stored before this write: when the flow is unchanged, the
+    host allow-list is not applied again, so a journey saved before the allow-list was
+    narrowed can still be renamed or deactivated (its refused nodes fail when they run).
+    """
+    parsed = flow_parse(flow)
+    if previous_flow is not None and flow == previous_flow:
+        return
+    messages = _http_hosts_check(parsed)
+    if messages:
+        raise FlowInvalid(messages)
 
 
 class EventTrigger(_Config):

@@ -16,13 +16,20 @@ from journeys.services.funnel import (
     session_persist,
     session_persist_many,
 )
-from journeys.services.journeys import journey_create, journey_update, journey_validate
+from journeys.services.journeys import (
+    journey_create,
+    journey_create_in_transaction,
+    journey_update,
+    journey_update_in_transaction,
+    journey_validate,
+)
 from journeys.services.sessions import (
     session_cancel,
     session_pause,
     session_resume,
     session_retry,
     session_start,
+    session_start_in_transaction,
     sessions_resume_due,
     sessions_start_many,
 )
@@ -42,7 +49,9 @@ __all__ = [
     "contact_id_parse",
     "contacts_enrich",
     "journey_create",
+    "journey_create_in_transaction",
     "journey_update",
+    "journey_update_in_transaction",
     "journey_validate",
     "session_cancel",
     "session_pause",
@@ -51,6 +60,7 @@ __all__ = [
     "session_resume",
     "session_retry",
     "session_start",
+    "session_start_in_transaction",
     "sessions_advance",
     "sessions_enqueue_advance",
     "sessions_resume_due",

@@ -11,7 +11,7 @@ from journeys.engine.flow import FlowInvalid, properties_match, triggers_parse
 from journeys.models import Journey, JourneySession, ProcessedContactEvent, SessionStatus
 from journeys.services.engine import sessions_enqueue_advance
 from journeys.services.funnel import JourneyError, contact_id_parse
-from journeys.services.sessions import session_start_in_transaction, sessions_resume_writes
+from journeys.services.sessions import session_start_for_journey, sessions_resume_writes
 
 
 @dataclass
@@ -61,7 +61,7 @@ def contact_event_ingest(
         ):
             continue
         try:
-            session_id = session_start_in_transaction(
+            session_id = session_start_for_journey(
                 journey=journey,
                 contact_id=contact_uuid,
                 variables={"event": {"name": name, "properties": properties}},

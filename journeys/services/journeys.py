@@ -1,4 +1,8 @@
-"""Journey definitions: create and update, with the flow validated on every write."""
+"""Journey definitions: create and update, with the flow validated on every write.
+
+The entry points are durable transactions; each `*_in_transaction` twin runs the same code
+inside a transaction the caller already holds (the admin's change form).
+"""
 
 from __future__ import annotations
 
@@ -23,11 +27,21 @@ EDITABLE_FIELDS = (
 )
 
 
-def journey_validate(*, flow: Any, triggers: Any = None, default_variables: Any = None) -> None:
-    """The one validator behind the model, the services, the API and the admin."""
+def journey_validate(
+    *,
+    flow: Any,
+    triggers: Any = None,
+    default_variables: Any = None,
+    previous_flow: Any = None,
+) -> None:
+    """The one validator behind the model, the services, the API and the admin.
+
+    `previous_flow` is the journey's stored flow when it is being changed (see
+    `flow_validate`: an unchanged flow is not held to the HTTP host allow-list again).
+    """
     messages: list[str] = []
     try:
-        flow_validate(flow)
+        flow_validate(flow, previous_flow=previous_flow)
     except FlowInvalid as error:
         messages.extend(error.messages)
     if triggers is not None:
@@ -64,6 +78,28 @@ def journey_create(
     default_variables: dict[str, Any] | None = None,
     allow_reentry: bool = False,
 ) -> Journey:
+    return journey_create_in_transaction(
+        name=name,
+        flow=flow,
+        description=description,
+        is_active=is_active,
+        triggers=triggers,
+        default_variables=default_variables,
+        allow_reentry=allow_reentry,
+    )
+
+
+def journey_create_in_transaction(
+    *,
+    name: str,
+    flow: dict[str, Any],
+    description: str = "",
+    is_active: bool = True,
+    triggers: list[dict[str, Any]] | None = None,
+    default_variables: dict[str, Any] | None = None,
+    allow_reentry: bool = False,
+) -> Journey:
+    """`journey_create` inside the caller's transaction (the admin's change form holds one)."""
     journey_validate(flow=flow, triggers=triggers or [], default_variables=default_variables or {})
     journey = Journey(
         name=name,
@@ -83,6 +119,12 @@ def journey_create(
 @transaction.atomic(durable=True)
 def journey_update(*, journey_id: int, **changes: Any) -> Journey:
     """Change the given fields; a new flow bumps the version running workers compare with."""
+    return journey_update_in_transaction(journey_id=journey_id, **changes)
+
+
+def journey_update_in_transaction(*, journey_id: int, **changes: Any) -> Journey:
+    """`journey_update` inside the caller's transaction (the admin's change form holds one);
+    the row lock it takes lasts until that transaction ends."""
     unknown = set(changes) - set(EDITABLE_FIELDS)
     if unknown:
         raise InvalidFlow(
@@ -91,10 +133,14 @@ def journey_update(*, journey_id: int, **changes: Any) -> Journey:
     journey = Journey.objects.select_for_update().filter(pk=journey_id).first()
     if journey is None:
         raise JourneyNotFound(f"journey {journey_id} does not exist")
+    previous_flow = journey.flow
     for field, value in changes.items():
         setattr(journey, field, value)
     journey_validate(
-        flow=journey.flow, triggers=journey.triggers, default_variables=journey.default_variables
+        flow=journey.flow,
+        triggers=journey.triggers,
+        default_variables=journey.default_variables,
+        previous_flow=previous_flow,
     )
     _full_clean(journey)
     update_fields = [*changes, "updated_at"]

@@ -56,7 +56,7 @@ def _flow_of(journey: Journey) -> Flow:
         raise JourneyInactive(f"journey {journey.pk} has an invalid flow: {error}") from error
 
 
-def session_start_in_transaction(
+def session_start_for_journey(
     *,
     journey: Journey,
     contact_id: uuid.UUID,
@@ -65,7 +65,8 @@ def session_start_in_transaction(
     start_node_id: str | None = None,
     is_reentry_checked: bool = True,
 ) -> int:
-    """Start a session inside the caller's transaction; see `session_start`."""
+    """Start a session of a loaded journey inside the caller's transaction (events, retries
+    and `session_start` share it)."""
     if not journey.is_active:
         raise JourneyInactive(f"journey {journey.pk} is not active")
     flow = _flow_of(journey)
@@ -106,11 +107,26 @@ def session_start(
     Raises InvalidContactId (nothing written), SessionAlreadyLive (J2, from the constraint),
     ReentryNotAllowed, JourneyInactive or JourneyNotFound.
     """
+    return session_start_in_transaction(
+        journey_id=journey_id, contact_id=contact_id, variables=variables, source=source
+    )
+
+
+def session_start_in_transaction(
+    *,
+    journey_id: int,
+    contact_id: Any,
+    variables: dict[str, Any] | None = None,
+    source: str = "api",
+) -> int:
+    """`session_start` inside the caller's transaction, for a caller that already holds one
+    (the admin's change form runs in its own atomic block, where a durable one is refused).
+    The enqueued advance task commits or rolls back with that transaction."""
     contact_uuid = contact_id_parse(contact_id)
     if variables is not None and not isinstance(variables, dict):
         raise InvalidVariables("variables must be a JSON object")
     journey = _journey_get(journey_id)
-    return session_start_in_transaction(
+    return session_start_for_journey(
         journey=journey,
         contact_id=contact_uuid,
         variables=variables,
@@ -251,7 +267,7 @@ def session_retry(*, session_id: int) -> int:
     """
     session = _locked(session_id)
     _refuse(session, "retried", (SessionStatus.FAILED,))
-    return session_start_in_transaction(
+    return session_start_for_journey(
         journey=session.journey,
         contact_id=session.contact_id,
         variables=session.variables,
