@@ -227,6 +227,8 @@ class MessageDelivery(models.Model):
     class Meta:
         ordering = ["-id"]
         verbose_name_plural = "message deliveries"
+        # Migration 0001 also sets `fillfactor = 85` on the table (a link rewrites the row on
+        # its own page).
         constraints = [
             models.UniqueConstraint(fields=["message", "guest"], name="delivery_once_per_guest"),
             models.CheckConstraint(
