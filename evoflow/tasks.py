@@ -17,7 +17,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 from django_q.models import Schedule
-from django_q.signals import pre_enqueue, pre_execute
+from django_q.signals import post_execute_in_worker, pre_enqueue, pre_execute
 from django_q.tasks import async_task
 
 from evoflow import metrics
@@ -111,10 +111,17 @@ def _stamp_request_id(sender: Any, task: dict[str, Any], **kwargs: Any) -> None:
 
 def _bind_request_id(sender: Any, task: dict[str, Any], **kwargs: Any) -> None:
     # Each worker process runs one task at a time, so the value simply replaces the previous
-    # task's; nothing outlives the task that would need resetting.
+    # task's.
     _current.set(task.get("request_id") or new_request_id())
+
+
+def _unbind_request_id(sender: Any, task: dict[str, Any], **kwargs: Any) -> None:
+    # django-q2 logs "processing <task>" before pre_execute: without this, that line (and
+    # anything else between two tasks) would carry the previous task's id.
+    _current.set(NO_REQUEST_ID)
 
 
 def connect_request_id_signals() -> None:
     pre_enqueue.connect(_stamp_request_id, dispatch_uid="evoflow.request_id.enqueue")
     pre_execute.connect(_bind_request_id, dispatch_uid="evoflow.request_id.execute")
+    post_execute_in_worker.connect(_unbind_request_id, dispatch_uid="evoflow.request_id.done")

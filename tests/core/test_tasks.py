@@ -12,10 +12,11 @@ import pytest
 from django.core.management import call_command
 from django.db import connection, transaction
 from django_q.models import OrmQ, Schedule, Task
+from django_q.signals import post_execute_in_worker, pre_execute
 
 from evoflow.db import psycopg_conninfo
 from evoflow.models import IntegrityRun
-from evoflow.requestid import bound_request_id
+from evoflow.requestid import NO_REQUEST_ID, bound_request_id, get_request_id
 from evoflow.tasks import enqueue_after_commit, integrity_run_scheduled, schedule_ensure
 from tests.core.worker_tasks import report_request_id, write_marker
 from tests.helpers import PROJECT_ROOT, wait_for
@@ -178,3 +179,15 @@ def test_the_scheduled_integrity_task_stores_a_run():
     run = IntegrityRun.objects.get(pk=run_id)
     assert run.trigger == "schedule"
     assert run.status == "healthy"
+
+
+def test_a_worker_forgets_a_tasks_request_id_once_the_task_is_done():
+    # Given a worker process that runs a task carrying a request id
+    pre_execute.send(sender="django_q", func=report_request_id, task={"request_id": "req-done"})
+    assert get_request_id() == "req-done"
+
+    # When the task is done
+    post_execute_in_worker.send(sender="django_q", func=report_request_id, task={})
+
+    # Then nothing logged before the next task (django-q2's own "processing" line) carries it
+    assert get_request_id() == NO_REQUEST_ID
