@@ -14,6 +14,7 @@ for demos, tests and benchmarks; production talks to the real services.
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import re
@@ -305,6 +306,36 @@ def _handler_class(simulator: Simulator) -> type[BaseHTTPRequestHandler]:
             return
 
     return SimulatorRequestHandler
+
+
+def rate_argument(value: str) -> float:
+    """An argparse type: a share between 0 and 1."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0 <= number <= 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number between 0 and 1")
+    return number
+
+
+def add_simulator_arguments(parser: argparse.ArgumentParser, *, default_port: int) -> None:
+    """The options every simulator command has: where it listens, its seed, its faults."""
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=default_port)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--fault-rate", type=rate_argument, default=0.0, help="share of 5xx")
+    parser.add_argument("--slow-ms", type=int, default=0, help="delay added to every call")
+    parser.add_argument("--malformed-rate", type=rate_argument, default=0.0)
+
+
+def faults_from_options(options: dict[str, Any]) -> Faults:
+    return Faults(
+        fault_rate=options["fault_rate"],
+        slow_ms=options["slow_ms"],
+        malformed_rate=options["malformed_rate"],
+        seed=options["seed"],
+    )
 
 
 def serve_until_interrupted(

@@ -13,35 +13,30 @@ from conversations.simulator.graph import (
     THROTTLE_MESSAGES,
     GraphSimulator,
 )
-from evoflow.simulator import Faults, serve_until_interrupted
-
-
-def _rate(value: str) -> float:
-    number = float(value)
-    if not 0 <= number <= 1:
-        raise ValueError(value)
-    return number
+from evoflow.simulator import (
+    add_simulator_arguments,
+    faults_from_options,
+    rate_argument,
+    serve_until_interrupted,
+)
 
 
 class Command(BaseCommand):
     help = "Serve a simulated Graph API (Messenger conversations) with paging, usage and faults."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--host", default="127.0.0.1")
-        parser.add_argument("--port", type=int, default=8012)
+        add_simulator_arguments(parser, default_port=8012)
         parser.add_argument("--page-id", default=DEFAULT_PAGE_ID)
         parser.add_argument("--page-name", default="Simulated Shop")
         parser.add_argument("--conversations", type=int, default=50)
         parser.add_argument("--messages", type=int, default=500, help="total over all threads")
-        parser.add_argument("--seed", type=int, default=1)
         parser.add_argument("--access-token", default=DEFAULT_ACCESS_TOKEN)
-        parser.add_argument("--fault-rate", type=_rate, default=0.0)
-        parser.add_argument("--slow-ms", type=int, default=0)
-        parser.add_argument("--malformed-rate", type=_rate, default=0.0)
-        parser.add_argument("--drift", type=_rate, default=0.0, help="share of drifted answers")
+        parser.add_argument(
+            "--drift", type=rate_argument, default=0.0, help="share of drifted answers"
+        )
         parser.add_argument(
             "--churn-rate",
-            type=_rate,
+            type=rate_argument,
             default=0.0,
             help="share of conversations pages after which a later conversation changes or goes",
         )
@@ -66,12 +61,7 @@ class Command(BaseCommand):
             messages=options["messages"],
             seed=options["seed"],
             access_token=options["access_token"],
-            faults=Faults(
-                fault_rate=options["fault_rate"],
-                slow_ms=options["slow_ms"],
-                malformed_rate=options["malformed_rate"],
-                seed=options["seed"],
-            ),
+            faults=faults_from_options(options),
             drift_rate=options["drift"],
             churn_rate=options["churn_rate"],
             rate_limit=options["rate_limit"],
