@@ -43,6 +43,21 @@ def test_validation_error_names_the_field(api_client):
     }
 
 
+def test_a_django_validation_error_is_a_400_not_a_500(api_client):
+    # A model field's validation error reaching a view is the client's bad input
+    field = api_client.get("/api/test/django-field-error/")
+    plain = api_client.get("/api/test/django-plain-error/")
+
+    assert field.status_code == 400
+    assert field.json() == {
+        "code": "validation_error",
+        "detail": "starts_at: 'notadate' is not a valid date.",
+        "errors": {"starts_at": ["'notadate' is not a valid date."]},
+    }
+    assert plain.status_code == 400
+    assert plain.json()["detail"] == "'notadate' value has an invalid format."
+
+
 def test_domain_error_keeps_its_extra_fields(api_client):
     body = api_client.get("/api/test/conflict/").json()
 

@@ -1,5 +1,6 @@
 """Routes that raise each kind of error, mounted beside the real ones for the error tests."""
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import include, path
 from rest_framework import exceptions, generics, serializers
@@ -16,6 +17,18 @@ from evoflow.models import User
 @permission_classes([AllowAny])
 def bad_input(request: Request) -> Response:
     raise exceptions.ValidationError({"contact_id": ["Must be a valid UUID."]})
+
+
+@api_view(["GET"])
+@permission_classes([AllowAny])
+def django_field_error(request: Request) -> Response:
+    raise DjangoValidationError({"starts_at": ["'notadate' is not a valid date."]})
+
+
+@api_view(["GET"])
+@permission_classes([AllowAny])
+def django_plain_error(request: Request) -> Response:
+    raise DjangoValidationError("'notadate' value has an invalid format.")
 
 
 @api_view(["GET"])
@@ -79,6 +92,8 @@ def broken_plain(request: HttpRequest) -> HttpResponse:
 
 urlpatterns = [
     path("api/test/bad-input/", bad_input),
+    path("api/test/django-field-error/", django_field_error),
+    path("api/test/django-plain-error/", django_plain_error),
     path("api/test/needs-login/", needs_login),
     path("api/test/forbidden/", forbidden),
     path("api/test/missing/", missing),
