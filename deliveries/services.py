@@ -121,6 +121,9 @@ def guest_rows_validate(rows: Sequence[Mapping[str, Any]]) -> list[GuestRow]:
             errors.append({"index": index, "field": "name", "reason": "a name is required"})
         elif len(name.strip()) > 200:
             errors.append({"index": index, "field": "name", "reason": "at most 200 characters"})
+        elif "\x00" in name:
+            # PostgreSQL text cannot hold it; refused here rather than failing the insert.
+            errors.append({"index": index, "field": "name", "reason": "no null characters"})
         if not isinstance(phone, str) or not phone.strip():
             errors.append({"index": index, "field": "phone", "reason": "a phone is required"})
             continue

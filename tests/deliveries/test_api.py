@@ -139,6 +139,27 @@ def test_a_bulk_import_reports_every_bad_row():
     assert EventGuest.objects.count() == 0
 
 
+def test_a_name_with_a_null_character_is_a_bad_row_not_a_500():
+    event = EventFactory()
+
+    response = client_for(event.host).post(
+        f"/api/v1/events/{event.pk}/guests/",
+        {
+            "guests": [
+                {"name": "Ada", "phone": "+14155550101"},
+                {"name": "B\u0000b", "phone": "+14155550102"},
+            ]
+        },
+        format="json",
+    )
+
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        {"index": 1, "field": "name", "reason": "no null characters"}
+    ]
+    assert EventGuest.objects.count() == 0
+
+
 def test_a_bulk_import_without_rows_is_a_400():
     event = EventFactory()
 
