@@ -14,7 +14,9 @@ from django.contrib import admin, messages
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html
+from django.views.decorators.debug import sensitive_post_parameters
 
 from conversations import selectors, services
 from conversations.models import (
@@ -54,6 +56,8 @@ class FacebookPageForm(forms.ModelForm):
 
 
 @admin.register(FacebookPage)
+@method_decorator(sensitive_post_parameters("new_access_token"), name="add_view")
+@method_decorator(sensitive_post_parameters("new_access_token"), name="change_view")
 class FacebookPageAdmin(admin.ModelAdmin):
     form = FacebookPageForm
     list_display = ["page_id", "name", "token_status", "reauthorization_badge", "sync_watermark"]
@@ -74,6 +78,12 @@ class FacebookPageAdmin(admin.ModelAdmin):
                 "re-authorisation required",
             )
         return format_html('<span style="color:#287d28">{}</span>', "ok")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        # The page id is the row's identity for the webhook (and its cached primary key):
+        # a page that moved to another id is another page, added anew.
+        fields = list(super().get_readonly_fields(request, obj))
+        return [*fields, "page_id"] if obj is not None else fields
 
     def save_model(self, request: HttpRequest, obj: FacebookPage, form: Any, change: bool) -> None:
         token = form.cleaned_data.get("new_access_token") or None
@@ -127,9 +137,10 @@ class ConversationAdmin(ReadOnlyAdmin):
         form_url: str = "",
         extra_context: dict[str, Any] | None = None,
     ) -> HttpResponse:
+        # isdigit() alone accepts "²" and other Unicode digits that int() refuses.
         conversation = (
             selectors.conversation_get(conversation_id=int(object_id))
-            if object_id.isdigit()
+            if object_id.isascii() and object_id.isdigit()
             else None
         )
         context = dict(extra_context or {})
@@ -177,7 +188,7 @@ class WebhookReceiptAdmin(ReadOnlyAdmin):
     list_filter = ["status"]
     ordering = ["-received_at", "-id"]
     actions = ["retry_receipts"]
-    readonly_fields = [
+    fields = readonly_fields = (
         "status",
         "signature_verdict",
         "attempts",
@@ -190,12 +201,15 @@ class WebhookReceiptAdmin(ReadOnlyAdmin):
         "next_attempt_at",
         "body_sha256",
         "body_text",
-    ]
-    exclude = ["body"]
+        "updated_at",
+    )
     show_full_result_count = False
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # Viewing the detail page and running the retry action need "change", not editing.
+        # The retry action needs "change"; the detail page itself is never a form to save (a
+        # receipt is a record of what Meta sent), so it is only ever viewed.
+        if obj is not None:
+            return False
         return request.user.has_perm("conversations.change_webhookreceipt")
 
     @admin.display(description="error")

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import permissions, serializers
 from rest_framework.exceptions import NotFound
-from rest_framework.pagination import CursorPagination
+from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -32,7 +33,23 @@ class CanViewConversations(permissions.BasePermission):
         )
 
 
-class ConversationCursorPagination(CursorPagination):
+class _CheckedCursorPagination(CursorPagination):
+    """A cursor whose position is not a date-time is an invalid cursor (404, as DRF answers a
+    cursor it cannot decode), not an error when the query compares it to a date column."""
+
+    def decode_cursor(self, request: Request) -> Cursor | None:
+        cursor = super().decode_cursor(request)
+        if cursor is not None and cursor.position is not None:
+            try:
+                position = parse_datetime(str(cursor.position))
+            except ValueError:
+                position = None
+            if position is None:
+                raise NotFound(self.invalid_cursor_message)
+        return cursor
+
+
+class ConversationCursorPagination(_CheckedCursorPagination):
     # Newest-updated first, like the Messenger inbox; the id breaks ties.
     page_size = 50
     page_size_query_param = "page_size"
@@ -40,7 +57,7 @@ class ConversationCursorPagination(CursorPagination):
     ordering = ("-updated_at", "-id")
 
 
-class MessageCursorPagination(CursorPagination):
+class MessageCursorPagination(_CheckedCursorPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 500

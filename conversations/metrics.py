@@ -15,6 +15,6 @@ WEBHOOK_RECEIPTS = Counter(
 )
 WEBHOOK_EVENTS = Counter(
     "evoflow_webhook_events_total",
-    "Webhook events seen, by kind (unknown and skipped included)",
+    "Webhook events applied (committed), by kind",
     ["kind"],
 )

@@ -37,6 +37,11 @@ class FacebookPage(models.Model):
 
     class Meta:
         verbose_name = "Facebook page"
+        triggers = [
+            # The page id is the row's identity for webhooks (and the services' cached primary
+            # keys): a page that moved is another page, created anew.
+            pgtrigger.ReadOnly(name="facebookpage_page_id_fixed", fields=["page_id"]),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name or 'page'} ({self.page_id})"

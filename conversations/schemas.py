@@ -9,10 +9,11 @@ the processing rules, F7), and event kinds evoflow does not know (kept in the re
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # Epoch milliseconds between 2000 and 2100: anything else is not a Messenger timestamp (and
 # would overflow PostgreSQL's timestamp range if taken at face value).
@@ -22,7 +23,14 @@ MAX_TIMESTAMP_MS = 4_102_444_800_000
 TimestampMs = Annotated[int, Field(strict=True, ge=MIN_TIMESTAMP_MS, lt=MAX_TIMESTAMP_MS)]
 MessageId = Annotated[str, Field(strict=True, min_length=1, max_length=255)]
 ShortText = Annotated[str, Field(strict=True, max_length=2_000)]
-AppId = Annotated[int, Field(strict=True, ge=0)] | Annotated[str, Field(strict=True, max_length=64)]
+# Stored in a varchar(64): an integer app id has at most 64 digits.
+AppId = (
+    Annotated[int, Field(strict=True, ge=0, lt=10**64)]
+    | Annotated[str, Field(strict=True, max_length=64)]
+)
+# A reaction name or emoji is part of the event's dedupe key (varchar(400)): with a mid of 255
+# characters and a PSID of 64 the longest key is 384 characters.
+ReactionText = Annotated[str, Field(strict=True, max_length=32)]
 
 
 class _Lenient(BaseModel):
@@ -35,9 +43,31 @@ class Participant(_Lenient):
     id: Any = None
 
 
+# Attachment payloads are stored as given (jsonb): deeper than this is not an attachment, and a
+# document nested near Python's recursion limit could be read but not written back.
+ATTACHMENT_MAX_DEPTH = 32
+
+
 class Attachment(_Lenient):
     type: Annotated[str, Field(strict=True, max_length=64)]
     payload: dict[str, Any] | None = None
+
+    @field_validator("payload")
+    @classmethod
+    def _not_too_deep(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and _depth(value) > ATTACHMENT_MAX_DEPTH:
+            raise ValueError(f"nested deeper than {ATTACHMENT_MAX_DEPTH} levels")
+        return value
+
+
+def _depth(value: Any, level: int = 1) -> int:
+    if level > ATTACHMENT_MAX_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(item, level + 1) for item in value.values()), default=level)
+    if isinstance(value, list):
+        return max((_depth(item, level + 1) for item in value), default=level)
+    return level
 
 
 class ReplyTo(_Lenient):
@@ -67,8 +97,8 @@ class Read(_Lenient):
 class Reaction(_Lenient):
     mid: MessageId
     action: Literal["react", "unreact"]
-    reaction: ShortText | None = None
-    emoji: ShortText | None = None
+    reaction: ReactionText | None = None
+    emoji: ReactionText | None = None
 
 
 class Postback(_Lenient):
@@ -126,10 +156,31 @@ def _contains_nul(value: Any) -> bool:
     return False
 
 
+def _contains_lone_surrogate(value: Any) -> bool:
+    # json.loads turns a lone \uD800 escape into a str that UTF-8 (text, jsonb) cannot hold.
+    if isinstance(value, str):
+        return any("\ud800" <= char <= "\udfff" for char in value)
+    if isinstance(value, dict):
+        return any(
+            _contains_lone_surrogate(key) or _contains_lone_surrogate(item)
+            for key, item in value.items()
+        )
+    if isinstance(value, list):
+        return any(_contains_lone_surrogate(item) for item in value)
+    return False
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def payload_parse(document: Any, *, raw: bytes | None = None) -> WebhookPayload:
     # A NUL can only come from a \u0000 escape: without one in the bytes, skip the full walk.
     if (raw is None or b"\\u0000" in raw) and _contains_nul(document):
         raise PayloadInvalid("the payload contains a NUL character")
+    # Likewise a lone surrogate only comes from a \uD800-\uDFFF escape (pairs decode to one
+    # character and are fine).
+    if (raw is None or _SURROGATE_ESCAPE.search(raw)) and _contains_lone_surrogate(document):
+        raise PayloadInvalid("the payload contains a lone UTF-16 surrogate")
     try:
         return WebhookPayload.model_validate(document)
     except ValidationError as error:

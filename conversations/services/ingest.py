@@ -2,24 +2,32 @@
 
 This is the one write path for message data, shared by the webhook processor and the Graph sync:
 whoever calls it passes plain `IncomingMessage` / `IncomingEvent` / `IncomingMark` values and a
-`source`. Whatever the batch size it is ONE SQL statement of data-modifying CTEs:
+`source`. Whatever the batch size it is at most TWO SQL statements of data-modifying CTEs:
 
 1. one upsert of every conversation the batch touches, on the single conflict target
    (page, psid) (F14), in sorted key order so concurrent batches lock rows in the same order and
    cannot deadlock; the ids come back from the upsert itself (F15), and whether a row is new
-   from `xmax = 0`, never from comparing timestamps (F5);
-2. one `INSERT ... ON CONFLICT DO NOTHING RETURNING` of the messages (C2) chained to the insert
-   of their message_received / message_sent events (F16, C3): an event exists exactly for each
-   message row that is really new; the message table's statement trigger then adds exactly the
-   inserted rows to `message_count` (F19) and moves `last_message*` forward only (C4, F1);
-3. when present: delivery/read watermarks (carried by the conversation upsert, so they only move
-   forward; messages at or before them are marked, those of this batch as they are inserted),
-   then the other events (reactions, postbacks, marks), linked to their message when stored.
+   from `xmax = 0`, never from comparing timestamps (F5); the upsert carries the batch's
+   delivery/read watermarks, so they only move forward;
+2. in the same statement, one `INSERT ... ON CONFLICT DO NOTHING RETURNING` of the messages (C2)
+   chained to the insert of their message_received / message_sent events (F16, C3): an event
+   exists exactly for each message row that is really new, and an outbound message gets its
+   marks from the watermarks the upsert returned; the message table's statement trigger then
+   adds exactly the inserted rows to `message_count` (F19) and moves `last_message*` forward
+   only (C4, F1);
+3. only when the batch has marks or other events (reactions, postbacks, marks): a second
+   statement in the same transaction marks the stored outbound messages covered by the
+   watermarks and inserts the other events, linked to their message of the same conversation.
+   It must be a second statement: the first one's snapshot is taken before it waits for the
+   conversation locks, so it can miss a message another batch committed while holding them
+   (the mark, or the reaction's link, would be lost). The second statement's snapshot is taken
+   with the locks held, so it sees every message of those conversations; a batch that inserts
+   messages later waits for the locks and reads the new watermarks from its own upsert.
 
-One statement is atomic (C5: messages and events commit together, or nothing does: F3, F4).
-Outside a transaction it commits on its own in one round trip (the webhook's fast path);
-inside the caller's transaction (a retry, the sync) it is part of it. An optional trailing CTE
-(the webhook receipt) commits or fails with the batch.
+Messages and events commit together, or nothing does (C5, F3, F4). A batch of messages only
+is one statement that commits on its own in one round trip outside a transaction (the
+webhook's fast path); inside the caller's transaction (a retry, the sync) it is part of it. An
+optional trailing CTE (the webhook receipt) commits or fails with the batch.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db import connection
+from django.db import connection, transaction
 
 from conversations.models import Direction, EventKind, Source
 
@@ -142,8 +150,21 @@ msg AS (
     RETURNING 1
 )"""
 
-# Messages stored before this statement and covered by a watermark of this batch (messages
-# inserted by the statement itself got their marks from the conversation's new watermarks).
+# The second statement (only for batches with marks or other events) starts from the
+# conversation rows the first one locked: its fresh snapshot (READ COMMITTED) sees every message
+# committed before this transaction obtained those locks, which the first statement's snapshot,
+# taken before it waited for them, may not.
+_CONVERSATIONS_LOCKED = """
+conv AS (
+    SELECT c.id, c.page_id, c.psid, c.delivered_watermark, c.read_watermark
+    FROM conversations_conversation AS c
+    JOIN unnest(%s::bigint[], %s::text[]) AS k(page_id, psid)
+        ON k.page_id = c.page_id AND k.psid = c.psid
+)"""
+
+# Outbound messages covered by a watermark of the conversations this batch marks (messages
+# inserted by the first statement already got their marks from the conversation's watermarks;
+# they match nothing here).
 _MARKS_APPLY = """
 marked AS (
     UPDATE conversations_message AS m SET
@@ -161,18 +182,20 @@ marked AS (
     RETURNING m.id
 )"""
 
+# A reaction or postback names its message by mid: it is linked only to a message of its own
+# conversation (a mid of another person's conversation is not theirs to react to).
 _EVENTS_INSERT = """
 other_events AS (
     INSERT INTO conversations_interactionevent (
         page_id, conversation_id, message_id, kind, occurred_at, dedupe_key, source, metadata)
-    SELECT u.page_id, conv.id, {message_id}, u.kind, u.occurred_at, u.dedupe_key, %s,
+    SELECT u.page_id, conv.id, stored.id, u.kind, u.occurred_at, u.dedupe_key, %s,
         u.metadata
     FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::timestamptz[], %s::text[],
                 %s::jsonb[], %s::text[])
         AS u(page_id, psid, kind, occurred_at, dedupe_key, metadata, mid)
     JOIN conv ON conv.page_id = u.page_id AND conv.psid = u.psid
-    {new_message_join}
-    LEFT JOIN conversations_message AS stored ON stored.page_id = u.page_id AND stored.mid = u.mid
+    LEFT JOIN conversations_message AS stored
+        ON stored.page_id = u.page_id AND stored.mid = u.mid AND stored.conversation_id = conv.id
     ORDER BY u.page_id, u.dedupe_key
     ON CONFLICT DO NOTHING
     RETURNING 1
@@ -197,16 +220,39 @@ def batch_apply(
     source: str = Source.WEBHOOK,
     trailing: TrailingStatement | None = None,
 ) -> tuple[ApplyResult, Any]:
-    """Apply one batch in ONE SQL statement; see the module docstring.
+    """Apply one batch; see the module docstring.
 
-    A single statement is atomic on its own, so outside a transaction it costs one round trip
-    and commits by itself; inside the caller's transaction it is part of it. Returns the
-    result and the trailing statement's returned value (None without one).
+    Conversations and messages (and the trailing statement) are ONE statement: outside a
+    transaction it costs one round trip and commits by itself. A batch with marks or other
+    events adds a second statement in the same transaction, run once the first holds the
+    conversation locks (see `_CONVERSATIONS_LOCKED`). Inside the caller's transaction both are
+    part of it. Returns the result and the trailing statement's returned value (None without
+    one).
     """
     keys = _conversation_keys(conversations, messages, events, marks)
     result = ApplyResult()
     if not keys and trailing is None:
         return result, None
+    unique_messages = _unique_by_mid(messages)
+    if not marks and not events:
+        return _first_statement(keys, unique_messages, marks, source, trailing, result)
+    # Both statements commit together; no savepoint inside a caller's transaction.
+    with transaction.atomic(savepoint=False):
+        _, tail = _first_statement(keys, unique_messages, marks, source, trailing, result)
+        _second_statement(marks, events, source, result)
+    return result, tail
+
+
+def _first_statement(
+    keys: Sequence[ConversationKey],
+    unique_messages: Sequence[IncomingMessage],
+    marks: Sequence[IncomingMark],
+    source: str,
+    trailing: TrailingStatement | None,
+    result: ApplyResult,
+) -> tuple[ApplyResult, Any]:
+    """The conversation upsert (taking the row locks, in key order), the messages and their
+    events, and the trailing statement."""
     delivered, read = _watermarks(marks)
     parts = [_CONVERSATIONS_UPSERT]
     # Rows travel as one JSON document per part: one C-speed json.dumps instead of escaping
@@ -230,38 +276,10 @@ def batch_apply(
         "(SELECT count(*) FROM conv WHERE inserted)",
         "(SELECT count(*) FROM conv)",
     ]
-    unique_messages = _unique_by_mid(messages)
     if unique_messages:
         parts.append(_MESSAGES_INSERT)
         params += [source, _message_rows(unique_messages), source]
         selects += ["(SELECT count(*) FROM msg_events)", "array(SELECT mid FROM msg)"]
-    if marks:
-        marked_keys = sorted({(mark.page_pk, mark.psid) for mark in marks})
-        parts.append(_MARKS_APPLY)
-        params += [[key[0] for key in marked_keys], [key[1] for key in marked_keys]]
-        selects.append("(SELECT count(*) FROM marked)")
-    if events:
-        if unique_messages:
-            message_id = "COALESCE(fresh.id, stored.id)"
-            new_message_join = (
-                "LEFT JOIN msg AS fresh ON fresh.page_id = u.page_id AND fresh.mid = u.mid"
-            )
-        else:
-            message_id, new_message_join = "stored.id", ""
-        parts.append(
-            _EVENTS_INSERT.format(message_id=message_id, new_message_join=new_message_join)
-        )
-        params += [
-            source,
-            [event.page_pk for event in events],
-            [event.psid for event in events],
-            [event.kind for event in events],
-            [event.occurred_at for event in events],
-            [event.dedupe_key for event in events],
-            [json.dumps(event.metadata) for event in events],
-            [event.mid for event in events],
-        ]
-        selects.append("(SELECT count(*) FROM other_events)")
     if trailing is not None:
         parts.append(f"\ntail_statement(value) AS ({trailing.sql})")
         params += trailing.params
@@ -276,11 +294,47 @@ def batch_apply(
         result.message_events_inserted = int(row.pop(0))
         result.inserted_mids = list(row.pop(0))
         result.messages_inserted = len(result.inserted_mids)
+    return result, row.pop(0) if trailing is not None else None
+
+
+def _second_statement(
+    marks: Sequence[IncomingMark],
+    events: Sequence[IncomingEvent],
+    source: str,
+    result: ApplyResult,
+) -> None:
+    """Marks and the other events, with a snapshot taken after the conversation locks."""
+    items: list[IncomingMark | IncomingEvent] = [*marks, *events]
+    touched = sorted({(item.page_pk, item.psid) for item in items})
+    parts = [_CONVERSATIONS_LOCKED]
+    params: list[Any] = [[key[0] for key in touched], [key[1] for key in touched]]
+    selects = []
+    if marks:
+        marked_keys = sorted({(mark.page_pk, mark.psid) for mark in marks})
+        parts.append(_MARKS_APPLY)
+        params += [[key[0] for key in marked_keys], [key[1] for key in marked_keys]]
+        selects.append("(SELECT count(*) FROM marked)")
+    if events:
+        parts.append(_EVENTS_INSERT)
+        params += [
+            source,
+            [event.page_pk for event in events],
+            [event.psid for event in events],
+            [event.kind for event in events],
+            [event.occurred_at for event in events],
+            [event.dedupe_key for event in events],
+            [json.dumps(event.metadata) for event in events],
+            [event.mid for event in events],
+        ]
+        selects.append("(SELECT count(*) FROM other_events)")
+    statement = "WITH " + ",".join(parts) + "\nSELECT " + ", ".join(selects)
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        row = list(cursor.fetchone() or ())
     if marks:
         result.messages_marked = int(row.pop(0))
     if events:
         result.events_inserted = int(row.pop(0))
-    return result, row.pop(0) if trailing is not None else None
 
 
 def _watermarks(

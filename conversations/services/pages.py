@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from django.db import connection, transaction
 
 from conversations.models import FacebookPage
 
-# page_id -> primary key, per process: pages are never removed while the process lives in any
-# normal flow, and a stale entry only makes a webhook fail (and be retried) on a foreign key.
+# page_id -> primary key, per process. A page's id never changes once created (a trigger refuses
+# it), so an entry can only go stale when its page is deleted: saves and deletes clear this
+# process's cache (`page_pk_cache_invalidate`, connected in apps.py), and another process finds
+# out from the foreign key violation its next write raises, clears its cache and tries once
+# more (`webhook_receive`; a stored receipt's retry does the same on its next attempt).
 _page_pk_cache: dict[str, int] = {}
 _cache_lock = threading.Lock()
 
@@ -49,6 +53,13 @@ def page_pk_cache_clear() -> None:
         _page_pk_cache.clear()
 
 
+def page_pk_cache_invalidate(**_: Any) -> None:
+    """Signal receiver (post_save / post_delete of a page): forget every cached id now, and
+    once more after commit, so no entry read meanwhile survives the change."""
+    page_pk_cache_clear()
+    transaction.on_commit(page_pk_cache_clear)
+
+
 def page_pk_cache_remember(pks: dict[str, int]) -> None:
     with _cache_lock:
         _page_pk_cache.update(pks)
@@ -56,7 +67,8 @@ def page_pk_cache_remember(pks: dict[str, int]) -> None:
 
 @transaction.atomic(durable=True)
 def page_upsert(*, page_id: str, name: str = "", access_token: str | None = None) -> FacebookPage:
-    """Create or update a page; a new token clears the re-authorisation flag."""
+    """Create a page, or update the one with this page id (which never changes); a new token
+    clears the re-authorisation flag."""
     page, _ = FacebookPage.objects.select_for_update().get_or_create(page_id=page_id)
     fields = ["updated_at"]
     if name:

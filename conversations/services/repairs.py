@@ -28,10 +28,25 @@ def conversation_message_counts_repair(*, dry_run: bool = True) -> int:
             cursor.execute(f"SELECT count(*) FROM ({_MISMATCHED}) AS bad")
             row = cursor.fetchone()
             return int(row[0]) if row else 0
-        # Lock the conversations first, in id order, as every writer does.
+        # Lock the candidates first, in (page_id, psid) order as every writer does, then
+        # recount in a second statement: its snapshot, taken with the locks held, sees every
+        # message a concurrent writer committed before releasing them.
         cursor.execute(
-            f"UPDATE conversations_conversation AS c SET message_count = bad.actual"
-            f" FROM ({_MISMATCHED} ORDER BY c.id FOR UPDATE OF c) AS bad WHERE c.id = bad.id"
+            "SELECT c.id FROM conversations_conversation AS c"
+            f" WHERE c.id IN (SELECT id FROM ({_MISMATCHED}) AS bad)"
+            " ORDER BY c.page_id, c.psid FOR UPDATE OF c"
+        )
+        locked = [row[0] for row in cursor.fetchall()]
+        if not locked:
+            return 0
+        cursor.execute(
+            "UPDATE conversations_conversation AS c SET message_count = COALESCE(a.n, 0)"
+            " FROM unnest(%s::bigint[]) AS k(id)"
+            " LEFT JOIN (SELECT conversation_id, count(*) AS n FROM conversations_message"
+            " WHERE conversation_id = ANY(%s) GROUP BY conversation_id) AS a"
+            " ON a.conversation_id = k.id"
+            " WHERE c.id = k.id AND c.message_count <> COALESCE(a.n, 0)",
+            [locked, locked],
         )
         return cursor.rowcount
 

@@ -2,8 +2,9 @@
 
 `webhook_receive` is the view's entry point. It validates the payload, then applies it AND
 inserts its receipt (raw bytes, status `processed`) in one SQL statement, which commits on its
-own: the batch and its receipt are durable together, in one round trip. If that statement
-fails, nothing of it was applied (one statement is atomic) and the receipt is then inserted on
+own: the batch and its receipt are durable together, in one round trip (a payload with marks,
+reactions or postbacks takes a second statement in the same transaction; see the ingest
+service). If that fails, nothing of it was applied and the receipt is then inserted on
 its own as `failed`, with the error and a next attempt time; only after one of these inserts has
 committed does the view answer 200. A process dying in between answers nothing, so Meta
 delivers again: no acknowledged payload is ever lost. A payload that is not a Messenger page
@@ -20,12 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from conversations import metrics
@@ -52,7 +54,7 @@ from conversations.services.ingest import (
     TrailingStatement,
     batch_apply,
 )
-from conversations.services.pages import page_pks_ensure
+from conversations.services.pages import page_pk_cache_clear, page_pks_ensure
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +81,8 @@ class PayloadPlan:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     event_count: int = 0
     unknown_count: int = 0
+    # Applied events by kind, for the events metric once the batch has committed.
+    kinds: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -137,19 +141,20 @@ def webhook_receive(
             json.dumps(plan.skipped),
         ],
     )
-    # No transaction: one statement, atomic and committed on its own (one round trip). Called
-    # inside someone's transaction (a test, a script), a savepoint contains a failure instead.
-    enclosing = transaction.atomic() if connection.in_atomic_block else nullcontext()
     try:
-        with enclosing:
-            applied, receipt_id = batch_apply(
-                messages=plan.messages,
-                events=plan.events,
-                marks=plan.marks,
-                source=Source.WEBHOOK,
-                trailing=receipt_sql,
-            )
+        try:
+            applied, receipt_id = _apply_with_receipt(plan, receipt_sql)
+        except IntegrityError as error:
+            if not _is_foreign_key_violation(error):
+                raise
+            # A page cached by this process was deleted (by another process, whose own cache
+            # was cleared): forget the cached ids and plan once more with fresh ones.
+            page_pk_cache_clear()
+            plan = payload_plan(_payload_from_bytes(body))
+            applied, receipt_id = _apply_with_receipt(plan, receipt_sql)
     except Exception as error:
+        if isinstance(error, IntegrityError) and _is_foreign_key_violation(error):
+            page_pk_cache_clear()
         logger.exception("webhook payload failed; stored for retry")
         receipt = _receipt_insert(
             body=body,
@@ -162,8 +167,38 @@ def webhook_receive(
         )
         metrics.WEBHOOK_RECEIPTS.labels(ReceiptStatus.FAILED).inc()
         return ProcessOutcome(ReceiptStatus.FAILED, receipt.pk, str(error))
+    _count_events_on_commit(plan)
     metrics.WEBHOOK_RECEIPTS.labels(ReceiptStatus.PROCESSED).inc()
     return ProcessOutcome(ReceiptStatus.PROCESSED, int(receipt_id), applied=applied)
+
+
+def _apply_with_receipt(
+    plan: PayloadPlan, receipt_sql: TrailingStatement
+) -> tuple[ApplyResult, Any]:
+    # No transaction: one statement, atomic and committed on its own (one round trip). Called
+    # inside someone's transaction (a test, a script), a savepoint contains a failure instead.
+    enclosing = transaction.atomic() if connection.in_atomic_block else nullcontext()
+    with enclosing:
+        return batch_apply(
+            messages=plan.messages,
+            events=plan.events,
+            marks=plan.marks,
+            source=Source.WEBHOOK,
+            trailing=receipt_sql,
+        )
+
+
+def _count_events_on_commit(plan: PayloadPlan) -> None:
+    # Counted once applied: a failed attempt and its retries count the events once.
+    def count() -> None:
+        for kind, total in plan.kinds.items():
+            metrics.WEBHOOK_EVENTS.labels(kind).inc(total)
+
+    transaction.on_commit(count)
+
+
+def _is_foreign_key_violation(error: IntegrityError) -> bool:
+    return getattr(error.__cause__, "sqlstate", None) == "23503"
 
 
 @transaction.atomic(durable=True)
@@ -192,15 +227,18 @@ def _receipt_insert(
 # -- processing a stored receipt --------------------------------------------------------------
 
 
-def webhook_receipt_process(*, receipt_id: int) -> ProcessOutcome:
-    """Apply one stored receipt again. Idempotent: a processed receipt is left alone."""
+def webhook_receipt_process(*, receipt_id: int, force: bool = False) -> ProcessOutcome:
+    """Apply one stored receipt again. Idempotent: a processed receipt is left alone, and a
+    failed one whose next attempt is not due yet too, unless `force` (an operator's retry)."""
+    seen_attempts: int | None = None
     try:
         with transaction.atomic(durable=True):
-            locked = _receipt_lock(receipt_id)
+            locked = _receipt_lock(receipt_id, force=force)
             if locked is None:
                 return ProcessOutcome(status="skipped", receipt_id=receipt_id)
+            body, seen_attempts = locked
             try:
-                plan = payload_plan(_payload_from_bytes(locked))
+                plan = payload_plan(_payload_from_bytes(body))
             except PayloadInvalid as error:
                 _receipt_finish(
                     receipt_id=receipt_id,
@@ -220,11 +258,19 @@ def webhook_receipt_process(*, receipt_id: int) -> ProcessOutcome:
                     [plan.event_count, plan.unknown_count, json.dumps(plan.skipped), receipt_id],
                 ),
             )
+            _count_events_on_commit(plan)
     except Exception as error:
         # Nothing of the payload was applied (the transaction rolled back). Record why, and
         # leave the receipt for the retry schedule.
         logger.exception("webhook receipt %s failed", receipt_id)
-        _receipt_fail(receipt_id=receipt_id, error=f"{type(error).__name__}: {error}")
+        if isinstance(error, IntegrityError) and _is_foreign_key_violation(error):
+            page_pk_cache_clear()  # a cached page was deleted: the next attempt reads afresh
+        if seen_attempts is not None:
+            _receipt_fail(
+                receipt_id=receipt_id,
+                error=f"{type(error).__name__}: {error}",
+                seen_attempts=seen_attempts,
+            )
         return ProcessOutcome(ReceiptStatus.FAILED, receipt_id, str(error))
     metrics.WEBHOOK_RECEIPTS.labels(ReceiptStatus.PROCESSED).inc()
     return ProcessOutcome(ReceiptStatus.PROCESSED, receipt_id, applied=applied)
@@ -272,27 +318,48 @@ def webhook_receipts_prune(*, older_than: timedelta = RECEIPT_RETENTION) -> int:
 
 def webhook_receipt_retry(*, receipt_id: int) -> ProcessOutcome:
     """An operator's retry (admin action): processes now, whatever the backoff says."""
-    return webhook_receipt_process(receipt_id=receipt_id)
+    return webhook_receipt_process(receipt_id=receipt_id, force=True)
 
 
 def _payload_from_bytes(body: bytes) -> WebhookPayload:
     try:
-        document = json.loads(body)
+        document = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError as error:
+        raise PayloadInvalid("the body is nested too deeply") from error
     except (ValueError, UnicodeDecodeError) as error:
         raise PayloadInvalid(f"the body is not JSON: {error}") from error
-    return payload_parse(document, raw=body)
+    try:
+        return payload_parse(document, raw=body)
+    except RecursionError as error:  # the NUL / surrogate walks, near the parser's own limit
+        raise PayloadInvalid("the body is nested too deeply") from error
 
 
-def _receipt_lock(receipt_id: int) -> bytes | None:
-    """Lock an unprocessed receipt for this transaction; None if done or held by another."""
+def _refuse_constant(name: str) -> Any:
+    # NaN, Infinity and -Infinity are not JSON, and jsonb refuses them.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 parses to infinity, which jsonb refuses: the payload could never be stored.
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text[:40]} is out of range")
+    return number
+
+
+def _receipt_lock(receipt_id: int, *, force: bool = False) -> tuple[bytes, int] | None:
+    """Lock an unprocessed receipt for this transaction: (body, attempts so far), or None if it
+    is done, held by another, or failed with its next attempt not due yet (unless `force`)."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT body FROM conversations_webhookreceipt WHERE id = %s"
-            " AND status IN ('received', 'failed') FOR UPDATE SKIP LOCKED",
-            [receipt_id],
+            "SELECT body, attempts FROM conversations_webhookreceipt WHERE id = %s"
+            " AND (status = 'received' OR (status = 'failed'"
+            " AND (%s OR next_attempt_at <= %s)))"
+            " FOR UPDATE SKIP LOCKED",
+            [receipt_id, force, timezone.now()],
         )
         row = cursor.fetchone()
-    return bytes(row[0]) if row else None
+    return (bytes(row[0]), int(row[1])) if row else None
 
 
 def _receipt_finish(*, receipt_id: int, status: str, error: str, plan: PayloadPlan | None) -> None:
@@ -313,20 +380,21 @@ def _receipt_finish(*, receipt_id: int, status: str, error: str, plan: PayloadPl
         )
 
 
-def _receipt_fail(*, receipt_id: int, error: str) -> None:
-    with transaction.atomic(durable=True):
-        receipt = WebhookReceipt.objects.select_for_update().get(pk=receipt_id)
-        receipt.attempts += 1
-        receipt.status = ReceiptStatus.FAILED
-        receipt.error = error[:ERROR_MAX_CHARS]
-        receipt.next_attempt_at = (
-            timezone.now() + retry_delay(receipt.attempts)
-            if receipt.attempts < MAX_ATTEMPTS
-            else None
+def _receipt_fail(*, receipt_id: int, error: str, seen_attempts: int) -> None:
+    """Record a failed attempt, unless someone else handled the receipt since this attempt
+    locked it: a concurrent retry that processed it (or recorded its own failure) wins."""
+    attempts = seen_attempts + 1
+    next_attempt_at = timezone.now() + retry_delay(attempts) if attempts < MAX_ATTEMPTS else None
+    with transaction.atomic(durable=True), connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE conversations_webhookreceipt SET status = 'failed', attempts = %s,"
+            " error = %s, next_attempt_at = %s, updated_at = now()"
+            " WHERE id = %s AND status IN ('received', 'failed') AND attempts = %s",
+            [attempts, error[:ERROR_MAX_CHARS], next_attempt_at, receipt_id, seen_attempts],
         )
-        receipt.updated_at = timezone.now()
-        receipt.save(update_fields=["attempts", "status", "error", "next_attempt_at", "updated_at"])
-    metrics.WEBHOOK_RECEIPTS.labels(ReceiptStatus.FAILED).inc()
+        recorded = cursor.rowcount == 1
+    if recorded:
+        metrics.WEBHOOK_RECEIPTS.labels(ReceiptStatus.FAILED).inc()
 
 
 def retry_delay(attempts: int) -> timedelta:
@@ -384,7 +452,7 @@ def _plan_event(
         plan.skipped.append({**where, "kind": kind, "reason": reason})
         return
     assert psid is not None
-    metrics.WEBHOOK_EVENTS.labels(kind).inc()
+    plan.kinds[kind] = plan.kinds.get(kind, 0) + 1
     occurred_at = event.occurred_at
     standby = {"channel": "standby"} if channel == "standby" else {}
     if event.message is not None:
