@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -12,8 +13,10 @@ from drf_spectacular.utils import (
     inline_serializer,
 )
 from rest_framework import serializers, status
+from rest_framework.parsers import BaseParser, JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from evoflow.api.errors import ApiError
@@ -40,6 +43,53 @@ def _call(function: Callable[..., T], **kwargs: Any) -> T:
         raise ApiError(error.detail, code=error.code, status_code=error.status_code) from error
 
 
+# How deeply a JSON value from a client may nest; far beyond any real flow or payload, far
+# below what would exhaust the stack when it is serialised again.
+JSON_MAX_DEPTH = 32
+
+
+def json_value_validate(value: Any) -> None:
+    """Refuse what PostgreSQL's jsonb cannot store or what would crash a later step: numbers
+    that are not finite (`1e400` parses as an infinity), NUL characters, too deep nesting."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise serializers.ValidationError("numbers must be finite")
+        if isinstance(item, str) and "\x00" in item:
+            raise serializers.ValidationError("strings must not contain NUL (\\u0000)")
+        if isinstance(item, dict | list):
+            if depth > JSON_MAX_DEPTH:
+                raise serializers.ValidationError(
+                    f"values must not nest more than {JSON_MAX_DEPTH} levels deep"
+                )
+            if isinstance(item, dict):
+                pending.extend((key, depth) for key in item)
+                pending.extend((child, depth + 1) for child in item.values())
+            else:
+                pending.extend((child, depth + 1) for child in item)
+
+
+class JsonBodyParser(JSONParser):
+    """DRF's JSON parser, with a body nested beyond the decoder's recursion limit refused as
+    a validation error instead of crashing the request."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise serializers.ValidationError(
+                {"non_field_errors": [f"the body nests more than {JSON_MAX_DEPTH} levels deep"]}
+            ) from None
+
+
+# The project's parsers, with JSON read by JsonBodyParser: every view here that takes a body.
+BODY_PARSERS: list[type[BaseParser]] = [
+    JsonBodyParser if parser is JSONParser else parser
+    for parser in cast(list[type[BaseParser]], api_settings.DEFAULT_PARSER_CLASSES)
+]
+
+
 class JourneyOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = Journey
@@ -62,9 +112,9 @@ class JourneyInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     description = serializers.CharField(required=False, allow_blank=True)
     is_active = serializers.BooleanField(required=False)
-    flow = serializers.JSONField()
-    triggers = serializers.JSONField(required=False)
-    default_variables = serializers.JSONField(required=False)
+    flow = serializers.JSONField(validators=[json_value_validate])
+    triggers = serializers.JSONField(required=False, validators=[json_value_validate])
+    default_variables = serializers.JSONField(required=False, validators=[json_value_validate])
     allow_reentry = serializers.BooleanField(required=False)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -135,6 +185,8 @@ class SessionDetailOutputSerializer(SessionOutputSerializer):
 
 
 class JourneyListCreateApi(APIView):
+    parser_classes = BODY_PARSERS
+
     @extend_schema(responses=JourneyOutputSerializer(many=True))
     def get(self, request: Request) -> Response:
         paginator = IdCursorPagination()
@@ -157,6 +209,8 @@ def _journey_or_404(journey_id: int) -> Journey:
 
 
 class JourneyDetailApi(APIView):
+    parser_classes = BODY_PARSERS
+
     @extend_schema(responses=JourneyOutputSerializer)
     def get(self, request: Request, journey_id: int) -> Response:
         return Response(JourneyOutputSerializer(_journey_or_404(journey_id)).data)
@@ -171,11 +225,13 @@ class JourneyDetailApi(APIView):
 
 
 class JourneyStartApi(APIView):
+    parser_classes = BODY_PARSERS
+
     class InputSerializer(serializers.Serializer):
         # A plain string: the service decides what a valid contact id is (code
         # invalid_contact_id), so the API and every other caller answer alike.
         contact_id = serializers.CharField()
-        variables = serializers.DictField(required=False)
+        variables = serializers.DictField(required=False, validators=[json_value_validate])
 
     @extend_schema(
         request=InputSerializer,
@@ -196,10 +252,12 @@ class JourneyStartApi(APIView):
 
 
 class ContactEventApi(APIView):
+    parser_classes = BODY_PARSERS
+
     class InputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=200)
         contact_id = serializers.CharField()
-        properties = serializers.DictField(required=False)
+        properties = serializers.DictField(required=False, validators=[json_value_validate])
         message_id = serializers.CharField(max_length=200, required=False, allow_null=True)
 
     class OutputSerializer(serializers.Serializer):
@@ -257,6 +315,8 @@ class SessionDetailApi(APIView):
 
 
 class _SessionActionApi(APIView):
+    parser_classes = BODY_PARSERS
+
     session_action: Callable[..., JourneySession]
 
     @extend_schema(request=None, responses=SessionOutputSerializer)

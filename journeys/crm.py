@@ -8,13 +8,13 @@ merges, then writes.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
 from django.conf import settings
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from evoflow.http import HttpClient, HttpClientError, RetryPolicy
 
@@ -35,6 +35,15 @@ class CrmContact(BaseModel):
     labels: list[str] = Field(default_factory=list)
     blocked: bool = False
     updated_at: datetime | None = None
+
+    @field_validator("updated_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        # A timestamp without an offset is taken as UTC: the local rows' are aware, and
+        # comparing the two would otherwise raise.
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
 
 
 class CrmClient(HttpClient):
@@ -57,6 +66,15 @@ class CrmClient(HttpClient):
             return CrmContact.model_validate(payload)
         except ValidationError as error:
             raise CrmError(f"crm {what}: unexpected contact shape: {error}") from error
+
+    @staticmethod
+    def _labels(payload: Any, what: str) -> list[str]:
+        """The labels of a label answer, `{"payload": ["vip", ...]}`; any other shape is a
+        CrmError, like a body that is not JSON."""
+        labels = payload.get("payload", []) if isinstance(payload, dict) else None
+        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+            raise CrmError(f"crm {what}: unexpected labels shape")
+        return labels
 
     @staticmethod
     def _contact_path(contact_id: str) -> str:
@@ -101,7 +119,7 @@ class CrmClient(HttpClient):
         )
         if response.status_code == 404:
             return None
-        return list(self._json(response, "label add").get("payload", []))
+        return self._labels(self._json(response, "label add"), "label add")
 
     def contact_label_remove(
         self, contact_id: str, label: str, *, idempotency_key: str | None = None
@@ -113,7 +131,7 @@ class CrmClient(HttpClient):
         )
         if response.status_code == 404:
             return None
-        return list(self._json(response, "label remove").get("payload", []))
+        return self._labels(self._json(response, "label remove"), "label remove")
 
     def conversation_message_send(
         self,

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from evoflow.http import HttpClient, HttpClientError, RetryPolicy, UpstreamUnavailable
+from evoflow.http import (
+    HttpClient,
+    HttpClientError,
+    RetryPolicy,
+    UpstreamUnavailable,
+    redact_url,
+)
 from journeys.crm import CrmError, crm_client
 from journeys.engine.flow import (
     HttpRequestConfig,
@@ -32,11 +39,12 @@ class EffectFailed(Exception):
         self.is_retryable = is_retryable
 
 
-def _failure(error: HttpClientError) -> EffectFailed:
+def _failure(error: HttpClientError, *, message: str | None = None) -> EffectFailed:
+    message = str(error) if message is None else message
     if isinstance(error, UpstreamUnavailable):
-        return EffectFailed(str(error), is_retryable=True)
+        return EffectFailed(message, is_retryable=True)
     status = error.response.status_code if error.response is not None else None
-    return EffectFailed(str(error), is_retryable=status is None or status >= 500 or status == 429)
+    return EffectFailed(message, is_retryable=status is None or status >= 500 or status == 429)
 
 
 @lru_cache(maxsize=16)
@@ -111,11 +119,25 @@ def effect_run(node: Node, state: NodeState, *, idempotency_key: str) -> Outcome
         raise _failure(error) from error
     except HttpClientError as error:
         raise _failure(error) from error
+    except (requests.RequestException, ValueError, UnicodeError) as error:
+        # The request could not be built or sent (a header with a newline or characters
+        # outside Latin-1, a body JSON cannot carry): another attempt would fail alike. Only
+        # the type is kept: the message may quote a header value, which may be a secret.
+        raise EffectFailed(
+            f"the request could not be sent ({type(error).__name__})", is_retryable=False
+        ) from error
     raise ValueError(f'node "{node.id}" ({node.type}) has no side effect')
+
+
+def _without_query(url: str) -> str:
+    """The URL for messages that are stored and shown: its query may carry a token."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(query="***")) if parts.query else url
 
 
 def _http_request(config: HttpRequestConfig, state: NodeState, *, idempotency_key: str) -> Outcome:
     url = str(render(config.url, state))
+    shown_url = _without_query(url)
     # Checked again on every run: the URL may be a template, and the setting may have been
     # narrowed since the flow was saved. Nothing is sent to a refused URL.
     refusal = http_url_refusal(url)
@@ -123,18 +145,22 @@ def _http_request(config: HttpRequestConfig, state: NodeState, *, idempotency_ke
         raise EffectFailed(f"{refusal}; no request was sent", is_retryable=False)
     body = render(config.body, state) if config.body is not None else None
     headers = {name: str(render(value, state)) for name, value in config.headers.items()}
-    response = _http_client(config.timeout_seconds).request(
-        config.method, url, json=body, headers=headers, idempotency_key=idempotency_key
-    )
+    try:
+        response = _http_client(config.timeout_seconds).request(
+            config.method, url, json=body, headers=headers, idempotency_key=idempotency_key
+        )
+    except HttpClientError as error:
+        message = str(error).replace(redact_url(url), shown_url)
+        raise _failure(error, message=message) from error
     if 300 <= response.status_code < 400:
         raise EffectFailed(
-            f"{config.method} {url} answered HTTP {response.status_code} "
+            f"{config.method} {shown_url} answered HTTP {response.status_code} "
             "(redirects are not followed)",
             is_retryable=False,
         )
     if response.status_code >= 400:
         raise EffectFailed(
-            f"{config.method} {url} answered HTTP {response.status_code}",
+            f"{config.method} {shown_url} answered HTTP {response.status_code}",
             is_retryable=response.status_code >= 500 or response.status_code == 429,
         )
     try:

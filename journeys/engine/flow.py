@@ -9,6 +9,8 @@ rendered URL before every call, since the setting can change after a flow is sav
 
 from __future__ import annotations
 
+import json
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -16,6 +18,8 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+_READS_CONTACT = re.compile(r"\bcontact\.")
 
 
 class FlowInvalid(Exception):
@@ -26,8 +30,14 @@ class FlowInvalid(Exception):
         self.messages = messages
 
 
+# The longest a wait, an event timeout or a retry delay may last. Longer values are refused at
+# save time and clamped at run time (a flow saved before the bound, a computed retry backoff),
+# since a deadline past datetime's range would crash the worker instead of waiting.
+MAX_WAIT_SECONDS = 365 * 86400.0
+
+
 class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class EmptyConfig(_Config):
@@ -42,15 +52,17 @@ class SendMessageConfig(_Config):
 
 
 class WaitConfig(_Config):
-    seconds: float = 0
-    minutes: float = 0
-    hours: float = 0
-    days: float = 0
+    seconds: float = Field(default=0, ge=0)
+    minutes: float = Field(default=0, ge=0)
+    hours: float = Field(default=0, ge=0)
+    days: float = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _positive(self) -> WaitConfig:
         if self.total_seconds <= 0:
             raise ValueError("the wait must last more than 0 seconds")
+        if self.total_seconds > MAX_WAIT_SECONDS:
+            raise ValueError("the wait must not last more than 365 days")
         return self
 
     @property
@@ -62,7 +74,7 @@ class WaitForEventConfig(_Config):
     event: str = Field(min_length=1)
     # Property filters: every key must equal the event's property of that name.
     filters: dict[str, Any] = Field(default_factory=dict)
-    timeout_seconds: float = Field(gt=0)
+    timeout_seconds: float = Field(gt=0, le=MAX_WAIT_SECONDS)
 
 
 Operator = Literal[
@@ -130,7 +142,12 @@ class RetryPolicy(_Config):
     backoff_multiplier: float = Field(default=2.0, ge=1, le=10)
 
     def delay_after(self, attempt: int) -> float:
-        return self.backoff_seconds * self.backoff_multiplier ** (attempt - 1)
+        """The backoff before the next attempt, never longer than MAX_WAIT_SECONDS."""
+        try:
+            delay = self.backoff_seconds * self.backoff_multiplier ** (attempt - 1)
+        except OverflowError:
+            return MAX_WAIT_SECONDS
+        return min(delay, MAX_WAIT_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -163,6 +180,9 @@ class Node:
     type: str
     config: Any
     retry: RetryPolicy
+    # Whether the config mentions `contact.` (a template or a condition field): the engine
+    # enriches a stub contact from the CRM before running such a node.
+    reads_contact: bool = False
 
     @property
     def has_side_effect(self) -> bool:
@@ -243,7 +263,14 @@ def flow_parse(flow: Any) -> Flow:
         except ValidationError as error:
             messages.extend(_pydantic_messages(f"{label}: retry", error))
             continue
-        nodes[node_id] = Node(id=node_id, type=node_type, config=config, retry=retry)
+        nodes[node_id] = Node(
+            id=node_id,
+            type=node_type,
+            config=config,
+            retry=retry,
+            reads_contact=_READS_CONTACT.search(json.dumps(raw.get("config") or {}, default=str))
+            is not None,
+        )
         if isinstance(config, SplitConfig):
             split_handles[node_id] = tuple(branch.handle for branch in config.branches)
 

@@ -119,11 +119,14 @@ def _compare(operator: str, actual: Any, expected: Any) -> bool:
         if isinstance(actual, str) and isinstance(expected, str):
             return expected.lower() in actual.lower()
         if isinstance(actual, list | dict):
-            return expected in actual
+            try:
+                return expected in actual
+            except TypeError:  # an unhashable value (a list, an object) is never a key
+                return False
         return False
     try:
         left, right = float(actual), float(expected)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return False
     if operator == "greater_than":
         return left > right
@@ -167,7 +170,8 @@ def node_evaluate(node: Node, state: NodeState) -> Outcome:
             kind="wait",
             wait_seconds=config.timeout_seconds,
             wait_event=config.event,
-            wait_filters=dict(config.filters),
+            # Filters are templates too ("{{variables.order_id}}"), rendered when the wait starts.
+            wait_filters=render(dict(config.filters), state),
             result={"event": config.event, "timeout_seconds": config.timeout_seconds},
         )
     if isinstance(config, ExitConfig):

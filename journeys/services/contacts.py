@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
@@ -10,9 +11,12 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from evoflow.http import UpstreamUnavailable
 from evoflow.phones import InvalidPhoneNumber, phone_to_e164
 from journeys.crm import CrmContact, crm_client
 from journeys.models import Contact
+
+logger = logging.getLogger(__name__)
 
 
 def _is_empty(value: Any) -> bool:
@@ -71,8 +75,28 @@ def contact_enrich(*, contact_id: uuid.UUID | str) -> bool:
 
 
 def contacts_enrich(*, contact_ids: Sequence[uuid.UUID | str]) -> int:
-    """Enrich several contacts; returns how many were found in the CRM."""
-    return sum(contact_enrich(contact_id=contact_id) for contact_id in contact_ids)
+    """Enrich several contacts; returns how many were found in the CRM.
+
+    A contact that fails on its own (its answer has an unexpected shape, its data cannot be
+    stored) is logged and skipped, so it does not keep the others from being enriched; it
+    stays a stub, which the integrity check reports and repairs later. A CRM that cannot be
+    reached (UpstreamUnavailable, after the client's retries) stops the batch at once: every
+    other contact would wait through the same retries.
+    """
+    found = 0
+    for contact_id in contact_ids:
+        try:
+            found += contact_enrich(contact_id=contact_id)
+        except UpstreamUnavailable:
+            raise
+        except Exception as error:
+            logger.warning(
+                "enrichment of contact %s failed: %s",
+                contact_id,
+                type(error).__name__,
+                extra={"contact_id": str(contact_id)},
+            )
+    return found
 
 
 def contacts_stale_stub_ids(*, older_than_seconds: int = 3600, limit: int = 500) -> list[str]:

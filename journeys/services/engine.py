@@ -30,12 +30,19 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from evoflow.http import UpstreamUnavailable
 from evoflow.tasks import enqueue_after_commit
 from journeys.engine.effects import EffectFailed, effect_run
-from journeys.engine.flow import Flow, FlowInvalid, flow_parse
+from journeys.engine.flow import MAX_WAIT_SECONDS, Flow, FlowInvalid, Node, flow_parse
 from journeys.engine.nodes import NodeState, Outcome, node_evaluate
 from journeys.models import Contact, SessionStatus, StepStatus
-from journeys.services.funnel import SessionWrite, StepWrite, session_persist_many
+from journeys.services.contacts import contact_enrich
+from journeys.services.funnel import (
+    SessionWrite,
+    StepWrite,
+    UnstorableValue,
+    session_persist_many,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -143,25 +150,89 @@ _FLOW_CACHE: dict[tuple[int, int], Flow | FlowInvalid] = {}
 
 
 def _flows_load(sessions: Sequence[RunningSession]) -> dict[int, Flow | FlowInvalid]:
-    wanted = {(s.journey_id, s.journey_version) for s in sessions}
-    missing = [pair for pair in wanted if pair not in _FLOW_CACHE]
+    """The flow of each session's journey, by journey id.
+
+    The flow is read after the claim, so the journey may have been edited in between: the
+    flow read then (its current version) serves the session, the same flow a later claim
+    would get. A journey deleted meanwhile yields FlowInvalid, which fails its sessions.
+    """
+    flows: dict[int, Flow | FlowInvalid] = {}
+    missing: set[int] = set()
+    for session in sessions:
+        cached = _FLOW_CACHE.get((session.journey_id, session.journey_version))
+        if cached is None:
+            missing.add(session.journey_id)
+        else:
+            flows[session.journey_id] = cached
+    missing -= set(flows)
     if missing:
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT id, version, flow FROM journeys_journey WHERE id = ANY (%s)",
-                [[journey_id for journey_id, _ in missing]],
+                [sorted(missing)],
             )
             for journey_id, version, flow in cursor.fetchall():
+                parsed: Flow | FlowInvalid
                 try:
-                    _FLOW_CACHE[(journey_id, version)] = flow_parse(_jsonb(flow))
+                    parsed = flow_parse(_jsonb(flow))
                 except FlowInvalid as error:
-                    _FLOW_CACHE[(journey_id, version)] = error
-    return {s.journey_id: _FLOW_CACHE[(s.journey_id, s.journey_version)] for s in sessions}
+                    parsed = error
+                _FLOW_CACHE[(journey_id, version)] = parsed
+                flows[journey_id] = parsed
+    for journey_id in missing - set(flows):
+        flows[journey_id] = FlowInvalid([f"journey {journey_id} no longer exists"])
+    return flows
 
 
-def _contacts_load(contact_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
-    rows = Contact.objects.filter(id__in=set(contact_ids)).values("id", *CONTACT_FIELDS)
-    return {row.pop("id"): row for row in rows}
+def _contacts_load(
+    contact_ids: Sequence[uuid.UUID], stub_ids: set[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, Any]]:
+    """The contacts' fields by id; adds the ids of stubs (never enriched) to `stub_ids`."""
+    rows = Contact.objects.filter(id__in=set(contact_ids)).values(
+        "id", "crm_synced_at", *CONTACT_FIELDS
+    )
+    contacts = {}
+    for row in rows:
+        contact_id = row.pop("id")
+        if row.pop("crm_synced_at") is None:
+            stub_ids.add(contact_id)
+        contacts[contact_id] = row
+    return contacts
+
+
+def _contacts_enrich_before(
+    nodes_by_contact: dict[uuid.UUID, Node],
+    contacts: dict[uuid.UUID, dict[str, Any]],
+    stub_ids: set[uuid.UUID],
+) -> None:
+    """Enrich the stubs whose next node reads `contact.*`, outside any transaction.
+
+    A contact that exists only in the CRM would otherwise run its first nodes with empty
+    fields (the enrichment task runs on its own schedule). A CRM that is down or does not
+    know the contact leaves the stub as it is: the session goes on with it.
+    """
+    wanted = [
+        contact_id
+        for contact_id, node in nodes_by_contact.items()
+        if node.reads_contact and contact_id in stub_ids
+    ]
+    if not wanted or not settings.JOURNEYS_ENRICH_CONTACTS:
+        return
+    stub_ids.difference_update(wanted)  # one attempt per task run
+    for contact_id in wanted:
+        try:
+            contact_enrich(contact_id=contact_id)
+        except UpstreamUnavailable:
+            # The CRM is down: the other stubs would each wait through the same retries.
+            logger.warning("enrichment before a node skipped: the CRM is unavailable")
+            break
+        except Exception as error:  # the CRM is optional here; the enrichment task retries
+            logger.warning(
+                "enrichment of contact %s before its node failed: %s",
+                contact_id,
+                type(error).__name__,
+            )
+    contacts.update(_contacts_load(wanted, set()))
 
 
 def _base_write(session: RunningSession, token: uuid.UUID) -> SessionWrite:
@@ -213,7 +284,9 @@ def _outcome_write(
         write.is_lease_released = True
     elif outcome.kind == "wait":
         write.status = SessionStatus.WAITING
-        write.wait_until = timezone.now() + timedelta(seconds=outcome.wait_seconds or 0)
+        # Clamped: a flow saved before waits were bounded must not overflow the deadline.
+        wait_seconds = min(outcome.wait_seconds or 0, MAX_WAIT_SECONDS)
+        write.wait_until = timezone.now() + timedelta(seconds=wait_seconds)
         write.wait_event = outcome.wait_event
         write.wait_filters = outcome.wait_filters
         write.context["wait_kind"] = "event" if outcome.wait_event else "delay"
@@ -264,7 +337,8 @@ def sessions_advance(*, session_ids: Sequence[int]) -> AdvanceReport:
     if not sessions:
         return report
     flows = _flows_load(sessions)
-    contacts = _contacts_load([s.contact_id for s in sessions])
+    stub_ids: set[uuid.UUID] = set()
+    contacts = _contacts_load([s.contact_id for s in sessions], stub_ids)
     max_steps = int(settings.JOURNEYS_MAX_STEPS_PER_SESSION)
     deadline = time.monotonic() + TASK_TIME_BUDGET_SECONDS
     running = sessions
@@ -273,49 +347,37 @@ def sessions_advance(*, session_ids: Sequence[int]) -> AdvanceReport:
         if time.monotonic() > deadline:
             _hand_over(running, token, report)
             break
+        if stub_ids:
+            _contacts_enrich_before(_next_nodes(running, flows), contacts, stub_ids)
         pure: list[tuple[RunningSession, SessionWrite]] = []
         effects: list[RunningSession] = []
         for session in running:
             flow = flows[session.journey_id]
-            if isinstance(flow, FlowInvalid):
-                pure.append((session, _fail_write(session, token, f"invalid flow: {flow}")))
-                continue
-            node = flow.nodes.get(session.current_node_id)
-            if node is None:
-                message = f'node "{session.current_node_id}" is not in the journey\'s flow'
-                pure.append((session, _fail_write(session, token, message)))
-            elif session.step_count >= max_steps:
-                message = f"step limit of {max_steps} reached (a loop without a wait?)"
-                pure.append((session, _fail_write(session, token, message)))
-            elif node.has_side_effect:
+            try:
+                write = _pure_write(session, token, flow, contacts, max_steps)
+            except Exception as error:
+                # A node that cannot be evaluated (a bug, a value it cannot handle) fails its
+                # own session, never the batch.
+                write = _crash_write(session, token, flow, error, detail=str(error)[:200])
+            if write is None:
                 effects.append(session)
             else:
-                started = timezone.now()
-                outcome = node_evaluate(node, _state(session, contacts))
-                step = StepWrite(
-                    step_number=session.step_count + 1,
-                    node_id=node.id,
-                    node_type=node.type,
-                    status=StepStatus.COMPLETED,
-                    started_at=started,
-                    finished_at=started,
-                    duration_ms=0.0,
-                    result=outcome.result,
-                )
-                pure.append((session, _outcome_write(session, token, flow, outcome, step)))
+                pure.append((session, write))
 
         still_running: list[RunningSession] = []
-        if pure:
-            result = session_persist_many(writes=[write for _, write in pure])
-            for session, write in pure:
-                if session.id not in result.updated_session_ids:
-                    report.lost += 1
-                    continue
-                report.steps += int(write.step is not None)
-                _count(report, write)
-                if _apply(session, write):
-                    still_running.append(session)
-        for session in effects:
+        for session, write in _persist_isolated(pure, token, flows):
+            if write is None:
+                report.lost += 1
+                continue
+            report.steps += int(write.step is not None)
+            _count(report, write)
+            if _apply(session, write):
+                still_running.append(session)
+        for index, session in enumerate(effects):
+            if time.monotonic() > deadline:
+                # Every call may take up to its timeout: check the budget before each one.
+                _hand_over([*effects[index:], *still_running], token, report)
+                return report
             flow = flows[session.journey_id]
             assert isinstance(flow, Flow)
             effect_write = _effect_step(session, token, flow, contacts, report)
@@ -323,6 +385,154 @@ def sessions_advance(*, session_ids: Sequence[int]) -> AdvanceReport:
                 still_running.append(session)
         running = still_running
     return report
+
+
+def _next_nodes(
+    sessions: Sequence[RunningSession], flows: dict[int, Flow | FlowInvalid]
+) -> dict[uuid.UUID, Node]:
+    nodes: dict[uuid.UUID, Node] = {}
+    for session in sessions:
+        flow = flows[session.journey_id]
+        if isinstance(flow, Flow):
+            node = flow.nodes.get(session.current_node_id)
+            if node is not None and node.reads_contact:
+                nodes[session.contact_id] = node
+    return nodes
+
+
+def _pure_write(
+    session: RunningSession,
+    token: uuid.UUID,
+    flow: Flow | FlowInvalid,
+    contacts: dict[uuid.UUID, dict[str, Any]],
+    max_steps: int,
+) -> SessionWrite | None:
+    """The write of the session's current node if it is pure (or cannot run); None for a
+    node with a side effect, which runs under the J4 protocol."""
+    if isinstance(flow, FlowInvalid):
+        return _fail_write(session, token, f"invalid flow: {flow}")
+    node = flow.nodes.get(session.current_node_id)
+    if node is None:
+        message = f'node "{session.current_node_id}" is not in the journey\'s flow'
+        return _fail_write(session, token, message)
+    if session.step_count >= max_steps:
+        message = f"step limit of {max_steps} reached (a loop without a wait?)"
+        return _fail_write(session, token, message)
+    if node.has_side_effect:
+        return None
+    started = timezone.now()
+    outcome = node_evaluate(node, _state(session, contacts))
+    step = StepWrite(
+        step_number=session.step_count + 1,
+        node_id=node.id,
+        node_type=node.type,
+        status=StepStatus.COMPLETED,
+        started_at=started,
+        finished_at=started,
+        duration_ms=0.0,
+        result=outcome.result,
+    )
+    return _outcome_write(session, token, flow, outcome, step)
+
+
+def _crash_write(
+    session: RunningSession,
+    token: uuid.UUID,
+    flow: Flow | FlowInvalid,
+    error: Exception,
+    *,
+    detail: str = "",
+    attempt: int = 1,
+    idempotency_key: str = "",
+    started_at: datetime | None = None,
+) -> SessionWrite:
+    """Fail the session at its current node after an unexpected error, with a failed step.
+
+    Not retried: the same node with the same state would fail the same way. `detail` is
+    only given where the error's text cannot carry a secret (never for a call's error,
+    whose message may quote a templated header).
+    """
+    node = flow.nodes.get(session.current_node_id) if isinstance(flow, Flow) else None
+    node_type = node.type if node else ""
+    message = f"unexpected error: {type(error).__name__}" + (f": {detail}" if detail else "")
+    logger.warning(
+        "session %s failed at node %s: %s",
+        session.id,
+        session.current_node_id,
+        type(error).__name__,
+        extra={"session_id": session.id},
+    )
+    now = timezone.now()
+    write = _fail_write(session, token, message, attempts=attempt, node_type=node_type)
+    write.step = StepWrite(
+        step_number=session.step_count + 1,
+        node_id=session.current_node_id,
+        node_type=node_type,
+        status=StepStatus.FAILED,
+        attempt=attempt,
+        idempotency_key=idempotency_key,
+        started_at=started_at or now,
+        finished_at=now,
+        error=message,
+    )
+    write.step_count = session.step_count + 1
+    return write
+
+
+def _persist_isolated(
+    pairs: Sequence[tuple[RunningSession, SessionWrite]],
+    token: uuid.UUID,
+    flows: dict[int, Flow | FlowInvalid],
+) -> list[tuple[RunningSession, SessionWrite | None]]:
+    """Persist the writes in one statement; if that fails, one by one, failing only the
+    sessions whose write cannot be stored (a NaN or a NUL in a variable, say).
+
+    Returns each session with the write persisted for it, or None when a guard did not hold
+    (the session was cancelled, paused or taken over).
+    """
+    if not pairs:
+        return []
+    try:
+        with transaction.atomic():
+            result = session_persist_many(writes=[write for _, write in pairs])
+    except Exception:
+        if len(pairs) == 1 and pairs[0][1].status == SessionStatus.FAILED:
+            raise  # even the failure cannot be stored: the database itself is the problem
+        persisted: list[tuple[RunningSession, SessionWrite | None]] = []
+        for pair in pairs:
+            persisted.extend(_persist_one(*pair, token=token, flows=flows))
+        return persisted
+    return [
+        (session, write if session.id in result.updated_session_ids else None)
+        for session, write in pairs
+    ]
+
+
+def _persist_one(
+    session: RunningSession,
+    write: SessionWrite,
+    *,
+    token: uuid.UUID,
+    flows: dict[int, Flow | FlowInvalid],
+) -> list[tuple[RunningSession, SessionWrite | None]]:
+    try:
+        with transaction.atomic():
+            result = session_persist_many(writes=[write])
+    except Exception as error:
+        step = write.step
+        write = _crash_write(
+            session,
+            token,
+            flows[session.journey_id],
+            error,
+            detail=str(error)[:200] if isinstance(error, UnstorableValue) else "",
+            attempt=step.attempt if step else 1,
+            idempotency_key=step.idempotency_key if step else "",
+            started_at=step.started_at if step else None,
+        )
+        with transaction.atomic():
+            result = session_persist_many(writes=[write])
+    return [(session, write if session.id in result.updated_session_ids else None)]
 
 
 def _count(report: AdvanceReport, write: SessionWrite) -> None:
@@ -345,6 +555,16 @@ def _existing_step(session_id: int, step_number: int) -> tuple[str, int] | None:
     return (row[0], row[1]) if row else None
 
 
+def _retry_key(session: RunningSession, node_id: str) -> str | None:
+    """The failed session's key when this session retries its call (see `session_retry`):
+    only for the first step, at the node that failed."""
+    retry = session.context.get("retry_idempotency_key")
+    if session.step_count == 0 and isinstance(retry, dict) and retry.get("node_id") == node_id:
+        key = retry.get("key")
+        return key if isinstance(key, str) and key else None
+    return None
+
+
 def _effect_step(
     session: RunningSession,
     token: uuid.UUID,
@@ -355,15 +575,39 @@ def _effect_step(
     """One side-effect node under the J4 protocol; returns the persisted write, or None."""
     node = flow.nodes[session.current_node_id]
     step_number = session.step_count + 1
-    key = idempotency_key_for(session.id, step_number)
+    key = _retry_key(session, node.id) or idempotency_key_for(session.id, step_number)
     existing = _existing_step(session.id, step_number)
     if existing is not None and existing[0] != StepStatus.STARTED:
         # Cannot happen while the step count guard holds; refuse rather than repeat.
         logger.error("session %s step %s is already %s", session.id, step_number, existing[0])
         report.lost += 1
         return None
+    # A step found `started` was sent before: after a retryable failure (the session waited)
+    # or by a worker that died during the call. Both count as attempts, so a call that
+    # keeps killing its worker stops after the node's attempts instead of looping forever.
     attempt = existing[1] + 1 if existing else 1
     started_at = timezone.now()
+    if attempt > node.retry.attempts:
+        write = _fail_write(
+            session,
+            token,
+            f"gave up after {node.retry.attempts} attempts (the worker stopped during the call)",
+            attempts=node.retry.attempts,
+            node_type=node.type,
+        )
+        write.step = StepWrite(
+            step_number=step_number,
+            node_id=node.id,
+            node_type=node.type,
+            status=StepStatus.FAILED,
+            attempt=node.retry.attempts,
+            idempotency_key=key,
+            started_at=started_at,
+            finished_at=started_at,
+            error=str(write.error["message"]),
+        )
+        write.step_count = step_number
+        return _effect_persist(session, token, flow, write, {}, report)
 
     # 1. Record "started" with the key, before the call.
     started_write = _base_write(session, token)
@@ -389,29 +633,78 @@ def _effect_step(
         outcome = effect_run(node, _state(session, contacts), idempotency_key=key)
     except EffectFailed as error:
         write = _effect_failure_write(session, token, flow, key, attempt, started_at, error)
-    else:
-        step = StepWrite(
-            step_number=step_number,
-            node_id=node.id,
-            node_type=node.type,
-            status=StepStatus.COMPLETED,
-            attempt=attempt,
-            idempotency_key=key,
-            started_at=started_at,
-            finished_at=timezone.now(),
-            duration_ms=(time.perf_counter() - clock) * 1000,
-            result=outcome.result,
+    except Exception as error:
+        # Not a failure the call reports but one it cannot survive: fail this session only.
+        # The message is the error's type alone: its text may quote a (secret) header.
+        write = _crash_write(
+            session, token, flow, error, attempt=attempt, idempotency_key=key, started_at=started_at
         )
-        write = _outcome_write(session, token, flow, outcome, step)
-        contact_changes = outcome.contact_changes
-        if contact_changes:
-            contacts.setdefault(session.contact_id, {}).update(contact_changes)
+    else:
+        try:
+            step = StepWrite(
+                step_number=step_number,
+                node_id=node.id,
+                node_type=node.type,
+                status=StepStatus.COMPLETED,
+                attempt=attempt,
+                idempotency_key=key,
+                started_at=started_at,
+                finished_at=timezone.now(),
+                duration_ms=(time.perf_counter() - clock) * 1000,
+                result=outcome.result,
+            )
+            write = _outcome_write(session, token, flow, outcome, step)
+        except Exception as error:
+            write = _crash_write(
+                session,
+                token,
+                flow,
+                error,
+                attempt=attempt,
+                idempotency_key=key,
+                started_at=started_at,
+            )
+        else:
+            contact_changes = outcome.contact_changes
+            if contact_changes:
+                contacts.setdefault(session.contact_id, {}).update(contact_changes)
 
     # 3. Record the outcome with the session's move, in one transaction.
-    with transaction.atomic():
-        persisted = session_persist_many(writes=[write])
-        if session.id in persisted.updated_session_ids:
-            _contact_mirror_update(session.contact_id, contact_changes)
+    return _effect_persist(session, token, flow, write, contact_changes, report)
+
+
+def _effect_persist(
+    session: RunningSession,
+    token: uuid.UUID,
+    flow: Flow,
+    write: SessionWrite,
+    contact_changes: dict[str, Any],
+    report: AdvanceReport,
+) -> SessionWrite | None:
+    """Step 3 of the protocol; a write that cannot be stored (a mapped answer holding a NaN
+    or a NUL) fails the session instead, so it never stays `started` forever."""
+    try:
+        with transaction.atomic():
+            persisted = session_persist_many(writes=[write])
+            if session.id in persisted.updated_session_ids:
+                _contact_mirror_update(session.contact_id, contact_changes)
+    except Exception as error:
+        if write.status == SessionStatus.FAILED:
+            raise  # even the failure cannot be stored: the database itself is the problem
+        step = write.step
+        write = _crash_write(
+            session,
+            token,
+            flow,
+            error,
+            detail=str(error)[:200] if isinstance(error, UnstorableValue) else "",
+            attempt=step.attempt if step else 1,
+            idempotency_key=step.idempotency_key if step else "",
+            started_at=step.started_at if step else None,
+        )
+        contact_changes = {}
+        with transaction.atomic():
+            persisted = session_persist_many(writes=[write])
     if session.id not in persisted.updated_session_ids:
         report.lost += 1
         return None

@@ -47,6 +47,7 @@ def contact_event_ingest(
                 is_duplicate=True,
                 started_session_ids=list(stored.get("started_session_ids", [])),
                 resumed_session_ids=list(stored.get("resumed_session_ids", [])),
+                skipped=list(stored.get("skipped", [])),
             )
 
     result = ContactEventResult()

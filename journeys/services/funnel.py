@@ -14,6 +14,7 @@ caller sees, instead of a lost update. The status trigger (J3) remains the last 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -91,8 +92,26 @@ def contact_id_parse(value: Any) -> uuid.UUID:
         raise InvalidContactId(f"contact id {value[:80]!r} is not a UUID") from None
 
 
+# An escaped NUL ("\\u0000") that is not itself escaped: PostgreSQL's jsonb refuses it.
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+class UnstorableValue(ValueError):
+    """A value jsonb cannot hold (NaN, an infinity, a NUL character)."""
+
+
 def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"), default=str)
+    """The value as JSON text for jsonb; UnstorableValue before anything is sent to the
+    database, so the engine can fail the one session that holds it."""
+    if value is None:
+        return None
+    try:
+        text = json.dumps(value, separators=(",", ":"), default=str, allow_nan=False)
+    except ValueError as error:
+        raise UnstorableValue("a number is not finite (NaN or an infinity)") from error
+    if "\\u0000" in text and _ESCAPED_NUL.search(text):
+        raise UnstorableValue("a string contains a NUL character (\\u0000)")
+    return text
 
 
 @dataclass
@@ -131,6 +150,9 @@ class SessionWrite:
     ended_reason: str = ""
     is_finished: bool = False
     is_lease_released: bool = True
+    # Leave the worker's lease (token and expiry) exactly as it is: pause and resume, so a
+    # worker still in the middle of a call keeps the session until its lease runs out.
+    is_lease_kept: bool = False
     step: StepWrite | None = None
 
 
@@ -148,7 +170,7 @@ WITH input AS (
         %(current_node_id)s::text[], %(step_count)s::int[], %(variables)s::text[],
         %(context)s::text[], %(wait_event)s::text[], %(wait_filters)s::text[],
         %(wait_until)s::timestamptz[], %(error)s::text[], %(ended_reason)s::text[],
-        %(is_finished)s::boolean[], %(is_lease_released)s::boolean[],
+        %(is_finished)s::boolean[], %(is_lease_released)s::boolean[], %(is_lease_kept)s::boolean[],
         %(step_number)s::int[], %(node_id)s::text[], %(node_type)s::text[],
         %(step_status)s::text[], %(attempt)s::int[], %(idempotency_key)s::text[],
         %(step_started_at)s::timestamptz[], %(step_finished_at)s::timestamptz[],
@@ -156,7 +178,8 @@ WITH input AS (
     ) AS t(
         session_id, contact_id, expected_step, expected_statuses, lease_token, status,
         current_node_id, step_count, variables, context, wait_event, wait_filters, wait_until,
-        error, ended_reason, is_finished, is_lease_released, step_number, node_id, node_type,
+        error, ended_reason, is_finished, is_lease_released, is_lease_kept, step_number,
+        node_id, node_type,
         step_status, attempt, idempotency_key, step_started_at, step_finished_at, duration_ms,
         result, step_error
     )
@@ -180,8 +203,10 @@ updated AS (
         error = i.error::jsonb,
         ended_reason = i.ended_reason,
         finished_at = CASE WHEN i.is_finished THEN now() ELSE s.finished_at END,
-        lease_token = CASE WHEN i.is_lease_released THEN NULL ELSE s.lease_token END,
-        lease_until = CASE WHEN i.is_lease_released THEN NULL
+        lease_token = CASE WHEN i.is_lease_kept THEN s.lease_token
+                           WHEN i.is_lease_released THEN NULL ELSE s.lease_token END,
+        lease_until = CASE WHEN i.is_lease_kept THEN s.lease_until
+                           WHEN i.is_lease_released THEN NULL
                            ELSE now() + make_interval(secs => %(lease_seconds)s) END,
         updated_at = now()
     FROM input AS i
@@ -253,6 +278,7 @@ def session_persist_many(*, writes: Sequence[SessionWrite]) -> PersistResult:
         "ended_reason": [write.ended_reason for write in writes],
         "is_finished": [write.is_finished for write in writes],
         "is_lease_released": [write.is_lease_released for write in writes],
+        "is_lease_kept": [write.is_lease_kept for write in writes],
         "step_number": [step.step_number if step else None for step in steps],
         "node_id": [step.node_id if step else None for step in steps],
         "node_type": [step.node_type if step else None for step in steps],

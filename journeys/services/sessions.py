@@ -22,7 +22,9 @@ from journeys.models import (
     TERMINAL_STATUSES,
     Journey,
     JourneySession,
+    JourneyStep,
     SessionStatus,
+    StepStatus,
 )
 from journeys.services.engine import sessions_enqueue_advance
 from journeys.services.funnel import (
@@ -224,6 +226,10 @@ def session_pause(*, session_id: int) -> JourneySession:
     write = _write_from(session)
     write.status = SessionStatus.PAUSED
     write.context["paused_from"] = session.status
+    # A worker may be in the middle of this session's call: its lease stays, so a resume
+    # does not let a second worker claim the session and send the same step again while
+    # the first one is still waiting for the answer.
+    write.is_lease_kept = True
     session_persist(write=write)
     return JourneySession.objects.get(pk=session_id)
 
@@ -235,6 +241,10 @@ def session_resume(*, session_id: int) -> JourneySession:
     _refuse(session, "resumed", (SessionStatus.PAUSED,))
     write = _write_from(session)
     write.context.pop("paused_from", None)
+    # The lease a worker held when the session was paused stays until it expires (see
+    # session_pause); the claim waits for it, and the stalled-session schedule restarts the
+    # session if that worker dropped it.
+    write.is_lease_kept = True
     if session.wait_until is not None and session.context.get("wait_kind"):
         write.status = SessionStatus.WAITING
     else:
@@ -267,11 +277,25 @@ def session_retry(*, session_id: int) -> int:
     """
     session = _locked(session_id)
     _refuse(session, "retried", (SessionStatus.FAILED,))
+    context: dict[str, Any] = {"source": "retry", "retry_of": session.pk}
+    failed_step = (
+        JourneyStep.objects.filter(session=session, node_id=session.current_node_id)
+        .exclude(idempotency_key="")
+        .order_by("-step_number")
+        .first()
+    )
+    if failed_step is not None and failed_step.status != StepStatus.COMPLETED:
+        # The failed call may have reached the receiver (a timeout, a lost answer): the
+        # retry sends it again under the same key, so the receiver can recognise it.
+        context["retry_idempotency_key"] = {
+            "node_id": failed_step.node_id,
+            "key": failed_step.idempotency_key,
+        }
     return session_start_for_journey(
         journey=session.journey,
         contact_id=session.contact_id,
         variables=session.variables,
-        context={"source": "retry", "retry_of": session.pk},
+        context=context,
         start_node_id=session.current_node_id,
         is_reentry_checked=False,
     )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from evoflow.http import RetryPolicy, UpstreamUnavailable
-from journeys.crm import CrmClient
+from journeys.crm import CrmClient, CrmError
 
 
 @pytest.fixture
@@ -81,3 +83,44 @@ def test_5xx_is_retried_and_then_succeeds(client_for, crm_simulator):
     assert crm_simulator.counters.snapshot()["idempotency_keys"][
         "conversations.messages.create"
     ] == {"k": 2}
+
+
+class _OddLabelsCrm(BaseHTTPRequestHandler):
+    """A CRM answering label calls with valid JSON of the wrong shape."""
+
+    body = b"[]"
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    do_POST = do_DELETE = _answer
+
+    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+        pass
+
+
+@pytest.mark.parametrize(
+    "body", [b"[]", b'{"payload": 5}', b'{"payload": [1, 2]}', b'"vip"'], ids=str
+)
+@pytest.mark.parametrize("call", ["add", "remove"])
+def test_a_label_answer_of_the_wrong_shape_is_a_crm_error(body, call):
+    # given a CRM that answers label calls with JSON of another shape
+    _OddLabelsCrm.body = body
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _OddLabelsCrm)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = CrmClient(f"http://127.0.0.1:{server.server_address[1]}", token="t")
+
+    # when a label is added or removed
+    # then the client raises its own error, not a TypeError or AttributeError
+    try:
+        label_call = client.contact_label_add if call == "add" else client.contact_label_remove
+        with pytest.raises(CrmError, match=f"crm label {call}: unexpected labels shape"):
+            label_call(str(uuid.uuid4()), "vip")
+    finally:
+        server.shutdown()
+        server.server_close()

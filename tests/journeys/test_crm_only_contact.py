@@ -8,12 +8,18 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from journeys import crm
 from journeys.crm import CrmContact
 from journeys.models import Contact, JourneySession, JourneyStep, SessionStatus
-from journeys.services import contact_enrich, sessions_resume_due
+from journeys.services import (
+    contact_enrich,
+    contacts_enrich,
+    session_start,
+    sessions_resume_due,
+)
 from journeys.services.contacts import contact_changes_from_crm
 from tests.journeys.conftest import advance_all
-from tests.journeys.factories import ContactFactory, JourneyFactory
+from tests.journeys.factories import ContactFactory, JourneyFactory, linear_flow
 
 pytestmark = pytest.mark.django_db
 
@@ -79,8 +85,9 @@ def _run_to_completion(authenticated_client, session_id, contact_id, total):
 
 @pytest.mark.parametrize("entry", ["api", "event"])
 def test_a_crm_only_contact_runs_a_journey_to_the_end_and_is_enriched(
-    entry, authenticated_client, crm_simulator
+    entry, authenticated_client, crm_simulator, settings
 ):
+    settings.JOURNEYS_ENRICH_CONTACTS = True
     journey = JourneyFactory(
         flow=_flow(), triggers=[{"event": "signed_up", "filters": {"via": "web"}}]
     )
@@ -114,13 +121,9 @@ def test_a_crm_only_contact_runs_a_journey_to_the_end_and_is_enriched(
         ("big", "completed"),
         ("vip", "completed"),
     ]
-    assert [m["content"] for m in crm_simulator.messages()] == [
-        "Welcome "
-    ]  # a stub has no name yet
+    # The first node reads contact.name: the engine enriched the stub from the CRM first.
+    assert [m["content"] for m in crm_simulator.messages()] == [f"Welcome {crm_name}"]
     assert Contact.objects.filter(pk=contact_id).count() == 1
-
-    # Enrichment fills the stub from the CRM...
-    assert contact_enrich(contact_id=contact_id) is True
     contact = Contact.objects.get(pk=contact_id)
     assert contact.name == crm_name
     assert contact.crm_synced_at is not None
@@ -165,3 +168,64 @@ def test_enrichment_of_a_contact_unknown_to_the_crm_leaves_the_stub(crm_simulato
 
     assert contact_enrich(contact_id=contact_id) is False
     assert Contact.objects.get(pk=contact_id).crm_synced_at is None
+
+
+@pytest.mark.parametrize("crm_state", ["unknown contact", "crm down"])
+def test_a_stub_the_crm_cannot_enrich_runs_with_its_empty_fields(
+    crm_simulator, settings, crm_state
+):
+    # given enrichment on, and a contact the CRM does not know, or a CRM answering 503
+    settings.JOURNEYS_ENRICH_CONTACTS = True
+    settings.CRM_ATTEMPTS = 1
+    crm._client_for.cache_clear()
+    contact_id = str(uuid.uuid4())
+    if crm_state == "unknown contact":
+        contact_id = "00000000-0000-4000-8000-00000000beef"  # the simulator's 404s
+    else:
+        crm_simulator.faults.fault_rate = 1.0
+    journey = JourneyFactory(
+        flow=linear_flow(
+            ("hi", "set_variable", {"name": "greeting", "value": "Hi {{contact.name}}"}),
+            ("end", "exit", {}),
+        )
+    )
+    session_id = session_start(journey_id=journey.pk, contact_id=contact_id)
+
+    # when the session runs its first node, which reads contact.name
+    advance_all()
+
+    # then the CRM was asked once, and the session went on with the stub
+    assert crm_simulator.counters.calls("contacts.get") == 1
+    session = JourneySession.objects.get(pk=session_id)
+    assert (session.status, session.variables) == (SessionStatus.COMPLETED, {"greeting": "Hi "})
+    assert Contact.objects.get(pk=contact_id).crm_synced_at is None
+    crm._client_for.cache_clear()
+
+
+def test_a_crm_timestamp_without_offset_is_taken_as_utc(crm_simulator):
+    # given a stub the CRM holds with an updated_at that has no offset
+    contact = ContactFactory(name="")
+    crm_simulator.contact(str(contact.pk))["updated_at"] = "2030-01-02T03:04:05"
+
+    # when it is enriched
+    found = contact_enrich(contact_id=contact.pk)
+
+    # then the CRM's copy counts as newer and fills the contact
+    assert found is True
+    contact.refresh_from_db()
+    assert contact.name == crm_simulator.generated_contact(str(contact.pk))["name"]
+    assert contact.crm_synced_at is not None
+
+
+def test_one_contact_failing_does_not_stop_the_others_enrichment(crm_simulator):
+    # given two stubs, the first of which the CRM answers with an unexpected shape
+    broken, fine = ContactFactory(name=""), ContactFactory(name="")
+    crm_simulator.contact(str(broken.pk))["custom_attributes"] = "not a map"
+
+    # when both are enriched in one batch
+    found = contacts_enrich(contact_ids=[broken.pk, fine.pk])
+
+    # then the second one still was
+    assert found == 1
+    assert Contact.objects.get(pk=broken.pk).crm_synced_at is None
+    assert Contact.objects.get(pk=fine.pk).crm_synced_at is not None

@@ -411,3 +411,57 @@ def test_a_loop_without_waits_is_stopped_by_the_step_limit(settings):
     assert session.status == SessionStatus.FAILED
     assert session.error["message"] == "step limit of 25 reached (a loop without a wait?)"
     assert session.step_count == 25
+
+
+def test_wait_for_event_filters_are_rendered_with_the_session_state():
+    # given a wait for the "paid" event of the order the session holds in a variable
+    journey = JourneyFactory(
+        flow={
+            "nodes": [
+                {
+                    "id": "wait",
+                    "type": "wait_for_event",
+                    "config": {
+                        "event": "paid",
+                        "filters": {"order": "{{variables.order}}"},
+                        "timeout_seconds": 3600,
+                    },
+                },
+                {"id": "ok", "type": "exit", "config": {"reason": "paid"}},
+            ],
+            "edges": [{"source": "wait", "target": "ok", "handle": "event"}],
+        }
+    )
+    contact_id = str(uuid.uuid4())
+    session_id = session_start(
+        journey_id=journey.pk, contact_id=contact_id, variables={"order": "A1"}
+    )
+    advance_all()
+    assert JourneySession.objects.get(pk=session_id).wait_filters == {"order": "A1"}
+
+    # when another order's event comes, then this order's
+    other = contact_event_ingest(name="paid", contact_id=contact_id, properties={"order": "B2"})
+    this = contact_event_ingest(name="paid", contact_id=contact_id, properties={"order": "A1"})
+    advance_all()
+
+    # then only this order's event resumed the session
+    assert (other.resumed_session_ids, this.resumed_session_ids) == ([], [session_id])
+    session = JourneySession.objects.get(pk=session_id)
+    assert (session.status, session.ended_reason) == (SessionStatus.COMPLETED, "paid")
+
+
+def test_a_repeated_message_id_returns_what_the_first_call_did():
+    # given a contact already in a journey the event triggers (which does not allow re-entry)
+    journey = JourneyFactory(triggers=[{"type": "event", "event": "visit"}])
+    contact_id = str(uuid.uuid4())
+    session_start(journey_id=journey.pk, contact_id=contact_id)
+
+    # when the same event is delivered twice
+    first = contact_event_ingest(name="visit", contact_id=contact_id, message_id="m-9")
+    again = contact_event_ingest(name="visit", contact_id=contact_id, message_id="m-9")
+
+    # then the repeat says it is one, with the first call's outcome, skipped journeys included
+    skipped = [{"journey_id": journey.pk, "code": "session_already_live"}]
+    assert (first.is_duplicate, first.started_session_ids, first.skipped) == (False, [], skipped)
+    assert (again.is_duplicate, again.started_session_ids, again.skipped) == (True, [], skipped)
+    assert again.resumed_session_ids == first.resumed_session_ids == []
