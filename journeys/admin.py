@@ -17,6 +17,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 
 from journeys import selectors, services
+from journeys.jsonvalues import UnstorableJson, json_value_check
 from journeys.models import Contact, Journey, JourneySession, JourneyStep, SessionStatus
 from journeys.services import JourneyError
 
@@ -68,7 +69,24 @@ class JourneyForm(forms.ModelForm):
         }
 
     # Validation happens in Journey.clean (the shared flow validator), which ModelForm runs:
-    # its messages name the node and land on the "flow" field.
+    # its messages name the node and land on the "flow" field. What jsonb cannot store is
+    # refused first, as in the API.
+    def clean_flow(self) -> Any:
+        return _storable(self.cleaned_data.get("flow"))
+
+    def clean_triggers(self) -> Any:
+        return _storable(self.cleaned_data.get("triggers"))
+
+    def clean_default_variables(self) -> Any:
+        return _storable(self.cleaned_data.get("default_variables"))
+
+
+def _storable(value: Any) -> Any:
+    try:
+        json_value_check(value)
+    except UnstorableJson as error:
+        raise forms.ValidationError(str(error)) from error
+    return value
 
 
 @admin.register(Journey)
@@ -168,7 +186,7 @@ class SessionStartForm(forms.ModelForm):
         value = self.cleaned_data.get("start_variables") or {}
         if not isinstance(value, dict):
             raise forms.ValidationError("Variables must be a JSON object.")
-        return value
+        return _storable(value)
 
     def _post_clean(self) -> None:
         # The session is created by the service, not by validating a model instance here.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -22,6 +21,7 @@ from rest_framework.views import APIView
 from evoflow.api.errors import ApiError
 from evoflow.api.pagination import IdCursorPagination
 from journeys import selectors, services
+from journeys.jsonvalues import JSON_MAX_DEPTH, UnstorableJson, json_value_check
 from journeys.models import Journey, JourneySession, SessionStatus
 from journeys.services import InvalidFlow, JourneyError
 
@@ -45,29 +45,13 @@ def _call(function: Callable[..., T], **kwargs: Any) -> T:
 
 # How deeply a JSON value from a client may nest; far beyond any real flow or payload, far
 # below what would exhaust the stack when it is serialised again.
-JSON_MAX_DEPTH = 32
 
 
 def json_value_validate(value: Any) -> None:
-    """Refuse what PostgreSQL's jsonb cannot store or what would crash a later step: numbers
-    that are not finite (`1e400` parses as an infinity), NUL characters, too deep nesting."""
-    pending: list[tuple[Any, int]] = [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            raise serializers.ValidationError("numbers must be finite")
-        if isinstance(item, str) and "\x00" in item:
-            raise serializers.ValidationError("strings must not contain NUL (\\u0000)")
-        if isinstance(item, dict | list):
-            if depth > JSON_MAX_DEPTH:
-                raise serializers.ValidationError(
-                    f"values must not nest more than {JSON_MAX_DEPTH} levels deep"
-                )
-            if isinstance(item, dict):
-                pending.extend((key, depth) for key in item)
-                pending.extend((child, depth + 1) for child in item.values())
-            else:
-                pending.extend((child, depth + 1) for child in item)
+    try:
+        json_value_check(value)
+    except UnstorableJson as error:
+        raise serializers.ValidationError(str(error)) from error
 
 
 class JsonBodyParser(JSONParser):

@@ -50,6 +50,20 @@ def test_an_invalid_flow_shows_readable_errors_and_saves_nothing(admin_client):
     assert Journey.objects.count() == 0
 
 
+def test_values_jsonb_cannot_store_are_form_errors_not_a_500(admin_client):
+    # A NUL in a node's text and an infinite default variable, as an operator could paste them
+    flow = linear_flow(("a", "entry", {}), ("b", "set_variable", {"name": "x", "value": "a\x00b"}))
+    form = {**_journey_form(flow), "default_variables": '{"limit": 1e400}'}
+
+    response = admin_client.post("/admin/journeys/journey/add/", form)
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "strings must not contain NUL" in page
+    assert "numbers must be finite" in page
+    assert Journey.objects.count() == 0
+
+
 def test_a_valid_flow_is_created_and_updated_through_the_services(admin_client):
     created = admin_client.post("/admin/journeys/journey/add/", _journey_form(bench_flow()))
     journey = Journey.objects.get()
