@@ -20,6 +20,7 @@ from journeys import selectors, services
 from journeys.jsonvalues import UnstorableJson, json_value_check
 from journeys.models import Contact, Journey, JourneySession, JourneyStep, SessionStatus
 from journeys.services import JourneyError
+from journeys.services.journeys import EDITABLE_FIELDS as JOURNEY_EDITABLE_FIELDS
 
 
 class ServiceWritesAdmin(admin.ModelAdmin):
@@ -53,15 +54,8 @@ class ServiceWritesAdmin(admin.ModelAdmin):
 class JourneyForm(forms.ModelForm):
     class Meta:
         model = Journey
-        fields = (
-            "name",
-            "description",
-            "is_active",
-            "flow",
-            "triggers",
-            "default_variables",
-            "allow_reentry",
-        )
+        # Exactly what the journey services accept.
+        fields = JOURNEY_EDITABLE_FIELDS
         widgets = {
             "flow": forms.Textarea(
                 attrs={"rows": 24, "cols": 100, "style": "font-family: monospace"}
