@@ -128,6 +128,10 @@ class Conversation(models.Model):
     read_watermark = models.DateTimeField(null=True, blank=True)
     # Soft delete (C8): set when the conversation disappears from Facebook; never removed.
     deleted_at = models.DateTimeField(null=True, blank=True)
+    # The full sync (the first run of a chain of resumed runs) that last saw this conversation
+    # in the Graph API; after a complete full sync, live conversations it did not see and with no
+    # activity since it started are gone from Facebook (C8).
+    full_sync_seen = models.BigIntegerField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(db_default=Now(), editable=False)
     updated_at = models.DateTimeField(db_default=Now())
 
@@ -334,3 +338,114 @@ class WebhookReceipt(models.Model):
 
     def __str__(self) -> str:
         return f"receipt {self.pk} ({self.status})"
+
+
+class SyncMode(models.TextChoices):
+    FULL = "full", "Full"
+    INCREMENTAL = "incremental", "Incremental"
+
+
+class SyncStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    PARTIAL = "partial", "Partial (failed batches or time budget; the next run resumes)"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+# A live run holds the page's lease (C6): at most one per page, by a partial unique index.
+SYNC_LIVE_STATUSES = (SyncStatus.QUEUED, SyncStatus.RUNNING)
+SYNC_TRANSITIONS = [
+    (SyncStatus.QUEUED, SyncStatus.RUNNING),
+    (SyncStatus.QUEUED, SyncStatus.FAILED),  # never picked up before its lease expired
+    (SyncStatus.QUEUED, SyncStatus.CANCELLED),
+    (SyncStatus.RUNNING, SyncStatus.SUCCEEDED),
+    (SyncStatus.RUNNING, SyncStatus.PARTIAL),
+    (SyncStatus.RUNNING, SyncStatus.FAILED),
+    (SyncStatus.RUNNING, SyncStatus.CANCELLED),
+]
+
+
+class SyncRun(models.Model):
+    """One sync of one page from the Graph API: its lease, where it is, and what it did.
+
+    A run that stops before the end of its walk (time budget, a crash, a batch it cannot get past)
+    keeps its `cursor`; the next run of the page in the same mode resumes from it and points back
+    with `resumed_from`. `chain_id` is the first run of such a chain: a full sync's soft deletes
+    consider what the whole chain saw.
+    """
+
+    page = models.ForeignKey(
+        FacebookPage, on_delete=models.CASCADE, related_name="sync_runs", db_index=False
+    )
+    mode = models.CharField(max_length=12, choices=SyncMode.choices)
+    status = models.CharField(
+        max_length=10, choices=SyncStatus.choices, default=SyncStatus.QUEUED
+    )
+    trigger = models.CharField(max_length=16, default="api", db_default="api")
+    request_id = models.CharField(max_length=128, blank=True, default="", db_default="")
+    resumed_from = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    chain_id = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # Set by the worker that claimed the run; every write of the run checks it.
+    lease_token = models.UUIDField(null=True, blank=True, editable=False)
+    # Where the walk stands: {"folder": ..., "after": ...}; null before it starts and once the
+    # walk has reached its end.
+    cursor = models.JSONField(null=True, blank=True)
+    # The newest conversation `updated_time` the chain saw: the page's next watermark, applied
+    # only when the run completes.
+    watermark_candidate = models.DateTimeField(null=True, blank=True)
+    api_calls = models.IntegerField(default=0, db_default=0)
+    throttled_waits = models.IntegerField(default=0, db_default=0)
+    conversations_seen = models.IntegerField(default=0, db_default=0)
+    conversations_inserted = models.IntegerField(default=0, db_default=0)
+    conversations_updated = models.IntegerField(default=0, db_default=0)
+    conversations_soft_deleted = models.IntegerField(default=0, db_default=0)
+    conversations_skipped = models.IntegerField(default=0, db_default=0)
+    messages_inserted = models.IntegerField(default=0, db_default=0)
+    events_inserted = models.IntegerField(default=0, db_default=0)
+    batches_succeeded = models.IntegerField(default=0, db_default=0)
+    # Batches that failed after their retries: [{"kind", "folder", "after", "thread_id",
+    # "error_code", "detail", "attempts", "at"}]; the next run retries them first.
+    failed_batches = models.JSONField(
+        default=list, db_default=models.Value([], models.JSONField()), blank=True
+    )
+    # Conversations left out on purpose with the reason (no usable participant, F7).
+    skipped = models.JSONField(
+        default=list, db_default=models.Value([], models.JSONField()), blank=True
+    )
+    error_code = models.CharField(max_length=40, blank=True, default="", db_default="")
+    error = models.TextField(blank=True, default="", db_default="")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["page"],
+                condition=models.Q(status__in=["queued", "running"]),
+                name="syncrun_one_live_per_page",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["page", "-created_at"], name="syncrun_page_created"),
+            models.Index(fields=["status", "-created_at"], name="syncrun_status_created"),
+        ]
+        triggers = [
+            pgtrigger.FSM(
+                name="syncrun_status_fsm",
+                field="status",
+                transitions=[(str(old), str(new)) for old, new in SYNC_TRANSITIONS],
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.mode} sync {self.pk} of page {self.page_id} ({self.status})"
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in SYNC_LIVE_STATUSES

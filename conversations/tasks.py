@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from conversations.services import (
     webhook_receipt_process,
     webhook_receipts_prune,
     webhook_receipts_retry_due,
 )
+from conversations.services.sync import sync_pages_incremental, sync_run_execute
+
+logger = logging.getLogger(__name__)
 
 
 def webhook_receipts_retry_scheduled() -> int:
@@ -21,3 +26,14 @@ def webhook_receipt_process_task(receipt_id: int) -> str:
 def webhook_receipts_prune_scheduled() -> int:
     """Daily: processed and rejected receipts older than the retention are deleted."""
     return webhook_receipts_prune()
+
+
+def sync_run_task(run_id: int) -> str:
+    """Runs a queued sync run; a run already claimed or finished is left alone (a redelivered
+    task after a worker crash finds its run expired, and does nothing)."""
+    return str(sync_run_execute(run_id=run_id).status)
+
+
+def sync_active_pages_scheduled() -> int:
+    """Every SYNC_SCHEDULE_MINUTES: an incremental sync of every page with a usable token."""
+    return sync_pages_incremental(trigger="schedule")

@@ -137,6 +137,12 @@ class HttpClient:
                 return min(retry_after, self.retry.retry_after_max)
         return self.retry.backoff(attempt)
 
+    def before_attempt(self) -> None:
+        """Called before every attempt, retries included (a rate limiter waits here)."""
+
+    def after_attempt(self, response: requests.Response) -> None:
+        """Called with every answer received, before deciding on a retry."""
+
     def request(
         self,
         method: str,
@@ -159,6 +165,7 @@ class HttpClient:
         last_error: str = ""
         response: requests.Response | None = None
         for attempt in range(1, self.retry.max_attempts + 1):
+            self.before_attempt()
             started = time.perf_counter()
             try:
                 response = self.session.request(
@@ -177,6 +184,7 @@ class HttpClient:
                 response = None
             else:
                 self._record(method, response.url, str(response.status_code), started, attempt)
+                self.after_attempt(response)
                 delay = self.retry_delay(response, attempt)
                 if delay is None:
                     return response

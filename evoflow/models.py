@@ -126,3 +126,22 @@ class IntegrityCheckResult(models.Model):
 
     def __str__(self) -> str:
         return f"{self.check_id}: {self.status}"
+
+
+class RateBucket(models.Model):
+    """A token bucket shared by every process (see evoflow/ratelimit.py); one row per key."""
+
+    key = models.CharField(max_length=200, primary_key=True)
+    rate = models.FloatField()  # tokens per second, as last configured by a caller
+    capacity = models.FloatField()  # the largest burst
+    # May go below zero: a caller reserves its token and waits for the debt to refill.
+    tokens = models.FloatField()
+    refilled_at = models.DateTimeField()
+    # The service's own usage figure (percent of quota, from its headers): past the slow-down
+    # threshold the refill rate shrinks.
+    usage_percent = models.FloatField(default=0.0, db_default=0.0)
+    # Throttled by the service: nobody calls before this.
+    blocked_until = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.key

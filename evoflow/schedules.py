@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.utils import timezone
 from django_q.models import Schedule
 
@@ -54,6 +55,13 @@ SCHEDULES: tuple[ScheduleSpec, ...] = (
         func="conversations.tasks.webhook_receipts_prune_scheduled",
         schedule_type=Schedule.DAILY,
         daily_at=time(3, 45),
+    ),
+    # An incremental Graph sync of every page with a token (SYNC_SCHEDULE_MINUTES).
+    ScheduleSpec(
+        name="conversations.sync_active_pages",
+        func="conversations.tasks.sync_active_pages_scheduled",
+        schedule_type=Schedule.MINUTES,
+        minutes=settings.SYNC_SCHEDULE_MINUTES,
     ),
     # Journeys: wake sessions whose wait is over, restart sessions whose worker died.
     ScheduleSpec(

@@ -59,6 +59,19 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from exc
+    if not value > 0 or value == float("inf"):
+        raise ImproperlyConfigured(f"{name} must be a positive number, got {raw!r}")
+    return value
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -110,6 +123,21 @@ GRAPH_API_BASE_URL = os.environ.get(
     "http://127.0.0.1:8012/v21.0" if DEBUG else "https://graph.facebook.com/v21.0",
 )
 CRM_BASE_URL = os.environ.get("CRM_BASE_URL", "http://127.0.0.1:8011" if DEBUG else "")
+# Graph API calls (docs/conversations.md): one limiter shared by every process, per page and per
+# app; a throttled bucket waits what Meta says, at most this long before trying again.
+GRAPH_PAGE_CALLS_PER_SECOND = env_float("GRAPH_PAGE_CALLS_PER_SECOND", 2.0)
+GRAPH_APP_CALLS_PER_SECOND = env_float("GRAPH_APP_CALLS_PER_SECOND", 50.0)
+GRAPH_THROTTLE_MAX_WAIT_SECONDS = env_float("GRAPH_THROTTLE_MAX_WAIT_SECONDS", 900.0)
+GRAPH_TIMEOUT_SECONDS = env_float("GRAPH_TIMEOUT_SECONDS", 20.0)
+# Sync runs: the lease a worker holds on its page without a heartbeat, the time one run may take
+# before it stops as partial (below Q_TIMEOUT), the overlap an incremental walk goes past the
+# watermark, the folders walked, and every how many minutes active pages sync incrementally.
+SYNC_LEASE_SECONDS = env_int("SYNC_LEASE_SECONDS", 120)
+SYNC_TIME_BUDGET_SECONDS = env_int("SYNC_TIME_BUDGET_SECONDS", 240)
+SYNC_INCREMENTAL_OVERLAP_SECONDS = env_int("SYNC_INCREMENTAL_OVERLAP_SECONDS", 300)
+SYNC_FOLDERS = env_list("SYNC_FOLDERS", ["inbox", "other", "page_done", "spam"])
+SYNC_BATCH_ATTEMPTS = env_int("SYNC_BATCH_ATTEMPTS", 3)
+SYNC_SCHEDULE_MINUTES = env_int("SYNC_SCHEDULE_MINUTES", 15)
 # Journeys (docs/journeys.md): how long a worker's claim on a session lasts without a write,
 # when a live session without a worker counts as stalled, and whether new contact stubs are
 # enriched from the CRM by a background task.
@@ -284,6 +312,11 @@ Q_CLUSTER: dict[str, Any] = {
 if Q_CLUSTER["timeout"] >= Q_CLUSTER["retry"]:
     raise ImproperlyConfigured(
         "Q_TIMEOUT must be below Q_RETRY, or a task still running would be handed out again"
+    )
+if Q_CLUSTER["timeout"] <= SYNC_TIME_BUDGET_SECONDS:
+    raise ImproperlyConfigured(
+        "SYNC_TIME_BUDGET_SECONDS must be below Q_TIMEOUT, or the worker would kill a sync run"
+        " before it stops cleanly and saves where it was"
     )
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL

@@ -49,6 +49,8 @@ class ConversationKey:
     psid: str
     participant_name: str = ""
     thread_id: str = ""
+    # The full sync chain that saw this conversation in the Graph API (None: leave as is).
+    full_sync_seen: int | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,8 @@ class IncomingMark:
 class ApplyResult:
     conversations_created: int = 0
     conversations_touched: int = 0
+    # Conversations that existed before the batch and received new messages from it.
+    conversations_updated: int = 0
     messages_inserted: int = 0
     message_events_inserted: int = 0
     events_inserted: int = 0
@@ -102,11 +106,12 @@ class ApplyResult:
 _CONVERSATIONS_UPSERT = """
 conv AS (
     INSERT INTO conversations_conversation AS c (
-        page_id, psid, participant_name, thread_id, delivered_watermark, read_watermark)
-    SELECT u.page_id, u.psid, u.participant_name, u.thread_id, u.delivered, u.read
+        page_id, psid, participant_name, thread_id, delivered_watermark, read_watermark,
+        full_sync_seen)
+    SELECT u.page_id, u.psid, u.participant_name, u.thread_id, u.delivered, u.read, u.seen
     FROM jsonb_to_recordset(%s::jsonb)
         AS u(page_id bigint, psid text, participant_name text, thread_id text,
-             delivered timestamptz, read timestamptz)
+             delivered timestamptz, read timestamptz, seen bigint)
     ORDER BY u.page_id, u.psid
     ON CONFLICT (page_id, psid) DO UPDATE SET
         participant_name = CASE WHEN EXCLUDED.participant_name <> ''
@@ -114,7 +119,8 @@ conv AS (
         thread_id = CASE WHEN EXCLUDED.thread_id <> ''
             THEN EXCLUDED.thread_id ELSE c.thread_id END,
         delivered_watermark = GREATEST(c.delivered_watermark, EXCLUDED.delivered_watermark),
-        read_watermark = GREATEST(c.read_watermark, EXCLUDED.read_watermark)
+        read_watermark = GREATEST(c.read_watermark, EXCLUDED.read_watermark),
+        full_sync_seen = COALESCE(EXCLUDED.full_sync_seen, c.full_sync_seen)
     RETURNING c.id, c.page_id, c.psid, c.delivered_watermark, c.read_watermark,
         (c.xmax = 0) AS inserted
 )"""
@@ -267,6 +273,7 @@ def _first_statement(
                     "thread_id": key.thread_id,
                     "delivered": _iso(delivered.get((key.page_pk, key.psid))),
                     "read": _iso(read.get((key.page_pk, key.psid))),
+                    "seen": key.full_sync_seen,
                 }
                 for key in keys
             ]
@@ -279,7 +286,12 @@ def _first_statement(
     if unique_messages:
         parts.append(_MESSAGES_INSERT)
         params += [source, _message_rows(unique_messages), source]
-        selects += ["(SELECT count(*) FROM msg_events)", "array(SELECT mid FROM msg)"]
+        selects += [
+            "(SELECT count(*) FROM msg_events)",
+            "array(SELECT mid FROM msg)",
+            "(SELECT count(DISTINCT msg.conversation_id) FROM msg"
+            " JOIN conv ON conv.id = msg.conversation_id WHERE NOT conv.inserted)",
+        ]
     if trailing is not None:
         parts.append(f"\ntail_statement(value) AS ({trailing.sql})")
         params += trailing.params
@@ -294,6 +306,7 @@ def _first_statement(
         result.message_events_inserted = int(row.pop(0))
         result.inserted_mids = list(row.pop(0))
         result.messages_inserted = len(result.inserted_mids)
+        result.conversations_updated = int(row.pop(0))
     return result, row.pop(0) if trailing is not None else None
 
 

@@ -1,0 +1,768 @@
+"""Full and incremental sync of a page from the Graph API (C4-C6, C8; F2-F13, F20-F22).
+
+The lease (C6, F12). A run is a row; the queued or running one holds its page's lease through a
+partial unique index, so a second request finds the live run instead of starting another.
+The worker that claims a run stamps it with a lease token; every write of the run (each batch,
+each heartbeat) checks that token and the `running` status in the same statement, so a worker
+whose lease was taken over (or whose run was cancelled) stops at its next write, and its batch
+rolls back. A run whose heartbeat is older than `SYNC_LEASE_SECONDS` loses the lease to the next
+request.
+
+A batch is one page of conversations (`limit` 100) of one folder, with the messages of each
+(nested in the same call: newest 100; older ones through the messages edge, F8). It is written
+in ONE transaction (C5, F3) by the set-based `batch_apply` the webhook uses too: messages and
+their events `ON CONFLICT DO NOTHING` (F10), conversations upserted on their one conflict target
+with new-versus-existing read from the statement (F5), `last_message*` moved only forward by
+the database (C4, F1), and the run's cursor, counters and heartbeat updated in the same
+transaction, so the saved cursor always matches what is stored (F11).
+
+Failures (F13). A batch that fails is retried with backoff; if it still fails it is recorded on
+the run and the walk goes on; the run ends `partial` and the next run of the page retries the
+recorded batches first. A page of conversations that cannot be read at all stops the walk with
+its cursor saved. A run that reaches its time budget stops as `partial` with its cursor; the
+next run in the same mode resumes there (`resumed_from`, the same `chain_id`). Error 190 flags
+the page for re-authorisation and fails the run at once.
+
+Incremental (F2). The walk goes newest-updated first and stops at the first conversation older
+than the watermark minus `SYNC_INCREMENTAL_OVERLAP_SECONDS`; a conversation's messages are read
+newest first until the first mid already stored. Graph calls grow with the changed
+conversations, not with the page. The watermark moves only when a run succeeds.
+
+Soft deletes (C8, F20). A full sync marks every conversation it sees with its chain id; when the
+chain completes (the whole walk, no failed batch), the page's live conversations it did not see,
+older than the chain and without a message since it started, are soft-deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, connection, transaction
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from conversations import metrics
+from conversations.graph import (
+    ConversationPage,
+    GraphClient,
+    GraphConversation,
+    GraphError,
+    GraphMessage,
+    MessagePage,
+    OutOfTime,
+    TokenInvalid,
+)
+from conversations.models import (
+    SYNC_LIVE_STATUSES,
+    Direction,
+    FacebookPage,
+    Source,
+    SyncMode,
+    SyncRun,
+    SyncStatus,
+)
+from conversations.services.ingest import ConversationKey, IncomingMessage, batch_apply
+from conversations.services.pages import page_flag_reauthorization
+from evoflow.requestid import bound_request_id, get_request_id, new_request_id
+from evoflow.tasks import enqueue_after_commit
+
+logger = logging.getLogger(__name__)
+
+CONVERSATIONS_PER_BATCH = 100
+MESSAGES_PER_CALL = 100
+# Recorded failures and skips kept on a run (the counters hold the totals).
+MAX_RECORDED = 200
+PSID_MAX_LENGTH = 64
+
+
+class LeaseLost(Exception):
+    """The run is no longer this worker's: taken over after its lease expired, or cancelled."""
+
+
+class SyncRefused(Exception):
+    code = "sync_refused"
+
+
+# -- requesting and claiming a run ---------------------------------------------------------------
+
+_EXPIRE_STALE = """
+UPDATE conversations_syncrun SET
+    status = 'failed', error_code = 'lease_expired', finished_at = now(), lease_token = NULL,
+    error = 'no heartbeat for ' || %s || ' s: the worker died or hung; the next run resumes'
+WHERE page_id = %s AND status IN ('queued', 'running')
+  AND coalesce(heartbeat_at, created_at) < now() - make_interval(secs => %s)
+RETURNING id
+"""
+
+_INSERT_LIVE = """
+INSERT INTO conversations_syncrun (page_id, mode, status, trigger, request_id)
+VALUES (%s, %s, 'queued', %s, %s)
+ON CONFLICT (page_id) WHERE status IN ('queued', 'running') DO NOTHING
+RETURNING id
+"""
+
+
+def sync_request(
+    *,
+    page: FacebookPage,
+    mode: str = SyncMode.INCREMENTAL,
+    trigger: str = "api",
+    enqueue: bool = True,
+) -> tuple[SyncRun, bool]:
+    """A new queued run of the page (and its task), or the live run that already holds the
+    page's lease: `(run, created)`. A live run whose heartbeat expired is failed first."""
+    if mode not in SyncMode.values:
+        raise ValueError(f"unknown sync mode {mode!r}")
+    if page.is_reauthorization_required or not page.has_access_token:
+        raise SyncRefused(f"page {page.page_id} needs re-authorisation (a new access token)")
+    request_id = get_request_id()
+    if request_id == "-":
+        request_id = new_request_id()
+    for _ in range(3):
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                lease = settings.SYNC_LEASE_SECONDS
+                cursor.execute(_EXPIRE_STALE, [str(lease), page.pk, lease])
+                for (expired_id,) in cursor.fetchall():
+                    logger.warning("sync run %s lost its lease (no heartbeat)", expired_id)
+                    metrics.SYNC_RUNS.labels(mode, SyncStatus.FAILED).inc()
+                cursor.execute(_INSERT_LIVE, [page.pk, mode, trigger, request_id])
+                row = cursor.fetchone()
+            if row is not None:
+                if enqueue:
+                    enqueue_after_commit(sync_run_task_path(), row[0])
+                return SyncRun.objects.get(pk=row[0]), True
+            live = SyncRun.objects.filter(page=page, status__in=SYNC_LIVE_STATUSES).first()
+            if live is not None:
+                return live, False
+        # The live run ended between the insert and the read: try again.
+    raise RuntimeError(f"could not obtain the sync lease of page {page.page_id}")
+
+
+def sync_pages_incremental(*, trigger: str = "schedule") -> int:
+    """Request an incremental run of every page with a usable token; pages with a live run
+    keep it. Returns how many runs were started."""
+    started = 0
+    pages = FacebookPage.objects.filter(is_reauthorization_required=False).exclude(
+        access_token_encrypted=""
+    )
+    for page in pages.order_by("pk").iterator():
+        _, created = sync_request(page=page, mode=SyncMode.INCREMENTAL, trigger=trigger)
+        started += created
+    return started
+
+
+def sync_run_task_path() -> str:
+    return "conversations.tasks.sync_run_task"
+
+
+def sync_run_cancel(*, run_id: int) -> bool:
+    """Cancel a live run; its worker stops at its next write."""
+    cancelled = SyncRun.objects.filter(pk=run_id, status__in=SYNC_LIVE_STATUSES).update(
+        status=SyncStatus.CANCELLED,
+        finished_at=Now(),
+        lease_token=None,
+        error_code="cancelled",
+        error="cancelled by an operator",
+    )
+    return bool(cancelled)
+
+
+def sync_retry_failed_batches(
+    *, page: FacebookPage, trigger: str = "admin"
+) -> tuple[SyncRun, bool]:
+    """A run that starts with the failed batches of the page's last run (every run does): an
+    incremental one, so little else is fetched."""
+    return sync_request(page=page, mode=SyncMode.INCREMENTAL, trigger=trigger)
+
+
+@dataclass
+class Claim:
+    run: SyncRun
+    token: uuid.UUID
+
+
+@transaction.atomic
+def _claim(run_id: int) -> Claim | None:
+    token = uuid.uuid4()
+    claimed = SyncRun.objects.filter(pk=run_id, status=SyncStatus.QUEUED).update(
+        status=SyncStatus.RUNNING, started_at=Now(), heartbeat_at=Now(), lease_token=token
+    )
+    if not claimed:
+        return None
+    run = SyncRun.objects.select_related("page").get(pk=run_id)
+    earlier = SyncRun.objects.filter(page_id=run.page_id, pk__lt=run.pk).exclude(
+        status__in=SYNC_LIVE_STATUSES
+    )
+    previous_same_mode = earlier.filter(mode=run.mode).order_by("-pk").first()
+    if previous_same_mode is not None and previous_same_mode.cursor is not None:
+        run.resumed_from = previous_same_mode
+        run.cursor = previous_same_mode.cursor
+        run.chain_id = previous_same_mode.chain_id or previous_same_mode.pk
+        run.watermark_candidate = previous_same_mode.watermark_candidate
+    else:
+        run.chain_id = run.pk
+    previous = earlier.order_by("-pk").first()
+    run.failed_batches = [
+        {**batch, "retry": True} for batch in (previous.failed_batches if previous else [])
+    ]
+    run.save(
+        update_fields=[
+            "resumed_from",
+            "cursor",
+            "chain_id",
+            "watermark_candidate",
+            "failed_batches",
+        ]
+    )
+    return Claim(run, token)
+
+
+def sync_run_execute(*, run_id: int, progress: Callable[[SyncRun], None] | None = None) -> SyncRun:
+    """Run a queued run to its end in this process (the task, or `manage.py sync_page`)."""
+    claim = _claim(run_id)
+    if claim is None:
+        run = SyncRun.objects.get(pk=run_id)
+        logger.info("sync run %s is %s: nothing to do", run_id, run.status)
+        return run
+    with bound_request_id(claim.run.request_id or None):
+        metrics.SYNC_RUNNING.inc()
+        try:
+            _Sync(claim, progress).execute()
+        finally:
+            metrics.SYNC_RUNNING.dec()
+    return SyncRun.objects.get(pk=run_id)
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Totals:
+    api_calls: int = 0
+    throttled_waits: int = 0
+    conversations_seen: int = 0
+    conversations_inserted: int = 0
+    conversations_updated: int = 0
+    conversations_soft_deleted: int = 0
+    conversations_skipped: int = 0
+    messages_inserted: int = 0
+    events_inserted: int = 0
+    batches_succeeded: int = 0
+
+
+@dataclass
+class Batch:
+    """What one page of conversations turned into, ready to be written."""
+
+    keys: list[ConversationKey] = field(default_factory=list)
+    messages: list[IncomingMessage] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    newest_update: datetime | None = None
+    reached_watermark: bool = False
+
+
+class _Sync:
+    def __init__(self, claim: Claim, progress: Callable[[SyncRun], None] | None) -> None:
+        self.run = claim.run
+        self.token = claim.token
+        self.page = self.run.page
+        self.progress = progress
+        self.full = self.run.mode == SyncMode.FULL
+        self.deadline = time.monotonic() + settings.SYNC_TIME_BUDGET_SECONDS
+        self.client = GraphClient(
+            page_id=self.page.page_id,
+            access_token=self.page.access_token(),
+            sleep=self._sleep,
+            deadline=self.deadline,
+        )
+        self.totals = Totals()
+        self.pending_retries: list[dict[str, Any]] = list(self.run.failed_batches)
+        self.failed: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, str]] = []
+        self.cursor: dict[str, Any] | None = self.run.cursor
+        self.watermark_candidate = self.run.watermark_candidate
+        self.threshold = self._threshold()
+        self.last_beat = time.monotonic()
+
+    def _threshold(self) -> datetime | None:
+        """Incremental walks stop at conversations updated before this."""
+        if self.full or self.page.sync_watermark is None:
+            return None
+        return self.page.sync_watermark - timedelta(
+            seconds=settings.SYNC_INCREMENTAL_OVERLAP_SECONDS
+        )
+
+    # -- the run's outline -------------------------------------------------------------------
+
+    def execute(self) -> None:
+        logger.info(
+            "sync run %s of page %s started (%s%s)",
+            self.run.pk,
+            self.page.page_id,
+            self.run.mode,
+            f", resuming run {self.run.resumed_from_id}" if self.run.resumed_from_id else "",
+        )
+        try:
+            self._retry_recorded_batches()
+            walk_complete = self._walk()
+        except LeaseLost:
+            logger.warning("sync run %s stopped: it no longer holds the lease", self.run.pk)
+            return
+        except TokenInvalid as error:
+            page_flag_reauthorization(page=self.page, reason=error.detail)
+            self._finish(SyncStatus.FAILED, error.code, error.detail)
+            return
+        except OutOfTime as error:
+            self._finish(SyncStatus.PARTIAL, "time_budget", str(error))
+            return
+        except GraphError as error:
+            # A page of conversations that could not be read: the walk cannot go past it.
+            self._finish(SyncStatus.PARTIAL, error.code, error.detail)
+            return
+        except Exception as error:
+            logger.exception("sync run %s failed", self.run.pk)
+            self._finish(SyncStatus.FAILED, "internal_error", f"{type(error).__name__}: {error}")
+            return
+        if not walk_complete:
+            self._finish(
+                SyncStatus.PARTIAL,
+                "time_budget",
+                "the run reached its time budget; the next run resumes from its cursor",
+            )
+        elif self.failed:
+            self._finish(
+                SyncStatus.PARTIAL,
+                "failed_batches",
+                f"{len(self.failed)} batch(es) failed; the next run retries them first",
+            )
+        else:
+            self._complete()
+
+    def _walk(self) -> bool:
+        """Walk the folders from the cursor; False when the time budget ran out first."""
+        folders = list(settings.SYNC_FOLDERS)
+        start = 0
+        after: str | None = None
+        if self.cursor is not None and self.cursor.get("folder") in folders:
+            start = folders.index(self.cursor["folder"])
+            after = self.cursor.get("after")
+        for position in range(start, len(folders)):
+            folder = folders[position]
+            while True:
+                if time.monotonic() >= self.deadline:
+                    return False
+                next_after, reached_watermark = self._batch_with_retries(folder, after)
+                if next_after is None or reached_watermark:
+                    break
+                after = next_after
+            after = None
+        return True
+
+    # -- batches -----------------------------------------------------------------------------
+
+    def _next_cursor(self, folder: str, next_after: str | None) -> dict[str, Any] | None:
+        if next_after is not None:
+            return {"folder": folder, "after": next_after}
+        folders = list(settings.SYNC_FOLDERS)
+        position = folders.index(folder) + 1 if folder in folders else len(folders)
+        return {"folder": folders[position], "after": None} if position < len(folders) else None
+
+    def _batch_with_retries(
+        self, folder: str, after: str | None, *, retrying: bool = False
+    ) -> tuple[str | None, bool]:
+        """One batch with its retries: (the next page's cursor, whether the walk reached the
+        watermark). A batch that keeps failing is recorded and skipped. When the page of
+        conversations itself could never be read, the walk does not know where to go on: the
+        error goes up and the run stops with its cursor on this page (a recorded batch being
+        retried is recorded again instead)."""
+        attempts = max(1, settings.SYNC_BATCH_ATTEMPTS)
+        known_next: tuple[str | None, bool] | None = None
+        for attempt in range(1, attempts + 1):
+            try:
+                listing = self.client_call(
+                    "conversations",
+                    lambda: self.client.conversations(
+                        folder=folder,
+                        after=after,
+                        limit=CONVERSATIONS_PER_BATCH,
+                        message_limit=MESSAGES_PER_CALL,
+                    ),
+                )
+                known_next = (listing.next_after, False)
+                batch = self._plan(listing)
+                known_next = (listing.next_after, batch.reached_watermark)
+                if retrying:
+                    cursor = self.cursor
+                else:
+                    cursor = self._next_cursor(
+                        folder, None if batch.reached_watermark else listing.next_after
+                    )
+                self._write(batch, cursor)
+                return known_next
+            except (TokenInvalid, OutOfTime, LeaseLost):
+                raise
+            except (GraphError, DatabaseError) as error:
+                code = error.code if isinstance(error, GraphError) else "database_error"
+                detail = error.detail if isinstance(error, GraphError) else str(error)[:500]
+                logger.warning(
+                    "sync run %s: batch %s/%s failed (attempt %d of %d): %s %s",
+                    self.run.pk,
+                    folder,
+                    after or "start",
+                    attempt,
+                    attempts,
+                    code,
+                    detail,
+                )
+                if attempt < attempts:
+                    self._sleep(random.uniform(0, min(30.0, 2.0**attempt)))
+                    continue
+                if known_next is None and not retrying:
+                    raise
+                self._record_failure(folder, after, code, detail, attempts)
+                if not retrying and known_next is not None:
+                    self._advance_past_failure(folder, known_next)
+                else:
+                    self._save_progress()
+                return known_next or (None, False)
+        raise AssertionError("unreachable")
+
+    def client_call(self, edge: str, call: Callable[[], Any]) -> Any:
+        before_calls, before_waits = self.client.calls, self.client.throttled_waits
+        try:
+            result = call()
+        except GraphError as error:
+            metrics.GRAPH_CALLS.labels(edge, error.code).inc()
+            raise
+        finally:
+            metrics.GRAPH_THROTTLED_WAITS.inc(self.client.throttled_waits - before_waits)
+            self.totals.api_calls += self.client.calls - before_calls
+            self.totals.throttled_waits += self.client.throttled_waits - before_waits
+        metrics.GRAPH_CALLS.labels(edge, "ok").inc()
+        self._maybe_beat()
+        return result
+
+    def _plan(self, listing: ConversationPage) -> Batch:
+        batch = Batch()
+        threads: list[tuple[GraphConversation, str]] = []
+        for conversation in listing.data:
+            if self.threshold is not None and conversation.updated_time < self.threshold:
+                batch.reached_watermark = True
+                break
+            if batch.newest_update is None or conversation.updated_time > batch.newest_update:
+                batch.newest_update = conversation.updated_time
+            participant = self._participant(conversation)
+            if isinstance(participant, str):
+                batch.skipped.append({"thread_id": conversation.id, "reason": participant})
+                continue
+            psid, name = participant
+            batch.keys.append(
+                ConversationKey(
+                    page_pk=self.page.pk,
+                    psid=psid,
+                    participant_name=name[:255],
+                    thread_id=conversation.id[:128],
+                    full_sync_seen=self.run.chain_id if self.full else None,
+                )
+            )
+            threads.append((conversation, psid))
+        stored: set[str] = set()
+        if not self.full:  # which of the newest messages are stored already: one query
+            stored = self._stored_mids(
+                [
+                    message.id
+                    for conversation, _ in threads
+                    if conversation.messages is not None
+                    for message in conversation.messages.data
+                ]
+            )
+        for conversation, psid in threads:
+            batch.messages.extend(
+                self._incoming(psid, message) for message in self._messages_of(conversation, stored)
+            )
+        return batch
+
+    def _messages_of(self, conversation: GraphConversation, stored: set[str]) -> list[GraphMessage]:
+        """Every message (full), or the messages newer than the newest one stored (incremental:
+        the walk over the messages edge stops at the first mid already stored). `stored` holds
+        the stored mids among the nested first page's."""
+        page = conversation.messages
+        if page is None:
+            return []
+        messages: list[GraphMessage] = []
+        first = True
+        while True:
+            if self.full:
+                messages.extend(page.data)
+            else:
+                if not first:
+                    stored = self._stored_mids([message.id for message in page.data])
+                first = False
+                for message in page.data:
+                    if message.id in stored:
+                        return messages
+                    messages.append(message)
+            next_after = page.next_after
+            if next_after is None:
+                return messages
+            page = self._older_messages(conversation.id, next_after)
+
+    def _older_messages(self, thread_id: str, after: str) -> MessagePage:
+        page: MessagePage = self.client_call(
+            "messages",
+            lambda: self.client.messages(thread_id=thread_id, after=after, limit=MESSAGES_PER_CALL),
+        )
+        return page
+
+    def _stored_mids(self, mids: Sequence[str]) -> set[str]:
+        if not mids:
+            return set()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT mid FROM conversations_message WHERE page_id = %s AND mid = ANY(%s)",
+                [self.page.pk, list(mids)],
+            )
+            return {row[0] for row in cursor.fetchall()}
+
+    def _participant(self, conversation: GraphConversation) -> tuple[str, str] | str:
+        """The person of a thread (F7): (psid, name), or why the thread is skipped."""
+        others = [p for p in conversation.participants.data if p.id != self.page.page_id]
+        if not others:
+            return "no participant besides the page"
+        if len(others) > 1:
+            return "more than one participant besides the page"
+        person = others[0]
+        if not person.id:
+            return "participant without an id (deleted account)"
+        if not person.id.isdigit() or len(person.id) > PSID_MAX_LENGTH:
+            return "participant id is not a page-scoped id"
+        return person.id, person.name
+
+    def _incoming(self, psid: str, message: GraphMessage) -> IncomingMessage:
+        outbound = message.sender.id == self.page.page_id
+        return IncomingMessage(
+            page_pk=self.page.pk,
+            psid=psid,
+            mid=message.id,
+            direction=Direction.OUTBOUND if outbound else Direction.INBOUND,
+            sent_at=message.created_time,
+            text=message.message,
+            attachments=message.attachments.data if message.attachments else [],
+            is_echo=outbound,
+            reply_to_mid=message.reply_to.mid if message.reply_to else "",
+        )
+
+    def _write(self, batch: Batch, cursor: dict[str, Any] | None) -> None:
+        """The batch, the run's cursor and counters, and its heartbeat: one transaction."""
+        totals = Totals(**asdict(self.totals))
+        watermark = self.watermark_candidate
+        if batch.newest_update is not None and (
+            watermark is None or batch.newest_update > watermark
+        ):
+            watermark = batch.newest_update
+        with transaction.atomic():
+            result, _ = batch_apply(
+                conversations=batch.keys, messages=batch.messages, source=Source.SYNC
+            )
+            if batch.keys:
+                self._undelete(batch.keys)
+            totals.conversations_seen += len(batch.keys)
+            totals.conversations_inserted += result.conversations_created
+            totals.conversations_updated += result.conversations_updated
+            totals.conversations_skipped += len(batch.skipped)
+            totals.messages_inserted += result.messages_inserted
+            totals.events_inserted += result.message_events_inserted + result.events_inserted
+            totals.batches_succeeded += 1
+            skipped = (self.skipped + batch.skipped)[:MAX_RECORDED]
+            self._save(totals=totals, cursor=cursor, watermark=watermark, skipped=skipped)
+        self.totals, self.cursor, self.watermark_candidate = totals, cursor, watermark
+        self.skipped = skipped
+        metrics.MESSAGES_INGESTED.labels(Source.SYNC).inc(result.messages_inserted)
+        if self.progress is not None:
+            self.progress(self._snapshot())
+
+    def _undelete(self, keys: Sequence[ConversationKey]) -> None:
+        """A conversation the API returns is not gone (any more)."""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE conversations_conversation SET deleted_at = NULL"
+                " WHERE page_id = %s AND psid = ANY(%s) AND deleted_at IS NOT NULL",
+                [self.page.pk, [key.psid for key in keys]],
+            )
+
+    def _record_failure(
+        self, folder: str, after: str | None, code: str, detail: str, attempts: int
+    ) -> None:
+        self.failed.append(
+            {
+                "kind": "conversations",
+                "mode": self.run.mode,
+                "folder": folder,
+                "after": after,
+                "error_code": code,
+                "detail": detail[:500],
+                "attempts": attempts,
+                "at": timezone.now().isoformat(),
+            }
+        )
+
+    def _advance_past_failure(self, folder: str, known_next: tuple[str | None, bool]) -> None:
+        next_after, reached_watermark = known_next
+        self.cursor = self._next_cursor(folder, None if reached_watermark else next_after)
+        self._save_progress()
+
+    def _save_progress(self) -> None:
+        self._save(
+            totals=self.totals,
+            cursor=self.cursor,
+            watermark=self.watermark_candidate,
+            skipped=self.skipped,
+        )
+
+    def _retry_recorded_batches(self) -> None:
+        """The failed batches of the page's previous run, before anything else. Each stays in
+        the run's saved list until it is written, or recorded again."""
+        if self.pending_retries:
+            logger.info(
+                "sync run %s retries %d failed batch(es) first",
+                self.run.pk,
+                len(self.pending_retries),
+            )
+        while self.pending_retries:
+            record = self.pending_retries.pop(0)
+            folder, after = str(record.get("folder") or "inbox"), record.get("after")
+            try:
+                self._batch_with_retries(folder, after, retrying=True)
+            except BaseException:
+                self.pending_retries.insert(0, record)
+                raise
+
+    # -- the run's row -----------------------------------------------------------------------
+
+    def _save(
+        self,
+        *,
+        totals: Totals,
+        cursor: dict[str, Any] | None,
+        watermark: datetime | None,
+        skipped: list[dict[str, str]],
+        **extra: Any,
+    ) -> None:
+        updated = SyncRun.objects.filter(
+            pk=self.run.pk, lease_token=self.token, status=SyncStatus.RUNNING
+        ).update(
+            heartbeat_at=Now(),
+            cursor=cursor,
+            watermark_candidate=watermark,
+            failed_batches=(self.failed + self.pending_retries)[:MAX_RECORDED],
+            skipped=skipped,
+            **asdict(totals),
+            **extra,
+        )
+        if not updated:
+            raise LeaseLost(self.run.pk)
+        self.last_beat = time.monotonic()
+
+    def _beat(self) -> None:
+        updated = SyncRun.objects.filter(
+            pk=self.run.pk, lease_token=self.token, status=SyncStatus.RUNNING
+        ).update(
+            heartbeat_at=Now(),
+            api_calls=self.totals.api_calls,
+            throttled_waits=self.totals.throttled_waits,
+        )
+        if not updated:
+            raise LeaseLost(self.run.pk)
+        self.last_beat = time.monotonic()
+
+    def _maybe_beat(self) -> None:
+        if time.monotonic() - self.last_beat >= settings.SYNC_LEASE_SECONDS / 6:
+            self._beat()
+
+    def _sleep(self, seconds: float) -> None:
+        """Waits (rate limit, throttling, backoff) in slices, beating between them."""
+        end = time.monotonic() + seconds
+        while (remaining := end - time.monotonic()) > 0:
+            time.sleep(min(remaining, max(0.5, settings.SYNC_LEASE_SECONDS / 6)))
+            self._maybe_beat()
+
+    def _snapshot(self) -> SyncRun:
+        self.run.__dict__.update(asdict(self.totals))
+        self.run.cursor = self.cursor
+        return self.run
+
+    def _complete(self) -> None:
+        """The whole walk, no failed batch: soft deletes (full), the watermark and success,
+        together (a run that lost its lease meanwhile changes none of them)."""
+        try:
+            with transaction.atomic():
+                if self.full:
+                    self.totals.conversations_soft_deleted = self._soft_delete_unseen()
+                if self.watermark_candidate is not None:
+                    FacebookPage.objects.filter(pk=self.page.pk).update(
+                        sync_watermark=self.watermark_candidate
+                    )
+                self._finish(SyncStatus.SUCCEEDED, "", "", lease_lost_raises=True)
+        except LeaseLost:
+            logger.warning("sync run %s lost its lease before completing", self.run.pk)
+
+    def _soft_delete_unseen(self) -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """
+                UPDATE conversations_conversation AS c SET deleted_at = now()
+                FROM conversations_syncrun AS chain
+                WHERE chain.id = %s AND c.page_id = %s AND c.deleted_at IS NULL
+                  AND c.full_sync_seen IS DISTINCT FROM chain.id
+                  AND c.created_at < chain.started_at
+                  AND (c.last_message_at IS NULL OR c.last_message_at < chain.started_at)
+                """,
+                [self.run.chain_id, self.page.pk],
+            )
+            return cursor.rowcount
+
+    def _finish(
+        self, status: str, error_code: str, error: str, *, lease_lost_raises: bool = False
+    ) -> None:
+        cursor = None if status == SyncStatus.SUCCEEDED else self.cursor
+        try:
+            self._save(
+                totals=self.totals,
+                cursor=cursor,
+                watermark=self.watermark_candidate,
+                skipped=self.skipped,
+                status=status,
+                finished_at=Now(),
+                lease_token=None,
+                error_code=error_code,
+                error=error[:2000],
+            )
+        except LeaseLost:
+            if lease_lost_raises:
+                raise
+            logger.warning("sync run %s ended after losing its lease", self.run.pk)
+            return
+        metrics.SYNC_RUNS.labels(self.run.mode, status).inc()
+        log = logger.info if status == SyncStatus.SUCCEEDED else logger.warning
+        log(
+            "sync run %s of page %s ended %s%s: %d calls, %d conversations, %d messages inserted",
+            self.run.pk,
+            self.page.page_id,
+            status,
+            f" ({error_code}: {error})" if error_code else "",
+            self.totals.api_calls,
+            self.totals.conversations_seen,
+            self.totals.messages_inserted,
+        )
+        if self.progress is not None:
+            self.run.status = status
+            self.progress(self._snapshot())

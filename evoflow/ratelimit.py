@@ -1,0 +1,134 @@
+"""One rate limiter for every process on every host: token buckets kept in PostgreSQL.
+
+A call reserves one token from each of its buckets (for the Graph API: its page's and the app's)
+in ONE statement, and learns how long to wait: tokens refill at the bucket's rate up to its
+capacity, and may go below zero, so concurrent callers queue up in the order they reserved and
+each waits for its own slot (no thundering herd, no lost wake-ups). With capacity 1 the calls of
+a bucket are spaced 1/rate apart whatever the number of workers.
+
+The service's own signals adjust the buckets for everyone: a reported usage past
+`SLOW_DOWN_FROM` percent shrinks the refill rate (down to a tenth at 100%), and throttling blocks
+the bucket until the time the service names. Each caller then sleeps out its own wait; nothing
+is held in the database while it does (call it outside a transaction: inside one, the bucket's
+row lock would serialise the callers until commit).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db import connection
+
+SLOW_DOWN_FROM = 75.0  # percent of quota, as reported by the service
+SLOWEST_FACTOR = 0.1  # share of the rate left at 100%
+
+
+@dataclass(frozen=True)
+class Bucket:
+    key: str
+    rate: float  # calls per second
+    capacity: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.rate <= 0 or self.capacity < 1:
+            raise ValueError("a bucket needs a positive rate and a capacity of at least 1")
+
+
+# The refill rate, slowed down past the usage threshold.
+_EFFECTIVE_RATE = f"""
+    (b.rate * CASE WHEN b.usage_percent <= {SLOW_DOWN_FROM} THEN 1.0
+        ELSE greatest({SLOWEST_FACTOR}, (100.0 - b.usage_percent) / (100.0 - {SLOW_DOWN_FROM}))
+        END)"""
+
+_RESERVE = f"""
+WITH k AS (
+    SELECT * FROM unnest(%s::text[], %s::float8[], %s::float8[]) AS k(key, rate, capacity)
+), reserved AS (
+    INSERT INTO evoflow_ratebucket AS b (key, rate, capacity, tokens, refilled_at, usage_percent)
+    SELECT key, rate, capacity, capacity - 1, clock_timestamp(), 0 FROM k ORDER BY key
+    ON CONFLICT (key) DO UPDATE SET
+        rate = EXCLUDED.rate,
+        capacity = EXCLUDED.capacity,
+        tokens = least(EXCLUDED.capacity, b.tokens + {_EFFECTIVE_RATE}
+            * extract(epoch FROM clock_timestamp() - b.refilled_at)) - 1,
+        refilled_at = clock_timestamp()
+    RETURNING b.tokens, {_EFFECTIVE_RATE} AS effective_rate,
+        extract(epoch FROM b.blocked_until - clock_timestamp()) AS blocked_for
+)
+SELECT coalesce(max(greatest(
+    CASE WHEN tokens < 0 THEN -tokens / effective_rate ELSE 0 END,
+    coalesce(blocked_for, 0))), 0),
+    coalesce(bool_or(blocked_for > 0), false)
+FROM reserved
+"""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    wait: float  # seconds to wait before calling
+    throttled: bool  # a bucket is blocked by the service's throttling
+
+
+class RateLimiter:
+    """Reserve, then sleep: `acquire` returns its reservation once waited out."""
+
+    def __init__(self, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.sleep = sleep
+
+    def reserve(self, buckets: Sequence[Bucket]) -> Reservation:
+        """Take a token from every bucket; how long to wait before calling."""
+        ordered = sorted(buckets, key=lambda bucket: bucket.key)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _RESERVE,
+                [
+                    [bucket.key for bucket in ordered],
+                    [bucket.rate for bucket in ordered],
+                    [bucket.capacity for bucket in ordered],
+                ],
+            )
+            row = cursor.fetchone()
+        if row is None:
+            return Reservation(0.0, False)
+        return Reservation(max(0.0, float(row[0])), bool(row[1]))
+
+    def acquire(self, buckets: Sequence[Bucket]) -> Reservation:
+        reservation = self.reserve(buckets)
+        if reservation.wait > 0:
+            self.sleep(reservation.wait)
+        return reservation
+
+    @staticmethod
+    def report_usage(key: str, percent: float) -> None:
+        """The service's usage figure for this bucket (percent of its quota)."""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE evoflow_ratebucket SET usage_percent = %s"
+                " WHERE key = %s AND usage_percent IS DISTINCT FROM %s",
+                [percent, key, percent],
+            )
+
+    @staticmethod
+    def block(key: str, duration: timedelta) -> None:
+        """Nobody calls through this bucket for `duration` (never shortens a longer block)."""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE evoflow_ratebucket SET blocked_until = greatest(blocked_until,"
+                " clock_timestamp() + make_interval(secs => %s)) WHERE key = %s",
+                [duration.total_seconds(), key],
+            )
+
+    @staticmethod
+    def blocked_for(key: str) -> float:
+        """Seconds this bucket stays blocked (0 when it is not)."""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT greatest(0, extract(epoch FROM blocked_until - clock_timestamp()))"
+                " FROM evoflow_ratebucket WHERE key = %s",
+                [key],
+            )
+            row = cursor.fetchone()
+        return float(row[0]) if row and row[0] is not None else 0.0
