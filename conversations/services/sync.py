@@ -35,11 +35,13 @@ older than the chain and without a message since it started, are soft-deleted.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -259,6 +261,61 @@ class Totals:
     batches_succeeded: int = 0
 
 
+def _close_connection() -> None:
+    connection.close()
+
+
+def _with_request_id(request_id: str, call: Callable[[], Any]) -> Any:
+    with bound_request_id(request_id):
+        return call()
+
+
+class _Prefetcher:
+    """One page of conversations fetched ahead in a thread, so that a full sync reads the next
+    page from the Graph API while PostgreSQL writes the current one. The thread has its own
+    database connection (the rate limiter and heartbeats use it), closed with the prefetcher."""
+
+    def __init__(self) -> None:
+        self.executor: ThreadPoolExecutor | None = None
+        self.pending: tuple[str, str, Future[Any]] | None = None
+
+    def start(self, folder: str, after: str, fetch: Callable[[], Any]) -> None:
+        self.discard()
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-prefetch")
+        # The run's request id for the thread's log lines. (Not a copy of the whole context:
+        # Django keeps connections in context-local storage, and the thread needs its own.)
+        self.pending = (
+            folder,
+            after,
+            self.executor.submit(_with_request_id, get_request_id(), fetch),
+        )
+
+    def take(self, folder: str, after: str | None) -> Future[Any] | None:
+        if self.pending is not None and self.pending[:2] == (folder, after):
+            future = self.pending[2]
+            self.pending = None
+            return future
+        self.discard()
+        return None
+
+    def discard(self) -> None:
+        if self.pending is not None:
+            _, _, future = self.pending
+            self.pending = None
+            try:
+                future.result()
+            except BaseException:  # a fetch nobody will use: its failure does not matter
+                logger.debug("discarded prefetch failed", exc_info=True)
+
+    def close(self) -> None:
+        self.discard()
+        if self.executor is not None:
+            self.executor.submit(_close_connection).result()  # the thread's own
+            self.executor.shutdown(wait=True)
+            self.executor = None
+
+
 @dataclass
 class Batch:
     """What one page of conversations turned into, ready to be written."""
@@ -292,6 +349,7 @@ class _Sync:
         self.watermark_candidate = self.run.watermark_candidate
         self.threshold = self._threshold()
         self.last_beat = time.monotonic()
+        self.prefetcher = _Prefetcher()
 
     def _threshold(self) -> datetime | None:
         """Incremental walks stop at conversations updated before this."""
@@ -312,8 +370,11 @@ class _Sync:
             f", resuming run {self.run.resumed_from_id}" if self.run.resumed_from_id else "",
         )
         try:
-            self._retry_recorded_batches()
-            walk_complete = self._walk()
+            try:
+                self._retry_recorded_batches()
+                walk_complete = self._walk()
+            finally:
+                self.prefetcher.close()
         except LeaseLost:
             logger.warning("sync run %s stopped: it no longer holds the lease", self.run.pk)
             return
@@ -386,20 +447,22 @@ class _Sync:
         retried is recorded again instead)."""
         attempts = max(1, settings.SYNC_BATCH_ATTEMPTS)
         known_next: tuple[str | None, bool] | None = None
+        prefetched = None if retrying else self.prefetcher.take(folder, after)
         for attempt in range(1, attempts + 1):
             try:
-                listing = self.client_call(
-                    "conversations",
-                    lambda: self.client.conversations(
-                        folder=folder,
-                        after=after,
-                        limit=CONVERSATIONS_PER_BATCH,
-                        message_limit=MESSAGES_PER_CALL,
-                    ),
-                )
+                if prefetched is not None:
+                    listing, prefetched = prefetched.result(), None
+                else:
+                    listing = self._listing(folder, after)
                 known_next = (listing.next_after, False)
                 batch = self._plan(listing)
                 known_next = (listing.next_after, batch.reached_watermark)
+                if self.full and not retrying and listing.next_after is not None:
+                    # The next page is fetched while this one is written.
+                    next_after = listing.next_after
+                    self.prefetcher.start(
+                        folder, next_after, functools.partial(self._listing, folder, next_after)
+                    )
                 if retrying:
                     cursor = self.cursor
                 else:
@@ -436,8 +499,20 @@ class _Sync:
                 return known_next or (None, False)
         raise AssertionError("unreachable")
 
+    def _listing(self, folder: str, after: str | None) -> ConversationPage:
+        listing: ConversationPage = self.client_call(
+            "conversations",
+            lambda: self.client.conversations(
+                folder=folder,
+                after=after,
+                limit=CONVERSATIONS_PER_BATCH,
+                message_limit=MESSAGES_PER_CALL,
+            ),
+        )
+        return listing
+
     def client_call(self, edge: str, call: Callable[[], Any]) -> Any:
-        before_calls, before_waits = self.client.calls, self.client.throttled_waits
+        before_waits = self.client.throttled_waits
         try:
             result = call()
         except GraphError as error:
@@ -445,8 +520,6 @@ class _Sync:
             raise
         finally:
             metrics.GRAPH_THROTTLED_WAITS.inc(self.client.throttled_waits - before_waits)
-            self.totals.api_calls += self.client.calls - before_calls
-            self.totals.throttled_waits += self.client.throttled_waits - before_waits
         metrics.GRAPH_CALLS.labels(edge, "ok").inc()
         self._maybe_beat()
         return result
@@ -570,6 +643,11 @@ class _Sync:
         ):
             watermark = batch.newest_update
         with transaction.atomic():
+            # The batch and its cursor commit together: a crash that loses the last commits
+            # (a fraction of a second of them) loses both, and the next run fetches the batch
+            # again. No need to wait for the WAL flush.
+            with connection.cursor() as cursor_:
+                cursor_.execute("SET LOCAL synchronous_commit = off")
             result, _ = batch_apply(
                 conversations=batch.keys, messages=batch.messages, source=Source.SYNC
             )
@@ -657,6 +735,8 @@ class _Sync:
         skipped: list[dict[str, str]],
         **extra: Any,
     ) -> None:
+        # Calls are counted by the client (the prefetching thread calls too).
+        totals.api_calls, totals.throttled_waits = self.client.calls, self.client.throttled_waits
         updated = SyncRun.objects.filter(
             pk=self.run.pk, lease_token=self.token, status=SyncStatus.RUNNING
         ).update(
@@ -677,8 +757,8 @@ class _Sync:
             pk=self.run.pk, lease_token=self.token, status=SyncStatus.RUNNING
         ).update(
             heartbeat_at=Now(),
-            api_calls=self.totals.api_calls,
-            throttled_waits=self.totals.throttled_waits,
+            api_calls=self.client.calls,
+            throttled_waits=self.client.throttled_waits,
         )
         if not updated:
             raise LeaseLost(self.run.pk)
