@@ -26,7 +26,7 @@ from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evoflow.http import HttpClient, RetryPolicy, UpstreamUnavailable
-from evoflow.ratelimit import Bucket, RateLimiter
+from evoflow.ratelimit import Bucket, Limiter, default_rate_limiter
 
 THROTTLE_CODES = frozenset({4, 17, 32, 613, 80001, 80006})
 APP_THROTTLE_CODES = frozenset({4})
@@ -206,7 +206,7 @@ class GraphClient(HttpClient):
         page_id: str,
         access_token: str,
         base_url: str | None = None,
-        limiter: RateLimiter | None = None,
+        limiter: Limiter | None = None,
         page_rate: float | None = None,
         app_rate: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -226,7 +226,7 @@ class GraphClient(HttpClient):
             Bucket(self.page_key, page_rate or settings.GRAPH_PAGE_CALLS_PER_SECOND),
             Bucket(self.app_key, app_rate or settings.GRAPH_APP_CALLS_PER_SECOND),
         ]
-        self.limiter = limiter or RateLimiter()
+        self.limiter = limiter or default_rate_limiter()
         self._sleep = sleep
         self.deadline = deadline  # time.monotonic() value; None for no limit
         self.calls = 0

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Protocol
 
 from django.db import connection
 
@@ -70,6 +71,16 @@ FROM reserved
 class Reservation:
     wait: float  # seconds to wait before calling
     throttled: bool  # a bucket is blocked by the service's throttling
+
+
+class Limiter(Protocol):
+    """What a client needs from a shared limiter (PostgreSQL here, Redis in ratelimit_redis)."""
+
+    def reserve(self, buckets: Sequence[Bucket]) -> Reservation: ...
+
+    def report_usage(self, key: str, percent: float) -> None: ...
+
+    def block(self, key: str, duration: timedelta) -> None: ...
 
 
 class RateLimiter:
@@ -132,3 +143,14 @@ class RateLimiter:
             )
             row = cursor.fetchone()
         return float(row[0]) if row and row[0] is not None else 0.0
+
+
+def default_rate_limiter(*, sleep: Callable[[float], None] = time.sleep) -> Limiter:
+    """The limiter every process shares: Redis when REDIS_URL is configured, else PostgreSQL."""
+    from django.conf import settings
+
+    if settings.REDIS_URL:
+        from evoflow.ratelimit_redis import RedisRateLimiter
+
+        return RedisRateLimiter(settings.REDIS_URL, sleep=sleep)
+    return RateLimiter(sleep=sleep)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the machine packages evoflow needs when they are missing: the PostgreSQL server
-# (initdb, pg_ctl) and its client (psql). Debian/Ubuntu via apt-get, as root;
-# elsewhere it says what to install and fails.
+# (initdb, pg_ctl), its client (psql), and redis-server for the tests. Debian/Ubuntu via
+# apt-get, as root; elsewhere it says what to install and fails.
 set -euo pipefail
 
 need=()
@@ -10,6 +10,8 @@ have_postgres() {
 }
 have_postgres || need+=(postgresql postgresql-contrib)
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
+# The tests run the shared rate limiter's Redis backend against a throwaway redis-server.
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+=(redis-server)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
