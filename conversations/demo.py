@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from conversations.models import FacebookPage, SignatureVerdict, WebhookReceipt
+from conversations.models import FacebookPage, SignatureVerdict, SyncMode, WebhookReceipt
 from conversations.services import page_upsert, webhook_receive
+from conversations.services.sync import sync_request
 from conversations.signatures import meta_json_bytes
 from conversations.simulator.graph import DEFAULT_ACCESS_TOKEN, DEFAULT_PAGE_ID, GraphSimulator
 from conversations.simulator.payloads import (
@@ -89,7 +90,12 @@ def seed(context: DemoSeedContext) -> None:
         webhook_receive(body=body, signature_verdict=SignatureVerdict.INTERNAL)
         applied += 1
     page = FacebookPage.objects.get(page_id=DEFAULT_PAGE_ID)
+    # The worker brings the rest of the page from the Graph simulator (a full sync once; an
+    # incremental one when the page has synced before).
+    mode = SyncMode.INCREMENTAL if page.sync_watermark else SyncMode.FULL
+    run, created = sync_request(page=page, mode=mode, trigger="demo")
     context.summary.append(
         f"Messenger: page {page.page_id} ({page.name}), {page.conversations.count()} "
-        f"conversations from the Graph simulator's webhooks ({applied} payloads applied now)"
+        f"conversations from the Graph simulator's webhooks ({applied} payloads applied now);"
+        f" {mode} sync run {run.pk} {'queued' if created else 'already ' + run.status}"
     )

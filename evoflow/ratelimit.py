@@ -97,8 +97,8 @@ class RateLimiter:
                 _RESERVE,
                 [
                     [bucket.key for bucket in ordered],
-                    [bucket.rate for bucket in ordered],
-                    [bucket.capacity for bucket in ordered],
+                    [float(bucket.rate) for bucket in ordered],
+                    [float(bucket.capacity) for bucket in ordered],
                 ],
             )
             row = cursor.fetchone()

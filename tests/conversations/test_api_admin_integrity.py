@@ -18,6 +18,7 @@ from conversations.models import (
     InteractionEvent,
     Message,
     ReceiptStatus,
+    SyncRun,
     WebhookReceipt,
 )
 from conversations.services import page_set_access_token, page_upsert
@@ -323,3 +324,35 @@ def test_the_demo_seeder_loads_through_the_webhook_path_and_is_idempotent(db):
     page = FacebookPage.objects.get(page_id="111222333")
     assert page.access_token() == "sim-page-token"
     assert "Messenger" in context.summary[0]
+    # One full sync queued for the worker; the second seeding found it live.
+    run = SyncRun.objects.get(page=page)
+    assert (run.mode, run.status, run.trigger) == ("full", "queued", "demo")
+
+
+def test_the_demo_sync_brings_the_rest_of_the_simulated_page(transactional_db, settings):
+    from conversations import demo
+    from conversations.services.sync import sync_run_execute
+    from conversations.simulator.graph import GraphSimulator
+    from evoflow.services import DemoSeedContext
+
+    demo.seed(DemoSeedContext(password="x", is_password_printable=False))
+    run = SyncRun.objects.get()
+    simulator = GraphSimulator(page_id="111222333", **demo.DEMO_SIMULATOR_OPTIONS)
+    with simulator.running() as base:
+        settings.GRAPH_API_BASE_URL = f"{base}/v21.0"
+        settings.GRAPH_PAGE_CALLS_PER_SECOND = 1000
+        run = sync_run_execute(run_id=run.pk)
+
+    assert run.status == "succeeded", run.error
+    total = demo.DEMO_SIMULATOR_OPTIONS["messages"]
+    assert Conversation.objects.count() == demo.DEMO_SIMULATOR_OPTIONS["conversations"]
+    assert Message.objects.count() == total
+    # The webhook already had the newest conversations' messages: the sync added the rest only.
+    assert run.messages_inserted == total - sum(
+        simulator.generated_conversation(index).base_count
+        for index in range(demo.DEMO_CONVERSATIONS)
+    )
+    assert (
+        InteractionEvent.objects.filter(kind__in=["message_received", "message_sent"]).count()
+        == total
+    )
