@@ -1,19 +1,26 @@
-"""Admin for pages, conversations, messages, interaction events and webhook receipts.
+"""Admin for pages, conversations, messages, interaction events, webhook receipts and sync runs.
 
 Thin: writes go through `conversations.services`. The page token is never displayed: the form
-has a write-only field that replaces it. Messages, events and receipts are records of what
-happened, so they are read-only here.
+has a write-only field that replaces it. Messages, events, receipts and sync runs are records of
+what happened, so they are read-only here.
+
+Sync actions ("sync now", "full sync now", "retry failed batches", "cancel") need the
+`conversations.add_syncrun` permission, the same one the sync API asks for (operators have it).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
-from django.db.models import QuerySet
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.views.decorators.debug import sensitive_post_parameters
@@ -24,7 +31,16 @@ from conversations.models import (
     FacebookPage,
     InteractionEvent,
     Message,
+    SyncMode,
+    SyncRun,
+    SyncStatus,
     WebhookReceipt,
+)
+from conversations.services.sync import (
+    SyncRefused,
+    sync_request,
+    sync_retry_failed_batches,
+    sync_run_cancel,
 )
 
 MESSAGES_PER_PAGE = 50
@@ -60,10 +76,63 @@ class FacebookPageForm(forms.ModelForm):
 @method_decorator(sensitive_post_parameters("new_access_token"), name="change_view")
 class FacebookPageAdmin(admin.ModelAdmin):
     form = FacebookPageForm
-    list_display = ["page_id", "name", "token_status", "reauthorization_badge", "sync_watermark"]
+    list_display = [
+        "page_id",
+        "name",
+        "token_status",
+        "reauthorization_badge",
+        "sync_watermark",
+        "latest_sync",
+    ]
     search_fields = ["page_id", "name"]
     list_filter = ["is_reauthorization_required"]
-    readonly_fields = ["token_status", "reauthorization_badge", "created_at", "updated_at"]
+    readonly_fields = [
+        "token_status",
+        "reauthorization_badge",
+        "latest_sync",
+        "created_at",
+        "updated_at",
+    ]
+    actions = ["sync_incremental_now", "sync_full_now", "retry_failed_batches"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        # The latest run's id and status in the page query itself: one query per list page.
+        latest = SyncRun.objects.filter(page=OuterRef("pk")).order_by("-id")
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                latest_sync_id=Subquery(latest.values("id")[:1]),
+                latest_sync_status=Subquery(latest.values("status")[:1]),
+            )
+        )
+
+    @admin.display(description="latest sync")
+    def latest_sync(self, page: FacebookPage) -> str:
+        run_id = getattr(page, "latest_sync_id", None)
+        if run_id is None:
+            return "never"
+        return format_html(
+            '<a href="{}">run {}</a> {}',
+            reverse("admin:conversations_syncrun_change", args=[run_id]),
+            run_id,
+            sync_status_badge(str(page.latest_sync_status)),  # type: ignore[attr-defined]
+        )
+
+    def has_sync_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("conversations.add_syncrun")
+
+    @admin.action(description="Sync now (incremental)", permissions=["sync"])
+    def sync_incremental_now(self, request: HttpRequest, queryset: QuerySet) -> None:
+        _request_syncs(self, request, queryset.order_by("pk"), SyncMode.INCREMENTAL)
+
+    @admin.action(description="Full sync now", permissions=["sync"])
+    def sync_full_now(self, request: HttpRequest, queryset: QuerySet) -> None:
+        _request_syncs(self, request, queryset.order_by("pk"), SyncMode.FULL)
+
+    @admin.action(description="Retry failed batches of the last sync", permissions=["sync"])
+    def retry_failed_batches(self, request: HttpRequest, queryset: QuerySet) -> None:
+        _request_syncs(self, request, queryset.order_by("pk"), None)
 
     @admin.display(description="token")
     def token_status(self, page: FacebookPage) -> str:
@@ -229,3 +298,172 @@ class WebhookReceiptAdmin(ReadOnlyAdmin):
         summary = ", ".join(f"{count} {status}" for status, count in sorted(outcomes.items()))
         level = messages.WARNING if outcomes.get("failed") else messages.SUCCESS
         self.message_user(request, f"Retried: {summary or 'nothing'}.", level)
+
+
+# -- sync runs ------------------------------------------------------------------------------------
+
+SYNC_STATUS_COLOURS: dict[str, str] = {
+    SyncStatus.QUEUED: "#666",
+    SyncStatus.RUNNING: "#1f6fb2",
+    SyncStatus.SUCCEEDED: "#287d28",
+    SyncStatus.PARTIAL: "#b27b00",
+    SyncStatus.FAILED: "#ba2121",
+    SyncStatus.CANCELLED: "#555",
+}
+
+
+def sync_status_badge(status: str) -> str:
+    return format_html(
+        '<span style="background:{};color:#fff;padding:2px 6px;border-radius:4px">{}</span>',
+        SYNC_STATUS_COLOURS.get(status, "#666"),
+        status,
+    )
+
+
+def _request_syncs(
+    model_admin: admin.ModelAdmin,
+    request: HttpRequest,
+    pages: Iterable[FacebookPage],
+    mode: str | None,
+) -> None:
+    """One run per page (`mode` None: a retry of the last run's failed batches), with one
+    message per outcome: started, already live (409), or refused."""
+    for page in pages:
+        try:
+            if mode is None:
+                run, created = sync_retry_failed_batches(page=page, trigger="admin")
+            else:
+                run, created = sync_request(page=page, mode=mode, trigger="admin")
+        except SyncRefused as error:
+            model_admin.message_user(request, f"Page {page.page_id}: {error}.", messages.ERROR)
+            continue
+        if created:
+            what = "retry of failed batches" if mode is None else f"{run.mode} sync"
+            model_admin.message_user(
+                request, f"Page {page.page_id}: {what} queued (run {run.pk}).", messages.SUCCESS
+            )
+        else:
+            model_admin.message_user(
+                request,
+                f"Page {page.page_id}: a sync is already {run.status} (run {run.pk}); "
+                "nothing new was started.",
+                messages.WARNING,
+            )
+
+
+class PrettyJsonMixin:
+    @staticmethod
+    def pretty_json(value: Any) -> str:
+        return format_html(
+            '<pre style="white-space:pre-wrap;margin:0">{}</pre>',
+            json.dumps(value, indent=2, sort_keys=True, default=str),
+        )
+
+
+@admin.register(SyncRun)
+class SyncRunAdmin(PrettyJsonMixin, ReadOnlyAdmin):
+    list_display = [
+        "id",
+        "page",
+        "mode",
+        "status_badge",
+        "trigger",
+        "started_at",
+        "finished_at",
+        "duration",
+        "api_calls",
+        "messages_inserted",
+        "failed_batch_count",
+        "error_code",
+    ]
+    list_select_related = ["page"]
+    list_filter = ["status", "mode", "page"]
+    search_fields = ["=request_id"]
+    ordering = ["-id"]
+    show_full_result_count = False
+    actions = ["retry_failed_batches", "cancel_runs"]
+    fields = readonly_fields = (
+        "page",
+        "mode",
+        "status_badge",
+        "trigger",
+        "request_id",
+        "resumed_from",
+        "chain_id",
+        "created_at",
+        "started_at",
+        "heartbeat_at",
+        "finished_at",
+        "duration",
+        "api_calls",
+        "throttled_waits",
+        "conversations_seen",
+        "conversations_inserted",
+        "conversations_updated",
+        "conversations_soft_deleted",
+        "conversations_skipped",
+        "messages_inserted",
+        "events_inserted",
+        "batches_succeeded",
+        "failed_batch_count",
+        "failed_batches_pretty",
+        "skipped_pretty",
+        "cursor_pretty",
+        "watermark_candidate",
+        "error_code",
+        "error",
+    )
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, run: SyncRun) -> str:
+        return sync_status_badge(run.status)
+
+    @admin.display(description="duration")
+    def duration(self, run: SyncRun) -> str:
+        if run.started_at is None:
+            return "-"
+        if run.finished_at is None:
+            return "running" if run.is_live else "-"
+        return str(timedelta(seconds=round((run.finished_at - run.started_at).total_seconds())))
+
+    @admin.display(description="failed batches")
+    def failed_batch_count(self, run: SyncRun) -> int:
+        return len(run.failed_batches or [])
+
+    @admin.display(description="failed batches (detail)")
+    def failed_batches_pretty(self, run: SyncRun) -> str:
+        return self.pretty_json(run.failed_batches)
+
+    @admin.display(description="skipped conversations")
+    def skipped_pretty(self, run: SyncRun) -> str:
+        return self.pretty_json(run.skipped)
+
+    @admin.display(description="cursor")
+    def cursor_pretty(self, run: SyncRun) -> str:
+        return self.pretty_json(run.cursor)
+
+    def has_sync_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("conversations.add_syncrun")
+
+    @admin.action(description="Retry failed batches (a new run of each page)", permissions=["sync"])
+    def retry_failed_batches(self, request: HttpRequest, queryset: QuerySet) -> None:
+        page_ids = queryset.values_list("page_id", flat=True).distinct()
+        pages = FacebookPage.objects.filter(pk__in=page_ids).order_by("pk")
+        _request_syncs(self, request, pages, None)
+
+    @admin.action(description="Cancel the selected live runs", permissions=["sync"])
+    def cancel_runs(self, request: HttpRequest, queryset: QuerySet) -> None:
+        cancelled: list[str] = []
+        not_live: list[str] = []
+        for run_id in queryset.order_by("id").values_list("id", flat=True):
+            (cancelled if sync_run_cancel(run_id=run_id) else not_live).append(str(run_id))
+        if cancelled:
+            self.message_user(
+                request, f"Cancelled run(s) {', '.join(cancelled)}.", messages.SUCCESS
+            )
+        if not_live:
+            self.message_user(
+                request,
+                f"Not live (left as they were): run(s) {', '.join(not_live)}.",
+                messages.WARNING,
+            )

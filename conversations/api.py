@@ -1,26 +1,62 @@
-"""The conversations API: conversations newest-updated first, and a conversation's messages.
+"""The conversations API: conversations, their messages, and the Graph sync of a page.
 
 Reading Messenger conversations is an operator's job: the requester needs the
 `conversations.view_conversation` permission (the operators group has it), else 403. Nothing
 is cached (F17 does not arise): every answer is read from PostgreSQL through indexes on
 (page, updated_at, id) and (conversation, sent_at, id).
+
+Sync runs: requesting a sync and reading runs (their status, counters and progress stream) need
+`conversations.add_syncrun` (the operators group has it), else 403. A run never shows its page's
+token, its lease token or anything else secret. The progress stream is server-sent events:
+`event: progress` whenever the run's row changes, `: keep-alive` comments in between, and one
+`event: end` with the final status; every event carries the run's request id.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import time
+from collections.abc import Iterator
 from typing import Any
 
+from django.db import close_old_connections, connection
+from django.http import HttpResponseBase, StreamingHttpResponse
 from django.utils.dateparse import parse_datetime
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
-from rest_framework import permissions, serializers
-from rest_framework.exceptions import NotFound
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
+from rest_framework import permissions, serializers, status
+from rest_framework.exceptions import NotFound, ParseError
 from rest_framework.pagination import Cursor, CursorPagination
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from conversations import selectors
-from conversations.models import Conversation, Message
+from conversations.models import (
+    SYNC_LIVE_STATUSES,
+    Conversation,
+    FacebookPage,
+    Message,
+    SyncMode,
+    SyncRun,
+    SyncStatus,
+)
+from conversations.services.sync import SyncRefused, sync_request
+from evoflow.api.errors import ApiError, Conflict
+
+logger = logging.getLogger(__name__)
+
+SYNC_RUNNING = "sync_running"
+REAUTHORIZATION_REQUIRED = "reauthorization_required"
 
 
 class CanViewConversations(permissions.BasePermission):
@@ -175,3 +211,395 @@ class ConversationMessageListApi(APIView):
             raise NotFound("No such conversation.")
         queryset = selectors.message_list(conversation=conversation)
         return _paginated(request, self, queryset, MessageCursorPagination(), MessageOutput)
+
+
+# -- sync runs ----------------------------------------------------------------------------------
+
+
+class CanSyncPages(permissions.BasePermission):
+    message = "Syncing pages and reading sync runs needs the conversations.add_syncrun permission."
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        user = request.user
+        return bool(user and user.is_authenticated and user.has_perm("conversations.add_syncrun"))
+
+
+SYNC_COUNTERS = (
+    "api_calls",
+    "throttled_waits",
+    "conversations_seen",
+    "conversations_inserted",
+    "conversations_updated",
+    "conversations_soft_deleted",
+    "conversations_skipped",
+    "messages_inserted",
+    "events_inserted",
+    "batches_succeeded",
+)
+# What a recorded failed batch may show: where it was and why it failed (never a URL, which
+# could carry a token, nor anything else the engine may add later).
+FAILED_BATCH_FIELDS = (
+    "kind",
+    "mode",
+    "folder",
+    "after",
+    "thread_id",
+    "error_code",
+    "detail",
+    "attempts",
+    "at",
+    "retry",
+)
+
+
+class SyncRunCounters(serializers.Serializer):
+    api_calls = serializers.IntegerField()
+    throttled_waits = serializers.IntegerField()
+    conversations_seen = serializers.IntegerField()
+    conversations_inserted = serializers.IntegerField()
+    conversations_updated = serializers.IntegerField()
+    conversations_soft_deleted = serializers.IntegerField()
+    conversations_skipped = serializers.IntegerField()
+    messages_inserted = serializers.IntegerField()
+    events_inserted = serializers.IntegerField()
+    batches_succeeded = serializers.IntegerField()
+
+
+def sync_run_counters(run: SyncRun) -> dict[str, int]:
+    return {name: int(getattr(run, name)) for name in SYNC_COUNTERS}
+
+
+def failed_batches_public(run: SyncRun) -> list[dict[str, Any]]:
+    return [
+        {key: batch.get(key) for key in FAILED_BATCH_FIELDS if key in batch}
+        for batch in run.failed_batches or []
+        if isinstance(batch, dict)
+    ]
+
+
+class SyncRunOutput(serializers.ModelSerializer):
+    page_id = serializers.CharField(source="page.page_id", read_only=True)
+    # Plain strings in the schema: their values are SyncMode / SyncStatus.
+    mode = serializers.CharField(read_only=True)
+    status = serializers.CharField(read_only=True)
+    has_cursor = serializers.SerializerMethodField()
+    counters = serializers.SerializerMethodField()
+    failed_batches = serializers.SerializerMethodField()
+    failed_batch_count = serializers.SerializerMethodField()
+    is_live = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = SyncRun
+        fields = [
+            "id",
+            "page_id",
+            "mode",
+            "status",
+            "is_live",
+            "trigger",
+            "request_id",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "heartbeat_at",
+            "resumed_from",
+            "has_cursor",
+            "counters",
+            "failed_batch_count",
+            "failed_batches",
+            "skipped",
+            "error_code",
+            "error",
+        ]
+
+    def get_has_cursor(self, run: SyncRun) -> bool:
+        return run.cursor is not None
+
+    @extend_schema_field(SyncRunCounters)
+    def get_counters(self, run: SyncRun) -> dict[str, int]:
+        return sync_run_counters(run)
+
+    @extend_schema_field(serializers.ListField(child=serializers.DictField()))
+    def get_failed_batches(self, run: SyncRun) -> list[dict[str, Any]]:
+        return failed_batches_public(run)
+
+    def get_failed_batch_count(self, run: SyncRun) -> int:
+        return len(run.failed_batches or [])
+
+
+def _sync_run_or_404(run_id: int) -> SyncRun:
+    run = SyncRun.objects.select_related("page").filter(pk=run_id).first()
+    if run is None:
+        raise NotFound("No such sync run.")
+    return run
+
+
+class SyncRunCursorPagination(CursorPagination):
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 200
+    # Newest first; ids only grow, so the cursor is stable while runs are added.
+    ordering = "-id"
+
+
+class PageSyncApi(APIView):
+    """Request a sync of one page: 202 with the new run, or 409 with the live one."""
+
+    permission_classes = [CanSyncPages]
+
+    class InputSerializer(serializers.Serializer):
+        mode = serializers.ChoiceField(choices=SyncMode.choices, default=SyncMode.INCREMENTAL)
+
+        class Meta:
+            ref_name = "PageSyncInput"
+
+    class OutputSerializer(serializers.Serializer):
+        sync_run_id = serializers.IntegerField()
+        page_id = serializers.CharField()
+        mode = serializers.CharField()
+        status = serializers.CharField()
+        request_id = serializers.CharField()
+        url = serializers.CharField()
+        stream_url = serializers.CharField()
+
+        class Meta:
+            ref_name = "PageSyncAccepted"
+
+    @extend_schema(
+        operation_id="pages_sync",
+        request=InputSerializer,
+        responses={
+            202: OutputSerializer,
+            400: OpenApiResponse(description="validation_error: a bad mode or body"),
+            403: OpenApiResponse(description="permission_denied: needs add_syncrun"),
+            404: OpenApiResponse(description="not_found: no page with this Facebook page id"),
+            409: OpenApiResponse(
+                description=(
+                    "sync_running (with the live run's `sync_run_id`), or "
+                    "reauthorization_required (the page needs a new access token)"
+                ),
+                examples=[
+                    OpenApiExample(
+                        "sync_running",
+                        value={
+                            "code": SYNC_RUNNING,
+                            "detail": "A sync of page 123 is already queued or running.",
+                            "sync_run_id": 42,
+                        },
+                    )
+                ],
+            ),
+        },
+    )
+    def post(self, request: Request, page_id: str) -> Response:
+        try:
+            data = request.data
+        except (ParseError, RecursionError) as error:
+            raise serializers.ValidationError(
+                {"non_field_errors": ["the body is not a JSON object"]}
+            ) from error
+        serializer = self.InputSerializer(data=data if data else {})
+        serializer.is_valid(raise_exception=True)
+        page = FacebookPage.objects.filter(page_id=page_id).first()
+        if page is None:
+            raise NotFound("No such page.")
+        try:
+            run, created = sync_request(
+                page=page, mode=serializer.validated_data["mode"], trigger="api"
+            )
+        except SyncRefused as error:
+            raise ApiError(
+                str(error), code=REAUTHORIZATION_REQUIRED, status_code=status.HTTP_409_CONFLICT
+            ) from error
+        if not created:
+            raise Conflict(
+                f"A sync of page {page.page_id} is already {run.status} (run {run.pk}).",
+                code=SYNC_RUNNING,
+                extra={"sync_run_id": run.pk},
+            )
+        body = {
+            "sync_run_id": run.pk,
+            "page_id": page.page_id,
+            "mode": run.mode,
+            "status": run.status,
+            "request_id": run.request_id,
+            "url": request.build_absolute_uri(f"/api/v1/sync-runs/{run.pk}/"),
+            "stream_url": request.build_absolute_uri(f"/api/v1/sync-runs/{run.pk}/stream/"),
+        }
+        return Response(body, status=status.HTTP_202_ACCEPTED)
+
+
+class SyncRunListApi(APIView):
+    permission_classes = [CanSyncPages]
+
+    class FilterSerializer(serializers.Serializer):
+        page = serializers.RegexField(r"^[0-9]{1,64}$", required=False)
+        status = serializers.ChoiceField(choices=SyncStatus.choices, required=False)
+        mode = serializers.ChoiceField(choices=SyncMode.choices, required=False)
+
+    @extend_schema(
+        operation_id="sync_runs_list",
+        parameters=[
+            OpenApiParameter("page", str, description="Facebook page id"),
+            OpenApiParameter("status", str, enum=SyncStatus.values),
+            OpenApiParameter("mode", str, enum=SyncMode.values),
+            OpenApiParameter("cursor", str),
+            OpenApiParameter("page_size", int),
+        ],
+        responses=_page_of("SyncRunPage", SyncRunOutput(many=True)),
+    )
+    def get(self, request: Request) -> Response:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        runs = SyncRun.objects.select_related("page")
+        if "page" in filters.validated_data:
+            runs = runs.filter(page__page_id=filters.validated_data["page"])
+        if "status" in filters.validated_data:
+            runs = runs.filter(status=filters.validated_data["status"])
+        if "mode" in filters.validated_data:
+            runs = runs.filter(mode=filters.validated_data["mode"])
+        return _paginated(request, self, runs, SyncRunCursorPagination(), SyncRunOutput)
+
+
+class SyncRunDetailApi(APIView):
+    permission_classes = [CanSyncPages]
+
+    @extend_schema(operation_id="sync_runs_retrieve", responses=SyncRunOutput)
+    def get(self, request: Request, run_id: int) -> Response:
+        return Response(SyncRunOutput(_sync_run_or_404(run_id)).data)
+
+
+# The stream's pace. Module constants so a test can make them short.
+STREAM_POLL_SECONDS = 0.5
+STREAM_KEEPALIVE_SECONDS = 15.0
+# A client that never goes away (or a run that never ends) does not hold a thread and a
+# database connection for ever: the stream closes with `event: timeout`; clients reconnect.
+STREAM_MAX_SECONDS = 30 * 60
+
+
+class EventStreamRenderer(BaseRenderer):
+    media_type = "text/event-stream"
+    format = "event-stream"
+    charset = "utf-8"
+
+    def render(
+        self,
+        data: Any,
+        accepted_media_type: str | None = None,
+        renderer_context: Any = None,
+    ) -> bytes:
+        return json.dumps(data).encode()
+
+
+def sync_run_progress(run: SyncRun) -> dict[str, Any]:
+    """What a progress event says: the run's state and counters, nothing secret."""
+    return {
+        "sync_run_id": run.pk,
+        "request_id": run.request_id,
+        "status": run.status,
+        "mode": run.mode,
+        **sync_run_counters(run),
+        "failed_batch_count": len(run.failed_batches or []),
+        "has_cursor": run.cursor is not None,
+        "heartbeat_at": run.heartbeat_at.isoformat() if run.heartbeat_at else None,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "error_code": run.error_code,
+    }
+
+
+def _sse(event: str, data: dict[str, Any], event_id: str) -> bytes:
+    return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def sync_run_events(
+    run_id: int,
+    *,
+    poll_seconds: float | None = None,
+    keepalive_seconds: float | None = None,
+    max_seconds: float | None = None,
+) -> Iterator[bytes]:
+    """Server-sent events of one run until it ends. Runs after the view has returned (the
+    response streams it), so it reads the row with fresh queries in autocommit and closes its
+    database connection when it stops, whichever way it stops."""
+    poll = STREAM_POLL_SECONDS if poll_seconds is None else poll_seconds
+    keepalive = STREAM_KEEPALIVE_SECONDS if keepalive_seconds is None else keepalive_seconds
+    limit = STREAM_MAX_SECONDS if max_seconds is None else max_seconds
+    started = last_sent = time.monotonic()
+    sequence = 0
+    previous: dict[str, Any] | None = None
+    request_id = ""
+    try:
+        yield b"retry: 2000\n\n"
+        while True:
+            run = SyncRun.objects.filter(pk=run_id).first()
+            if run is None:
+                sequence += 1
+                data = {"sync_run_id": run_id, "request_id": request_id, "status": "deleted"}
+                yield _sse("end", data, f"{request_id}:{sequence}")
+                return
+            request_id = run.request_id
+            snapshot = sync_run_progress(run)
+            if run.status not in SYNC_LIVE_STATUSES:
+                sequence += 1
+                yield _sse("end", snapshot, f"{request_id}:{sequence}")
+                return
+            now = time.monotonic()
+            if snapshot != previous:
+                previous = snapshot
+                sequence += 1
+                last_sent = now
+                yield _sse("progress", snapshot, f"{request_id}:{sequence}")
+            elif now - last_sent >= keepalive:
+                last_sent = now
+                yield b": keep-alive\n\n"
+            if now - started >= limit:
+                sequence += 1
+                yield _sse("timeout", snapshot, f"{request_id}:{sequence}")
+                return
+            time.sleep(poll)
+    finally:
+        # The request's own cleanup (request_finished) may run in another thread or not at
+        # all for an abandoned stream: this generator closes what it opened.
+        # (Inside a transaction, as under a test's TestCase, the owner closes it.)
+        if not connection.in_atomic_block:
+            close_old_connections()
+            connection.close()
+
+
+class SyncRunStreamApi(APIView):
+    permission_classes = [CanSyncPages]
+    renderer_classes = [JSONRenderer, EventStreamRenderer]
+
+    @extend_schema(
+        operation_id="sync_runs_stream",
+        description=(
+            "Server-sent events (text/event-stream) of one run until it ends: `event: progress` "
+            "with a JSON `data:` (status and counters) whenever the run changes, `: keep-alive` "
+            "comments every ~15 s, and one final `event: end` with the final status (or "
+            "`event: timeout` after 30 minutes: reconnect). Every event's `id:` is "
+            "`<request_id>:<sequence>` and its JSON carries `request_id`."
+        ),
+        responses={
+            (200, "text/event-stream"): OpenApiResponse(
+                response=OpenApiTypes.STR, description="the event stream"
+            ),
+            404: OpenApiResponse(description="not_found: no such run"),
+        },
+    )
+    def get(self, request: Request, run_id: int) -> HttpResponseBase:
+        run = _sync_run_or_404(run_id)
+        response = StreamingHttpResponse(
+            sync_run_events(run.pk), content_type="text/event-stream; charset=utf-8"
+        )
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response
+
+    def finalize_response(  # type: ignore[override]
+        self, request: Request, response: HttpResponseBase, *args: Any, **kwargs: Any
+    ) -> HttpResponseBase:
+        # Errors are JSON in the one error format, whatever the client accepts.
+        if isinstance(response, Response):
+            request.accepted_renderer = JSONRenderer()
+            request.accepted_media_type = JSONRenderer.media_type
+        return super().finalize_response(request, response, *args, **kwargs)  # type: ignore[arg-type]

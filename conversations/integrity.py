@@ -2,11 +2,96 @@
 
 from __future__ import annotations
 
+import logging
+
+from django.conf import settings
+from django.db import connection, transaction
+
 from conversations.services.repairs import (
     conversation_message_counts_repair,
     message_events_repair,
 )
+from conversations.services.sync import sync_runs_expire_stale
 from evoflow.integrity import IntegrityCheck, register
+
+logger = logging.getLogger(__name__)
+
+# Live runs past their lease: the same rule (and the same update) as `sync_request`'s expiry.
+SYNC_RUNS_STALE_SELECT = """
+    SELECT id FROM conversations_syncrun
+    WHERE status IN ('queued', 'running')
+      AND coalesce(heartbeat_at, created_at) < now() - make_interval(secs => {lease})
+"""
+
+# Conversations whose last message is behind the newest stored one (C4): the message trigger
+# keeps them level, so only writes behind it (a disabled trigger, a restore) leave any.
+LAST_MESSAGE_BEHIND_SELECT = """
+    SELECT c.id FROM conversations_conversation AS c
+    JOIN (SELECT conversation_id, max(sent_at) AS newest FROM conversations_message
+          GROUP BY conversation_id) AS n ON n.conversation_id = c.id
+    WHERE c.last_message_at IS NULL OR c.last_message_at < n.newest
+"""
+
+
+def _lease_seconds() -> int:
+    return int(settings.SYNC_LEASE_SECONDS)
+
+
+@transaction.atomic(durable=True)
+def sync_runs_stale_repair(*, dry_run: bool = True) -> int:
+    """Fail the live runs whose lease expired (error_code `lease_expired`), as the next
+    `sync_request` of their page would; the next run of the page resumes from the cursor."""
+    lease = _lease_seconds()
+    with connection.cursor() as cursor:
+        if dry_run:
+            cursor.execute(
+                f"SELECT count(*) FROM ({SYNC_RUNS_STALE_SELECT.format(lease='%s')}) AS stale",
+                [lease],
+            )
+            row = cursor.fetchone()
+            return int(row[0]) if row else 0
+    return len(sync_runs_expire_stale())
+
+
+@transaction.atomic(durable=True)
+def last_message_behind_repair(*, dry_run: bool = True) -> int:
+    """Move `last_message_*` forward to each conversation's newest stored message (C4); the
+    database refuses any move backwards, and this never attempts one."""
+    with connection.cursor() as cursor:
+        if dry_run:
+            cursor.execute(f"SELECT count(*) FROM ({LAST_MESSAGE_BEHIND_SELECT}) AS behind")
+            row = cursor.fetchone()
+            return int(row[0]) if row else 0
+        # Lock in (page_id, psid) order as every writer does; the update's own snapshot, taken
+        # with the locks held, sees every message committed before they were granted.
+        cursor.execute(
+            "SELECT c.id FROM conversations_conversation AS c"
+            f" WHERE c.id IN (SELECT id FROM ({LAST_MESSAGE_BEHIND_SELECT}) AS behind)"
+            " ORDER BY c.page_id, c.psid FOR UPDATE OF c"
+        )
+        locked = [row[0] for row in cursor.fetchall()]
+        if not locked:
+            return 0
+        cursor.execute(
+            """
+            UPDATE conversations_conversation AS c SET
+                last_message_at = newest.sent_at,
+                last_message_mid = newest.mid,
+                last_message_text = newest.text,
+                updated_at = now()
+            FROM (
+                SELECT DISTINCT ON (conversation_id) conversation_id, sent_at, mid, text
+                FROM conversations_message WHERE conversation_id = ANY(%s)
+                ORDER BY conversation_id, sent_at DESC, mid DESC
+            ) AS newest
+            WHERE c.id = newest.conversation_id
+              AND (c.last_message_at IS NULL
+                   OR (newest.sent_at, newest.mid) > (c.last_message_at, c.last_message_mid))
+            """,
+            [locked],
+        )
+        return cursor.rowcount
+
 
 register(
     IntegrityCheck(
@@ -113,5 +198,100 @@ register(
         warning_count=1,
         error_count=100,
         sample_admin_url_name="admin:conversations_webhookreceipt_change",
+    )
+)
+
+
+# -- Graph sync (C4, C6) -------------------------------------------------------------------------
+
+register(
+    IntegrityCheck(
+        id="conversations.sync_runs_live_per_page",
+        description=(
+            "Pages with more than one queued or running sync run (C6). Always 0 while the"
+            " partial unique index syncrun_one_live_per_page exists: the check proves it."
+        ),
+        sql="""
+            WITH crowded AS (
+                SELECT page_id FROM conversations_syncrun
+                WHERE status IN ('queued', 'running')
+                GROUP BY page_id HAVING count(*) > 1)
+            SELECT (SELECT count(*) FROM crowded),
+                   (SELECT count(*) FROM conversations_facebookpage),
+                   ARRAY(SELECT page_id::text FROM crowded ORDER BY page_id
+                         LIMIT %(sample_limit)s)
+        """,
+        error_count=1,
+        sample_admin_url_name="admin:conversations_facebookpage_change",
+    )
+)
+
+
+def _sync_runs_stale_sql() -> str:
+    # The lease's length comes from the settings at run time, as sync_request reads it.
+    return f"""
+        WITH stale AS ({SYNC_RUNS_STALE_SELECT.format(lease=_lease_seconds())})
+        SELECT (SELECT count(*) FROM stale),
+               (SELECT count(*) FROM conversations_syncrun
+                WHERE status IN ('queued', 'running')),
+               ARRAY(SELECT id::text FROM stale ORDER BY id LIMIT %(sample_limit)s)
+    """
+
+
+register(
+    IntegrityCheck(
+        id="conversations.sync_runs_stale",
+        description=(
+            "Sync runs still queued or running whose heartbeat (or creation, before the first"
+            " one) is older than SYNC_LEASE_SECONDS: the worker died or hung (C6). The next"
+            " request of the page expires them too; the repair does it now."
+        ),
+        sql=_sync_runs_stale_sql,
+        warning_count=1,
+        repair=sync_runs_stale_repair,
+        repair_description="mark them failed with error_code lease_expired (the next run resumes)",
+        sample_admin_url_name="admin:conversations_syncrun_change",
+    )
+)
+
+register(
+    IntegrityCheck(
+        id="conversations.pages_reauthorization_required",
+        description=(
+            "Pages flagged as needing re-authorisation (Graph error 190, or no token): their"
+            " syncs are refused until an operator sets a new access token in the admin."
+        ),
+        sql="""
+            WITH flagged AS (
+                SELECT id FROM conversations_facebookpage
+                WHERE is_reauthorization_required)
+            SELECT (SELECT count(*) FROM flagged),
+                   (SELECT count(*) FROM conversations_facebookpage),
+                   ARRAY(SELECT id::text FROM flagged ORDER BY id LIMIT %(sample_limit)s)
+        """,
+        warning_count=1,
+        sample_admin_url_name="admin:conversations_facebookpage_change",
+    )
+)
+
+register(
+    IntegrityCheck(
+        id="conversations.last_message_behind",
+        description=(
+            "Conversations whose last_message_at is older than (or missing beside) their"
+            " newest stored message's sent_at (C4)."
+        ),
+        sql=f"""
+            WITH behind AS ({LAST_MESSAGE_BEHIND_SELECT})
+            SELECT (SELECT count(*) FROM behind),
+                   (SELECT count(*) FROM conversations_conversation),
+                   ARRAY(SELECT id::text FROM behind ORDER BY id LIMIT %(sample_limit)s)
+        """,
+        error_count=1,
+        repair=last_message_behind_repair,
+        repair_description=(
+            "move last_message_* forward to the newest stored message (never backwards)"
+        ),
+        sample_admin_url_name="admin:conversations_conversation_change",
     )
 )

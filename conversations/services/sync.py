@@ -98,10 +98,10 @@ class SyncRefused(Exception):
 _EXPIRE_STALE = """
 UPDATE conversations_syncrun SET
     status = 'failed', error_code = 'lease_expired', finished_at = now(), lease_token = NULL,
-    error = 'no heartbeat for ' || %s || ' s: the worker died or hung; the next run resumes'
-WHERE page_id = %s AND status IN ('queued', 'running')
-  AND coalesce(heartbeat_at, created_at) < now() - make_interval(secs => %s)
-RETURNING id
+    error = 'no heartbeat for ' || %(lease)s || ' s: the worker died or hung; the next run resumes'
+WHERE (%(page)s::bigint IS NULL OR page_id = %(page)s) AND status IN ('queued', 'running')
+  AND coalesce(heartbeat_at, created_at) < now() - make_interval(secs => %(lease)s)
+RETURNING id, mode
 """
 
 _INSERT_LIVE = """
@@ -130,12 +130,8 @@ def sync_request(
         request_id = new_request_id()
     for _ in range(3):
         with transaction.atomic():
+            sync_runs_expire_stale(page_pk=page.pk)
             with connection.cursor() as cursor:
-                lease = settings.SYNC_LEASE_SECONDS
-                cursor.execute(_EXPIRE_STALE, [str(lease), page.pk, lease])
-                for (expired_id,) in cursor.fetchall():
-                    logger.warning("sync run %s lost its lease (no heartbeat)", expired_id)
-                    metrics.SYNC_RUNS.labels(mode, SyncStatus.FAILED).inc()
                 cursor.execute(_INSERT_LIVE, [page.pk, mode, trigger, request_id])
                 row = cursor.fetchone()
             if row is not None:
@@ -147,6 +143,19 @@ def sync_request(
                 return live, False
         # The live run ended between the insert and the read: try again.
     raise RuntimeError(f"could not obtain the sync lease of page {page.page_id}")
+
+
+def sync_runs_expire_stale(*, page_pk: int | None = None) -> list[int]:
+    """Fail the live runs (of one page, or all) whose heartbeat is older than the lease. One
+    statement: a run whose worker beats meanwhile is re-checked under its row lock and keeps
+    its lease. Returns the ids of the runs it failed."""
+    with connection.cursor() as cursor:
+        cursor.execute(_EXPIRE_STALE, {"lease": settings.SYNC_LEASE_SECONDS, "page": page_pk})
+        expired = cursor.fetchall()
+    for run_id, mode in expired:
+        logger.warning("sync run %s lost its lease (no heartbeat); marked failed", run_id)
+        metrics.SYNC_RUNS.labels(mode, SyncStatus.FAILED).inc()
+    return [run_id for run_id, _ in expired]
 
 
 def sync_pages_incremental(*, trigger: str = "schedule") -> int:
@@ -168,14 +177,19 @@ def sync_run_task_path() -> str:
 
 def sync_run_cancel(*, run_id: int) -> bool:
     """Cancel a live run; its worker stops at its next write."""
-    cancelled = SyncRun.objects.filter(pk=run_id, status__in=SYNC_LIVE_STATUSES).update(
-        status=SyncStatus.CANCELLED,
-        finished_at=Now(),
-        lease_token=None,
-        error_code="cancelled",
-        error="cancelled by an operator",
-    )
-    return bool(cancelled)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE conversations_syncrun SET status = 'cancelled', finished_at = now(),"
+            " lease_token = NULL, error_code = 'cancelled', error = 'cancelled by an operator'"
+            " WHERE id = %s AND status IN ('queued', 'running') RETURNING mode",
+            [run_id],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    # The worker stops at its next write without counting the run: it is counted here.
+    metrics.SYNC_RUNS.labels(row[0], SyncStatus.CANCELLED).inc()
+    return True
 
 
 def sync_retry_failed_batches(
