@@ -68,7 +68,7 @@ class FacebookPageForm(forms.ModelForm):
 
     class Meta:
         model = FacebookPage
-        fields = ["page_id", "name", "sync_watermark"]
+        fields = ["page_id", "name"]
 
 
 @admin.register(FacebookPage)
@@ -90,6 +90,9 @@ class FacebookPageAdmin(admin.ModelAdmin):
         "token_status",
         "reauthorization_badge",
         "latest_sync",
+        # Moved by completed sync runs only: an edited watermark would make incremental runs
+        # skip conversations and still report success.
+        "sync_watermark",
         "created_at",
         "updated_at",
     ]
@@ -156,7 +159,14 @@ class FacebookPageAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: FacebookPage, form: Any, change: bool) -> None:
         token = form.cleaned_data.get("new_access_token") or None
-        super().save_model(request, obj, form, change)
+        if change:
+            # Only what the operator edited: a full-row save would write back columns the sync
+            # changed since the form was loaded (the watermark, the re-authorisation flag).
+            edited = [name for name in form.changed_data if name in form.Meta.fields]
+            if edited:
+                obj.save(update_fields=[*edited, "updated_at"])
+        else:
+            super().save_model(request, obj, form, change)
         if token:
             services.page_set_access_token(page=obj, access_token=token)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -335,11 +336,21 @@ def _sync_run_or_404(run_id: int) -> SyncRun:
 
 
 class SyncRunCursorPagination(CursorPagination):
+    """A cursor whose position is not a run id is an invalid cursor (404), not a query error."""
+
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 200
     # Newest first; ids only grow, so the cursor is stable while runs are added.
     ordering = "-id"
+
+    def decode_cursor(self, request: Request) -> Cursor | None:
+        cursor = super().decode_cursor(request)
+        if cursor is not None and cursor.position is not None:
+            position = str(cursor.position)
+            if not (position.isascii() and position.isdigit() and int(position) < 2**63):
+                raise NotFound(self.invalid_cursor_message)
+        return cursor
 
 
 class PageSyncApi(APIView):
@@ -400,7 +411,11 @@ class PageSyncApi(APIView):
             ) from error
         serializer = self.InputSerializer(data=data if data else {})
         serializer.is_valid(raise_exception=True)
-        page = FacebookPage.objects.filter(page_id=page_id).first()
+        page = (
+            FacebookPage.objects.filter(page_id=page_id).first()
+            if PAGE_ID_PATTERN.fullmatch(page_id)
+            else None
+        )
         if page is None:
             raise NotFound("No such page.")
         try:
@@ -470,8 +485,10 @@ class SyncRunDetailApi(APIView):
 
 
 # The stream's pace. Module constants so a test can make them short.
+# A Facebook page id: digits (anything else cannot name a stored page).
+PAGE_ID_PATTERN = re.compile(r"[0-9]{1,64}")
 STREAM_POLL_SECONDS = 0.5
-STREAM_KEEPALIVE_SECONDS = 15.0
+STREAM_KEEPALIVE_SECONDS = 5.0
 # A client that never goes away (or a run that never ends) does not hold a thread and a
 # database connection for ever: the stream closes with `event: timeout`; clients reconnect.
 STREAM_MAX_SECONDS = 30 * 60
@@ -532,6 +549,10 @@ def sync_run_events(
         yield b"retry: 2000\n\n"
         while True:
             run = SyncRun.objects.filter(pk=run_id).first()
+            if not connection.in_atomic_block:
+                # No connection held while the stream waits for its client or its next poll:
+                # an open (or abandoned) stream costs no PostgreSQL backend meanwhile.
+                connection.close()
             if run is None:
                 sequence += 1
                 data = {"sync_run_id": run_id, "request_id": request_id, "status": "deleted"}
@@ -575,7 +596,7 @@ class SyncRunStreamApi(APIView):
         description=(
             "Server-sent events (text/event-stream) of one run until it ends: `event: progress` "
             "with a JSON `data:` (status and counters) whenever the run changes, `: keep-alive` "
-            "comments every ~15 s, and one final `event: end` with the final status (or "
+            "comments every ~5 s, and one final `event: end` with the final status (or "
             "`event: timeout` after 30 minutes: reconnect). Every event's `id:` is "
             "`<request_id>:<sequence>` and its JSON carries `request_id`."
         ),

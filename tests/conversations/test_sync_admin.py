@@ -223,3 +223,26 @@ def test_the_sync_actions_need_the_add_syncrun_permission(token_page):
     operator.post(RUNS, {"action": "cancel_runs", "_selected_action": [live.pk]})
     live.refresh_from_db()
     assert live.status == "cancelled"
+
+
+def test_the_watermark_is_read_only_and_a_page_save_keeps_what_the_sync_wrote(token_page):
+    from datetime import UTC, datetime
+
+    client = _operator_client("view_facebookpage", "change_facebookpage")
+    url = f"{PAGES}{token_page.pk}/change/"
+    form = client.get(url)
+    # A sync completes while the operator has the form open.
+    synced = datetime(2025, 3, 1, tzinfo=UTC)
+    FacebookPage.objects.filter(pk=token_page.pk).update(sync_watermark=synced)
+
+    response = client.post(
+        url,
+        {"page_id": PAGE_ID, "name": "Renamed", "sync_watermark": "2099-01-01 00:00:00"},
+    )
+
+    assert form.status_code == 200
+    assert response.status_code == 302
+    token_page.refresh_from_db()
+    assert token_page.name == "Renamed"
+    assert token_page.sync_watermark == synced
+    assert token_page.access_token() == SECRET_TOKEN

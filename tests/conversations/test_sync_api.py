@@ -123,7 +123,7 @@ def test_bad_bodies_are_a_400_validation_error_and_start_nothing(
     assert SyncRun.objects.count() == 0
 
 
-@pytest.mark.parametrize("page_id", ["999999999", "not-a-page", "%20"])
+@pytest.mark.parametrize("page_id", ["999999999", "not-a-page", "%20", "%00", "1%002", "1" * 70])
 def test_an_unknown_page_is_a_404(syncer_client, token_page, page_id):
     response = syncer_client.post(_sync_url(page_id), {"mode": "full"}, format="json")
     assert response.status_code == 404
@@ -407,3 +407,24 @@ def test_the_stream_keeps_alive_and_stops_at_its_maximum_duration(token_page):
     assert ": keep-alive\n\n" in text
     assert text.rstrip().splitlines()[-2] == "event: timeout"
     assert connection.is_usable()
+
+
+def test_a_tampered_run_list_cursor_is_a_404_not_a_500(syncer_client, token_page):
+    import base64
+
+    for position in ["abc", "1\x00", "9" * 30]:
+        cursor = base64.b64encode(f"p={position}".encode()).decode()
+        response = syncer_client.get("/api/v1/sync-runs/", {"cursor": cursor})
+        assert response.status_code == 404
+        assert response.json()["code"] == "not_found"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_stream_holds_no_database_connection_between_polls(token_page):
+    """An open (or abandoned) stream must not pin a PostgreSQL backend while it sleeps."""
+    run, _ = sync_request(page=token_page, mode="full", enqueue=False)
+    events = api.sync_run_events(run.pk, poll_seconds=0.01, keepalive_seconds=10, max_seconds=5)
+    assert next(events).startswith(b"retry:")
+    assert next(events).startswith(b"id:")  # the first progress event
+    assert connection.connection is None
+    events.close()
