@@ -1,29 +1,34 @@
 """A Graph API simulator for Messenger conversations (graph-api-facts.md is its contract).
 
-Deterministic from a seed and lazy: conversation `i`'s participant, times and messages are a
-pure function of `(seed, i)`, so 100k conversations and 1M messages cost no memory until asked
-for. Runtime changes (messages or conversations added, conversations deleted) live in small
-overlays on top.
+It serves one or more Facebook Pages; each is a `PageWorld` (world.py): deterministic from its
+seed and lazy, with its own token, run-time overlays and rate window. `/{page-id}/...` goes to
+that page, `/{thread-id}...` to the page owning the thread.
 
 Served edges (an optional `/vNN.N` prefix is accepted, as in `GRAPH_API_BASE_URL`):
 
 - `GET /{page-id}`: the page node (`id`, `name`);
-- `GET /{page-id}/conversations`: newest-updated first, `limit` (default 25, at most 100),
-  `after` cursor, `paging.cursors` and `paging.next` (absent on the last page), `fields` with
-  nested `messages.limit(n){...}` and `participants`;
+- `GET /{page-id}/conversations`: one `folder` (`inbox` when absent, `other`, `page_done`,
+  `spam`), newest-updated first, `limit` (default 25, at most 100), `after` cursor,
+  `paging.cursors` and `paging.next` (absent on the last page), `fields` with nested
+  `messages.limit(n){...}` and `participants`; `platform=messenger` is accepted;
 - `GET /{conversation-id}/messages`: newest first, same paging;
 - `GET /{conversation-id}`: the conversation node.
 
-Every answer carries `X-App-Usage` and `X-Business-Use-Case-Usage` computed from a sliding
-window of calls per page; past the configured rate, calls fail with the configured throttling
-code (4, 32, 613, 80001 or 80006) until the window drains (calls while blocked keep it full,
-as Meta warns). A wrong token is error 190. Faults: server errors (`fault_rate`), slowness,
-truncated JSON (`malformed_rate`), shape drift (`drift_rate`: fields renamed or retyped) and
-churn (`churn_rate`: after a conversations page is served, a conversation further down the list
-gets a new message, jumping to the top, or is deleted, so a walk sees the list change between
-its pages).
-Control routes under `/_control/` add messages and conversations, delete conversations,
-change the token and the rate, and send signed webhook POSTs for new messages to a target URL.
+Every answer carries `X-App-Usage` and `X-Business-Use-Case-Usage` computed from the page's
+sliding window of calls; past the page's rate, calls fail with its throttling code (4, 32, 613,
+80001 or 80006) until the window drains (calls while blocked keep it full, as Meta warns). A
+wrong token is error 190. Faults: server errors (`fault_rate`), slowness, truncated JSON
+(`malformed_rate`), shape drift (`drift_rate`: fields renamed or retyped) and churn
+(`churn_rate`: after a conversations page is served, a conversation further down the list gets
+a new message, jumping to the top, or is deleted, so a walk sees the list change between its
+pages).
+
+Control routes under `/_control/` (an optional `page_id`, in the JSON body or the query, picks
+the page; the first page otherwise) add messages and conversations, delete conversations,
+change the token and the rate, read the state and the truth (every message the sync must end
+up with), and send signed webhook POSTs for new messages to a target URL. Every served Graph
+call is also recorded per page with its time (`pages` in `GET /_control/counters`), so tests
+can check a client's pace per page.
 """
 
 from __future__ import annotations
@@ -35,25 +40,42 @@ import random
 import threading
 import time
 import urllib.request
-from collections import deque
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
+from conversations.simulator.calls import PageCalls, calls_max_in_window
 from conversations.simulator.fields import FieldsInvalid, FieldSpec, fields_parse
 from conversations.simulator.payloads import message_event, signed_body, webhook_document
-from evoflow.simulator import Faults, SimRequest, SimResponse, Simulator, SimulatorError
+from conversations.simulator.render import MessageRenderer, Participant, json_compact, json_object
+from conversations.simulator.world import (
+    FOLDER_INBOX,
+    FOLDERS,
+    GENERATED_UNTIL,
+    PageWorld,
+    SimConversation,
+    SimMessage,
+    graph_time,
+)
+from evoflow.simulator import Faults, Route, SimRequest, SimResponse, Simulator, SimulatorError
+
+__all__ = [
+    "DEFAULT_ACCESS_TOKEN",
+    "DEFAULT_PAGE_ID",
+    "FOLDERS",
+    "GENERATED_UNTIL",
+    "THROTTLE_MESSAGES",
+    "GraphSimulator",
+    "PageWorld",
+    "SimConversation",
+    "SimMessage",
+]
 
 VERSION_PREFIX = r"(?P<version>/v\d+\.\d+)?"
 DEFAULT_PAGE_ID = "111222333"
 DEFAULT_ACCESS_TOKEN = "sim-page-token"
 DEFAULT_LIMIT = 25
 MAX_LIMIT = 100
-# The newest generated conversation was updated at this time (minus the seed's jitter);
-# older ones step back from it, so the order never depends on the wall clock.
-GENERATED_UNTIL = datetime(2025, 3, 1, tzinfo=UTC).timestamp()
-CONVERSATION_SPACING_S = 37  # every conversation is at least this much older than the previous
 
 THROTTLE_MESSAGES = {
     4: "(#4) Application request limit reached",
@@ -65,14 +87,6 @@ THROTTLE_MESSAGES = {
     ),
     80006: "(#80006) There have been too many messenger api calls to this Page account.",
 }
-
-FIRST_NAMES = ["Jane", "Omar", "Lea", "Kenji", "Ana", "Tomas", "Ife", "Mira", "Noah", "Zoe"]
-LAST_NAMES = ["Doe", "Haddad", "Martin", "Sato", "Silva", "Novak", "Okafor", "Rao", "Berg", "Ng"]
-WORDS = ["hello", "price", "order", "thanks", "tomorrow", "size", "delivery", "photo", "ok", "café"]
-
-
-def _graph_time(epoch_seconds: float) -> str:
-    return datetime.fromtimestamp(epoch_seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S+0000")
 
 
 def _encode_cursor(value: str) -> str:
@@ -102,27 +116,21 @@ def _graph_error(code: int, message: str, *, status: int = 400, **extra: Any) ->
     return SimulatorError(status, body)
 
 
-@dataclass
-class SimMessage:
-    mid: str
-    created: float
-    from_page: bool
-    text: str
-    attachments: list[dict[str, Any]] = field(default_factory=list)
-    reply_to: str | None = None
-
-
-@dataclass
-class SimConversation:
-    key: str  # the thread id, t_...
-    psid: str
-    name: str
-    updated: float
-    base_count: int  # generated messages (the rest come from the overlay)
-    generated_index: int | None  # None for conversations added at run time
+def _not_found(object_id: str) -> SimulatorError:
+    return _graph_error(
+        100, f"(#100) Unsupported get request. Object with ID '{object_id}' does not exist"
+    )
 
 
 class GraphSimulator(Simulator):
+    """The Graph API for one or more pages.
+
+    The constructor's page arguments make the first page; `extra_pages` adds more (a count:
+    pages `page_id+1...` with seeds `seed+1...`, the same sizes and tokens
+    `<access_token>-<page id>`; or a list of `page_add` keyword arguments), as does `page_add`.
+    Rate and folder settings given here are the defaults of every page.
+    """
+
     def __init__(
         self,
         *,
@@ -140,37 +148,49 @@ class GraphSimulator(Simulator):
         throttle_code: int = 80001,
         webhook_target: str | None = None,
         app_secret: str = "",
+        other_folder_share: float = 0.0,
+        extra_pages: int | Sequence[Mapping[str, Any]] = 0,
     ) -> None:
         super().__init__(faults=faults or Faults(seed=seed))
-        if conversations < 0 or messages < 0:
-            raise ValueError("conversations and messages must not be negative")
-        if throttle_code not in THROTTLE_MESSAGES:
-            raise ValueError(f"throttle_code must be one of {sorted(THROTTLE_MESSAGES)}")
-        self.page_id = page_id
-        self.page_name = page_name
-        self.conversation_total = conversations
-        self.message_total = messages
-        self.seed = seed
-        self.access_token = access_token
         self.drift_rate = drift_rate
         self.churn_rate = churn_rate
-        self._churn_random = random.Random(seed * 7919 + 2)
-        self.churned: list[tuple[str, str]] = []  # (action, thread id), for tests and state
-        self.rate_limit = rate_limit
-        self.rate_window_s = rate_window_s
-        self.throttle_code = throttle_code
         self.webhook_target = webhook_target
         self.app_secret = app_secret
+        self.page_calls = PageCalls()
+        self.pages: dict[str, PageWorld] = {}
+        self._pages_by_seed: dict[str, PageWorld] = {}
+        self._page_participants: dict[str, Participant] = {}
+        self._page_defaults: dict[str, Any] = {
+            "rate_limit": rate_limit,
+            "rate_window_s": rate_window_s,
+            "throttle_code": throttle_code,
+            "other_folder_share": other_folder_share,
+        }
         self._drift_random = random.Random(seed * 7919 + 1)
-        self._calls: deque[float] = deque()
-        # overlays
-        self._deleted: set[str] = set()
-        self._added_messages: dict[str, list[SimMessage]] = {}
-        self._bumped: dict[str, float] = {}  # thread id -> new updated time
-        self._added_conversations: dict[str, SimConversation] = {}
-        self._clock = GENERATED_UNTIL
-        self._sequence = 0
+        self._churn_random = random.Random(seed * 7919 + 2)
         self._webhook_lock = threading.Lock()
+        self._first = self.page_add(
+            page_id=page_id,
+            name=page_name,
+            seed=seed,
+            conversations=conversations,
+            messages=messages,
+            access_token=access_token,
+        )
+        if isinstance(extra_pages, int):
+            for number in range(1, extra_pages + 1):
+                extra_id = str(int(page_id) + number)
+                self.page_add(
+                    page_id=extra_id,
+                    name=f"{page_name} {number + 1}",
+                    seed=seed + number,
+                    conversations=conversations,
+                    messages=messages,
+                    access_token=f"{access_token}-{extra_id}",
+                )
+        else:
+            for options in extra_pages:
+                self.page_add(**options)
 
         page = f"{VERSION_PREFIX}/(?P<page_id>[0-9]+)"
         thread = f"{VERSION_PREFIX}/(?P<thread_id>t_[A-Za-z0-9_-]+)"
@@ -179,6 +199,7 @@ class GraphSimulator(Simulator):
         self.add_route("GET", thread, "conversation", self._conversation_node)
         self.add_route("GET", f"{thread}/messages", "messages", self._messages)
         self.add_route("GET", r"/_control/state", "control.state", self._control_state)
+        self.add_route("GET", r"/_control/truth", "control.truth", self._control_truth)
         self.add_route("POST", r"/_control/messages", "control.messages", self._control_messages)
         self.add_route(
             "POST", r"/_control/conversations", "control.conversations", self._control_add
@@ -193,156 +214,168 @@ class GraphSimulator(Simulator):
         self.add_route("POST", r"/_control/rate", "control.rate", self._control_rate)
         self.add_route("POST", r"/_control/webhook", "control.webhook", self._control_webhook)
 
-    # -- the deterministic world ---------------------------------------------------------------
+    # -- pages -----------------------------------------------------------------------------------
 
-    def _rng(self, *parts: int) -> random.Random:
-        return random.Random(hash((self.seed, *parts)) & 0xFFFFFFFFFFFF)
+    def page_add(
+        self,
+        *,
+        page_id: str,
+        seed: int,
+        conversations: int = 50,
+        messages: int = 500,
+        access_token: str | None = None,
+        name: str | None = None,
+        other_folder_share: float | None = None,
+        rate_limit: int | None = None,
+        rate_window_s: float | None = None,
+        throttle_code: int | None = None,
+    ) -> PageWorld:
+        """Serve one more page. Seeds must differ: thread ids, mids and PSIDs contain them."""
+        page_id = str(page_id)
+        defaults = self._page_defaults
+        throttle_code = defaults["throttle_code"] if throttle_code is None else throttle_code
+        if throttle_code not in THROTTLE_MESSAGES:
+            raise ValueError(f"throttle_code must be one of {sorted(THROTTLE_MESSAGES)}")
+        with self.lock:
+            if page_id in self.pages:
+                raise ValueError(f"page {page_id} is already served")
+            if str(seed) in self._pages_by_seed:
+                raise ValueError(f"seed {seed} is already used by another page")
+            world = PageWorld(
+                page_id=page_id,
+                name=name if name is not None else f"Simulated Page {page_id}",
+                seed=seed,
+                conversations=conversations,
+                messages=messages,
+                access_token=access_token or f"{DEFAULT_ACCESS_TOKEN}-{page_id}",
+                other_folder_share=defaults["other_folder_share"]
+                if other_folder_share is None
+                else other_folder_share,
+                rate_limit=defaults["rate_limit"] if rate_limit is None else rate_limit,
+                rate_window_s=defaults["rate_window_s"] if rate_window_s is None else rate_window_s,
+                throttle_code=throttle_code,
+                lock=self.lock,
+            )
+            self.pages[page_id] = world
+            self._page_participants[page_id] = Participant(participant_id=page_id, name=world.name)
+            self._pages_by_seed[str(seed)] = world
+        return world
+
+    def page(self, page_id: str | None = None) -> PageWorld:
+        """The page `page_id` (the first page when None); KeyError if it is not served."""
+        return self._first if page_id is None else self.pages[str(page_id)]
+
+    def page_of_thread(self, thread_id: str) -> PageWorld | None:
+        """The page whose seed the thread id carries (`t_<seed><index>` or `t_<seed>live<n>`)."""
+        body = thread_id[2:]
+        seed_text = body.partition("live")[0] if "live" in body else body[:-9]
+        world = self._pages_by_seed.get(seed_text)
+        return world if world is not None and world.owns(thread_id) else None
+
+    def truth(self, page_id: str | None = None) -> dict[str, Any]:
+        """Every live conversation of the page with every message, and the deleted thread ids.
+
+        Materialises the page's whole world: for worlds of up to a few thousand messages.
+        """
+        return self.page(page_id).truth()
+
+    def page_call_times(self, page_id: str | None = None) -> list[float]:
+        """Arrival times (epoch seconds) of every served Graph call to the page."""
+        return self.page_calls.times(self.page(page_id).page_id)
+
+    def page_calls_max_in_window(self, page_id: str | None = None, window_s: float = 1.0) -> int:
+        """The most Graph calls to the page within any sliding window of `window_s` seconds."""
+        return calls_max_in_window(self.page_call_times(page_id), window_s)
+
+    # The first page's settings, under the names callers of the one-page simulator know.
+
+    @property
+    def page_id(self) -> str:
+        return self._first.page_id
+
+    @property
+    def page_name(self) -> str:
+        return self._first.name
+
+    @property
+    def seed(self) -> int:
+        return self._first.seed
+
+    @property
+    def conversation_total(self) -> int:
+        return self._first.conversation_total
+
+    @property
+    def message_total(self) -> int:
+        return self._first.message_total
+
+    @property
+    def access_token(self) -> str:
+        return self._first.access_token
+
+    @access_token.setter
+    def access_token(self, value: str) -> None:
+        self._first.access_token = value
+
+    @property
+    def rate_limit(self) -> int:
+        return self._first.rate_limit
+
+    @rate_limit.setter
+    def rate_limit(self, value: int) -> None:
+        self._first.rate_limit = value
+
+    @property
+    def rate_window_s(self) -> float:
+        return self._first.rate_window_s
+
+    @rate_window_s.setter
+    def rate_window_s(self, value: float) -> None:
+        self._first.rate_window_s = value
+
+    @property
+    def throttle_code(self) -> int:
+        return self._first.throttle_code
+
+    @throttle_code.setter
+    def throttle_code(self, value: int) -> None:
+        self._first.throttle_code = value
+
+    @property
+    def churned(self) -> list[tuple[str, str]]:
+        return self._first.churned
 
     def generated_message_count(self, index: int) -> int:
-        """Messages of generated conversation `index`: varied, summing to `messages` exactly."""
-        total, count = self.message_total, self.conversation_total
-        base, remainder = divmod(total, count) if count else (0, 0)
-        value = base + (1 if index < remainder else 0)
-        pair = index // 2
-        if base > 1 and not (count % 2 == 1 and index == count - 1):
-            swing = self._rng(pair, 1).randrange(base)  # moved from one of a pair to the other
-            value += swing if index % 2 == 0 else -swing
-        return value
+        return self._first.generated_message_count(index)
 
     def generated_conversation(self, index: int) -> SimConversation:
-        rng = self._rng(index, 2)
-        key = f"t_{self.seed}{index:09d}"
-        updated = GENERATED_UNTIL - index * CONVERSATION_SPACING_S - rng.randrange(30)
-        return SimConversation(
-            key=key,
-            psid=str(6_100_000_000_000 + self.seed * 10_000_000 + index),
-            name=f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}",
-            updated=updated,
-            base_count=self.generated_message_count(index),
-            generated_index=index,
-        )
+        return self._first.generated_conversation(index)
 
     def generated_message(self, conversation: SimConversation, position: int) -> SimMessage:
-        """Message `position` (0 = oldest) of a generated conversation."""
-        index = conversation.generated_index
-        assert index is not None
-        rng = self._rng(index, 3, position)
-        gap = 60 + self._rng(index, 4).randrange(3_600)
-        created = conversation.updated - (conversation.base_count - 1 - position) * gap
-        from_page = position % 3 == 1
-        attachments = []
-        if position % 7 == 3:
-            attachments = [
-                {
-                    "id": f"{index}{position}",
-                    "mime_type": "image/jpeg",
-                    "name": f"photo_{position}.jpg",
-                    "size": 1000 + rng.randrange(90_000),
-                    "image_data": {
-                        "url": f"https://scontent.example/{index}/{position}.jpg?oe=expiring",
-                        "preview_url": f"https://scontent.example/{index}/{position}_p.jpg",
-                        "width": 640,
-                        "height": 480,
-                    },
-                }
-            ]
-        text = " ".join(rng.choice(WORDS) for _ in range(1 + rng.randrange(8)))
-        return SimMessage(
-            mid=f"m_{self.seed}_{index}_{position}",
-            created=created,
-            from_page=from_page,
-            text="" if attachments and position % 2 else text,
-            attachments=attachments,
-            reply_to=f"m_{self.seed}_{index}_{position - 1}" if position % 11 == 5 else None,
-        )
-
-    def _conversation(self, key: str) -> SimConversation | None:
-        if key in self._deleted:
-            return None
-        if key in self._added_conversations:
-            return self._added_conversations[key]
-        prefix = f"t_{self.seed}"
-        digits = key[len(prefix) :]
-        if not key.startswith(prefix) or not digits.isdigit() or len(digits) != 9:
-            return None
-        index = int(digits)
-        if index >= self.conversation_total:
-            return None
-        conversation = self.generated_conversation(index)
-        if key in self._bumped:
-            conversation.updated = self._bumped[key]
-        return conversation
-
-    def _message_window(
-        self, conversation: SimConversation, *, skip_newest: int, limit: int
-    ) -> tuple[list[SimMessage], int]:
-        """Messages newest first, `skip_newest` from the newest end; and the total count.
-
-        Generated messages are produced only for the window asked for (a conversation may
-        hold thousands).
-        """
-        added = self._added_messages.get(conversation.key, [])
-        total = conversation.base_count + len(added)
-        window: list[SimMessage] = []
-        for offset in range(skip_newest, min(total, skip_newest + limit)):
-            position = total - 1 - offset  # 0 = oldest
-            if position >= conversation.base_count:
-                window.append(added[position - conversation.base_count])
-            else:
-                window.append(self.generated_message(conversation, position))
-        return window, total
-
-    def _ordered_keys_after(self, cursor: str | None, limit: int) -> tuple[list[str], bool]:
-        """Up to `limit` live conversation keys after the cursor, newest-updated first."""
-        with self.lock:
-            bumped = sorted(
-                (
-                    (updated, key)
-                    for key, updated in self._bumped.items()
-                    if key not in self._deleted
-                ),
-                reverse=True,
-            )
-            deleted = set(self._deleted)
-        keys: list[str] = []
-        start_index = 0
-        if cursor is not None:
-            kind, _, value = cursor.partition(":")
-            if kind == "b":
-                updated_text, _, after_key = value.partition(":")
-                position = (float(updated_text), after_key)
-                bumped = [item for item in bumped if item < position]
-            elif kind == "i":
-                bumped = []
-                start_index = int(value) + 1
-            else:
-                raise _graph_error(100, "Invalid cursor", status=400)
-        for _, key in bumped:
-            if len(keys) > limit:
-                break
-            keys.append(key)
-        index = start_index
-        while len(keys) <= limit and index < self.conversation_total:
-            key = f"t_{self.seed}{index:09d}"
-            if key not in deleted and key not in self._bumped:
-                keys.append(key)
-            index += 1
-        has_more = len(keys) > limit
-        return keys[:limit], has_more
-
-    def _cursor_for(self, conversation: SimConversation) -> str:
-        if conversation.key in self._bumped:
-            return _encode_cursor(f"b:{conversation.updated}:{conversation.key}")
-        return _encode_cursor(f"i:{conversation.generated_index}")
+        world = self.pages.get(conversation.page_id, self._first)
+        return world.generated_message(conversation, position)
 
     # -- request plumbing --------------------------------------------------------------------
 
-    def _authorise(self, request: SimRequest) -> None:
+    def _request_page(self, request: SimRequest) -> PageWorld | None:
+        """The page a Graph request is for, from its path; None when no page serves it."""
+        if "page_id" in request.params:
+            return self.pages.get(request.params["page_id"])
+        if "thread_id" in request.params:
+            return self.page_of_thread(request.params["thread_id"])
+        return None
+
+    def call_received(self, route: Route, request: SimRequest) -> None:
+        world = self._request_page(request)
+        if world is not None:
+            self.page_calls.record(world.page_id, route.endpoint)
+
+    def _authorise(self, request: SimRequest, world: PageWorld) -> None:
         token = request.query.get("access_token")
         authorization = request.headers.get("authorization", "")
         if token is None and authorization.lower().startswith("bearer "):
             token = authorization[7:].strip()
-        if not token or token != self.access_token:
+        if not token or token != world.access_token:
             raise _graph_error(
                 190,
                 "Error validating access token: The session has been invalidated.",
@@ -350,51 +383,39 @@ class GraphSimulator(Simulator):
                 error_subcode=460,
             )
 
-    def _usage(self, page_id: str, *, record: bool = True) -> tuple[dict[str, str], bool]:
-        """Record this call (unless `record` is off); the usage headers and whether the caller
-        is over its rate."""
-        now = time.monotonic()
-        with self.lock:
-            if record:
-                self._calls.append(now)
-            while self._calls and self._calls[0] <= now - self.rate_window_s:
-                self._calls.popleft()
-            in_window = len(self._calls)
-            oldest = self._calls[0] if self._calls else now
-        over = bool(self.rate_limit) and in_window > self.rate_limit
-        regain_minutes = math.ceil(max(0.0, oldest + self.rate_window_s - now) / 60) if over else 0
-        return self._usage_headers(page_id, in_window, regain_minutes), over
-
-    def _guarded(self, request: SimRequest, page_id: str) -> dict[str, str]:
-        headers, over = self._usage(page_id)
+    def _guarded(self, request: SimRequest, world: PageWorld) -> dict[str, str]:
+        """Count the call in the page's window; throttle past its rate; check the token."""
+        in_window, regain_minutes, over = world.usage(record=True)
         if over:
             raise SimulatorError(
                 400,
                 {
                     "error": {
-                        "message": THROTTLE_MESSAGES[self.throttle_code],
+                        "message": THROTTLE_MESSAGES[world.throttle_code],
                         "type": "OAuthException",
-                        "code": self.throttle_code,
+                        "code": world.throttle_code,
                         "is_transient": True,
                         "fbtrace_id": "SimThrottled",
                     }
                 },
             )
-        self._authorise(request)
-        return headers
+        self._authorise(request, world)
+        return self._usage_headers(world, in_window, regain_minutes)
 
     def dispatch(self, request: SimRequest) -> SimResponse:
         response = super().dispatch(request)
         if not request.path.startswith("/_control/") and "X-App-Usage" not in response.headers:
             # Errors (throttling, 190, faults) carry the usage headers too, as Meta's do.
-            headers, _ = self._usage(self.page_id, record=False)
-            response.headers.update(headers)
+            world = self._request_page(request) or self._first
+            in_window, regain_minutes, _ = world.usage(record=False)
+            response.headers.update(self._usage_headers(world, in_window, regain_minutes))
         return response
 
-    def _usage_headers(self, page_id: str, in_window: int, regain_minutes: int) -> dict[str, str]:
-        """Meta's usage headers: percentages of the quota (the configured rate, or a nominal
+    @staticmethod
+    def _usage_headers(world: PageWorld, in_window: int, regain_minutes: int) -> dict[str, str]:
+        """Meta's usage headers: percentages of the quota (the page's rate, or a nominal
         10,000 calls per window when unlimited), and minutes until access is regained."""
-        quota = self.rate_limit or 10_000
+        quota = world.rate_limit or 10_000
         percent = min(100, math.ceil(in_window * 100 / quota))
         return {
             "X-App-Usage": json.dumps(
@@ -402,7 +423,7 @@ class GraphSimulator(Simulator):
             ),
             "X-Business-Use-Case-Usage": json.dumps(
                 {
-                    page_id: [
+                    world.page_id: [
                         {
                             "type": "pages",
                             "call_count": percent,
@@ -429,14 +450,18 @@ class GraphSimulator(Simulator):
             },
         )
 
-    def _maybe_drift(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _json_response(self, text: str, headers: dict[str, str]) -> SimResponse:
+        """A 200 with this JSON text; with `drift_rate`, sometimes in a drifted shape."""
         if self.drift_rate <= 0:
-            return body
+            return SimResponse(200, raw=text.encode(), headers=headers)
         with self.lock:
             if self._drift_random.random() >= self.drift_rate:
-                return body
+                return SimResponse(200, raw=text.encode(), headers=headers)
             variant = self._drift_random.randrange(4)
-        drifted = json.loads(json.dumps(body))
+        return SimResponse(200, self._drifted(json.loads(text), variant), headers)
+
+    @staticmethod
+    def _drifted(drifted: dict[str, Any], variant: int) -> dict[str, Any]:
         items = drifted.get("data")
         if not isinstance(items, list) or not items:
             return {"result": drifted}  # the envelope itself renamed
@@ -472,76 +497,66 @@ class GraphSimulator(Simulator):
         except FieldsInvalid as error:
             raise _graph_error(100, f"(#100) {error}") from error
 
+    @staticmethod
+    def _folder(request: SimRequest) -> str:
+        folder = request.query.get("folder", FOLDER_INBOX)
+        if folder not in FOLDERS:
+            raise _graph_error(100, f"(#100) param folder must be one of {{{', '.join(FOLDERS)}}}")
+        return folder
+
     # -- rendering ------------------------------------------------------------------------------
+    # Bodies are built as JSON text (render.py): serving speed is what a sync benchmark measures.
 
-    def _participant(self, conversation: SimConversation) -> dict[str, str]:
-        return {
-            "id": conversation.psid,
-            "name": conversation.name,
-            "email": f"{conversation.psid}@facebook.com",
-        }
+    def _message_renderer(
+        self, world: PageWorld, conversation: SimConversation, fields: Mapping[str, FieldSpec]
+    ) -> MessageRenderer:
+        person = Participant(participant_id=conversation.psid, name=conversation.name)
+        return MessageRenderer(
+            person=person, page=self._page_participants[world.page_id], fields=fields
+        )
 
-    def _page_participant(self) -> dict[str, str]:
-        return {
-            "id": self.page_id,
-            "name": self.page_name,
-            "email": f"{self.page_id}@facebook.com",
-        }
-
-    def _render_message(
-        self, conversation: SimConversation, message: SimMessage, fields: dict[str, FieldSpec]
-    ) -> dict[str, Any]:
-        person, page = self._participant(conversation), self._page_participant()
-        sender, recipient = (page, person) if message.from_page else (person, page)
-        available: dict[str, Any] = {
-            "id": message.mid,
-            "created_time": _graph_time(message.created),
-            "from": sender,
-            "to": {"data": [recipient]},
-            "message": message.text,
-        }
-        if message.attachments:
-            available["attachments"] = {"data": message.attachments}
-        if message.reply_to:
-            available["reply_to"] = {"mid": message.reply_to, "is_self_reply": False}
-        return {name: available[name] for name in fields if name in available}
-
-    def _render_conversation(
-        self, conversation: SimConversation, fields: dict[str, FieldSpec], request: SimRequest
-    ) -> dict[str, Any]:
-        total = conversation.base_count + len(self._added_messages.get(conversation.key, []))
+    def _conversation_json(
+        self,
+        world: PageWorld,
+        conversation: SimConversation,
+        fields: dict[str, FieldSpec],
+        request: SimRequest,
+    ) -> str:
+        total = world.message_total_of(conversation)
         rendered: dict[str, Any] = {}
+        raw_members: dict[str, str] = {}
         for name, spec in fields.items():
             if name == "id":
                 rendered["id"] = conversation.key
             elif name == "updated_time":
-                rendered["updated_time"] = _graph_time(conversation.updated)
+                rendered["updated_time"] = graph_time(conversation.updated)
             elif name == "message_count":
                 rendered["message_count"] = total
             elif name == "unread_count":
                 rendered["unread_count"] = 1 if (conversation.generated_index or 0) % 3 == 0 else 0
             elif name == "link":
-                rendered["link"] = f"/{self.page_id}/inbox/{conversation.key}"
+                rendered["link"] = f"/{world.page_id}/inbox/{conversation.key}"
             elif name == "can_reply":
                 rendered["can_reply"] = True
             elif name == "snippet":
-                newest, _ = self._message_window(conversation, skip_newest=0, limit=1)
+                newest, _ = world.message_window(conversation, skip_newest=0, limit=1)
                 rendered["snippet"] = newest[0].text[:100] if newest else ""
             elif name == "participants":
-                rendered["participants"] = {
-                    "data": [self._participant(conversation), self._page_participant()]
-                }
+                person = Participant(participant_id=conversation.psid, name=conversation.name)
+                page = self._page_participants[world.page_id]
+                raw_members["participants"] = f'{{"data":[{person.json},{page.json}]}}'
             elif name == "messages":
                 sub = spec.subfields or {"id": FieldSpec(), "created_time": FieldSpec()}
                 limit = min(spec.limit or DEFAULT_LIMIT, MAX_LIMIT)
-                window, count = self._message_window(conversation, skip_newest=0, limit=limit)
-                rendered["messages"] = self._message_page(
-                    conversation, window, count, 0, sub, request, nested=True
+                window, count = world.message_window(conversation, skip_newest=0, limit=limit)
+                raw_members["messages"] = self._message_page(
+                    world, conversation, window, count, 0, sub, request, nested=True
                 )
-        return rendered
+        return json_object(rendered, raw_members)
 
     def _message_page(
         self,
+        world: PageWorld,
         conversation: SimConversation,
         window: list[SimMessage],
         total: int,
@@ -550,15 +565,13 @@ class GraphSimulator(Simulator):
         request: SimRequest,
         *,
         nested: bool = False,
-    ) -> dict[str, Any]:
+    ) -> str:
         # Cursors count from the oldest message: adding newer messages does not shift them.
-        body: dict[str, Any] = {
-            "data": [self._render_message(conversation, item, fields) for item in window]
-        }
+        paging: dict[str, Any] | None = None
         if window:
             first_position = total - 1 - skipped
             last_position = total - skipped - len(window)
-            paging: dict[str, Any] = {
+            paging = {
                 "cursors": {
                     "before": _encode_cursor(f"m:{first_position}"),
                     "after": _encode_cursor(f"m:{last_position}"),
@@ -580,89 +593,101 @@ class GraphSimulator(Simulator):
                         }
                     )
                 )
-            body["paging"] = paging
-        return body
+        renderer = self._message_renderer(world, conversation, fields)
+        return renderer.page_json(window, paging)
 
     # -- edges ----------------------------------------------------------------------------------
 
-    def _check_page(self, page_id: str) -> None:
-        if page_id != self.page_id:
-            raise _graph_error(
-                100,
-                f"(#100) Unsupported get request. Object with ID '{page_id}' does not exist",
-            )
+    def _served_page(self, request: SimRequest) -> tuple[PageWorld, dict[str, str]]:
+        page_id = request.params["page_id"]
+        world = self.pages.get(page_id)
+        if world is None:
+            # No such page: throttle and authorise against the first page, as before.
+            self._guarded(request, self._first)
+            raise _not_found(page_id)
+        return world, self._guarded(request, world)
 
     def _page_node(self, request: SimRequest) -> SimResponse:
-        page_id = request.params["page_id"]
-        headers = self._guarded(request, page_id)
-        self._check_page(page_id)
-        return SimResponse(200, {"id": self.page_id, "name": self.page_name}, headers)
+        world, headers = self._served_page(request)
+        return SimResponse(200, {"id": world.page_id, "name": world.name}, headers)
 
     def _conversations(self, request: SimRequest) -> SimResponse:
-        page_id = request.params["page_id"]
-        headers = self._guarded(request, page_id)
-        self._check_page(page_id)
+        world, headers = self._served_page(request)
         limit = self._limit(request)
         fields = self._fields(request, "id,updated_time")
+        folder = self._folder(request)
         after = request.query.get("after")
         cursor = _decode_cursor(after) if after else None
         try:
-            keys, has_more = self._ordered_keys_after(cursor, limit)
+            keys, has_more = world.ordered_keys_after(cursor, limit, folder)
         except ValueError as error:
             raise _graph_error(100, "Invalid cursor") from error
         with self.lock:
-            conversations = [c for c in (self._conversation(key) for key in keys) if c]
-        data = [self._render_conversation(c, fields, request) for c in conversations]
-        body: dict[str, Any] = {"data": data}
-        if conversations:
-            cursors = {
-                "before": self._cursor_for(conversations[0]),
-                "after": self._cursor_for(conversations[-1]),
-            }
-            body["paging"] = {"cursors": cursors}
-            if has_more:
-                body["paging"]["next"] = self._next_url(
-                    request, f"/{page_id}/conversations", cursors["after"]
-                )
-                self._maybe_churn(conversations[-1])
-        return SimResponse(200, self._maybe_drift(body), headers)
+            conversations = [c for c in (world.conversation(key) for key in keys) if c]
+            cursors = (
+                {
+                    "before": _encode_cursor(world.cursor_value(conversations[0])),
+                    "after": _encode_cursor(world.cursor_value(conversations[-1])),
+                }
+                if conversations
+                else {}
+            )
+        data = ",".join(self._conversation_json(world, c, fields, request) for c in conversations)
+        if not conversations:
+            return self._json_response(f'{{"data":[{data}]}}', headers)
+        paging: dict[str, Any] = {"cursors": cursors}
+        if has_more:
+            paging["next"] = self._next_url(
+                request, f"/{world.page_id}/conversations", cursors["after"]
+            )
+            self._maybe_churn(world, conversations[-1])
+        return self._json_response(f'{{"data":[{data}],"paging":{json_compact(paging)}}}', headers)
 
-    def _maybe_churn(self, last_served: SimConversation) -> None:
+    def _maybe_churn(self, world: PageWorld, last_served: SimConversation) -> None:
         """With `churn_rate`, change a generated conversation not yet served in this walk."""
         if self.churn_rate <= 0 or last_served.generated_index is None:
             return
         with self.lock:
             if self._churn_random.random() >= self.churn_rate:
                 return
-            remaining = self.conversation_total - last_served.generated_index - 1
+            remaining = world.conversation_total - last_served.generated_index - 1
             if remaining <= 0:
                 return
             index = last_served.generated_index + 1 + self._churn_random.randrange(remaining)
             is_delete = self._churn_random.random() < 0.3
-        key = f"t_{self.seed}{index:09d}"
-        if self._conversation(key) is None:
-            return
-        if is_delete:
-            with self.lock:
-                self._deleted.add(key)
-                self.churned.append(("deleted", key))
-        else:
-            self.message_add(thread_id=key, text="arrived while you were paging")
-            with self.lock:
-                self.churned.append(("bumped", key))
+            key = world.generated_key(index)
+            if world.conversation(key) is None:
+                return
+            if is_delete:
+                world.conversation_delete(key, action="deleted")
+            else:
+                world.message_add(thread_id=key, text="arrived while you were paging")
+                world.churned.append(("bumped", key))
+
+    def _served_thread(
+        self, request: SimRequest
+    ) -> tuple[PageWorld, SimConversation, dict[str, str]]:
+        key = request.params["thread_id"]
+        world = self.page_of_thread(key)
+        headers = self._guarded(request, world or self._first)
+        with self.lock:
+            conversation = world.conversation(key) if world is not None else None
+        if world is None or conversation is None:
+            raise _not_found(key)
+        return world, conversation, headers
 
     def _conversation_node(self, request: SimRequest) -> SimResponse:
-        headers = self._guarded(request, self.page_id)
-        conversation = self._conversation_or_error(request.params["thread_id"])
+        world, conversation, headers = self._served_thread(request)
         fields = self._fields(request, "id,updated_time")
-        return SimResponse(200, self._render_conversation(conversation, fields, request), headers)
+        return self._json_response(
+            self._conversation_json(world, conversation, fields, request), headers
+        )
 
     def _messages(self, request: SimRequest) -> SimResponse:
-        headers = self._guarded(request, self.page_id)
-        conversation = self._conversation_or_error(request.params["thread_id"])
+        world, conversation, headers = self._served_thread(request)
         limit = self._limit(request)
         fields = self._fields(request, "id,created_time")
-        total = conversation.base_count + len(self._added_messages.get(conversation.key, []))
+        total = world.message_total_of(conversation)
         skipped = 0
         after = request.query.get("after")
         if after:
@@ -670,81 +695,84 @@ class GraphSimulator(Simulator):
             if kind != "m" or not value.isdigit():
                 raise _graph_error(100, "Invalid cursor")
             skipped = total - int(value)  # everything at or newer than the cursor's message
-        window, total = self._message_window(conversation, skip_newest=skipped, limit=limit)
-        body = self._message_page(conversation, window, total, skipped, fields, request)
-        return SimResponse(200, self._maybe_drift(body), headers)
-
-    def _conversation_or_error(self, key: str) -> SimConversation:
-        with self.lock:
-            conversation = self._conversation(key)
-        if conversation is None:
-            raise _graph_error(
-                100, f"(#100) Unsupported get request. Object with ID '{key}' does not exist"
-            )
-        return conversation
+        window, total = world.message_window(conversation, skip_newest=skipped, limit=limit)
+        text = self._message_page(world, conversation, window, total, skipped, fields, request)
+        return self._json_response(text, headers)
 
     # -- control --------------------------------------------------------------------------------
 
-    def _tick(self) -> float:
-        """A strictly increasing time for run-time changes, newer than anything generated."""
-        with self.lock:
-            self._clock = max(self._clock + 1, time.time())
-            return self._clock
+    def _control_values(self, request: SimRequest) -> dict[str, Any]:
+        values = request.json() or {}
+        if not isinstance(values, dict):
+            raise SimulatorError(400, {"error": "expected a JSON object"})
+        return values
+
+    def _control_page(self, request: SimRequest, values: Mapping[str, Any]) -> PageWorld:
+        """The page a control call names (`page_id` in the body or the query), else the first."""
+        page_id = values.get("page_id", request.query.get("page_id"))
+        if page_id is None:
+            return self._first
+        world = self.pages.get(str(page_id))
+        if world is None:
+            raise SimulatorError(404, {"error": f"no page {page_id}"})
+        return world
+
+    def _control_thread(
+        self, request: SimRequest, values: Mapping[str, Any], key: str
+    ) -> PageWorld:
+        """The page owning thread `key`; if the call names a page, the thread must be its."""
+        world = self.page_of_thread(key)
+        named = values.get("page_id", request.query.get("page_id"))
+        if world is None or (named is not None and str(named) != world.page_id):
+            raise SimulatorError(404, {"error": f"no conversation {key}"})
+        return world
 
     def _control_state(self, request: SimRequest) -> SimResponse:
-        with self.lock:
-            return SimResponse(
-                200,
-                {
-                    "page_id": self.page_id,
-                    "conversations": self.conversation_total
-                    + len(self._added_conversations)
-                    - len(self._deleted),
-                    "generated_conversations": self.conversation_total,
-                    "generated_messages": self.message_total,
-                    "added_messages": sum(len(v) for v in self._added_messages.values()),
-                    "deleted": sorted(self._deleted),
-                    "seed": self.seed,
-                    "rate_limit": self.rate_limit,
-                    "rate_window_s": self.rate_window_s,
-                    "throttle_code": self.throttle_code,
-                    "drift_rate": self.drift_rate,
-                    "churn_rate": self.churn_rate,
-                    "churned": self.churned[-100:],
-                    "webhook_target": self.webhook_target,
-                },
-            )
+        world = self._control_page(request, {})
+        return SimResponse(
+            200,
+            {
+                **world.state(),
+                "pages": list(self.pages),
+                "drift_rate": self.drift_rate,
+                "churn_rate": self.churn_rate,
+                "webhook_target": self.webhook_target,
+            },
+        )
+
+    def _control_truth(self, request: SimRequest) -> SimResponse:
+        return SimResponse(200, self._control_page(request, {}).truth())
+
+    def _counters(self, request: SimRequest) -> SimResponse:
+        return SimResponse(
+            200, {**self.counters.snapshot(), "pages": self.page_calls.snapshot(list(self.pages))}
+        )
+
+    def _reset(self, request: SimRequest) -> SimResponse:
+        self.page_calls.reset()
+        return super()._reset(request)
 
     def message_add(
         self, *, thread_id: str, text: str, from_page: bool = False
     ) -> tuple[SimConversation, SimMessage]:
-        with self.lock:
-            conversation = self._conversation(thread_id)
-            if conversation is None:
-                raise SimulatorError(404, {"error": f"no conversation {thread_id}"})
-            created = self._tick()
-            self._sequence += 1
-            message = SimMessage(
-                mid=f"m_{self.seed}_live_{self._sequence}",
-                created=created,
-                from_page=from_page,
-                text=text,
-            )
-            self._added_messages.setdefault(thread_id, []).append(message)
-            if thread_id in self._added_conversations:
-                self._added_conversations[thread_id].updated = created
-            self._bumped[thread_id] = created
-            conversation.updated = created
-        return conversation, message
+        """Add a message to a live conversation of any page (the thread id names the page)."""
+        world = self.page_of_thread(thread_id)
+        try:
+            if world is None:
+                raise LookupError(thread_id)
+            return world.message_add(thread_id=thread_id, text=text, from_page=from_page)
+        except LookupError as error:
+            raise SimulatorError(404, {"error": f"no conversation {thread_id}"}) from error
 
     def _control_messages(self, request: SimRequest) -> SimResponse:
-        values = request.json() or {}
+        values = self._control_values(request)
         thread_id = values.get("conversation")
         if not isinstance(thread_id, str):
             raise SimulatorError(400, {"error": "conversation (a thread id) is required"})
         count = values.get("count", 1)
         if not isinstance(count, int) or not 1 <= count <= 1_000:
             raise SimulatorError(400, {"error": "count must be 1..1000"})
+        self._control_thread(request, values, thread_id)
         added = [
             self.message_add(
                 thread_id=thread_id,
@@ -760,72 +788,78 @@ class GraphSimulator(Simulator):
         )
 
     def _control_add(self, request: SimRequest) -> SimResponse:
-        values = request.json() or {}
-        with self.lock:
-            self._sequence += 1
-            sequence = self._sequence
-        key = f"t_{self.seed}live{sequence}"
-        psid = str(values.get("psid") or 6_900_000_000_000 + self.seed * 10_000_000 + sequence)
-        conversation = SimConversation(
-            key=key,
-            psid=psid,
+        values = self._control_values(request)
+        world = self._control_page(request, values)
+        folder = values.get("folder", FOLDER_INBOX)
+        if folder not in FOLDERS:
+            raise SimulatorError(400, {"error": f"folder must be one of {list(FOLDERS)}"})
+        conversation = world.conversation_add(
+            psid=str(values["psid"]) if values.get("psid") else None,
             name=str(values.get("name", "New Person")),
-            updated=self._tick(),
-            base_count=0,
-            generated_index=None,
+            folder=folder,
         )
-        with self.lock:
-            self._added_conversations[key] = conversation
-            self._bumped[key] = conversation.updated
         added = [
-            self.message_add(thread_id=key, text=f"message {n}")
+            world.message_add(thread_id=conversation.key, text=f"message {n}")
             for n in range(int(values.get("messages", 1)))
         ]
         webhook_status = self.webhook_emit(added) if self.webhook_target and added else None
-        return SimResponse(201, {"id": key, "psid": psid, "webhook_status": webhook_status})
+        return SimResponse(
+            201,
+            {
+                "id": conversation.key,
+                "psid": conversation.psid,
+                "page_id": world.page_id,
+                "folder": folder,
+                "webhook_status": webhook_status,
+            },
+        )
 
     def _control_delete(self, request: SimRequest) -> SimResponse:
         key = request.params["thread_id"]
-        with self.lock:
-            if self._conversation(key) is None:
-                raise SimulatorError(404, {"error": f"no conversation {key}"})
-            self._deleted.add(key)
-        return SimResponse(200, {"deleted": key})
+        world = self._control_thread(request, {}, key)
+        if not world.conversation_delete(key):
+            raise SimulatorError(404, {"error": f"no conversation {key}"})
+        return SimResponse(200, {"deleted": key, "page_id": world.page_id})
 
     def _control_token(self, request: SimRequest) -> SimResponse:
-        values = request.json() or {}
+        values = self._control_values(request)
+        world = self._control_page(request, values)
         token = values.get("access_token")
         if not isinstance(token, str):
             raise SimulatorError(400, {"error": "access_token (a string) is required"})
-        self.access_token = token
-        return SimResponse(200, {"access_token_set": True})
+        world.access_token = token
+        return SimResponse(200, {"access_token_set": True, "page_id": world.page_id})
 
     def _control_rate(self, request: SimRequest) -> SimResponse:
-        values = request.json() or {}
+        values = self._control_values(request)
+        world = self._control_page(request, values)
         if "limit" in values:
             if not isinstance(values["limit"], int) or values["limit"] < 0:
                 raise SimulatorError(400, {"error": "limit must be a non-negative integer"})
-            self.rate_limit = values["limit"]
+            world.rate_limit = values["limit"]
         if "window_seconds" in values:
-            self.rate_window_s = float(values["window_seconds"])
+            world.rate_window_s = float(values["window_seconds"])
         if "throttle_code" in values:
             if values["throttle_code"] not in THROTTLE_MESSAGES:
                 raise SimulatorError(400, {"error": "unknown throttle code"})
-            self.throttle_code = values["throttle_code"]
+            world.throttle_code = values["throttle_code"]
         if values.get("clear"):
-            with self.lock:
-                self._calls.clear()
+            world.rate_window_clear()
         return SimResponse(
             200,
             {
-                "limit": self.rate_limit,
-                "window_seconds": self.rate_window_s,
-                "throttle_code": self.throttle_code,
+                "page_id": world.page_id,
+                "limit": world.rate_limit,
+                "window_seconds": world.rate_window_s,
+                "throttle_code": world.throttle_code,
             },
         )
 
     def _control_webhook(self, request: SimRequest) -> SimResponse:
-        values = request.json() or {}
+        # One app, one callback URL and secret for every page, as on Meta: a `page_id` is
+        # checked but the setting is the app's.
+        values = self._control_values(request)
+        self._control_page(request, values)
         target = values.get("target_url")
         if target is not None and not isinstance(target, str):
             raise SimulatorError(400, {"error": "target_url must be a string or null"})
@@ -837,9 +871,11 @@ class GraphSimulator(Simulator):
     def webhook_document_for(
         self, added: list[tuple[SimConversation, SimMessage]]
     ) -> dict[str, Any]:
+        """One webhook document for messages of one page (the page of the first message)."""
+        page_id = added[0][0].page_id if added else self.page_id
         events = [
             message_event(
-                page_id=self.page_id,
+                page_id=page_id,
                 psid=conversation.psid,
                 mid=message.mid,
                 timestamp_ms=int(message.created * 1000),
@@ -848,7 +884,7 @@ class GraphSimulator(Simulator):
             )
             for conversation, message in added
         ]
-        return webhook_document(self.page_id, events)
+        return webhook_document(page_id, events)
 
     def webhook_emit(self, added: list[tuple[SimConversation, SimMessage]]) -> int:
         """POST one signed payload with these messages to the target; returns the status."""

@@ -395,3 +395,468 @@ def test_churn_changes_the_list_between_pages_of_a_walk():
     assert set(again[: len(bumped)]) == bumped
     assert not deleted & set(again)
     assert len(again) == 30 - len(deleted)
+
+
+# -- several pages ----------------------------------------------------------------------------
+
+SECOND = "111222334"
+SECOND_TOKEN = f"{TOKEN}-{SECOND}"
+
+
+def get_as(base: str, path: str, token: str, **params):
+    return requests.get(f"{base}{path}", params={"access_token": token, **params}, timeout=10)
+
+
+def test_two_pages_are_served_at_once_with_their_own_token_world_and_rate_window():
+    # Given one simulator with a second page (id +1, seed +1, its own token), 3 calls per window
+    simulator = GraphSimulator(conversations=4, messages=12, seed=3, rate_limit=3, extra_pages=1)
+    with simulator.running() as base:
+        # When each page is called with its own token, and with the other's
+        first = get(base, f"/{PAGE}/conversations", fields="id,participants")
+        second = get_as(base, f"/{SECOND}/conversations", SECOND_TOKEN, fields="id,participants")
+        crossed = get_as(base, f"/{SECOND}/conversations", TOKEN)
+        node = get_as(base, f"/v21.0/{SECOND}", SECOND_TOKEN)
+        # And page 1 is called past its rate while page 2 stays at its 3 calls
+        allowed = [get(base, f"/{PAGE}/conversations").status_code for _ in range(2)]
+        throttled = get(base, f"/{PAGE}/conversations")
+
+    assert (first.status_code, second.status_code) == (200, 200)
+    first_ids = [n["id"] for n in first.json()["data"]]
+    second_ids = [n["id"] for n in second.json()["data"]]
+    assert first_ids == [f"t_3{i:09d}" for i in range(4)]
+    assert second_ids == [f"t_4{i:09d}" for i in range(4)]
+    assert second.json()["data"][0]["participants"]["data"][1]["id"] == SECOND
+    assert crossed.json()["error"]["code"] == 190
+    assert node.json() == {"id": SECOND, "name": "Simulated Shop 2"}
+    # Then only page 1 is throttled: each page has its own window
+    assert allowed == [200, 200]
+    assert throttled.json()["error"]["code"] == 80001
+    usage = json.loads(node.headers["X-Business-Use-Case-Usage"])
+    assert list(usage) == [SECOND]
+    assert usage[SECOND][0]["call_count"] == 100  # 3 calls of 3
+    assert simulator.page(SECOND).seed == 4
+    assert simulator.page().page_id == PAGE
+
+
+def test_thread_ids_route_to_the_page_that_owns_them():
+    simulator = GraphSimulator(conversations=3, messages=30, seed=3, extra_pages=1)
+    thread = simulator.page(SECOND).generated_conversation(1).key
+    with simulator.running() as base:
+        messages = get_as(base, f"/{thread}/messages", SECOND_TOKEN, fields="id,from,to")
+        wrong_token = get(base, f"/{thread}/messages")
+        node = get_as(base, f"/v21.0/{thread}", SECOND_TOKEN, fields="id,message_count")
+        unknown = get(base, "/t_9000000001/messages")
+
+    assert messages.status_code == 200
+    ids = {m["from"]["id"] for m in messages.json()["data"]} | {
+        m["to"]["data"][0]["id"] for m in messages.json()["data"]
+    }
+    assert SECOND in ids
+    assert PAGE not in ids
+    assert all(m["id"].startswith("m_4_1_") for m in messages.json()["data"])
+    assert wrong_token.json()["error"]["code"] == 190
+    assert node.json() == {
+        "id": thread,
+        "message_count": simulator.page(SECOND).generated_message_count(1),
+    }
+    assert unknown.json()["error"]["code"] == 100
+
+
+def test_pages_added_by_list_or_page_add_need_distinct_ids_and_seeds():
+    simulator = GraphSimulator(
+        conversations=2,
+        messages=4,
+        seed=1,
+        extra_pages=[{"page_id": "500", "seed": 50, "access_token": "five", "name": "Five"}],
+    )
+    added = simulator.page_add(page_id="600", seed=60, conversations=1, messages=1)
+
+    assert list(simulator.pages) == [PAGE, "500", "600"]
+    assert (simulator.page("500").access_token, simulator.page("500").name) == ("five", "Five")
+    assert added.access_token == "sim-page-token-600"
+    with pytest.raises(ValueError, match="seed 60"):
+        simulator.page_add(page_id="700", seed=60)
+    with pytest.raises(ValueError, match="page 500"):
+        simulator.page_add(page_id="500", seed=70)
+    with simulator.running() as base:
+        served = get_as(base, "/600/conversations", "sim-page-token-600").json()["data"]
+    newest = added.truth()["conversations"][0]
+    assert served == [{"id": "t_60000000000", "updated_time": newest["updated_time"]}]
+
+
+def test_control_routes_take_a_page_id_and_default_to_the_first_page():
+    simulator = GraphSimulator(conversations=3, messages=9, seed=3, extra_pages=1)
+    page_two_thread = simulator.page(SECOND).generated_conversation(0).key
+    with simulator.running() as base:
+
+        def control(method: str, path: str, **json_body):
+            return requests.request(method, f"{base}/_control/{path}", json=json_body, timeout=5)
+
+        added = control("POST", "conversations", page_id=SECOND, name="Second", messages=2)
+        on_first = control("POST", "conversations", name="First", messages=1)
+        message = control("POST", "messages", conversation=page_two_thread, text="hi page two")
+        mismatched = control("POST", "messages", conversation=page_two_thread, page_id=PAGE)
+        token = control("POST", "token", page_id=SECOND, access_token="rotated-two")
+        rate = control("POST", "rate", page_id=SECOND, limit=7)
+        unknown_page = control("POST", "token", page_id="42", access_token="x")
+        deleted = control("DELETE", f"conversations/{page_two_thread}?page_id={SECOND}")
+        state_two = requests.get(f"{base}/_control/state?page_id={SECOND}", timeout=5).json()
+        state_one = requests.get(f"{base}/_control/state", timeout=5).json()
+        old_token = get_as(base, f"/{SECOND}/conversations", SECOND_TOKEN)
+        listing = get_as(base, f"/{SECOND}/conversations", "rotated-two", fields="id,message_count")
+
+    assert added.status_code == 201
+    assert added.json()["id"].startswith("t_4live")
+    assert added.json()["page_id"] == SECOND
+    assert on_first.json()["id"].startswith("t_3live")
+    assert message.status_code == 201
+    assert message.json()["mids"][0].startswith("m_4_live_")
+    assert mismatched.status_code == 404
+    assert token.json() == {"access_token_set": True, "page_id": SECOND}
+    assert rate.json()["limit"] == 7
+    assert simulator.rate_limit == 0  # the first page's rate did not change
+    assert unknown_page.status_code == 404
+    assert deleted.json() == {"deleted": page_two_thread, "page_id": SECOND}
+    assert state_two["page_id"] == SECOND
+    assert state_two["deleted"] == [page_two_thread]
+    assert state_two["rate_limit"] == 7
+    assert state_two["pages"] == [PAGE, SECOND]
+    assert state_one["page_id"] == PAGE
+    assert state_one["deleted"] == []
+    assert old_token.json()["error"]["code"] == 190
+    counts = {n["id"]: n["message_count"] for n in listing.json()["data"]}
+    assert counts[added.json()["id"]] == 2
+    assert page_two_thread not in counts
+    assert len(counts) == 3  # 3 generated + 1 added - 1 deleted
+
+
+def test_every_graph_call_is_recorded_per_page_with_its_time():
+    simulator = GraphSimulator(conversations=2, messages=4, extra_pages=1, rate_limit=2)
+    thread = simulator.page(SECOND).generated_conversation(0).key
+    with simulator.running() as base:
+        before = time.time()
+        for _ in range(3):  # the third is throttled: still a call to the page
+            get(base, f"/{PAGE}/conversations")
+        get(base, f"/{PAGE}")
+        get_as(base, f"/{thread}/messages", SECOND_TOKEN)
+        get_as(base, f"/{thread}", "wrong token")
+        get(base, "/999/conversations")  # no such page: not a call to any page
+        after = time.time()
+        counters = requests.get(f"{base}/_control/counters", timeout=5).json()
+        requests.post(f"{base}/_control/reset", timeout=5)
+        reset = requests.get(f"{base}/_control/counters", timeout=5).json()
+
+    pages = counters["pages"]
+    assert pages[PAGE]["calls"] == 4
+    assert pages[PAGE]["endpoints"] == {"conversations": 3, "page": 1}
+    assert pages[SECOND]["calls"] == 2
+    assert pages[SECOND]["endpoints"] == {"messages": 1, "conversation": 1}
+    assert all(before <= moment <= after for moment in pages[PAGE]["timestamps"])
+    assert pages[PAGE]["timestamps"] == sorted(pages[PAGE]["timestamps"])
+    assert simulator.page_calls_max_in_window(PAGE, window_s=60) == 0  # reset since
+    assert reset["pages"] == {
+        PAGE: {"calls": 0, "endpoints": {}, "timestamps": []},
+        SECOND: {"calls": 0, "endpoints": {}, "timestamps": []},
+    }
+
+
+def test_the_busiest_sliding_window_of_calls_to_one_page():
+    from conversations.simulator.calls import calls_max_in_window
+
+    assert calls_max_in_window([]) == 0
+    assert calls_max_in_window([0.0, 0.5, 0.99, 1.0, 1.2, 3.0]) == 4  # 0.5, 0.99, 1.0, 1.2
+    assert calls_max_in_window([5.0, 1.0, 1.5], window_s=0.5) == 1
+    simulator = GraphSimulator(conversations=1, messages=1, extra_pages=1)
+    with simulator.running() as base:
+        for _ in range(3):
+            get(base, f"/{PAGE}")
+    assert simulator.page_calls_max_in_window() == 3
+    assert len(simulator.page_call_times(PAGE)) == 3
+    assert simulator.page_calls_max_in_window(SECOND) == 0
+
+
+# -- folders ----------------------------------------------------------------------------------
+
+
+def walk_folder(base: str, folder: str | None, **params) -> list[dict]:
+    extra = {"folder": folder} if folder else {}
+    return [n for page in walk_conversations(base, **extra, **params) for n in page["data"]]
+
+
+def test_folders_split_the_conversations_and_paging_stays_within_one():
+    # Given about 1 in 10 generated conversations in "other"
+    simulator = GraphSimulator(conversations=120, messages=360, seed=6, other_folder_share=0.1)
+    truth = {c["id"]: c for c in simulator.truth()["conversations"]}
+    with simulator.running() as base:
+        default = walk_folder(base, None, limit=7, fields="id,updated_time")
+        inbox = walk_folder(base, "inbox", limit=7, fields="id,updated_time", platform="messenger")
+        other = walk_folder(base, "other", limit=3, fields="id,updated_time")
+        done = get(base, f"/{PAGE}/conversations", folder="page_done").json()
+        unknown = get(base, f"/{PAGE}/conversations", folder="archive")
+
+    assert [n["id"] for n in default] == [n["id"] for n in inbox]
+    assert {truth[n["id"]]["folder"] for n in inbox} == {"inbox"}
+    assert {truth[n["id"]]["folder"] for n in other} == {"other"}
+    assert 5 <= len(other) <= 20
+    assert len(inbox) + len(other) == 120
+    for nodes in (inbox, other):
+        times = [parse_time(n["updated_time"]) for n in nodes]
+        assert times == sorted(times, reverse=True)
+        assert len({n["id"] for n in nodes}) == len(nodes)
+    assert done == {"data": []}
+    assert unknown.status_code == 400
+    assert unknown.json()["error"]["code"] == 100
+
+
+def test_a_conversation_added_to_other_and_bumps_stay_in_their_folder():
+    simulator = GraphSimulator(conversations=40, messages=80, seed=6, other_folder_share=0.2)
+    oldest_other = [c for c in simulator.truth()["conversations"] if c["folder"] == "other"][-1]
+    with simulator.running() as base:
+        added = requests.post(
+            f"{base}/_control/conversations",
+            json={"name": "Stranger", "folder": "other", "messages": 1},
+            timeout=5,
+        )
+        requests.post(
+            f"{base}/_control/messages",
+            json={"conversation": oldest_other["id"], "text": "bump"},
+            timeout=5,
+        )
+        bad = requests.post(f"{base}/_control/conversations", json={"folder": "x"}, timeout=5)
+        other = [n["id"] for n in walk_folder(base, "other", limit=2)]
+        inbox = [n["id"] for n in walk_folder(base, None, limit=100)]
+
+    assert added.json()["folder"] == "other"
+    assert other[:2] == [oldest_other["id"], added.json()["id"]]  # bumped after it was added
+    assert added.json()["id"] not in inbox
+    assert oldest_other["id"] not in inbox
+    assert bad.status_code == 400
+    assert len(other) + len(inbox) == 41
+
+
+def test_a_large_world_pages_the_other_folder_in_constant_time():
+    simulator = GraphSimulator(
+        conversations=100_000, messages=1_000_000, seed=7, other_folder_share=0.1
+    )
+    from conversations.simulator.graph import _encode_cursor
+
+    with simulator.running() as base:
+        started = time.monotonic()
+        deep = get(
+            base,
+            f"/{PAGE}/conversations",
+            folder="other",
+            limit=100,
+            after=_encode_cursor("i:90000"),
+            fields="id,message_count,messages.limit(100){id,message}",
+        )
+        empty = get(base, f"/{PAGE}/conversations", folder="spam")
+        assert time.monotonic() - started < 2
+    ids = [node["id"] for node in deep.json()["data"]]
+    assert len(ids) == 100
+    assert all(simulator.page().folder_of(key) == "other" for key in ids)
+    assert int(ids[0][3:]) > 90_000
+    assert empty.json() == {"data": []}
+
+
+# -- truth --------------------------------------------------------------------------------------
+
+FULL_FIELDS = (
+    "id,updated_time,participants,message_count,"
+    "messages.limit(100){id,created_time,from,to,message,attachments,reply_to}"
+)
+MESSAGE_FIELDS = "id,created_time,from,to,message,attachments,reply_to"
+
+
+def walk_everything(base: str, token: str = TOKEN, page: str = PAGE) -> dict[str, dict]:
+    """What a full sync sees: every folder, every conversation, every message, over HTTP."""
+    seen: dict[str, dict] = {}
+    session = requests.Session()
+    for folder in ("inbox", "other", "page_done", "spam"):
+        url, params = (
+            f"{base}/v21.0/{page}/conversations",
+            {
+                "access_token": token,
+                "folder": folder,
+                "limit": "7",
+                "fields": FULL_FIELDS,
+            },
+        )
+        while url:
+            body = session.get(url, params=params, timeout=10).json()
+            params = None
+            for node in body["data"]:
+                messages = list(node["messages"]["data"])
+                next_url = node["messages"].get("paging", {}).get("next")
+                while next_url:
+                    more = session.get(next_url, params={"fields": MESSAGE_FIELDS}, timeout=10)
+                    messages += more.json()["data"]
+                    next_url = more.json().get("paging", {}).get("next")
+                seen[node["id"]] = {**node, "folder": folder, "messages": messages}
+            url = body.get("paging", {}).get("next")
+    return seen
+
+
+def test_the_truth_equals_what_a_full_walk_of_the_api_returns():
+    # Given a world with long threads, both folders, added and deleted conversations
+    simulator = GraphSimulator(conversations=30, messages=2_400, seed=12, other_folder_share=0.2)
+    with simulator.running() as base:
+        requests.post(
+            f"{base}/_control/conversations",
+            json={"name": "Zoë Late", "folder": "spam", "messages": 2},
+            timeout=5,
+        )
+        requests.post(
+            f"{base}/_control/messages",
+            json={"conversation": "t_12000000004", "text": "é / ü", "from_page": True},
+            timeout=5,
+        )
+        requests.delete(f"{base}/_control/conversations/t_12000000007", timeout=5)
+        # When the whole API is walked
+        walked = walk_everything(base)
+    truth = simulator.truth()
+
+    # Then it holds exactly the truth's conversations and messages
+    assert truth["deleted"] == ["t_12000000007"]
+    updated = [c["updated_timestamp_ms"] for c in truth["conversations"]]
+    assert updated == sorted(updated, reverse=True)  # newest-updated first
+    assert set(walked) == {c["id"] for c in truth["conversations"]}
+    assert max(c["message_count"] for c in truth["conversations"]) > 100  # /messages paging
+    for expected in truth["conversations"]:
+        node = walked[expected["id"]]
+        person = node["participants"]["data"][0]
+        assert (person["id"], person["name"]) == (expected["psid"], expected["name"])
+        assert node["folder"] == expected["folder"]
+        assert node["updated_time"] == expected["updated_time"]
+        assert node["message_count"] == expected["message_count"] == len(expected["messages"])
+        served = [
+            {
+                "id": m["id"],
+                "created_time": m["created_time"],
+                "from_page": m["from"]["id"] == PAGE,
+                "text": m["message"],
+                "attachments": m.get("attachments", {}).get("data", []),
+                "reply_to": m.get("reply_to", {}).get("mid"),
+            }
+            for m in reversed(node["messages"])  # the truth lists the oldest first
+        ]
+        assert served == [
+            {key: value for key, value in m.items() if key != "created_timestamp_ms"}
+            for m in expected["messages"]
+        ]
+        for message in expected["messages"]:
+            assert parse_time(message["created_time"]).timestamp() == (
+                message["created_timestamp_ms"] // 1000
+            )
+    spam = [c for c in truth["conversations"] if c["folder"] == "spam"]
+    assert [m["text"] for m in spam[0]["messages"]] == ["message 0", "message 1"]
+    assert spam[0]["name"] == "Zoë Late"
+
+
+def test_the_truth_of_a_second_page_over_the_control_api():
+    simulator = GraphSimulator(conversations=3, messages=6, seed=2, extra_pages=1)
+    with simulator.running() as base:
+        truth = requests.get(f"{base}/_control/truth?page_id={SECOND}", timeout=5).json()
+        walked = walk_everything(base, token=SECOND_TOKEN, page=SECOND)
+        missing = requests.get(f"{base}/_control/truth?page_id=5", timeout=5)
+    assert truth == simulator.truth(SECOND)
+    assert truth["page_id"] == SECOND
+    assert (
+        {c["id"] for c in truth["conversations"]}
+        == set(walked)
+        == {f"t_3{i:09d}" for i in range(3)}
+    )
+    assert missing.status_code == 404
+
+
+# -- speed without changing content -------------------------------------------------------------
+
+
+def test_the_fast_message_json_equals_the_reference_rendering():
+    from conversations.simulator.render import MessageRenderer, Participant, json_compact
+
+    simulator = GraphSimulator(conversations=5, messages=400, seed=3)
+    world = simulator.page()
+    conversation = world.generated_conversation(2)
+    conversation.name = 'Zoë "Quote" \\ Name'
+    messages, _ = world.message_window(conversation, skip_newest=0, limit=100)
+    _, live = world.message_add(thread_id=conversation.key, text='<b>"hé"</b>\n', from_page=True)
+    for fields in (MESSAGE_FIELDS.split(","), ["message", "id"], ["reply_to", "attachments"]):
+        renderer = MessageRenderer(
+            person=Participant(participant_id=conversation.psid, name=conversation.name),
+            page=Participant(participant_id=PAGE, name="Simulated Shop"),
+            fields=fields,
+        )
+        for message in [*messages, live]:
+            assert renderer.json(message) == json_compact(renderer.item(message))
+
+
+def test_the_same_seed_gives_the_same_messages_in_another_process():
+    script = (
+        "import hashlib, json\n"
+        "from conversations.simulator.graph import GraphSimulator\n"
+        "sim = GraphSimulator(conversations=20, messages=300, seed=9, other_folder_share=0.3)\n"
+        "print(hashlib.sha256(json.dumps(sim.truth()).encode()).hexdigest())\n"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**__import__("os").environ, "PYTHONHASHSEED": "123"},
+    )
+    import hashlib
+
+    here = GraphSimulator(conversations=20, messages=300, seed=9, other_folder_share=0.3)
+    assert other.returncode == 0, other.stderr
+    assert other.stdout.strip() == hashlib.sha256(json.dumps(here.truth()).encode()).hexdigest()
+
+
+@pytest.mark.slow
+def test_the_management_command_serves_extra_pages():
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "manage.py",
+            "graph_simulator",
+            "--port",
+            str(port),
+            "--conversations",
+            "5",
+            "--messages",
+            "10",
+            "--extra-pages",
+            "2",
+            "--other-folder-share",
+            "0.5",
+        ],
+        cwd=PROJECT_ROOT,
+        env={**__import__("os").environ, "DEBUG": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def answers() -> bool:
+            try:
+                return requests.get(f"{base}/_control/state", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        assert wait_for(answers, timeout=30)
+        third = "111222335"
+        state = requests.get(f"{base}/_control/state?page_id={third}", timeout=5).json()
+        truth = requests.get(f"{base}/_control/truth?page_id={third}", timeout=5).json()
+        served = get_as(base, f"/{third}/conversations", f"{TOKEN}-{third}", limit=100).json()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert state["pages"] == [PAGE, "111222334", third]
+    assert state["seed"] == 3
+    inbox = [c["id"] for c in truth["conversations"] if c["folder"] == "inbox"]
+    assert [n["id"] for n in served["data"]] == inbox
+    assert len(inbox) < 5

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from evoflow.simulator import Faults, SimRequest, SimResponse, Simulator, SimulatorError
+from evoflow.simulator import Faults, Route, SimRequest, SimResponse, Simulator, SimulatorError
 
 
 class EchoSimulator(Simulator):
@@ -126,3 +126,28 @@ def test_a_seeded_fault_rate_is_deterministic() -> None:
     first, second = Faults(fault_rate=0.3, seed=7), Faults(fault_rate=0.3, seed=7)
 
     assert [first.roll(0.3) for _ in range(50)] == [second.roll(0.3) for _ in range(50)]
+
+
+def test_call_received_sees_every_service_call_before_faults_and_no_control_call() -> None:
+    # Given a simulator that notes every call it receives, and fails every service call
+    class NotingSimulator(EchoSimulator):
+        def __init__(self) -> None:
+            super().__init__(faults=Faults(fault_rate=1.0))
+            self.received: list[tuple[str, dict[str, str]]] = []
+
+        def call_received(self, route: Route, request: SimRequest) -> None:
+            self.received.append((route.endpoint, dict(request.params)))
+
+    simulator = NotingSimulator()
+    with simulator.running() as url:
+        failed = requests.get(f"{url}/items/7", timeout=5)
+        requests.get(f"{url}/_control/counters", timeout=5)
+        requests.get(f"{url}/nothing", timeout=5)
+
+    # Then the failed call was noted with its route's parameters; control and 404s were not
+    assert failed.status_code == 500
+    assert simulator.received == [("items.get", {"item_id": "7"})]
+
+
+def test_answers_are_compact_json() -> None:
+    assert SimResponse(200, {"a": [1, {"b": "é"}]}).encode() == b'{"a":[1,{"b":"\\u00e9"}]}'

@@ -46,6 +46,18 @@ class Command(BaseCommand):
             "--throttle-code", type=int, default=80001, choices=sorted(THROTTLE_MESSAGES)
         )
         parser.add_argument(
+            "--extra-pages",
+            type=int,
+            default=0,
+            help="more pages: ids page-id+1.., seeds seed+1.., tokens <access-token>-<page id>",
+        )
+        parser.add_argument(
+            "--other-folder-share",
+            type=rate_argument,
+            default=0.0,
+            help='share of generated conversations in the "other" folder (the rest: inbox)',
+        )
+        parser.add_argument(
             "--webhook-target",
             default=None,
             help="URL receiving signed webhook POSTs for messages added through the control API",
@@ -54,6 +66,10 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["conversations"] < 0 or options["messages"] < 0:
             raise CommandError("--conversations and --messages must not be negative")
+        if options["extra_pages"] < 0:
+            raise CommandError("--extra-pages must not be negative")
+        if options["extra_pages"] and not options["page_id"].isdigit():
+            raise CommandError("--extra-pages needs a --page-id of digits (the next ids follow it)")
         simulator = GraphSimulator(
             page_id=options["page_id"],
             page_name=options["page_name"],
@@ -69,11 +85,14 @@ class Command(BaseCommand):
             throttle_code=options["throttle_code"],
             webhook_target=options["webhook_target"],
             app_secret=settings.FB_APP_SECRET,
+            other_folder_share=options["other_folder_share"],
+            extra_pages=options["extra_pages"],
         )
-        self.stdout.write(
-            f"graph simulator: page {simulator.page_id}, {options['conversations']} conversations,"
-            f" {options['messages']} messages, seed {options['seed']}"
-        )
+        for world in simulator.pages.values():
+            self.stdout.write(
+                f"graph simulator: page {world.page_id}, {world.conversation_total} conversations,"
+                f" {world.message_total} messages, seed {world.seed}"
+            )
         try:
             serve_until_interrupted(
                 simulator,
