@@ -162,7 +162,7 @@ class FacebookPageAdmin(admin.ModelAdmin):
         if change:
             # Only what the operator edited: a full-row save would write back columns the sync
             # changed since the form was loaded (the watermark, the re-authorisation flag).
-            edited = [name for name in form.changed_data if name in form.Meta.fields]
+            edited = [name for name in form.changed_data if name in FacebookPageForm.Meta.fields]
             if edited:
                 obj.save(update_fields=[*edited, "updated_at"])
         else:

@@ -138,6 +138,8 @@ class Conversation(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["page", "psid"], name="conversation_one_per_page_psid"),
+            # The target of the messages' and events' composite foreign key.
+            models.UniqueConstraint(fields=["id", "page"], name="conversation_id_page_key"),
             models.CheckConstraint(
                 condition=models.Q(message_count__gte=0), name="conversation_message_count_gte_0"
             ),
@@ -192,12 +194,28 @@ class Source(models.TextChoices):
     SYNC = "sync", "Sync"
 
 
+# Messages and events point at their conversation AND its page through one composite foreign key,
+# (conversation_id, page_id) -> conversation (id, page_id), created in migration 0004: a row can
+# never name a page other than its conversation's, and the database checks one key per row
+# instead of two on the ingest path (about a sixth of a batch's time). The two Django foreign
+# keys therefore carry no constraint of their own (db_constraint=False); deletes still cascade
+# through Django, and raw SQL deletes are refused by the composite key.
+
+
 class Message(models.Model):
     page = models.ForeignKey(
-        FacebookPage, on_delete=models.CASCADE, related_name="+", db_index=False
+        FacebookPage,
+        on_delete=models.CASCADE,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
     )
     conversation = models.ForeignKey(
-        Conversation, on_delete=models.CASCADE, related_name="messages", db_index=False
+        Conversation,
+        on_delete=models.CASCADE,
+        related_name="messages",
+        db_index=False,
+        db_constraint=False,
     )
     # The one canonical message id (webhook `mid` and Graph `id` are stored alike).
     mid = models.CharField(max_length=255)
@@ -255,11 +273,20 @@ class EventKind(models.TextChoices):
 
 
 class InteractionEvent(models.Model):
+    # (conversation_id, page_id) is checked by the composite key described above Message.
     page = models.ForeignKey(
-        FacebookPage, on_delete=models.CASCADE, related_name="+", db_index=False
+        FacebookPage,
+        on_delete=models.CASCADE,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
     )
     conversation = models.ForeignKey(
-        Conversation, on_delete=models.CASCADE, related_name="events", db_index=False
+        Conversation,
+        on_delete=models.CASCADE,
+        related_name="events",
+        db_index=False,
+        db_constraint=False,
     )
     message = models.ForeignKey(
         Message, on_delete=models.CASCADE, null=True, blank=True, related_name="events"
