@@ -145,12 +145,12 @@ msg AS (
     RETURNING id, page_id, conversation_id, mid, direction, sent_at
 ), msg_events AS (
     INSERT INTO conversations_interactionevent (
-        page_id, conversation_id, message_id, kind, occurred_at, dedupe_key, source, metadata)
+        page_id, conversation_id, message_id, kind, occurred_at, dedupe_key, source)
     SELECT page_id, conversation_id, id,
         CASE direction WHEN 'inbound' THEN 'message_received' ELSE 'message_sent' END,
         sent_at,
         CASE direction WHEN 'inbound' THEN 'message_received:' ELSE 'message_sent:' END || mid,
-        %s, jsonb_build_object('mid', mid)
+        %s
     FROM msg
     ON CONFLICT DO NOTHING
     RETURNING 1
