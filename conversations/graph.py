@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -229,6 +230,9 @@ class GraphClient(HttpClient):
         self.limiter = limiter or default_rate_limiter()
         self._sleep = sleep
         self.deadline = deadline  # time.monotonic() value; None for no limit
+        # One client may serve two threads (the sync prefetches the next page while it writes):
+        # its counters are counted under a lock, or an increment could be lost.
+        self._counting = threading.Lock()
         self.calls = 0
         self.throttled_waits = 0
         self._reported: dict[str, float] = {}
@@ -243,10 +247,12 @@ class GraphClient(HttpClient):
     def before_attempt(self) -> None:
         reservation = self.limiter.reserve(self.buckets)
         if reservation.throttled:
-            self.throttled_waits += 1
+            with self._counting:
+                self.throttled_waits += 1
         if reservation.wait > 0:
             self._wait(reservation.wait)
-        self.calls += 1
+        with self._counting:
+            self.calls += 1
 
     def after_attempt(self, response: requests.Response) -> None:
         """Feed Meta's usage figures back to the limiter (only past the slow-down line, or

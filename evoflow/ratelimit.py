@@ -8,7 +8,8 @@ a bucket are spaced 1/rate apart whatever the number of workers.
 
 The service's own signals adjust the buckets for everyone: a reported usage past
 `SLOW_DOWN_FROM` percent shrinks the refill rate (down to a tenth at 100%), and throttling blocks
-the bucket until the time the service names. Each caller then sleeps out its own wait; nothing
+the bucket until the time the service names; the callers queued behind a block get their slots
+from its end on, one per 1/rate, not all at once. Each caller then sleeps out its own wait; nothing
 is held in the database while it does (call it outside a transaction: inside one, the bucket's
 row lock would serialise the callers until commit).
 """
@@ -64,6 +65,23 @@ SELECT coalesce(max(greatest(
     coalesce(blocked_for, 0))), 0),
     coalesce(bool_or(blocked_for > 0), false)
 FROM reserved
+"""
+
+
+# A block moves the bucket's refill clock to its end: the tokens are what they will be then,
+# so the callers reserving during the block get slots from its end on, one per 1/rate, instead
+# of all calling the moment it ends (a burst that would extend Meta's block).
+_BLOCK = f"""
+UPDATE evoflow_ratebucket AS b SET
+    tokens = CASE WHEN n.until > coalesce(b.blocked_until, '-infinity')
+        THEN least(b.capacity,
+            b.tokens + {_EFFECTIVE_RATE} * extract(epoch FROM n.until - b.refilled_at))
+        ELSE b.tokens END,
+    refilled_at = CASE WHEN n.until > coalesce(b.blocked_until, '-infinity')
+        THEN n.until ELSE b.refilled_at END,
+    blocked_until = greatest(b.blocked_until, n.until)
+FROM (SELECT clock_timestamp() + make_interval(secs => %s) AS until) AS n
+WHERE b.key = %s
 """
 
 
@@ -126,11 +144,7 @@ class RateLimiter:
     def block(key: str, duration: timedelta) -> None:
         """Nobody calls through this bucket for `duration` (never shortens a longer block)."""
         with connection.cursor() as cursor:
-            cursor.execute(
-                "UPDATE evoflow_ratebucket SET blocked_until = greatest(blocked_until,"
-                " clock_timestamp() + make_interval(secs => %s)) WHERE key = %s",
-                [duration.total_seconds(), key],
-            )
+            cursor.execute(_BLOCK, [duration.total_seconds(), key])
 
     @staticmethod
     def blocked_for(key: str) -> float:

@@ -18,15 +18,23 @@ transaction, so the saved cursor always matches what is stored (F11).
 
 Failures (F13). A batch that fails is retried with backoff; if it still fails it is recorded on
 the run and the walk goes on; the run ends `partial` and the next run of the page retries the
-recorded batches first. A page of conversations that cannot be read at all stops the walk with
-its cursor saved. A run that reaches its time budget stops as `partial` with its cursor; the
-next run in the same mode resumes there (`resumed_from`, the same `chain_id`). Error 190 flags
-the page for re-authorisation and fails the run at once.
+recorded batches first (a full run's batch in full, marked as seen by its chain, even when an
+incremental run retries it). A page of conversations that cannot be read at all stops the walk
+with its cursor saved. A run that reaches its time budget stops as `partial` with its cursor; the
+next run in the same mode resumes there (`resumed_from`, the same `chain_id`); when not one batch
+fit in the budget, the cursor also asks for pages a quarter the size, for the rest of the chain,
+so that a chain of long threads still progresses. A cursor the API rejects (error 100: expired
+or unknown) is never resumed again: the walk starts from the top instead (a recorded batch of
+the same mode with such a cursor is dropped, the walk covering it). Error 190 flags the page for
+re-authorisation and fails the run at once; a run that cannot start at all (a token the key
+cannot decrypt) fails at once too, freeing the lease.
 
 Incremental (F2). The walk goes newest-updated first and stops at the first conversation older
 than the watermark minus `SYNC_INCREMENTAL_OVERLAP_SECONDS`; a conversation's messages are read
-newest first until the first mid already stored. Graph calls grow with the changed
-conversations, not with the page. The watermark moves only when a run succeeds.
+newest first until the first mid already stored, unless the stored messages and the new ones
+fall short of the conversation's `message_count` (a gap: the webhook got ahead of the history,
+or a webhook was lost), when the read goes on past stored mids. Graph calls grow with the
+changed conversations, not with the page. The watermark moves only when a run succeeds.
 
 Soft deletes (C8, F20). A full sync marks every conversation it sees with its chain id; when the
 chain completes (the whole walk, no failed batch), the page's live conversations it did not see,
@@ -83,6 +91,21 @@ MESSAGES_PER_CALL = 100
 # Recorded failures and skips kept on a run (the counters hold the totals).
 MAX_RECORDED = 200
 PSID_MAX_LENGTH = 64
+
+
+# Meta's "invalid parameter": the answer to a cursor it no longer knows (expired, invalidated).
+INVALID_PARAMETER_CODE = 100
+
+
+def _batch_limit(value: Any) -> int:
+    """A page size read back from a cursor or a recorded batch (the default when absent)."""
+    if isinstance(value, int) and 1 <= value <= CONVERSATIONS_PER_BATCH:
+        return value
+    return CONVERSATIONS_PER_BATCH
+
+
+def _is_cursor_rejected(error: GraphError, after: str | None) -> bool:
+    return after is not None and error.graph_code == INVALID_PARAMETER_CODE
 
 
 class LeaseLost(Exception):
@@ -252,10 +275,32 @@ def sync_run_execute(*, run_id: int, progress: Callable[[SyncRun], None] | None 
     with bound_request_id(claim.run.request_id or None):
         metrics.SYNC_RUNNING.inc()
         try:
-            _Sync(claim, progress).execute()
+            try:
+                sync = _Sync(claim, progress)
+            except Exception as error:
+                # It cannot even start (a token the current key cannot decrypt, ...): it must
+                # not keep the page's lease until its heartbeat expires.
+                logger.exception("sync run %s could not start", run_id)
+                _fail_unstarted(claim, f"{type(error).__name__}: {error}")
+            else:
+                sync.execute()
         finally:
             metrics.SYNC_RUNNING.dec()
     return SyncRun.objects.get(pk=run_id)
+
+
+def _fail_unstarted(claim: Claim, detail: str) -> None:
+    failed = SyncRun.objects.filter(
+        pk=claim.run.pk, lease_token=claim.token, status=SyncStatus.RUNNING
+    ).update(
+        status=SyncStatus.FAILED,
+        finished_at=Now(),
+        lease_token=None,
+        error_code="internal_error",
+        error=f"the run could not start: {detail}"[:2000],
+    )
+    if failed:
+        metrics.SYNC_RUNS.labels(claim.run.mode, SyncStatus.FAILED).inc()
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -348,6 +393,12 @@ class _Sync:
         self.page = self.run.page
         self.progress = progress
         self.full = self.run.mode == SyncMode.FULL
+        # How the batch at hand is read and marked: as the run's mode says, except a recorded
+        # batch of a full run retried by an incremental one (`_retry_recorded_batches`).
+        self.batch_full = self.full
+        self.batch_chain: int | None = self.run.chain_id if self.full else None
+        # Set when a recorded batch's cursor was rejected: the walk then starts from the top.
+        self.restart_walk = False
         self.deadline = time.monotonic() + settings.SYNC_TIME_BUDGET_SECONDS
         self.client = GraphClient(
             page_id=self.page.page_id,
@@ -360,6 +411,9 @@ class _Sync:
         self.failed: list[dict[str, Any]] = []
         self.skipped: list[dict[str, str]] = []
         self.cursor: dict[str, Any] | None = self.run.cursor
+        # Conversations per listing call: fewer after a run ran out of time inside its first
+        # batch (kept in the cursor for the rest of the chain), so that the chain progresses.
+        self.batch_limit = _batch_limit((self.cursor or {}).get("limit"))
         self.watermark_candidate = self.run.watermark_candidate
         self.threshold = self._threshold()
         self.last_beat = time.monotonic()
@@ -397,6 +451,14 @@ class _Sync:
             self._finish(SyncStatus.FAILED, error.code, error.detail)
             return
         except OutOfTime as error:
+            if self.totals.batches_succeeded == 0 and self.batch_limit > 1:
+                # Not one batch fit in the budget: the next run would fail the same way for
+                # ever. It reads smaller pages of conversations from the same place instead.
+                folders = list(settings.SYNC_FOLDERS)
+                self.cursor = {
+                    **(self.cursor or {"folder": folders[0], "after": None}),
+                    "limit": max(1, self.batch_limit // 4),
+                }
             self._finish(SyncStatus.PARTIAL, "time_budget", str(error))
             return
         except GraphError as error:
@@ -425,34 +487,50 @@ class _Sync:
     def _walk(self) -> bool:
         """Walk the folders from the cursor; False when the time budget ran out first."""
         folders = list(settings.SYNC_FOLDERS)
-        start = 0
+        position = 0
         after: str | None = None
-        if self.cursor is not None and self.cursor.get("folder") in folders:
-            start = folders.index(self.cursor["folder"])
+        restarted = self.restart_walk
+        if not restarted and self.cursor is not None and self.cursor.get("folder") in folders:
+            position = folders.index(self.cursor["folder"])
             after = self.cursor.get("after")
-        for position in range(start, len(folders)):
-            folder = folders[position]
-            while True:
-                if time.monotonic() >= self.deadline:
-                    return False
-                next_after, reached_watermark = self._batch_with_retries(folder, after)
-                if next_after is None or reached_watermark:
-                    break
+        while position < len(folders):
+            if time.monotonic() >= self.deadline:
+                return False
+            try:
+                next_after, reached_watermark = self._batch_with_retries(folders[position], after)
+            except GraphError as error:
+                if restarted or not _is_cursor_rejected(error, after):
+                    raise
+                # The saved cursor expired (or Meta forgot it): resuming there can never work,
+                # so this walk starts again from the top, once.
+                logger.warning(
+                    "sync run %s: the Graph API rejected the cursor (%s); walking from the top",
+                    self.run.pk,
+                    error.detail,
+                )
+                restarted = True
+                position, after = 0, None
+                continue
+            if next_after is None or reached_watermark:
+                position, after = position + 1, None
+            else:
                 after = next_after
-            after = None
         return True
 
     # -- batches -----------------------------------------------------------------------------
 
     def _next_cursor(self, folder: str, next_after: str | None) -> dict[str, Any] | None:
+        limit = {} if self.batch_limit == CONVERSATIONS_PER_BATCH else {"limit": self.batch_limit}
         if next_after is not None:
-            return {"folder": folder, "after": next_after}
+            return {"folder": folder, "after": next_after, **limit}
         folders = list(settings.SYNC_FOLDERS)
         position = folders.index(folder) + 1 if folder in folders else len(folders)
-        return {"folder": folders[position], "after": None} if position < len(folders) else None
+        if position < len(folders):
+            return {"folder": folders[position], "after": None, **limit}
+        return None
 
     def _batch_with_retries(
-        self, folder: str, after: str | None, *, retrying: bool = False
+        self, folder: str, after: str | None, *, retrying: bool = False, limit: int | None = None
     ) -> tuple[str | None, bool]:
         """One batch with its retries: (the next page's cursor, whether the walk reached the
         watermark). A batch that keeps failing is recorded and skipped. When the page of
@@ -467,7 +545,7 @@ class _Sync:
                 if prefetched is not None:
                     listing, prefetched = prefetched.result(), None
                 else:
-                    listing = self._listing(folder, after)
+                    listing = self._listing(folder, after, limit)
                 known_next = (listing.next_after, False)
                 batch = self._plan(listing)
                 known_next = (listing.next_after, batch.reached_watermark)
@@ -505,7 +583,26 @@ class _Sync:
                     continue
                 if known_next is None and not retrying:
                     raise
-                self._record_failure(folder, after, code, detail, attempts)
+                if (
+                    retrying
+                    and isinstance(error, GraphError)
+                    and _is_cursor_rejected(error, after)
+                    and self.batch_full == self.full
+                ):
+                    # A recorded batch whose cursor is dead can never be read again; a walk
+                    # from the top in the same mode reads its conversations instead.
+                    logger.warning(
+                        "sync run %s: recorded batch %s/%s dropped (cursor rejected); the walk"
+                        " starts from the top",
+                        self.run.pk,
+                        folder,
+                        after,
+                    )
+                    self.restart_walk = True
+                    return (None, False)
+                self._record_failure(
+                    folder, after, code, detail, attempts, limit or self.batch_limit
+                )
                 if not retrying and known_next is not None:
                     self._advance_past_failure(folder, known_next)
                 else:
@@ -513,13 +610,15 @@ class _Sync:
                 return known_next or (None, False)
         raise AssertionError("unreachable")
 
-    def _listing(self, folder: str, after: str | None) -> ConversationPage:
+    def _listing(
+        self, folder: str, after: str | None, limit: int | None = None
+    ) -> ConversationPage:
         listing: ConversationPage = self.client_call(
             "conversations",
             lambda: self.client.conversations(
                 folder=folder,
                 after=after,
-                limit=CONVERSATIONS_PER_BATCH,
+                limit=limit or self.batch_limit,
                 message_limit=MESSAGES_PER_CALL,
             ),
         )
@@ -541,8 +640,9 @@ class _Sync:
     def _plan(self, listing: ConversationPage) -> Batch:
         batch = Batch()
         threads: list[tuple[GraphConversation, str]] = []
+        threshold = None if self.batch_full else self.threshold
         for conversation in listing.data:
-            if self.threshold is not None and conversation.updated_time < self.threshold:
+            if threshold is not None and conversation.updated_time < threshold:
                 batch.reached_watermark = True
                 break
             if batch.newest_update is None or conversation.updated_time > batch.newest_update:
@@ -558,12 +658,13 @@ class _Sync:
                     psid=psid,
                     participant_name=name[:255],
                     thread_id=conversation.id[:128],
-                    full_sync_seen=self.run.chain_id if self.full else None,
+                    full_sync_seen=self.batch_chain,
                 )
             )
             threads.append((conversation, psid))
         stored: set[str] = set()
-        if not self.full:  # which of the newest messages are stored already: one query
+        counts: dict[str, int] = {}
+        if not self.batch_full:  # which of the newest messages are stored already: two queries
             stored = self._stored_mids(
                 [
                     message.id
@@ -572,32 +673,42 @@ class _Sync:
                     for message in conversation.messages.data
                 ]
             )
+            counts = self._stored_counts([psid for _, psid in threads])
         for conversation, psid in threads:
             batch.messages.extend(
-                self._incoming(psid, message) for message in self._messages_of(conversation, stored)
+                self._incoming(psid, message)
+                for message in self._messages_of(conversation, stored, counts.get(psid, 0))
             )
         return batch
 
-    def _messages_of(self, conversation: GraphConversation, stored: set[str]) -> list[GraphMessage]:
-        """Every message (full), or the messages newer than the newest one stored (incremental:
-        the walk over the messages edge stops at the first mid already stored). `stored` holds
-        the stored mids among the nested first page's."""
+    def _messages_of(
+        self, conversation: GraphConversation, stored: set[str], stored_count: int = 0
+    ) -> list[GraphMessage]:
+        """Every message (full), or the messages not stored yet (incremental: newest first,
+        the walk over the messages edge stops at the first mid already stored, unless the
+        stored messages and the new ones still fall short of the conversation's
+        `message_count`: then the stored history has a gap (the webhook stored a conversation's
+        newest messages before any sync read its history, or a webhook was lost) and the walk
+        goes on past stored mids). `stored` holds the stored mids among the nested first
+        page's; `stored_count` is how many messages of the conversation are stored."""
         page = conversation.messages
         if page is None:
             return []
+        expected = conversation.message_count
         messages: list[GraphMessage] = []
         first = True
         while True:
-            if self.full:
+            if self.batch_full:
                 messages.extend(page.data)
             else:
                 if not first:
                     stored = self._stored_mids([message.id for message in page.data])
                 first = False
                 for message in page.data:
-                    if message.id in stored:
+                    if message.id not in stored:
+                        messages.append(message)
+                    elif expected is None or stored_count + len(messages) >= expected:
                         return messages
-                    messages.append(message)
             next_after = page.next_after
             if next_after is None:
                 return messages
@@ -619,6 +730,17 @@ class _Sync:
                 [self.page.pk, list(mids)],
             )
             return {row[0] for row in cursor.fetchall()}
+
+    def _stored_counts(self, psids: Sequence[str]) -> dict[str, int]:
+        if not psids:
+            return {}
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT psid, message_count FROM conversations_conversation"
+                " WHERE page_id = %s AND psid = ANY(%s)",
+                [self.page.pk, list(psids)],
+            )
+            return dict(cursor.fetchall())
 
     def _participant(self, conversation: GraphConversation) -> tuple[str, str] | str:
         """The person of a thread (F7): (psid, name), or why the thread is skipped."""
@@ -692,14 +814,18 @@ class _Sync:
             )
 
     def _record_failure(
-        self, folder: str, after: str | None, code: str, detail: str, attempts: int
+        self, folder: str, after: str | None, code: str, detail: str, attempts: int, limit: int
     ) -> None:
         self.failed.append(
             {
                 "kind": "conversations",
-                "mode": self.run.mode,
+                "mode": SyncMode.FULL if self.batch_full else SyncMode.INCREMENTAL,
+                # The full sync chain the batch belongs to: whichever run retries it marks its
+                # conversations as seen by that chain, which may be resumed and complete later.
+                "chain_id": self.batch_chain,
                 "folder": folder,
                 "after": after,
+                "limit": limit,
                 "error_code": code,
                 "detail": detail[:500],
                 "attempts": attempts,
@@ -732,11 +858,24 @@ class _Sync:
         while self.pending_retries:
             record = self.pending_retries.pop(0)
             folder, after = str(record.get("folder") or "inbox"), record.get("after")
+            # A batch a full run recorded is read in full (no watermark cut, every message) and
+            # marked as seen by its chain, even by an incremental run (the admin's "retry
+            # failed batches"): else a later run resuming that chain would complete it without
+            # having seen these conversations, and soft-delete them.
+            if not self.full and record.get("mode") == SyncMode.FULL:
+                chain = record.get("chain_id")
+                self.batch_full = True
+                self.batch_chain = chain if isinstance(chain, int) else None
             try:
-                self._batch_with_retries(folder, after, retrying=True)
+                self._batch_with_retries(
+                    folder, after, retrying=True, limit=_batch_limit(record.get("limit"))
+                )
             except BaseException:
                 self.pending_retries.insert(0, record)
                 raise
+            finally:
+                self.batch_full = self.full
+                self.batch_chain = self.run.chain_id if self.full else None
 
     # -- the run's row -----------------------------------------------------------------------
 
