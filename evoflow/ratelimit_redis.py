@@ -33,8 +33,10 @@ for i, key in ipairs(KEYS) do
     if usage > {SLOW_DOWN_FROM} then
         effective = rate * math.max({SLOWEST_FACTOR}, (100 - usage) / (100 - {SLOW_DOWN_FROM}))
     end
-    tokens = math.min(capacity, tokens + effective * math.max(0, now - refilled_at)) - 1
-    redis.call('HSET', key, 'tokens', tokens, 'refilled_at', now)
+    -- refilled_at may lie ahead (a block moved it to its end): the debt then grows.
+    tokens = math.min(capacity, tokens + effective * (now - refilled_at)) - 1
+    redis.call('HSET', key, 'tokens', tokens, 'refilled_at', now, 'rate', rate,
+        'capacity', capacity)
     redis.call('EXPIRE', key, {IDLE_EXPIRY_SECONDS})
     if tokens < 0 then wait = math.max(wait, -tokens / effective) end
     if blocked_until > now then
@@ -45,12 +47,30 @@ end
 return {{tostring(wait), throttled}}
 """
 
-_BLOCK = """
+# As in PostgreSQL: a block moves the refill clock to its end, so the callers queued during it
+# resume one slot per 1/rate instead of all at once.
+_BLOCK = f"""
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local until_ = now + tonumber(ARGV[1])
-local current = tonumber(redis.call('HGET', KEYS[1], 'blocked_until')) or 0
-if until_ > current then redis.call('HSET', KEYS[1], 'blocked_until', until_) end
+local state = redis.call('HMGET', KEYS[1], 'blocked_until', 'tokens', 'refilled_at', 'rate',
+    'capacity', 'usage')
+local current = tonumber(state[1]) or 0
+if until_ > current then
+    local rate, capacity = tonumber(state[4]), tonumber(state[5])
+    if rate and capacity then
+        local usage = tonumber(state[6]) or 0
+        local effective = rate
+        if usage > {SLOW_DOWN_FROM} then
+            effective = rate * math.max({SLOWEST_FACTOR}, (100 - usage) / (100 - {SLOW_DOWN_FROM}))
+        end
+        local tokens = tonumber(state[2]) or capacity
+        local refilled_at = tonumber(state[3]) or now
+        tokens = math.min(capacity, tokens + effective * (until_ - refilled_at))
+        redis.call('HSET', KEYS[1], 'tokens', tokens, 'refilled_at', until_)
+    end
+    redis.call('HSET', KEYS[1], 'blocked_until', until_)
+end
 return 1
 """
 

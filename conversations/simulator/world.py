@@ -117,6 +117,9 @@ class SimConversation:
     folder: str = FOLDER_INBOX
     message_gap: int = 60  # seconds between generated messages
     page_id: str = ""
+    # When the newest generated message was sent: generated messages keep their times when a
+    # new message bumps `updated` (Facebook never rewrites a message's time).
+    generated_until: float | None = None
 
 
 class PageWorld:
@@ -191,11 +194,13 @@ class PageWorld:
 
     def generated_conversation(self, index: int) -> SimConversation:
         value = _hash(self.seed, _STREAM_CONVERSATION, index, 0)
+        updated = GENERATED_UNTIL - index * CONVERSATION_SPACING_S - (value >> 16) % 30
         return SimConversation(
             key=self.generated_key(index),
             psid=str(6_100_000_000_000 + self.seed * 10_000_000 + index),
             name=f"{FIRST_NAMES[value % 10]} {LAST_NAMES[(value >> 8) % 10]}",
-            updated=GENERATED_UNTIL - index * CONVERSATION_SPACING_S - (value >> 16) % 30,
+            updated=updated,
+            generated_until=updated,
             base_count=self.generated_message_count(index),
             generated_index=index,
             folder=self.generated_folder(index),
@@ -219,7 +224,11 @@ class PageWorld:
         assert index is not None
         seed = self.seed
         newest, gap = conversation.base_count - 1, conversation.message_gap
-        updated = conversation.updated
+        updated = (
+            conversation.generated_until
+            if conversation.generated_until is not None
+            else conversation.updated
+        )
         mid_prefix = f"m_{seed}_{index}_"
         base = seed * _SEED + _STREAM_MESSAGE * _STREAM + index * _INDEX  # _hash, inlined
         messages = []

@@ -191,33 +191,9 @@ def graph_calls(sim: GraphSimulator) -> int:
     return sum(count for endpoint, count in calls.items() if not endpoint.startswith("control"))
 
 
-def keep_generated_message_times(sim: GraphSimulator) -> None:
-    """Work around a simulator defect (reported to its owner): a generated message's
-    `created_time` is computed from its conversation's `updated` time, so when a new message
-    bumps a conversation, its whole generated history moves forward in time, served and in
-    `truth()` alike. Facebook never rewrites a message's time (and the sync rightly keeps the
-    time it stored first). Here each world computes generated messages from the conversation
-    as generated, whatever bumped it since."""
-    for world in sim.pages.values():
-        for name in ("generated_messages", "generated_message"):
-            original = getattr(world, name, None)
-            if original is None:
-                continue
-
-            def unbumped(conversation, *args, _original=original, _world=world):
-                if conversation.generated_index is not None:
-                    generated = _world.generated_conversation(conversation.generated_index)
-                    if generated.updated != conversation.updated:
-                        conversation = generated
-                return _original(conversation, *args)
-
-            setattr(world, name, unbumped)
-
-
 @contextmanager
 def simulator_serving(sim: GraphSimulator, settings) -> Iterator[str]:
     """Serve the simulator and point the Graph client of this process at it."""
-    keep_generated_message_times(sim)
     with sim.running() as base:
         settings.GRAPH_API_BASE_URL = base + "/v21.0"
         yield base

@@ -860,3 +860,16 @@ def test_the_management_command_serves_extra_pages():
     inbox = [c["id"] for c in truth["conversations"] if c["folder"] == "inbox"]
     assert [n["id"] for n in served["data"]] == inbox
     assert len(inbox) < 5
+
+
+def test_a_new_message_does_not_move_the_older_messages_in_time():
+    simulator = GraphSimulator(conversations=5, messages=50, seed=41)
+    thread = simulator.generated_conversation(2).key
+    before = {m["id"]: m["created_time"] for m in simulator.truth()["conversations"][2]["messages"]}
+
+    simulator.message_add(thread_id=thread, text="a new one")
+
+    after = next(c for c in simulator.truth()["conversations"] if c["id"] == thread)
+    times = {m["id"]: m["created_time"] for m in after["messages"]}
+    assert {mid: times[mid] for mid in before} == before
+    assert len(times) == len(before) + 1

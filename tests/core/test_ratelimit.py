@@ -118,3 +118,14 @@ def test_threads_with_their_own_connections_share_one_bucket(limiter):
     # would have spanned a quarter of one). The slack covers the time between a clock read and
     # the reservation it precedes (row-lock waits under contention).
     assert slots[-1] - slots[0] >= 39 * 0.05 - 0.25
+
+
+def test_callers_queued_behind_a_block_resume_one_slot_apart(limiter):
+    """Everyone calling the moment a block ends is the burst that extends Meta's block."""
+    bucket = Bucket("graph:page:after-block", rate=10.0)
+    limiter.reserve([bucket])
+    limiter.block(bucket.key, timedelta(seconds=5))
+    waits = [limiter.reserve([bucket]).wait for _ in range(4)]
+    assert all(4.5 <= wait <= 5.5 for wait in waits)
+    gaps = [later - earlier for earlier, later in zip(waits, waits[1:], strict=False)]
+    assert all(0.05 <= gap <= 0.11 for gap in gaps), gaps
