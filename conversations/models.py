@@ -407,9 +407,7 @@ class SyncRun(models.Model):
         FacebookPage, on_delete=models.CASCADE, related_name="sync_runs", db_index=False
     )
     mode = models.CharField(max_length=12, choices=SyncMode.choices)
-    status = models.CharField(
-        max_length=10, choices=SyncStatus.choices, default=SyncStatus.QUEUED
-    )
+    status = models.CharField(max_length=10, choices=SyncStatus.choices, default=SyncStatus.QUEUED)
     trigger = models.CharField(max_length=16, default="api", db_default="api")
     request_id = models.CharField(max_length=128, blank=True, default="", db_default="")
     resumed_from = models.ForeignKey(

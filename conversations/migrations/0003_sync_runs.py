@@ -8,57 +8,141 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('conversations', '0002_page_id_read_only'),
+        ("conversations", "0002_page_id_read_only"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='conversation',
-            name='full_sync_seen',
+            model_name="conversation",
+            name="full_sync_seen",
             field=models.BigIntegerField(blank=True, editable=False, null=True),
         ),
         migrations.CreateModel(
-            name='SyncRun',
+            name="SyncRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('mode', models.CharField(choices=[('full', 'Full'), ('incremental', 'Incremental')], max_length=12)),
-                ('status', models.CharField(choices=[('queued', 'Queued'), ('running', 'Running'), ('succeeded', 'Succeeded'), ('partial', 'Partial (failed batches or time budget; the next run resumes)'), ('failed', 'Failed'), ('cancelled', 'Cancelled')], default='queued', max_length=10)),
-                ('trigger', models.CharField(db_default='api', default='api', max_length=16)),
-                ('request_id', models.CharField(blank=True, db_default='', default='', max_length=128)),
-                ('chain_id', models.BigIntegerField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now(), editable=False)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('heartbeat_at', models.DateTimeField(blank=True, null=True)),
-                ('lease_token', models.UUIDField(blank=True, editable=False, null=True)),
-                ('cursor', models.JSONField(blank=True, null=True)),
-                ('watermark_candidate', models.DateTimeField(blank=True, null=True)),
-                ('api_calls', models.IntegerField(db_default=0, default=0)),
-                ('throttled_waits', models.IntegerField(db_default=0, default=0)),
-                ('conversations_seen', models.IntegerField(db_default=0, default=0)),
-                ('conversations_inserted', models.IntegerField(db_default=0, default=0)),
-                ('conversations_updated', models.IntegerField(db_default=0, default=0)),
-                ('conversations_soft_deleted', models.IntegerField(db_default=0, default=0)),
-                ('conversations_skipped', models.IntegerField(db_default=0, default=0)),
-                ('messages_inserted', models.IntegerField(db_default=0, default=0)),
-                ('events_inserted', models.IntegerField(db_default=0, default=0)),
-                ('batches_succeeded', models.IntegerField(db_default=0, default=0)),
-                ('failed_batches', models.JSONField(blank=True, db_default=models.Value([], models.JSONField()), default=list)),
-                ('skipped', models.JSONField(blank=True, db_default=models.Value([], models.JSONField()), default=list)),
-                ('error_code', models.CharField(blank=True, db_default='', default='', max_length=40)),
-                ('error', models.TextField(blank=True, db_default='', default='')),
-                ('page', models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='sync_runs', to='conversations.facebookpage')),
-                ('resumed_from', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='conversations.syncrun')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "mode",
+                    models.CharField(
+                        choices=[("full", "Full"), ("incremental", "Incremental")], max_length=12
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("running", "Running"),
+                            ("succeeded", "Succeeded"),
+                            (
+                                "partial",
+                                "Partial (failed batches or time budget; the next run resumes)",
+                            ),
+                            ("failed", "Failed"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        default="queued",
+                        max_length=10,
+                    ),
+                ),
+                ("trigger", models.CharField(db_default="api", default="api", max_length=16)),
+                (
+                    "request_id",
+                    models.CharField(blank=True, db_default="", default="", max_length=128),
+                ),
+                ("chain_id", models.BigIntegerField(blank=True, null=True)),
+                (
+                    "created_at",
+                    models.DateTimeField(
+                        db_default=django.db.models.functions.datetime.Now(), editable=False
+                    ),
+                ),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("heartbeat_at", models.DateTimeField(blank=True, null=True)),
+                ("lease_token", models.UUIDField(blank=True, editable=False, null=True)),
+                ("cursor", models.JSONField(blank=True, null=True)),
+                ("watermark_candidate", models.DateTimeField(blank=True, null=True)),
+                ("api_calls", models.IntegerField(db_default=0, default=0)),
+                ("throttled_waits", models.IntegerField(db_default=0, default=0)),
+                ("conversations_seen", models.IntegerField(db_default=0, default=0)),
+                ("conversations_inserted", models.IntegerField(db_default=0, default=0)),
+                ("conversations_updated", models.IntegerField(db_default=0, default=0)),
+                ("conversations_soft_deleted", models.IntegerField(db_default=0, default=0)),
+                ("conversations_skipped", models.IntegerField(db_default=0, default=0)),
+                ("messages_inserted", models.IntegerField(db_default=0, default=0)),
+                ("events_inserted", models.IntegerField(db_default=0, default=0)),
+                ("batches_succeeded", models.IntegerField(db_default=0, default=0)),
+                (
+                    "failed_batches",
+                    models.JSONField(
+                        blank=True, db_default=models.Value([], models.JSONField()), default=list
+                    ),
+                ),
+                (
+                    "skipped",
+                    models.JSONField(
+                        blank=True, db_default=models.Value([], models.JSONField()), default=list
+                    ),
+                ),
+                (
+                    "error_code",
+                    models.CharField(blank=True, db_default="", default="", max_length=40),
+                ),
+                ("error", models.TextField(blank=True, db_default="", default="")),
+                (
+                    "page",
+                    models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="sync_runs",
+                        to="conversations.facebookpage",
+                    ),
+                ),
+                (
+                    "resumed_from",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="conversations.syncrun",
+                    ),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['page', '-created_at'], name='syncrun_page_created'), models.Index(fields=['status', '-created_at'], name='syncrun_status_created')],
-                'constraints': [models.UniqueConstraint(condition=models.Q(('status__in', ['queued', 'running'])), fields=('page',), name='syncrun_one_live_per_page')],
+                "indexes": [
+                    models.Index(fields=["page", "-created_at"], name="syncrun_page_created"),
+                    models.Index(fields=["status", "-created_at"], name="syncrun_status_created"),
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        condition=models.Q(("status__in", ["queued", "running"])),
+                        fields=("page",),
+                        name="syncrun_one_live_per_page",
+                    )
+                ],
             },
         ),
         pgtrigger.migrations.AddTrigger(
-            model_name='syncrun',
-            trigger=pgtrigger.compiler.Trigger(name='syncrun_status_fsm', sql=pgtrigger.compiler.UpsertTriggerSql(declare='DECLARE _is_valid_transition BOOLEAN;', func='SELECT CONCAT(OLD."status", \':\', NEW."status") = ANY(\'{queued:running,queued:failed,queued:cancelled,running:succeeded,running:partial,running:failed,running:cancelled}\'::text[]) INTO _is_valid_transition; IF (_is_valid_transition IS FALSE AND OLD."status" IS DISTINCT FROM NEW."status") THEN RAISE EXCEPTION \'pgtrigger: Invalid transition of field "status" from "%" to "%" on table %\', OLD."status", NEW."status", TG_TABLE_NAME; ELSE RETURN NEW; END IF;', hash='03669b3747900224b95d4be4f83866775cf3d247', operation='UPDATE', pgid='pgtrigger_syncrun_status_fsm_91fc7', table='conversations_syncrun', when='BEFORE')),
+            model_name="syncrun",
+            trigger=pgtrigger.compiler.Trigger(
+                name="syncrun_status_fsm",
+                sql=pgtrigger.compiler.UpsertTriggerSql(
+                    declare="DECLARE _is_valid_transition BOOLEAN;",
+                    func='SELECT CONCAT(OLD."status", \':\', NEW."status") = ANY(\'{queued:running,queued:failed,queued:cancelled,running:succeeded,running:partial,running:failed,running:cancelled}\'::text[]) INTO _is_valid_transition; IF (_is_valid_transition IS FALSE AND OLD."status" IS DISTINCT FROM NEW."status") THEN RAISE EXCEPTION \'pgtrigger: Invalid transition of field "status" from "%" to "%" on table %\', OLD."status", NEW."status", TG_TABLE_NAME; ELSE RETURN NEW; END IF;',
+                    hash="03669b3747900224b95d4be4f83866775cf3d247",
+                    operation="UPDATE",
+                    pgid="pgtrigger_syncrun_status_fsm_91fc7",
+                    table="conversations_syncrun",
+                    when="BEFORE",
+                ),
+            ),
         ),
     ]

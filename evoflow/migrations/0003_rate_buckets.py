@@ -4,22 +4,21 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('evoflow', '0002_operators_group'),
+        ("evoflow", "0002_operators_group"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='RateBucket',
+            name="RateBucket",
             fields=[
-                ('key', models.CharField(max_length=200, primary_key=True, serialize=False)),
-                ('rate', models.FloatField()),
-                ('capacity', models.FloatField()),
-                ('tokens', models.FloatField()),
-                ('refilled_at', models.DateTimeField()),
-                ('usage_percent', models.FloatField(db_default=0.0, default=0.0)),
-                ('blocked_until', models.DateTimeField(blank=True, null=True)),
+                ("key", models.CharField(max_length=200, primary_key=True, serialize=False)),
+                ("rate", models.FloatField()),
+                ("capacity", models.FloatField()),
+                ("tokens", models.FloatField()),
+                ("refilled_at", models.DateTimeField()),
+                ("usage_percent", models.FloatField(db_default=0.0, default=0.0)),
+                ("blocked_until", models.DateTimeField(blank=True, null=True)),
             ],
         ),
     ]

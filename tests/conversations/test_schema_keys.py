@@ -22,14 +22,17 @@ def test_a_row_naming_another_page_than_its_conversations_is_refused(db, table):
             " occurred_at, dedupe_key, source) VALUES (%s, %s, 'reaction', now(), 'k', 'sync')"
         ),
     }[table]
-    with pytest.raises(IntegrityError), transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(statement, [other_page.pk, message.conversation_id])
+    with connection.cursor() as cursor:
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        with pytest.raises(IntegrityError), transaction.atomic():
+            cursor.execute(statement, [other_page.pk, message.conversation_id])
 
 
 def test_a_conversation_with_messages_cannot_be_deleted_behind_django(db):
     conversation = ConversationFactory()
     MessageFactory(conversation=conversation, page=conversation.page)
-    with pytest.raises(IntegrityError), transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("DELETE FROM conversations_conversation WHERE id = %s", [conversation.pk])
+    delete = "DELETE FROM conversations_conversation WHERE id = %s"
+    with connection.cursor() as cursor:
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        with pytest.raises(IntegrityError), transaction.atomic():
+            cursor.execute(delete, [conversation.pk])
