@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import logging
 
-from django.conf import settings
 from django.db import connection, transaction
 
 from conversations.services.repairs import (
     conversation_message_counts_repair,
     message_events_repair,
 )
-from conversations.services.sync import sync_runs_expire_stale
+from conversations.services.sync import stale_run_condition, sync_runs_expire_stale
 from evoflow.integrity import IntegrityCheck, register
 
 logger = logging.getLogger(__name__)
 
+
 # Live runs past their lease: the same rule (and the same update) as `sync_request`'s expiry.
-SYNC_RUNS_STALE_SELECT = """
-    SELECT id FROM conversations_syncrun
-    WHERE status IN ('queued', 'running')
-      AND coalesce(heartbeat_at, created_at) < now() - make_interval(secs => {lease})
-"""
+def _sync_runs_stale_select() -> str:
+    return f"SELECT id FROM conversations_syncrun WHERE {stale_run_condition()}"
+
 
 # Conversations whose last message is behind the newest stored one (C4): the message trigger
 # keeps them level, so only writes behind it (a disabled trigger, a restore) leave any.
@@ -33,23 +31,15 @@ LAST_MESSAGE_BEHIND_SELECT = """
 """
 
 
-def _lease_seconds() -> int:
-    return int(settings.SYNC_LEASE_SECONDS)
-
-
 @transaction.atomic(durable=True)
 def sync_runs_stale_repair(*, dry_run: bool = True) -> int:
     """Fail the live runs whose lease expired (error_code `lease_expired`), as the next
     `sync_request` of their page would; the next run of the page resumes from the cursor."""
-    lease = _lease_seconds()
-    with connection.cursor() as cursor:
-        if dry_run:
-            cursor.execute(
-                f"SELECT count(*) FROM ({SYNC_RUNS_STALE_SELECT.format(lease='%s')}) AS stale",
-                [lease],
-            )
+    if dry_run:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT count(*) FROM ({_sync_runs_stale_select()}) AS stale")
             row = cursor.fetchone()
-            return int(row[0]) if row else 0
+        return int(row[0]) if row else 0
     return len(sync_runs_expire_stale())
 
 
@@ -230,7 +220,7 @@ register(
 def _sync_runs_stale_sql() -> str:
     # The lease's length comes from the settings at run time, as sync_request reads it.
     return f"""
-        WITH stale AS ({SYNC_RUNS_STALE_SELECT.format(lease=_lease_seconds())})
+        WITH stale AS ({_sync_runs_stale_select()})
         SELECT (SELECT count(*) FROM stale),
                (SELECT count(*) FROM conversations_syncrun
                 WHERE status IN ('queued', 'running')),

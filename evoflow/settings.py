@@ -133,6 +133,7 @@ GRAPH_TIMEOUT_SECONDS = env_float("GRAPH_TIMEOUT_SECONDS", 20.0)
 # before it stops as partial (below Q_TIMEOUT), the overlap an incremental walk goes past the
 # watermark, the folders walked, and every how many minutes active pages sync incrementally.
 SYNC_LEASE_SECONDS = env_int("SYNC_LEASE_SECONDS", 120)
+SYNC_QUEUED_EXPIRY_SECONDS = env_int("SYNC_QUEUED_EXPIRY_SECONDS", 1800)
 SYNC_TIME_BUDGET_SECONDS = env_int("SYNC_TIME_BUDGET_SECONDS", 240)
 SYNC_INCREMENTAL_OVERLAP_SECONDS = env_int("SYNC_INCREMENTAL_OVERLAP_SECONDS", 300)
 SYNC_FOLDERS = env_list("SYNC_FOLDERS", ["inbox", "other", "page_done", "spam"])

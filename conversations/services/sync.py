@@ -118,12 +118,28 @@ class SyncRefused(Exception):
 
 # -- requesting and claiming a run ---------------------------------------------------------------
 
+
+def stale_run_condition() -> str:
+    """SQL for a live run that lost its lease: running without a heartbeat for
+    SYNC_LEASE_SECONDS, or queued and not picked up by any worker for
+    SYNC_QUEUED_EXPIRY_SECONDS (a busy queue is not a dead worker). Used by the expiry below
+    and by the integrity check on stale runs."""
+    lease = int(settings.SYNC_LEASE_SECONDS)
+    queued = int(settings.SYNC_QUEUED_EXPIRY_SECONDS)
+    return (
+        f"((status = 'running' AND heartbeat_at < now() - make_interval(secs => {lease}))"
+        f" OR (status = 'queued' AND created_at < now() - make_interval(secs => {queued})))"
+    )
+
+
 _EXPIRE_STALE = """
 UPDATE conversations_syncrun SET
     status = 'failed', error_code = 'lease_expired', finished_at = now(), lease_token = NULL,
-    error = 'no heartbeat for ' || %(lease)s || ' s: the worker died or hung; the next run resumes'
-WHERE (%(page)s::bigint IS NULL OR page_id = %(page)s) AND status IN ('queued', 'running')
-  AND coalesce(heartbeat_at, created_at) < now() - make_interval(secs => %(lease)s)
+    error = CASE status
+        WHEN 'running' THEN 'no heartbeat for ' || %(lease)s
+            || ' s: the worker died or hung; the next run resumes'
+        ELSE 'no worker picked the run up within ' || %(queued)s || ' s' END
+WHERE (%(page)s::bigint IS NULL OR page_id = %(page)s) AND {condition}
 RETURNING id, mode
 """
 
@@ -173,7 +189,14 @@ def sync_runs_expire_stale(*, page_pk: int | None = None) -> list[int]:
     statement: a run whose worker beats meanwhile is re-checked under its row lock and keeps
     its lease. Returns the ids of the runs it failed."""
     with connection.cursor() as cursor:
-        cursor.execute(_EXPIRE_STALE, {"lease": settings.SYNC_LEASE_SECONDS, "page": page_pk})
+        cursor.execute(
+            _EXPIRE_STALE.format(condition=stale_run_condition()),
+            {
+                "lease": settings.SYNC_LEASE_SECONDS,
+                "queued": settings.SYNC_QUEUED_EXPIRY_SECONDS,
+                "page": page_pk,
+            },
+        )
         expired = cursor.fetchall()
     for run_id, mode in expired:
         logger.warning("sync run %s lost its lease (no heartbeat); marked failed", run_id)

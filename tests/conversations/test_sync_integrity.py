@@ -77,16 +77,25 @@ def test_more_than_one_live_run_of_a_page_is_an_error(token_page):
 
 def test_stale_live_runs_are_a_warning_and_the_repair_fails_them(token_page, settings):
     settings.SYNC_LEASE_SECONDS = 60
+    settings.SYNC_QUEUED_EXPIRY_SECONDS = 90
     other = page_upsert(page_id="444555666", name="Other", access_token="t")
     third = page_upsert(page_id="777888999", name="Third", access_token="t")
-    # A running run without a heartbeat for 10 minutes, a queued run never picked up, and a
-    # running run that beat a moment ago
+    waiting = page_upsert(page_id="121212121", name="Waiting", access_token="t")
+    # A running run without a heartbeat for 10 minutes, a queued run never picked up, a
+    # running run that beat a moment ago, and a queued run waiting behind a busy queue for less
+    # than the queued expiry (older than the lease: a busy queue is not a dead worker)
     hung, _ = sync_request(page=token_page, mode="full", enqueue=False)
     SyncRun.objects.filter(pk=hung.pk).update(status=SyncStatus.RUNNING)
     never_picked, _ = sync_request(page=other, mode="incremental", enqueue=False)
     healthy, _ = sync_request(page=third, mode="full", enqueue=False)
     SyncRun.objects.filter(pk=healthy.pk).update(status=SyncStatus.RUNNING)
+    queued, _ = sync_request(page=waiting, mode="full", enqueue=False)
     with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE conversations_syncrun SET created_at = now() - interval '80 seconds'"
+            " WHERE id = %s",
+            [queued.pk],
+        )
         cursor.execute(
             "UPDATE conversations_syncrun SET heartbeat_at = now() - interval '10 minutes'"
             " WHERE id = %s",
@@ -106,7 +115,7 @@ def test_stale_live_runs_are_a_warning_and_the_repair_fails_them(token_page, set
     code, results = _results(STALE)
     assert code == 1
     result = results[STALE]
-    assert (result["status"], result["failing_count"], result["population"]) == ("warning", 2, 3)
+    assert (result["status"], result["failing_count"], result["population"]) == ("warning", 2, 4)
     assert result["sample_ids"] == [str(hung.pk), str(never_picked.pk)]
 
     code, results = _results(STALE, fix=True)
@@ -120,6 +129,8 @@ def test_stale_live_runs_are_a_warning_and_the_repair_fails_them(token_page, set
         assert run.lease_token is None
     healthy.refresh_from_db()
     assert healthy.status == "running"
+    queued.refresh_from_db()
+    assert queued.status == "queued"
     # The page's next request is free to start
     _, created = sync_request(page=token_page, mode="full", enqueue=False)
     assert created is True
