@@ -157,3 +157,21 @@ def test_webhook_processing_time_is_observed_per_post(db, post_webhook):
 
     after = _metric(Client().get("/metrics").content.decode(), name)
     assert after - before == 2
+
+
+def test_ctrl_c_cancels_the_run_and_frees_the_page(transactional_db, monkeypatch):
+    from conversations.management.commands import sync_page
+    from conversations.services.pages import page_upsert
+
+    page = page_upsert(page_id="313131313", name="Interrupted", access_token="t")
+
+    def interrupted(**_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sync_page, "sync_run_execute", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("sync_page", page.page_id)
+
+    assert exit_info.value.code == 130
+    run = SyncRun.objects.get(page=page)
+    assert (run.status, run.error_code) == ("cancelled", "cancelled")

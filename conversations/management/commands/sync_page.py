@@ -13,12 +13,18 @@ from typing import Any, NoReturn
 from django.core.management.base import BaseCommand, CommandParser
 
 from conversations.models import FacebookPage, SyncMode, SyncRun, SyncStatus
-from conversations.services.sync import SyncRefused, sync_request, sync_run_execute
+from conversations.services.sync import (
+    SyncRefused,
+    sync_request,
+    sync_run_cancel,
+    sync_run_execute,
+)
 
 EXIT_SUCCEEDED = 0
 EXIT_PARTIAL = 1
 EXIT_FAILED = 2
 EXIT_REFUSED = 3
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 EXIT_CODE_BY_STATUS = {
     SyncStatus.SUCCEEDED: EXIT_SUCCEEDED,
     SyncStatus.PARTIAL: EXIT_PARTIAL,
@@ -72,7 +78,14 @@ class Command(BaseCommand):
             f"sync run {run.pk} of page {page_id} ({mode}), request id {run.request_id}"
         )
         progress = _ProgressLine(self.stderr, enabled=not options["no_progress"])
-        final = sync_run_execute(run_id=run.pk, progress=progress.draw)
+        try:
+            final = sync_run_execute(run_id=run.pk, progress=progress.draw)
+        except KeyboardInterrupt:
+            # Ctrl-C: the run gives its lease back now instead of holding the page until its
+            # heartbeat expires; its cursor stays for the next run.
+            progress.close()
+            sync_run_cancel(run_id=run.pk)
+            self._exit(EXIT_INTERRUPTED, f"interrupted: sync run {run.pk} cancelled")
         progress.close()
         self._report(final)
         code = EXIT_CODE_BY_STATUS.get(SyncStatus(final.status), EXIT_FAILED)
