@@ -812,6 +812,8 @@ class _Sync:
             )
             if batch.keys:
                 self._undelete(batch.keys)
+            if batch.skipped and self.batch_chain is not None:
+                self._mark_skipped_seen(batch.skipped, self.batch_chain)
             totals.conversations_seen += len(batch.keys)
             totals.conversations_inserted += result.conversations_created
             totals.conversations_updated += result.conversations_updated
@@ -826,6 +828,17 @@ class _Sync:
         metrics.MESSAGES_INGESTED.labels(Source.SYNC).inc(result.messages_inserted)
         if self.progress is not None:
             self.progress(self._snapshot())
+
+    def _mark_skipped_seen(self, skipped: Sequence[dict[str, str]], chain: int) -> None:
+        """A thread skipped for its participants (F7) is still on Facebook: a conversation
+        stored for it (by an earlier sync or the webhook) must not be soft-deleted."""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE conversations_conversation SET full_sync_seen = %s"
+                " WHERE page_id = %s AND thread_id = ANY(%s)"
+                " AND full_sync_seen IS DISTINCT FROM %s",
+                [chain, self.page.pk, [item["thread_id"] for item in skipped], chain],
+            )
 
     def _undelete(self, keys: Sequence[ConversationKey]) -> None:
         """A conversation the API returns is not gone (any more)."""
