@@ -217,6 +217,29 @@ class TrailingStatement:
     params: list[Any]
 
 
+@dataclass(frozen=True)
+class PreparedRows:
+    """Conversations and messages already serialised for the statement (`batch_prepare`): the
+    CPU part of a batch, which a caller may do ahead of time, e.g. in another thread while the
+    previous batch is written."""
+
+    keys: list[ConversationKey]
+    keys_json: str
+    messages_json: str | None
+
+
+def batch_prepare(
+    *, conversations: Sequence[ConversationKey] = (), messages: Sequence[IncomingMessage] = ()
+) -> PreparedRows:
+    keys = _conversation_keys(conversations, messages, (), ())
+    unique_messages = _unique_by_mid(messages)
+    return PreparedRows(
+        keys=keys,
+        keys_json=_keys_json(keys, ()),
+        messages_json=_message_rows(unique_messages) if unique_messages else None,
+    )
+
+
 def batch_apply(
     *,
     conversations: Sequence[ConversationKey] = (),
@@ -225,6 +248,7 @@ def batch_apply(
     marks: Sequence[IncomingMark] = (),
     source: str = Source.WEBHOOK,
     trailing: TrailingStatement | None = None,
+    prepared: PreparedRows | None = None,
 ) -> tuple[ApplyResult, Any]:
     """Apply one batch; see the module docstring.
 
@@ -235,57 +259,68 @@ def batch_apply(
     part of it. Returns the result and the trailing statement's returned value (None without
     one).
     """
-    keys = _conversation_keys(conversations, messages, events, marks)
     result = ApplyResult()
+    if prepared is not None:
+        if conversations or messages or events or marks:
+            raise ValueError("prepared rows replace conversations and messages; nothing else")
+        if not prepared.keys and trailing is None:
+            return result, None
+        return _first_statement(prepared, source, trailing, result)
+    keys = _conversation_keys(conversations, messages, events, marks)
     if not keys and trailing is None:
         return result, None
     unique_messages = _unique_by_mid(messages)
+    rows = PreparedRows(
+        keys=keys,
+        keys_json=_keys_json(keys, marks),
+        messages_json=_message_rows(unique_messages) if unique_messages else None,
+    )
     if not marks and not events:
-        return _first_statement(keys, unique_messages, marks, source, trailing, result)
+        return _first_statement(rows, source, trailing, result)
     # Both statements commit together; no savepoint inside a caller's transaction.
     with transaction.atomic(savepoint=False):
-        _, tail = _first_statement(keys, unique_messages, marks, source, trailing, result)
+        _, tail = _first_statement(rows, source, trailing, result)
         _second_statement(marks, events, source, result)
     return result, tail
 
 
+def _keys_json(keys: Sequence[ConversationKey], marks: Sequence[IncomingMark]) -> str:
+    # Rows travel as one JSON document per part: one C-speed json.dumps instead of escaping
+    # every array element in Python (the dominant client cost of a 100-event batch).
+    delivered, read = _watermarks(marks)
+    return json.dumps(
+        [
+            {
+                "page_id": key.page_pk,
+                "psid": key.psid,
+                "participant_name": key.participant_name,
+                "thread_id": key.thread_id,
+                "delivered": _iso(delivered.get((key.page_pk, key.psid))),
+                "read": _iso(read.get((key.page_pk, key.psid))),
+                "seen": key.full_sync_seen,
+            }
+            for key in keys
+        ]
+    )
+
+
 def _first_statement(
-    keys: Sequence[ConversationKey],
-    unique_messages: Sequence[IncomingMessage],
-    marks: Sequence[IncomingMark],
+    rows: PreparedRows,
     source: str,
     trailing: TrailingStatement | None,
     result: ApplyResult,
 ) -> tuple[ApplyResult, Any]:
     """The conversation upsert (taking the row locks, in key order), the messages and their
     events, and the trailing statement."""
-    delivered, read = _watermarks(marks)
     parts = [_CONVERSATIONS_UPSERT]
-    # Rows travel as one JSON document per part: one C-speed json.dumps instead of escaping
-    # every array element in Python (the dominant client cost of a 100-event batch).
-    params: list[Any] = [
-        json.dumps(
-            [
-                {
-                    "page_id": key.page_pk,
-                    "psid": key.psid,
-                    "participant_name": key.participant_name,
-                    "thread_id": key.thread_id,
-                    "delivered": _iso(delivered.get((key.page_pk, key.psid))),
-                    "read": _iso(read.get((key.page_pk, key.psid))),
-                    "seen": key.full_sync_seen,
-                }
-                for key in keys
-            ]
-        )
-    ]
+    params: list[Any] = [rows.keys_json]
     selects = [
         "(SELECT count(*) FROM conv WHERE inserted)",
         "(SELECT count(*) FROM conv)",
     ]
-    if unique_messages:
+    if rows.messages_json is not None:
         parts.append(_MESSAGES_INSERT)
-        params += [source, _message_rows(unique_messages), source]
+        params += [source, rows.messages_json, source]
         selects += [
             "(SELECT count(*) FROM msg_events)",
             "array(SELECT mid FROM msg)",
@@ -302,7 +337,7 @@ def _first_statement(
         row = list(cursor.fetchone() or ())
     result.conversations_created = int(row.pop(0))
     result.conversations_touched = int(row.pop(0))
-    if unique_messages:
+    if rows.messages_json is not None:
         result.message_events_inserted = int(row.pop(0))
         result.inserted_mids = list(row.pop(0))
         result.messages_inserted = len(result.inserted_mids)
@@ -419,6 +454,8 @@ __all__ = [
     "IncomingEvent",
     "IncomingMark",
     "IncomingMessage",
+    "PreparedRows",
     "TrailingStatement",
     "batch_apply",
+    "batch_prepare",
 ]

@@ -79,7 +79,13 @@ from conversations.models import (
     SyncRun,
     SyncStatus,
 )
-from conversations.services.ingest import ConversationKey, IncomingMessage, batch_apply
+from conversations.services.ingest import (
+    ConversationKey,
+    IncomingMessage,
+    PreparedRows,
+    batch_apply,
+    batch_prepare,
+)
 from conversations.services.pages import page_flag_reauthorization
 from evoflow.requestid import bound_request_id, get_request_id, new_request_id
 from evoflow.tasks import enqueue_after_commit
@@ -566,17 +572,22 @@ class _Sync:
         for attempt in range(1, attempts + 1):
             try:
                 if prefetched is not None:
-                    listing, prefetched = prefetched.result(), None
+                    listing, planned = prefetched.result()
+                    prefetched = None
+                    known_next = (listing.next_after, False)
+                    if isinstance(planned, BaseException):
+                        raise planned
+                    batch, rows = planned
                 else:
                     listing = self._listing(folder, after, limit)
-                known_next = (listing.next_after, False)
-                batch = self._plan(listing)
+                    known_next = (listing.next_after, False)
+                    batch, rows = self._planned(listing)
                 known_next = (listing.next_after, batch.reached_watermark)
                 if self.full and not retrying and listing.next_after is not None:
-                    # The next page is fetched while this one is written.
+                    # The next page is fetched and planned while this one is written.
                     next_after = listing.next_after
                     self.prefetcher.start(
-                        folder, next_after, functools.partial(self._listing, folder, next_after)
+                        folder, next_after, functools.partial(self._ahead, folder, next_after)
                     )
                 if retrying:
                     cursor = self.cursor
@@ -584,7 +595,7 @@ class _Sync:
                     cursor = self._next_cursor(
                         folder, None if batch.reached_watermark else listing.next_after
                     )
-                self._write(batch, cursor)
+                self._write(batch, cursor, rows)
                 return known_next
             except (TokenInvalid, OutOfTime, LeaseLost):
                 raise
@@ -632,6 +643,22 @@ class _Sync:
                     self._save_progress()
                 return known_next or (None, False)
         raise AssertionError("unreachable")
+
+    def _planned(self, listing: ConversationPage) -> tuple[Batch, PreparedRows]:
+        batch = self._plan(listing)
+        return batch, batch_prepare(conversations=batch.keys, messages=batch.messages)
+
+    def _ahead(
+        self, folder: str, after: str
+    ) -> tuple[ConversationPage, tuple[Batch, PreparedRows] | Exception]:
+        """The next batch, read and made ready in the prefetching thread. A failure to plan it
+        (its older messages, say) travels with the listing, so that the walk still knows where
+        to go on if the batch keeps failing."""
+        listing = self._listing(folder, after)
+        try:
+            return listing, self._planned(listing)
+        except (GraphError, DatabaseError) as error:
+            return listing, error
 
     def _listing(
         self, folder: str, after: str | None, limit: int | None = None
@@ -793,7 +820,7 @@ class _Sync:
             reply_to_mid=message.reply_to.mid if message.reply_to else "",
         )
 
-    def _write(self, batch: Batch, cursor: dict[str, Any] | None) -> None:
+    def _write(self, batch: Batch, cursor: dict[str, Any] | None, rows: PreparedRows) -> None:
         """The batch, the run's cursor and counters, and its heartbeat: one transaction."""
         totals = Totals(**asdict(self.totals))
         watermark = self.watermark_candidate
@@ -807,9 +834,7 @@ class _Sync:
             # again. No need to wait for the WAL flush.
             with connection.cursor() as cursor_:
                 cursor_.execute("SET LOCAL synchronous_commit = off")
-            result, _ = batch_apply(
-                conversations=batch.keys, messages=batch.messages, source=Source.SYNC
-            )
+            result, _ = batch_apply(prepared=rows, source=Source.SYNC)
             if batch.keys:
                 self._undelete(batch.keys)
             if batch.skipped and self.batch_chain is not None:
