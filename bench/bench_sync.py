@@ -27,6 +27,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,7 @@ class Simulator:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.page_id = page_id
+        self.stderr = tempfile.TemporaryFile()  # a file: a pipe nobody reads would fill up
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -96,13 +98,13 @@ class Simulator:
             cwd=PROJECT_ROOT,
             env={**os.environ, "DATABASE_URL": _database_url()},
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self.stderr,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                _, stderr = self.process.communicate()
-                raise RuntimeError(f"graph_simulator exited: {stderr!r}")
+                self.stderr.seek(0)
+                raise RuntimeError(f"graph_simulator exited: {self.stderr.read()[-2000:]!r}")
             try:
                 requests.get(f"{self.base}/_control/counters", timeout=1)
                 return
@@ -128,21 +130,28 @@ class Simulator:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        self.stderr.close()
 
 
 def _run_sync_page(page_id: str, env: dict[str, str], *, full: bool) -> tuple[float, float]:
     """`manage.py sync_page` in a child process: (wall seconds, peak RSS in MB)."""
-    command = [sys.executable, "manage.py", "sync_page", page_id] + (["--full"] if full else [])
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        stderr = process.stderr.read().decode(errors="replace")[-2000:] if process.stderr else ""
-        raise RuntimeError(f"sync_page exited {process.returncode}: {stderr}")
+    command = [sys.executable, "manage.py", "sync_page", page_id, "--no-progress"]
+    if full:
+        command.append("--full")
+    # stderr to a file, not a pipe: nobody reads a pipe while the child runs (os.wait4 gives
+    # this child's own peak RSS), and a full pipe would stop it.
+    with tempfile.TemporaryFile() as stderr:
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            stderr.seek(0)
+            tail = stderr.read().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"sync_page exited {process.returncode}: {tail}")
     return wall, usage.ru_maxrss / 1024  # kilobytes on Linux
 
 
