@@ -78,7 +78,8 @@ class Simulator:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.page_id = page_id
-        self.stderr = tempfile.TemporaryFile()  # a file: a pipe nobody reads would fill up
+        # A file, not a pipe nobody reads (it would fill up); closed by stop().
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115
         self.process = subprocess.Popen(
             [
                 sys.executable,
