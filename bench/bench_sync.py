@@ -240,12 +240,12 @@ def _naive_sync(simulator: Simulator, page_pk: int, limit_messages: int) -> tupl
                     )
                     kind = "message_sent" if outbound else "message_received"
                     InteractionEvent.objects.get_or_create(
-                        page_id=page_pk,
-                        dedupe_key=f"{kind}:{message.mid}",
+                        message=message,
+                        kind=kind,
                         defaults={
+                            "page_id": page_pk,
                             "conversation": conversation,
-                            "message": message,
-                            "kind": kind,
+                            "dedupe_key": f"{kind}:{message.mid}",
                             "occurred_at": message.sent_at,
                             "source": "sync",
                         },
