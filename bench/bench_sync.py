@@ -60,8 +60,18 @@ def _free_port() -> int:
 
 
 def _child_env(graph_base_url: str) -> dict[str, str]:
+    """The worker in production mode: with DEBUG on, Django would keep every statement it ran
+    (each batch's JSON among them) in memory, which is not what a worker's RSS is."""
     return {
         **os.environ,
+        "DEBUG": "0",
+        "SECRET_KEY": secrets.token_hex(32),
+        "FB_APP_SECRET": secrets.token_hex(16),
+        "FB_VERIFY_TOKEN": secrets.token_hex(8),
+        "FIELD_ENCRYPTION_KEY": settings.FIELD_ENCRYPTION_KEY,
+        "CRM_API_TOKEN": "unused",
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "DJANGO_SETTINGS_MODULE": "evoflow.settings",
         "DATABASE_URL": _database_url(),
         "GRAPH_API_BASE_URL": graph_base_url,
         "GRAPH_PAGE_CALLS_PER_SECOND": LIFTED_RATE,

@@ -332,21 +332,21 @@ def test_a_chain_whose_batches_do_not_fit_the_budget_still_progresses(settings):
 def test_a_thread_skipped_for_its_participants_is_not_soft_deleted(settings, monkeypatch):
     """F7 skips a thread whose participant is unusable (a deleted account has no id); the
     conversation stored for it earlier is still on Facebook and must stay live."""
-    from conversations.services import sync
+    from conversations.services.sync import engine
 
     sim = GraphSimulator(conversations=30, messages=300, seed=29)
     with simulator_serving(sim, settings):
         page = sim_page(sim)
         assert sync_now(page, "full").status == "succeeded"
         unusable = sim.generated_conversation(7).key
-        participant = sync._Sync._participant
+        participant = engine._Sync._participant
 
         def without_id(self, conversation):
             if conversation.id == unusable:
                 return "participant without an id (deleted account)"
             return participant(self, conversation)
 
-        monkeypatch.setattr(sync._Sync, "_participant", without_id)
+        monkeypatch.setattr(engine._Sync, "_participant", without_id)
         second = sync_now(page, "full")
 
     assert second.status == "succeeded", second.error

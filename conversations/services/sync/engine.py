@@ -1,45 +1,4 @@
-"""Full and incremental sync of a page from the Graph API (C4-C6, C8; F2-F13, F20-F22).
-
-The lease (C6, F12). A run is a row; the queued or running one holds its page's lease through a
-partial unique index, so a second request finds the live run instead of starting another.
-The worker that claims a run stamps it with a lease token; every write of the run (each batch,
-each heartbeat) checks that token and the `running` status in the same statement, so a worker
-whose lease was taken over (or whose run was cancelled) stops at its next write, and its batch
-rolls back. A run whose heartbeat is older than `SYNC_LEASE_SECONDS` loses the lease to the next
-request.
-
-A batch is one page of conversations (`limit` 100) of one folder, with the messages of each
-(nested in the same call: newest 100; older ones through the messages edge, F8). It is written
-in ONE transaction (C5, F3) by the set-based `batch_apply` the webhook uses too: messages and
-their events `ON CONFLICT DO NOTHING` (F10), conversations upserted on their one conflict target
-with new-versus-existing read from the statement (F5), `last_message*` moved only forward by
-the database (C4, F1), and the run's cursor, counters and heartbeat updated in the same
-transaction, so the saved cursor always matches what is stored (F11).
-
-Failures (F13). A batch that fails is retried with backoff; if it still fails it is recorded on
-the run and the walk goes on; the run ends `partial` and the next run of the page retries the
-recorded batches first (a full run's batch in full, marked as seen by its chain, even when an
-incremental run retries it). A page of conversations that cannot be read at all stops the walk
-with its cursor saved. A run that reaches its time budget stops as `partial` with its cursor; the
-next run in the same mode resumes there (`resumed_from`, the same `chain_id`); when not one batch
-fit in the budget, the cursor also asks for pages a quarter the size, for the rest of the chain,
-so that a chain of long threads still progresses. A cursor the API rejects (error 100: expired
-or unknown) is never resumed again: the walk starts from the top instead (a recorded batch of
-the same mode with such a cursor is dropped, the walk covering it). Error 190 flags the page for
-re-authorisation and fails the run at once; a run that cannot start at all (a token the key
-cannot decrypt) fails at once too, freeing the lease.
-
-Incremental (F2). The walk goes newest-updated first and stops at the first conversation older
-than the watermark minus `SYNC_INCREMENTAL_OVERLAP_SECONDS`; a conversation's messages are read
-newest first until the first mid already stored, unless the stored messages and the new ones
-fall short of the conversation's `message_count` (a gap: the webhook got ahead of the history,
-or a webhook was lost), when the read goes on past stored mids. Graph calls grow with the
-changed conversations, not with the page. The watermark moves only when a run succeeds.
-
-Soft deletes (C8, F20). A full sync marks every conversation it sees with its chain id; when the
-chain completes (the whole walk, no failed batch), the page's live conversations it did not see,
-older than the chain and without a message since it started, are soft-deleted.
-"""
+"""One sync run, executed: the walk, its batches, failures, time budget and end."""
 
 from __future__ import annotations
 
@@ -47,10 +6,8 @@ import functools
 import logging
 import random
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -61,18 +18,12 @@ from django.utils import timezone
 
 from conversations import metrics
 from conversations.graph import (
-    ConversationPage,
     GraphClient,
-    GraphConversation,
     GraphError,
-    GraphMessage,
-    MessagePage,
     OutOfTime,
     TokenInvalid,
 )
 from conversations.models import (
-    SYNC_LIVE_STATUSES,
-    Direction,
     FacebookPage,
     Source,
     SyncMode,
@@ -81,22 +32,23 @@ from conversations.models import (
 )
 from conversations.services.ingest import (
     ConversationKey,
-    IncomingMessage,
     PreparedRows,
     batch_apply,
-    batch_prepare,
 )
 from conversations.services.pages import page_flag_reauthorization
-from evoflow.requestid import bound_request_id, get_request_id, new_request_id
-from evoflow.tasks import enqueue_after_commit
+from conversations.services.sync.lease import Claim, LeaseLost, claim_run
+from conversations.services.sync.planning import (
+    CONVERSATIONS_PER_BATCH,
+    Batch,
+    BatchPlanning,
+)
+from conversations.services.sync.prefetch import Prefetcher
+from evoflow.requestid import bound_request_id
 
 logger = logging.getLogger(__name__)
 
-CONVERSATIONS_PER_BATCH = 100
-MESSAGES_PER_CALL = 100
 # Recorded failures and skips kept on a run (the counters hold the totals).
 MAX_RECORDED = 200
-PSID_MAX_LENGTH = 64
 
 
 # Meta's "invalid parameter": the answer to a cursor it no longer knows (expired, invalidated).
@@ -114,189 +66,9 @@ def _is_cursor_rejected(error: GraphError, after: str | None) -> bool:
     return after is not None and error.graph_code == INVALID_PARAMETER_CODE
 
 
-class LeaseLost(Exception):
-    """The run is no longer this worker's: taken over after its lease expired, or cancelled."""
-
-
-class SyncRefused(Exception):
-    code = "sync_refused"
-
-
-# -- requesting and claiming a run ---------------------------------------------------------------
-
-
-def stale_run_condition() -> str:
-    """SQL for a live run that lost its lease: running without a heartbeat for
-    SYNC_LEASE_SECONDS, or queued and not picked up by any worker for
-    SYNC_QUEUED_EXPIRY_SECONDS (a busy queue is not a dead worker). Used by the expiry below
-    and by the integrity check on stale runs."""
-    lease = int(settings.SYNC_LEASE_SECONDS)
-    queued = int(settings.SYNC_QUEUED_EXPIRY_SECONDS)
-    return (
-        f"((status = 'running' AND heartbeat_at < now() - make_interval(secs => {lease}))"
-        f" OR (status = 'queued' AND created_at < now() - make_interval(secs => {queued})))"
-    )
-
-
-_EXPIRE_STALE = """
-UPDATE conversations_syncrun SET
-    status = 'failed', error_code = 'lease_expired', finished_at = now(), lease_token = NULL,
-    error = CASE status
-        WHEN 'running' THEN 'no heartbeat for ' || %(lease)s
-            || ' s: the worker died or hung; the next run resumes'
-        ELSE 'no worker picked the run up within ' || %(queued)s || ' s' END
-WHERE (%(page)s::bigint IS NULL OR page_id = %(page)s) AND {condition}
-RETURNING id, mode
-"""
-
-_INSERT_LIVE = """
-INSERT INTO conversations_syncrun (page_id, mode, status, trigger, request_id)
-VALUES (%s, %s, 'queued', %s, %s)
-ON CONFLICT (page_id) WHERE status IN ('queued', 'running') DO NOTHING
-RETURNING id
-"""
-
-
-def sync_request(
-    *,
-    page: FacebookPage,
-    mode: str = SyncMode.INCREMENTAL,
-    trigger: str = "api",
-    enqueue: bool = True,
-) -> tuple[SyncRun, bool]:
-    """A new queued run of the page (and its task), or the live run that already holds the
-    page's lease: `(run, created)`. A live run whose heartbeat expired is failed first."""
-    if mode not in SyncMode.values:
-        raise ValueError(f"unknown sync mode {mode!r}")
-    if page.is_reauthorization_required or not page.has_access_token:
-        raise SyncRefused(f"page {page.page_id} needs re-authorisation (a new access token)")
-    request_id = get_request_id()
-    if request_id == "-":
-        request_id = new_request_id()
-    for _ in range(3):
-        with transaction.atomic():
-            sync_runs_expire_stale(page_pk=page.pk)
-            with connection.cursor() as cursor:
-                cursor.execute(_INSERT_LIVE, [page.pk, mode, trigger, request_id])
-                row = cursor.fetchone()
-            if row is not None:
-                if enqueue:
-                    enqueue_after_commit(sync_run_task_path(), row[0])
-                return SyncRun.objects.get(pk=row[0]), True
-            live = SyncRun.objects.filter(page=page, status__in=SYNC_LIVE_STATUSES).first()
-            if live is not None:
-                return live, False
-        # The live run ended between the insert and the read: try again.
-    raise RuntimeError(f"could not obtain the sync lease of page {page.page_id}")
-
-
-def sync_runs_expire_stale(*, page_pk: int | None = None) -> list[int]:
-    """Fail the live runs (of one page, or all) whose heartbeat is older than the lease. One
-    statement: a run whose worker beats meanwhile is re-checked under its row lock and keeps
-    its lease. Returns the ids of the runs it failed."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _EXPIRE_STALE.format(condition=stale_run_condition()),
-            {
-                "lease": settings.SYNC_LEASE_SECONDS,
-                "queued": settings.SYNC_QUEUED_EXPIRY_SECONDS,
-                "page": page_pk,
-            },
-        )
-        expired = cursor.fetchall()
-    for run_id, mode in expired:
-        logger.warning("sync run %s lost its lease (no heartbeat); marked failed", run_id)
-        metrics.SYNC_RUNS.labels(mode, SyncStatus.FAILED).inc()
-    return [run_id for run_id, _ in expired]
-
-
-def sync_pages_incremental(*, trigger: str = "schedule") -> int:
-    """Request an incremental run of every page with a usable token; pages with a live run
-    keep it. Returns how many runs were started."""
-    started = 0
-    pages = FacebookPage.objects.filter(is_reauthorization_required=False).exclude(
-        access_token_encrypted=""
-    )
-    for page in pages.order_by("pk").iterator():
-        _, created = sync_request(page=page, mode=SyncMode.INCREMENTAL, trigger=trigger)
-        started += created
-    return started
-
-
-def sync_run_task_path() -> str:
-    return "conversations.tasks.sync_run_task"
-
-
-def sync_run_cancel(*, run_id: int) -> bool:
-    """Cancel a live run; its worker stops at its next write."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE conversations_syncrun SET status = 'cancelled', finished_at = now(),"
-            " lease_token = NULL, error_code = 'cancelled', error = 'cancelled by an operator'"
-            " WHERE id = %s AND status IN ('queued', 'running') RETURNING mode",
-            [run_id],
-        )
-        row = cursor.fetchone()
-    if row is None:
-        return False
-    # The worker stops at its next write without counting the run: it is counted here.
-    metrics.SYNC_RUNS.labels(row[0], SyncStatus.CANCELLED).inc()
-    return True
-
-
-def sync_retry_failed_batches(
-    *, page: FacebookPage, trigger: str = "admin"
-) -> tuple[SyncRun, bool]:
-    """A run that starts with the failed batches of the page's last run (every run does): an
-    incremental one, so little else is fetched."""
-    return sync_request(page=page, mode=SyncMode.INCREMENTAL, trigger=trigger)
-
-
-@dataclass
-class Claim:
-    run: SyncRun
-    token: uuid.UUID
-
-
-@transaction.atomic
-def _claim(run_id: int) -> Claim | None:
-    token = uuid.uuid4()
-    claimed = SyncRun.objects.filter(pk=run_id, status=SyncStatus.QUEUED).update(
-        status=SyncStatus.RUNNING, started_at=Now(), heartbeat_at=Now(), lease_token=token
-    )
-    if not claimed:
-        return None
-    run = SyncRun.objects.select_related("page").get(pk=run_id)
-    earlier = SyncRun.objects.filter(page_id=run.page_id, pk__lt=run.pk).exclude(
-        status__in=SYNC_LIVE_STATUSES
-    )
-    previous_same_mode = earlier.filter(mode=run.mode).order_by("-pk").first()
-    if previous_same_mode is not None and previous_same_mode.cursor is not None:
-        run.resumed_from = previous_same_mode
-        run.cursor = previous_same_mode.cursor
-        run.chain_id = previous_same_mode.chain_id or previous_same_mode.pk
-        run.watermark_candidate = previous_same_mode.watermark_candidate
-    else:
-        run.chain_id = run.pk
-    previous = earlier.order_by("-pk").first()
-    run.failed_batches = [
-        {**batch, "retry": True} for batch in (previous.failed_batches if previous else [])
-    ]
-    run.save(
-        update_fields=[
-            "resumed_from",
-            "cursor",
-            "chain_id",
-            "watermark_candidate",
-            "failed_batches",
-        ]
-    )
-    return Claim(run, token)
-
-
 def sync_run_execute(*, run_id: int, progress: Callable[[SyncRun], None] | None = None) -> SyncRun:
     """Run a queued run to its end in this process (the task, or `manage.py sync_page`)."""
-    claim = _claim(run_id)
+    claim = claim_run(run_id)
     if claim is None:
         run = SyncRun.objects.get(pk=run_id)
         logger.info("sync run %s is %s: nothing to do", run_id, run.status)
@@ -349,73 +121,7 @@ class Totals:
     batches_succeeded: int = 0
 
 
-def _close_connection() -> None:
-    connection.close()
-
-
-def _with_request_id(request_id: str, call: Callable[[], Any]) -> Any:
-    with bound_request_id(request_id):
-        return call()
-
-
-class _Prefetcher:
-    """One page of conversations fetched ahead in a thread, so that a full sync reads the next
-    page from the Graph API while PostgreSQL writes the current one. The thread has its own
-    database connection (the rate limiter and heartbeats use it), closed with the prefetcher."""
-
-    def __init__(self) -> None:
-        self.executor: ThreadPoolExecutor | None = None
-        self.pending: tuple[str, str, Future[Any]] | None = None
-
-    def start(self, folder: str, after: str, fetch: Callable[[], Any]) -> None:
-        self.discard()
-        if self.executor is None:
-            self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-prefetch")
-        # The run's request id for the thread's log lines. (Not a copy of the whole context:
-        # Django keeps connections in context-local storage, and the thread needs its own.)
-        self.pending = (
-            folder,
-            after,
-            self.executor.submit(_with_request_id, get_request_id(), fetch),
-        )
-
-    def take(self, folder: str, after: str | None) -> Future[Any] | None:
-        if self.pending is not None and self.pending[:2] == (folder, after):
-            future = self.pending[2]
-            self.pending = None
-            return future
-        self.discard()
-        return None
-
-    def discard(self) -> None:
-        if self.pending is not None:
-            _, _, future = self.pending
-            self.pending = None
-            try:
-                future.result()
-            except BaseException:  # a fetch nobody will use: its failure does not matter
-                logger.debug("discarded prefetch failed", exc_info=True)
-
-    def close(self) -> None:
-        self.discard()
-        if self.executor is not None:
-            self.executor.submit(_close_connection).result()  # the thread's own
-            self.executor.shutdown(wait=True)
-            self.executor = None
-
-
-@dataclass
-class Batch:
-    """What one page of conversations turned into, ready to be written."""
-
-    keys: list[ConversationKey] = field(default_factory=list)
-    messages: list[IncomingMessage] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    newest_update: datetime | None = None
-    reached_watermark: bool = False
-
-
-class _Sync:
+class _Sync(BatchPlanning):
     def __init__(self, claim: Claim, progress: Callable[[SyncRun], None] | None) -> None:
         self.run = claim.run
         self.token = claim.token
@@ -446,7 +152,7 @@ class _Sync:
         self.watermark_candidate = self.run.watermark_candidate
         self.threshold = self._threshold()
         self.last_beat = time.monotonic()
-        self.prefetcher = _Prefetcher()
+        self.prefetcher = Prefetcher()
 
     def _threshold(self) -> datetime | None:
         """Incremental walks stop at conversations updated before this."""
@@ -643,182 +349,6 @@ class _Sync:
                     self._save_progress()
                 return known_next or (None, False)
         raise AssertionError("unreachable")
-
-    def _planned(self, listing: ConversationPage) -> tuple[Batch, PreparedRows]:
-        batch = self._plan(listing)
-        return batch, batch_prepare(conversations=batch.keys, messages=batch.messages)
-
-    def _ahead(
-        self, folder: str, after: str
-    ) -> tuple[ConversationPage, tuple[Batch, PreparedRows] | Exception]:
-        """The next batch, read and made ready in the prefetching thread. A failure to plan it
-        (its older messages, say) travels with the listing, so that the walk still knows where
-        to go on if the batch keeps failing."""
-        listing = self._listing(folder, after)
-        try:
-            return listing, self._planned(listing)
-        except (GraphError, DatabaseError) as error:
-            return listing, error
-
-    def _listing(
-        self, folder: str, after: str | None, limit: int | None = None
-    ) -> ConversationPage:
-        listing: ConversationPage = self.client_call(
-            "conversations",
-            lambda: self.client.conversations(
-                folder=folder,
-                after=after,
-                limit=limit or self.batch_limit,
-                message_limit=MESSAGES_PER_CALL,
-            ),
-        )
-        return listing
-
-    def client_call(self, edge: str, call: Callable[[], Any]) -> Any:
-        before_waits = self.client.throttled_waits
-        try:
-            result = call()
-        except GraphError as error:
-            metrics.GRAPH_CALLS.labels(edge, error.code).inc()
-            raise
-        finally:
-            metrics.GRAPH_THROTTLED_WAITS.inc(self.client.throttled_waits - before_waits)
-        metrics.GRAPH_CALLS.labels(edge, "ok").inc()
-        self._maybe_beat()
-        return result
-
-    def _plan(self, listing: ConversationPage) -> Batch:
-        batch = Batch()
-        threads: list[tuple[GraphConversation, str]] = []
-        threshold = None if self.batch_full else self.threshold
-        for conversation in listing.data:
-            if threshold is not None and conversation.updated_time < threshold:
-                batch.reached_watermark = True
-                break
-            if batch.newest_update is None or conversation.updated_time > batch.newest_update:
-                batch.newest_update = conversation.updated_time
-            participant = self._participant(conversation)
-            if isinstance(participant, str):
-                batch.skipped.append({"thread_id": conversation.id, "reason": participant})
-                continue
-            psid, name = participant
-            batch.keys.append(
-                ConversationKey(
-                    page_pk=self.page.pk,
-                    psid=psid,
-                    participant_name=name[:255],
-                    thread_id=conversation.id[:128],
-                    full_sync_seen=self.batch_chain,
-                )
-            )
-            threads.append((conversation, psid))
-        stored: set[str] = set()
-        counts: dict[str, int] = {}
-        if not self.batch_full:  # which of the newest messages are stored already: two queries
-            stored = self._stored_mids(
-                [
-                    message.id
-                    for conversation, _ in threads
-                    if conversation.messages is not None
-                    for message in conversation.messages.data
-                ]
-            )
-            counts = self._stored_counts([psid for _, psid in threads])
-        for conversation, psid in threads:
-            batch.messages.extend(
-                self._incoming(psid, message)
-                for message in self._messages_of(conversation, stored, counts.get(psid, 0))
-            )
-        return batch
-
-    def _messages_of(
-        self, conversation: GraphConversation, stored: set[str], stored_count: int = 0
-    ) -> list[GraphMessage]:
-        """Every message (full), or the messages not stored yet (incremental: newest first,
-        the walk over the messages edge stops at the first mid already stored, unless the
-        stored messages and the new ones still fall short of the conversation's
-        `message_count`: then the stored history has a gap (the webhook stored a conversation's
-        newest messages before any sync read its history, or a webhook was lost) and the walk
-        goes on past stored mids). `stored` holds the stored mids among the nested first
-        page's; `stored_count` is how many messages of the conversation are stored."""
-        page = conversation.messages
-        if page is None:
-            return []
-        expected = conversation.message_count
-        messages: list[GraphMessage] = []
-        first = True
-        while True:
-            if self.batch_full:
-                messages.extend(page.data)
-            else:
-                if not first:
-                    stored = self._stored_mids([message.id for message in page.data])
-                first = False
-                for message in page.data:
-                    if message.id not in stored:
-                        messages.append(message)
-                    elif expected is None or stored_count + len(messages) >= expected:
-                        return messages
-            next_after = page.next_after
-            if next_after is None:
-                return messages
-            page = self._older_messages(conversation.id, next_after)
-
-    def _older_messages(self, thread_id: str, after: str) -> MessagePage:
-        page: MessagePage = self.client_call(
-            "messages",
-            lambda: self.client.messages(thread_id=thread_id, after=after, limit=MESSAGES_PER_CALL),
-        )
-        return page
-
-    def _stored_mids(self, mids: Sequence[str]) -> set[str]:
-        if not mids:
-            return set()
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT mid FROM conversations_message WHERE page_id = %s AND mid = ANY(%s)",
-                [self.page.pk, list(mids)],
-            )
-            return {row[0] for row in cursor.fetchall()}
-
-    def _stored_counts(self, psids: Sequence[str]) -> dict[str, int]:
-        if not psids:
-            return {}
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT psid, message_count FROM conversations_conversation"
-                " WHERE page_id = %s AND psid = ANY(%s)",
-                [self.page.pk, list(psids)],
-            )
-            return dict(cursor.fetchall())
-
-    def _participant(self, conversation: GraphConversation) -> tuple[str, str] | str:
-        """The person of a thread (F7): (psid, name), or why the thread is skipped."""
-        others = [p for p in conversation.participants.data if p.id != self.page.page_id]
-        if not others:
-            return "no participant besides the page"
-        if len(others) > 1:
-            return "more than one participant besides the page"
-        person = others[0]
-        if not person.id:
-            return "participant without an id (deleted account)"
-        if not person.id.isdigit() or len(person.id) > PSID_MAX_LENGTH:
-            return "participant id is not a page-scoped id"
-        return person.id, person.name
-
-    def _incoming(self, psid: str, message: GraphMessage) -> IncomingMessage:
-        outbound = message.sender.id == self.page.page_id
-        return IncomingMessage(
-            page_pk=self.page.pk,
-            psid=psid,
-            mid=message.id,
-            direction=Direction.OUTBOUND if outbound else Direction.INBOUND,
-            sent_at=message.created_time,
-            text=message.message,
-            attachments=message.attachments.data if message.attachments else [],
-            is_echo=outbound,
-            reply_to_mid=message.reply_to.mid if message.reply_to else "",
-        )
 
     def _write(self, batch: Batch, cursor: dict[str, Any] | None, rows: PreparedRows) -> None:
         """The batch, the run's cursor and counters, and its heartbeat: one transaction."""
