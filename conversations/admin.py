@@ -27,6 +27,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 
 from conversations import selectors, services
 from conversations.models import (
+    SYNC_RUN_COUNTERS,
     Conversation,
     FacebookPage,
     InteractionEvent,
@@ -405,16 +406,7 @@ class SyncRunAdmin(PrettyJsonMixin, ReadOnlyAdmin):
         "heartbeat_at",
         "finished_at",
         "duration",
-        "api_calls",
-        "throttled_waits",
-        "conversations_seen",
-        "conversations_inserted",
-        "conversations_updated",
-        "conversations_soft_deleted",
-        "conversations_skipped",
-        "messages_inserted",
-        "events_inserted",
-        "batches_succeeded",
+        *SYNC_RUN_COUNTERS,
         "failed_batch_count",
         "failed_batches_pretty",
         "skipped_pretty",

@@ -44,6 +44,7 @@ from rest_framework.views import APIView
 from conversations import selectors
 from conversations.models import (
     SYNC_LIVE_STATUSES,
+    SYNC_RUN_COUNTERS,
     Conversation,
     FacebookPage,
     Message,
@@ -225,18 +226,6 @@ class CanSyncPages(permissions.BasePermission):
         return bool(user and user.is_authenticated and user.has_perm("conversations.add_syncrun"))
 
 
-SYNC_COUNTERS = (
-    "api_calls",
-    "throttled_waits",
-    "conversations_seen",
-    "conversations_inserted",
-    "conversations_updated",
-    "conversations_soft_deleted",
-    "conversations_skipped",
-    "messages_inserted",
-    "events_inserted",
-    "batches_succeeded",
-)
 # What a recorded failed batch may show: where it was and why it failed (never a URL, which
 # could carry a token, nor anything else the engine may add later).
 FAILED_BATCH_FIELDS = (
@@ -267,7 +256,7 @@ class SyncRunCounters(serializers.Serializer):
 
 
 def sync_run_counters(run: SyncRun) -> dict[str, int]:
-    return {name: int(getattr(run, name)) for name in SYNC_COUNTERS}
+    return {name: int(getattr(run, name)) for name in SYNC_RUN_COUNTERS}
 
 
 def failed_batches_public(run: SyncRun) -> list[dict[str, Any]]:

@@ -118,16 +118,19 @@ class GraphMessage(_Node):
     reply_to: ReplyTo | None = None
 
 
-class MessagePage(_Node):
-    data: list[GraphMessage]
+class _Paged(_Node):
     paging: Paging | None = None
 
     @property
     def next_after(self) -> str | None:
-        """The cursor of the next (older) page, or None on the last one."""
+        """The cursor of the next page, or None on the last one."""
         if self.paging is None or not self.paging.next or self.paging.cursors is None:
             return None
         return self.paging.cursors.after
+
+
+class MessagePage(_Paged):
+    data: list[GraphMessage]
 
 
 class GraphConversation(_Node):
@@ -138,15 +141,8 @@ class GraphConversation(_Node):
     messages: MessagePage | None = None
 
 
-class ConversationPage(_Node):
+class ConversationPage(_Paged):
     data: list[GraphConversation]
-    paging: Paging | None = None
-
-    @property
-    def next_after(self) -> str | None:
-        if self.paging is None or not self.paging.next or self.paging.cursors is None:
-            return None
-        return self.paging.cursors.after
 
 
 Shape = TypeVar("Shape", bound=_Node)

@@ -401,6 +401,21 @@ SYNC_TRANSITIONS = [
 ]
 
 
+# A run's counters, in the order the API, the admin and `sync_page` show them.
+SYNC_RUN_COUNTERS = (
+    "api_calls",
+    "throttled_waits",
+    "conversations_seen",
+    "conversations_inserted",
+    "conversations_updated",
+    "conversations_soft_deleted",
+    "conversations_skipped",
+    "messages_inserted",
+    "events_inserted",
+    "batches_succeeded",
+)
+
+
 class SyncRun(models.Model):
     """One sync of one page from the Graph API: its lease, where it is, and what it did.
 

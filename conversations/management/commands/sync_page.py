@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from conversations.models import FacebookPage, SyncMode, SyncRun, SyncStatus
+from conversations.models import SYNC_RUN_COUNTERS, FacebookPage, SyncMode, SyncRun, SyncStatus
 from conversations.services.sync import (
     SyncRefused,
     sync_request,
@@ -32,18 +32,6 @@ EXIT_CODE_BY_STATUS = {
     SyncStatus.CANCELLED: EXIT_FAILED,
 }
 SPINNER = "|/-\\"
-COUNTERS = (
-    "api_calls",
-    "throttled_waits",
-    "conversations_seen",
-    "conversations_inserted",
-    "conversations_updated",
-    "conversations_soft_deleted",
-    "conversations_skipped",
-    "messages_inserted",
-    "events_inserted",
-    "batches_succeeded",
-)
 
 
 class Command(BaseCommand):
@@ -96,7 +84,7 @@ class Command(BaseCommand):
         self.stdout.write(f"sync run {run.pk} {run.status}")
         if run.error_code:
             self.stdout.write(f"  error: {run.error_code}: {run.error}")
-        for name in COUNTERS:
+        for name in SYNC_RUN_COUNTERS:
             self.stdout.write(f"  {name.replace('_', ' ')}: {getattr(run, name)}")
         if run.failed_batches:
             self.stdout.write(f"  failed batches: {len(run.failed_batches)}")
