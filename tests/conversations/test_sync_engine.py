@@ -354,3 +354,19 @@ def test_a_thread_skipped_for_its_participants_is_not_soft_deleted(settings, mon
     assert second.skipped[0]["thread_id"] == unusable
     assert second.conversations_soft_deleted == 0
     assert Conversation.objects.get(page=page, thread_id=unusable).deleted_at is None
+
+
+def test_a_graph_error_that_cannot_change_is_not_retried(settings):
+    """A 4xx other than throttling (here: the page is not known to the API) gets the same
+    answer every time: one call, no backoff, the run ends partial with Meta's code."""
+    settings.SYNC_BATCH_ATTEMPTS = 3
+    from conversations.services.pages import page_upsert
+
+    sim = GraphSimulator(conversations=5, messages=20, seed=31)
+    with simulator_serving(sim, settings):
+        unknown = page_upsert(page_id="555000555", name="Unknown", access_token="sim-page-token")
+        run = sync_now(unknown, "full")
+
+    assert (run.status, run.error_code) == ("partial", "graph_error")
+    assert run.api_calls == 1
+    assert "code 100" in run.error

@@ -318,7 +318,9 @@ class _Sync(BatchPlanning):
                     code,
                     detail,
                 )
-                if attempt < attempts:
+                # A plain GraphError is a 4xx other than throttling (an unknown object, a
+                # missing permission): asking again gets the same answer.
+                if attempt < attempts and type(error) is not GraphError:
                     self._sleep(random.uniform(0, min(30.0, 2.0**attempt)))
                     continue
                 if known_next is None and not retrying:
