@@ -28,13 +28,12 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
 from bench import Context, Result, Target
+from bench.processes import database_url
 from bench.reference import reference_results
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -68,18 +67,10 @@ def bench_flow() -> dict[str, Any]:
     }
 
 
-def _database_url() -> str:
-    database = settings.DATABASES["default"]
-    credentials = quote(database["USER"], safe="")
-    if database.get("PASSWORD"):
-        credentials += ":" + quote(database["PASSWORD"], safe="")
-    return f"postgres://{credentials}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
-
-
 def _worker_env() -> dict[str, str]:
     return {
         **os.environ,
-        "DATABASE_URL": _database_url(),
+        "DATABASE_URL": database_url(),
         "Q_WORKERS": "1",
         "Q_LOG_LEVEL": "WARNING",
         "LOG_LEVEL": "WARNING",

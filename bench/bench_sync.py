@@ -24,39 +24,24 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import requests
 from django.conf import settings
 from django.db import connection, transaction
 
 from bench import Context, Result, Target
+from bench.processes import database_url, free_port
 from bench.reference import reference_results
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CHANGED_CONVERSATIONS = 10
 LIFTED_RATE = "10000"
-
-
-def _database_url() -> str:
-    database = settings.DATABASES["default"]
-    credentials = quote(database["USER"], safe="")
-    if database.get("PASSWORD"):
-        credentials += ":" + quote(database["PASSWORD"], safe="")
-    return f"postgres://{credentials}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _child_env(graph_base_url: str) -> dict[str, str]:
@@ -72,7 +57,7 @@ def _child_env(graph_base_url: str) -> dict[str, str]:
         "CRM_API_TOKEN": "unused",
         "ALLOWED_HOSTS": "127.0.0.1",
         "DJANGO_SETTINGS_MODULE": "evoflow.settings",
-        "DATABASE_URL": _database_url(),
+        "DATABASE_URL": database_url(),
         "GRAPH_API_BASE_URL": graph_base_url,
         "GRAPH_PAGE_CALLS_PER_SECOND": LIFTED_RATE,
         "GRAPH_APP_CALLS_PER_SECOND": LIFTED_RATE,
@@ -85,7 +70,7 @@ class Simulator:
     """`manage.py graph_simulator` in its own process."""
 
     def __init__(self, *, page_id: str, conversations: int, messages: int, seed: int) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.page_id = page_id
         # A file, not a pipe nobody reads (it would fill up); closed by stop().
@@ -107,7 +92,7 @@ class Simulator:
                 str(seed),
             ],
             cwd=PROJECT_ROOT,
-            env={**os.environ, "DATABASE_URL": _database_url()},
+            env={**os.environ, "DATABASE_URL": database_url()},
             stdout=subprocess.DEVNULL,
             stderr=self.stderr,
         )

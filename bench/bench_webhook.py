@@ -35,13 +35,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
 
 from bench import Context, Result, Target, percentile_ms
+from bench.processes import database_url, free_port
 from bench.reference import reference_results
 from conversations.simulator.payloads import message_event, signed_body, webhook_document
 
@@ -55,29 +55,15 @@ T0 = 1_741_000_000_000
 BENCH_SECRET = "bench-app-secret-" + secrets.token_hex(8)
 
 
-def _database_url() -> str:
-    database = settings.DATABASES["default"]
-    credentials = quote(database["USER"], safe="")
-    if database.get("PASSWORD"):
-        credentials += ":" + quote(database["PASSWORD"], safe="")
-    return f"postgres://{credentials}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Server:
     """gunicorn serving evoflow in production mode on a loopback port."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         env = {
             **os.environ,
             "DEBUG": "0",
-            "DATABASE_URL": _database_url(),
+            "DATABASE_URL": database_url(),
             "SECRET_KEY": secrets.token_hex(32),
             "FB_APP_SECRET": BENCH_SECRET,
             "FB_VERIFY_TOKEN": secrets.token_hex(8),

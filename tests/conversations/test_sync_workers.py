@@ -11,8 +11,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
@@ -25,7 +23,7 @@ from tests.conversations.sync_helpers import (
     sim_page,
     simulator_serving,
 )
-from tests.helpers import PROJECT_ROOT, wait_for
+from tests.helpers import PROJECT_ROOT, qcluster, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -33,28 +31,6 @@ PAGE_RATE = 4  # calls per second per page, for the worker processes
 # A call reaches the simulator a little after its reserved slot (HTTP, scheduling); counting
 # calls in windows of 1 s minus this tolerates that jitter without letting a 5th call in.
 JITTER_S = 0.15
-
-
-@contextmanager
-def qcluster(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "qcluster"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
 
 
 def test_a_worker_killed_mid_sync_loses_its_lease_and_the_next_run_resumes(

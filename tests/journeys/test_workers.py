@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from django.db.models import Count
@@ -19,31 +16,8 @@ from journeys.models import JourneySession, JourneyStep, SessionStatus
 from journeys.services import session_start, sessions_resume_due, sessions_start_many
 from journeys.services.engine import idempotency_key_for
 from journeys.simulator import CrmSimulator
-from tests.helpers import PROJECT_ROOT, wait_for
+from tests.helpers import qcluster, wait_for
 from tests.journeys.factories import JourneyFactory, linear_flow
-
-
-@contextmanager
-def qcluster(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "qcluster"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            # SIGINT to the group stops django-q2 cleanly (see evoflow.devstack).
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
 
 
 @pytest.fixture
