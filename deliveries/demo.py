@@ -1,17 +1,22 @@
-"""Demo data: an event with guests, a message delivered to them, some deliveries linked."""
+"""Demo data: an event with guests, a message delivered to them, some deliveries linked; and a
+second event whose deliveries were written while linking was switched off, the inconsistent
+backlog an operator repairs from the dashboard."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+from django.contrib.auth.hashers import make_password
 from django.utils import timezone
 
 from deliveries import services
-from deliveries.models import Event, EventGuest
+from deliveries.models import Event, EventGuest, FeatureFlag
 from evoflow.models import User
 from evoflow.services import ROLE_OPERATOR, DemoSeedContext
 
 DEMO_EVENT_NAME = "Demo: summer launch party"
+BACKLOG_EVENT_NAME = "Demo: spring gala (sent while linking was off)"
+BACKLOG_GUESTS = 12
 # Guests: (name, phone, username of the guest's own login or None, linked at import).
 DEMO_GUESTS = (
     ("Ada Guest", "+1 415 555 0101", "guest-ada", True),
@@ -54,8 +59,49 @@ def seed(context: DemoSeedContext) -> None:
         # Ben gets his account after the first message: linking him backfills it.
         services.guest_link_user(guest=by_name["Ben Guest"], user=logins["guest-ben"], actor=host)
         services.message_send(event=event, sender=host, body="Reminder: bring your ticket.")
+    backlog = Event.objects.filter(host=host, name=BACKLOG_EVENT_NAME).first()
+    if backlog is None:
+        backlog = backlog_seed(host=host, name=BACKLOG_EVENT_NAME, guest_count=BACKLOG_GUESTS)
     guest_count = EventGuest.objects.filter(event=event).count()
     context.summary.append(
         f"deliveries: event {event.name!r} (id {event.pk}) with {guest_count} guests; "
-        f"guests 'guest-ada' and 'guest-ben' read theirs at /api/v1/me/messages/"
+        f"guests 'guest-ada' and 'guest-ben' read theirs at /api/v1/me/messages/; event "
+        f"{backlog.name!r} (id {backlog.pk}) holds the inconsistent backlog to repair from the "
+        "dashboard"
     )
+
+
+def backlog_seed(*, host: User, name: str, guest_count: int) -> Event:
+    """An event whose guests were linked, and messaged, while `LINK_USER_BY_PHONE` was off.
+
+    Every attempt is audited `skipped`, so the event ends with `guest_count` deliveries that
+    have no user although their guest is linked: the inconsistency the
+    `deliveries.unlinked_deliveries` check reports and its repair (the historical backfill)
+    fixes. The flag is put back as it was, even when something fails.
+    """
+    flag = FeatureFlag.LINK_USER_BY_PHONE
+    was_enabled = FeatureFlag.objects.filter(name=flag).values_list("enabled", flat=True).first()
+    services.feature_flag_set(name=flag, enabled=False, actor=host)
+    try:
+        event = services.event_create(
+            host=host, name=name, starts_at=timezone.now() - timedelta(days=60)
+        )
+        guests = services.event_guests_import(
+            event=event,
+            rows=[
+                {"name": f"Gala guest {number:02d}", "phone": f"+1 415 555 03{number:02d}"}
+                for number in range(1, guest_count + 1)
+            ],
+        )
+        for guest in guests:
+            user, _ = User.objects.get_or_create(
+                username=f"gala-guest-{guest.pk}",
+                defaults={"phone": guest.phone, "password": make_password(None)},
+            )
+            services.guest_link_user(guest=guest, user=user, actor=host)
+        services.message_send(event=event, sender=host, body="Thank you for coming to the gala!")
+    finally:
+        services.feature_flag_set(
+            name=flag, enabled=True if was_enabled is None else was_enabled, actor=host
+        )
+    return event

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the machine packages evoflow needs when they are missing: the PostgreSQL server
-# (initdb, pg_ctl), its client (psql), and redis-server for the tests. Debian/Ubuntu via
+# (initdb, pg_ctl), its client (psql), redis-server and Chromium for the tests. Debian/Ubuntu via
 # apt-get, as root; elsewhere it says what to install and fails.
 set -euo pipefail
 
@@ -12,6 +12,9 @@ have_postgres || need+=(postgresql postgresql-contrib)
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 # The tests run the shared rate limiter's Redis backend against a throwaway redis-server.
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+=(redis-server)
+# The browser tests drive Debian's Chromium through Playwright (its own browser download is not
+# used); a font package keeps the screenshots legible.
+[ -x /usr/bin/chromium ] || need+=(chromium fonts-dejavu-core)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
