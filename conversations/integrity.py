@@ -25,7 +25,8 @@ register(
                 GROUP BY page_id, psid HAVING count(*) > 1)
             SELECT (SELECT count(*) FROM duplicates),
                    (SELECT count(*) FROM conversations_conversation),
-                   ARRAY(SELECT id::text FROM duplicates ORDER BY id LIMIT %(sample_limit)s)
+                   ARRAY(SELECT id::text FROM duplicates ORDER BY duplicates.id
+                         LIMIT %(sample_limit)s)
         """,
         error_count=1,
         sample_admin_url_name="admin:conversations_conversation_change",
@@ -45,7 +46,8 @@ register(
                 GROUP BY page_id, mid HAVING count(*) > 1)
             SELECT (SELECT count(*) FROM duplicates),
                    (SELECT count(*) FROM conversations_message),
-                   ARRAY(SELECT id::text FROM duplicates ORDER BY id LIMIT %(sample_limit)s)
+                   ARRAY(SELECT id::text FROM duplicates ORDER BY duplicates.id
+                         LIMIT %(sample_limit)s)
         """,
         error_count=1,
         sample_admin_url_name="admin:conversations_message_change",
@@ -66,7 +68,7 @@ register(
                 WHERE c.message_count <> COALESCE(a.n, 0))
             SELECT (SELECT count(*) FROM bad),
                    (SELECT count(*) FROM conversations_conversation),
-                   ARRAY(SELECT id::text FROM bad ORDER BY id LIMIT %(sample_limit)s)
+                   ARRAY(SELECT id::text FROM bad ORDER BY bad.id LIMIT %(sample_limit)s)
         """,
         error_count=1,
         repair=conversation_message_counts_repair,
@@ -90,7 +92,7 @@ register(
                       AND e.kind IN ('message_received', 'message_sent')))
             SELECT (SELECT count(*) FROM missing),
                    (SELECT count(*) FROM conversations_message),
-                   ARRAY(SELECT id::text FROM missing ORDER BY id LIMIT %(sample_limit)s)
+                   ARRAY(SELECT id::text FROM missing ORDER BY missing.id LIMIT %(sample_limit)s)
         """,
         error_count=1,
         repair=message_events_repair,
@@ -112,7 +114,7 @@ register(
                 WHERE status = 'failed' AND received_at < now() - interval '1 hour')
             SELECT (SELECT count(*) FROM stuck),
                    (SELECT count(*) FROM conversations_webhookreceipt),
-                   ARRAY(SELECT id::text FROM stuck ORDER BY id LIMIT %(sample_limit)s)
+                   ARRAY(SELECT id::text FROM stuck ORDER BY stuck.id LIMIT %(sample_limit)s)
         """,
         warning_count=1,
         error_count=100,
@@ -137,7 +139,7 @@ register(
                 GROUP BY page_id HAVING count(*) > 1)
             SELECT (SELECT count(*) FROM crowded),
                    (SELECT count(*) FROM conversations_facebookpage),
-                   ARRAY(SELECT page_id::text FROM crowded ORDER BY page_id
+                   ARRAY(SELECT page_id::text FROM crowded ORDER BY crowded.page_id
                          LIMIT %(sample_limit)s)
         """,
         error_count=1,
@@ -153,7 +155,7 @@ def _sync_runs_stale_sql() -> str:
         SELECT (SELECT count(*) FROM stale),
                (SELECT count(*) FROM conversations_syncrun
                 WHERE status IN ('queued', 'running')),
-               ARRAY(SELECT id::text FROM stale ORDER BY id LIMIT %(sample_limit)s)
+               ARRAY(SELECT id::text FROM stale ORDER BY stale.id LIMIT %(sample_limit)s)
     """
 
 
@@ -186,7 +188,7 @@ register(
                 WHERE is_reauthorization_required)
             SELECT (SELECT count(*) FROM flagged),
                    (SELECT count(*) FROM conversations_facebookpage),
-                   ARRAY(SELECT id::text FROM flagged ORDER BY id LIMIT %(sample_limit)s)
+                   ARRAY(SELECT id::text FROM flagged ORDER BY flagged.id LIMIT %(sample_limit)s)
         """,
         warning_count=1,
         sample_admin_url_name="admin:conversations_facebookpage_change",
@@ -204,7 +206,7 @@ register(
             WITH behind AS ({LAST_MESSAGE_BEHIND_SELECT})
             SELECT (SELECT count(*) FROM behind),
                    (SELECT count(*) FROM conversations_conversation),
-                   ARRAY(SELECT id::text FROM behind ORDER BY id LIMIT %(sample_limit)s)
+                   ARRAY(SELECT id::text FROM behind ORDER BY behind.id LIMIT %(sample_limit)s)
         """,
         error_count=1,
         repair=last_message_behind_repair,

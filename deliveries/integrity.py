@@ -24,7 +24,7 @@ WITH failing AS MATERIALIZED (
 )
 SELECT (SELECT count(*) FROM failing),
        (SELECT count(*) FROM deliveries_messagedelivery),
-       ARRAY(SELECT id::text FROM failing ORDER BY id LIMIT %(sample_limit)s)
+       ARRAY(SELECT id::text FROM failing ORDER BY failing.id LIMIT %(sample_limit)s)
 """
 
 USER_MISMATCH_SQL = """
@@ -39,7 +39,7 @@ WITH failing AS MATERIALIZED (
 )
 SELECT (SELECT count(*) FROM failing),
        (SELECT count(*) FROM deliveries_messagedelivery WHERE user_id IS NOT NULL),
-       ARRAY(SELECT id::text FROM failing ORDER BY id LIMIT %(sample_limit)s)
+       ARRAY(SELECT id::text FROM failing ORDER BY failing.id LIMIT %(sample_limit)s)
 """
 
 # A number is "not normalised" when it has text but no E.164 form (unreadable), an E.164 form
@@ -78,7 +78,7 @@ WITH failing AS MATERIALIZED (
 )
 SELECT (SELECT count(*) FROM failing),
        (SELECT count(*) FROM deliveries_messagedelivery WHERE user_id IS NOT NULL),
-       ARRAY(SELECT id::text FROM failing ORDER BY id LIMIT %(sample_limit)s)
+       ARRAY(SELECT id::text FROM failing ORDER BY failing.id LIMIT %(sample_limit)s)
 """
 
 

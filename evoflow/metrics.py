@@ -33,6 +33,19 @@ INTEGRITY_CHECK_FAILING = Gauge(
     ["check_id"],
     multiprocess_mode="mostrecent",
 )
+# The status of each integrity check at its last run, as a number an alert rule can compare.
+INTEGRITY_STATUS_VALUES = {"ok": 0, "warning": 1, "error": 2, "failed": 3}
+INTEGRITY_CHECK_STATUS = Gauge(
+    "evoflow_integrity_check_status",
+    "Status of each integrity check at its last run: 0 ok, 1 warning, 2 error, 3 failed",
+    ["check_id"],
+    multiprocess_mode="mostrecent",
+)
+INTEGRITY_ALERTS = Counter(
+    "evoflow_integrity_alerts_total",
+    "Integrity alerts posted to ALERT_WEBHOOK_URL, by outcome (sent, failed)",
+    ["outcome"],
+)
 TASKS_ENQUEUED = Counter("evoflow_tasks_enqueued_total", "Background tasks enqueued", ["task"])
 
 

@@ -63,6 +63,7 @@ class IntegrityRun(models.Model):
     """One invocation of the integrity checks (command, schedule or admin)."""
 
     class Status(models.TextChoices):
+        QUEUED = "queued"  # requested from the admin, waiting for a worker
         RUNNING = "running"
         HEALTHY = "healthy"
         WARNING = "warning"
@@ -79,6 +80,15 @@ class IntegrityRun(models.Model):
     exit_code = models.SmallIntegerField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
     request_id = models.CharField(max_length=128, blank=True, default="")
+    # The operator who asked for the run in the admin; NULL for the command and the schedule.
+    requested_by = models.ForeignKey(
+        "evoflow.User",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+    )
 
     class Meta:
         ordering = ["-started_at", "-id"]
@@ -90,6 +100,10 @@ class IntegrityRun(models.Model):
 
     def __str__(self) -> str:
         return f"integrity run {self.pk} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status not in (self.Status.QUEUED, self.Status.RUNNING)
 
 
 class IntegrityCheckResult(models.Model):

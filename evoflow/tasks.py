@@ -97,6 +97,15 @@ def integrity_run_scheduled() -> int:
     return integrity_run(trigger="schedule").pk
 
 
+def integrity_run_requested(run_id: int) -> int | None:
+    """Execute a run queued from the admin ("run integrity now", "repair"); a second delivery
+    of the task finds the run claimed and does nothing."""
+    from evoflow.integrity.runner import integrity_run_execute_queued
+
+    run = integrity_run_execute_queued(run_id=run_id)
+    return run.pk if run is not None else None
+
+
 # -- request ids across the queue -------------------------------------------------------------
 # A task carries the request id of the work that enqueued it (an HTTP request, a sync run, an
 # earlier task), so the worker's log lines can be followed back to their cause. Scheduled tasks

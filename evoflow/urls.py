@@ -19,6 +19,7 @@ urlpatterns = [
     path("api/v1/", include("journeys.urls")),
     path("api/v1/", include("conversations.urls")),
     path("api/v1/", include("deliveries.urls")),
+    path("api/v1/", include("evoflow.api.integrity")),
     path("webhooks/", include("conversations.webhook_urls")),
 ]
 

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
 from evoflow.integrity import IntegrityCheck, register
+from journeys.models import JourneySession, SessionStatus
 from journeys.services import contacts_enrich, sessions_resume_due
 from journeys.services.contacts import contacts_stale_stub_ids
 
@@ -11,13 +18,29 @@ from journeys.services.contacts import contacts_stale_stub_ids
 OVERDUE_MINUTES = 5
 STUB_ENRICHMENT_HOURS = 1
 STEP_STUCK_MINUTES = 10
+# sessions_resume_due's defaults: at most this many sessions of each kind per call.
+RESUME_BATCH_SIZE = 500
+RESUME_MAX_BATCHES = 20
 
 
 def _resume_overdue(*, dry_run: bool) -> int:
     if dry_run:
-        return 0
+        return _resume_due_count()
     report = sessions_resume_due()
     return report.resumed + report.restarted_stalled
+
+
+def _resume_due_count() -> int:
+    """How many sessions `sessions_resume_due` would wake or restart now (the same filters,
+    capped as its batches are), for the repair's dry run."""
+    now = timezone.now()
+    stalled_before = now - timedelta(seconds=int(settings.JOURNEYS_STALLED_AFTER_SECONDS))
+    cap = RESUME_BATCH_SIZE * RESUME_MAX_BATCHES
+    due = JourneySession.objects.filter(status=SessionStatus.WAITING, wait_until__lte=now)
+    stalled = JourneySession.objects.filter(status=SessionStatus.ACTIVE).filter(
+        Q(lease_until__lt=now) | Q(lease_until__isnull=True, updated_at__lt=stalled_before)
+    )
+    return sum(queryset.order_by()[:cap].count() for queryset in (due, stalled))
 
 
 def _enrich_stale_stubs(*, dry_run: bool) -> int:
@@ -41,7 +64,7 @@ register(
                 WHERE c.id IS NULL)
             SELECT (SELECT count(*) FROM missing),
                    (SELECT count(*) FROM journeys_journeysession),
-                   ARRAY(SELECT id::text FROM missing ORDER BY id LIMIT %(sample_limit)s)
+                   ARRAY(SELECT id::text FROM missing ORDER BY missing.id LIMIT %(sample_limit)s)
         """,
         error_count=1,
         sample_admin_url_name="admin:journeys_journeysession_change",
@@ -69,7 +92,7 @@ register(
                            < now() - interval '{OVERDUE_MINUTES} minutes'))
             SELECT (SELECT count(*) FROM overdue),
                    (SELECT count(*) FROM live),
-                   ARRAY(SELECT id::text FROM overdue ORDER BY id LIMIT %(sample_limit)s)
+                   ARRAY(SELECT id::text FROM overdue ORDER BY overdue.id LIMIT %(sample_limit)s)
         """,
         warning_count=1,
         error_count=100,

@@ -1,0 +1,92 @@
+"""The integrity API: the latest finished run, as `manage.py integrity --json` prints it."""
+
+from __future__ import annotations
+
+from django.urls import path
+from drf_spectacular.utils import extend_schema
+from rest_framework import permissions, serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from evoflow.api.errors import ApiError
+from evoflow.integrity.runner import integrity_run_latest_finished, run_document
+
+NO_INTEGRITY_RUN = "no_integrity_run"
+
+
+class CanViewIntegrityRuns(permissions.BasePermission):
+    message = (
+        "Reading integrity runs needs staff status or the evoflow.view_integrityrun permission."
+    )
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        user = request.user
+        return bool(
+            user
+            and user.is_authenticated
+            and (user.is_staff or user.has_perm("evoflow.view_integrityrun"))
+        )
+
+
+class ThresholdsOutput(serializers.Serializer):
+    warning_count = serializers.IntegerField(allow_null=True)
+    error_count = serializers.IntegerField(allow_null=True)
+    warning_ratio = serializers.FloatField(allow_null=True)
+    error_ratio = serializers.FloatField(allow_null=True)
+
+
+class IntegrityCheckResultOutput(serializers.Serializer):
+    id = serializers.CharField()
+    description = serializers.CharField(help_text="empty when the check is no longer registered")
+    status = serializers.ChoiceField(choices=["ok", "warning", "error", "failed"])
+    failing_count = serializers.IntegerField()
+    population = serializers.IntegerField()
+    ratio = serializers.FloatField()
+    sample_ids = serializers.ListField(child=serializers.CharField())
+    duration_ms = serializers.FloatField()
+    thresholds = ThresholdsOutput(help_text="empty when the check is no longer registered")
+    error = serializers.CharField()
+    repaired_count = serializers.IntegerField(allow_null=True)
+
+
+class IntegrityRunOutput(serializers.Serializer):
+    run_id = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=["healthy", "warning", "error", "failed"])
+    exit_code = serializers.IntegerField(allow_null=True)
+    trigger = serializers.CharField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    fix = serializers.BooleanField()
+    dry_run = serializers.BooleanField()
+    error = serializers.CharField()
+    checks = IntegrityCheckResultOutput(many=True)
+
+
+class IntegrityRunLatestApi(APIView):
+    permission_classes = [CanViewIntegrityRuns]
+
+    @extend_schema(
+        operation_id="integrity_runs_latest",
+        responses={200: IntegrityRunOutput},
+        description=(
+            "The newest finished integrity run with each check's result (the document of"
+            " `manage.py integrity --json`); 404 `no_integrity_run` before the first run."
+        ),
+    )
+    def get(self, request: Request) -> Response:
+        run = integrity_run_latest_finished()
+        if run is None:
+            raise ApiError(
+                "No integrity run has finished yet.", code=NO_INTEGRITY_RUN, status_code=404
+            )
+        return Response(run_document(run))
+
+
+urlpatterns = [
+    path(
+        "integrity/runs/latest/",
+        IntegrityRunLatestApi.as_view(),
+        name="integrity-runs-latest",
+    ),
+]
