@@ -6,6 +6,9 @@ what happened, so they are read-only here.
 
 Sync actions ("sync now", "full sync now", "retry failed batches", "cancel") need the
 `conversations.add_syncrun` permission, the same one the sync API asks for (operators have it).
+
+Every table here but the pages grows without bound: those lists count with the huge-table
+paginator and filter by page without listing every page (evoflow.admin_lists).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from conversations.services.sync import (
     sync_retry_failed_batches,
     sync_run_cancel,
 )
+from evoflow.admin_lists import ChosenOnlyRelatedFilter, HugeTablePaginator, since_filter
 
 MESSAGES_PER_PAGE = 50
 
@@ -100,8 +104,9 @@ class FacebookPageAdmin(admin.ModelAdmin):
     actions = ["sync_incremental_now", "sync_full_now", "retry_failed_batches"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        # The latest run's id and status in the page query itself: one query per list page.
-        latest = SyncRun.objects.filter(page=OuterRef("pk")).order_by("-id")
+        # The latest run's id and status in the page query itself: one query per list page. In
+        # creation order, so the (page, -created_at) index answers it for each page row.
+        latest = SyncRun.objects.filter(page=OuterRef("pk")).order_by("-created_at", "-id")
         return (
             super()
             .get_queryset(request)
@@ -201,8 +206,10 @@ class ConversationAdmin(ReadOnlyAdmin):
     ]
     list_select_related = ["page"]
     search_fields = ["participant_name", "psid", "=thread_id"]
-    list_filter = [DeletedFilter, "page"]
+    list_filter = [DeletedFilter, ("page", ChosenOnlyRelatedFilter)]
     ordering = ["-updated_at", "-id"]
+    paginator = HugeTablePaginator
+    show_full_result_count = False
     change_form_template = "admin/conversations/conversation/change_form.html"
 
     @admin.display(description="last message")
@@ -236,9 +243,13 @@ class ConversationAdmin(ReadOnlyAdmin):
 class MessageAdmin(ReadOnlyAdmin):
     list_display = ["mid", "conversation", "direction", "is_echo", "sent_at", "source", "read_at"]
     list_filter = ["direction", "source", "is_echo"]
+    list_select_related = ["conversation"]
     search_fields = ["=mid", "conversation__psid"]
     raw_id_fields = ["conversation", "page"]
-    ordering = ["-sent_at", "-id"]
+    # Newest stored first: the primary key serves it, where "-sent_at" over the whole table (no
+    # index leads with it) would sort millions of rows for each page.
+    ordering = ["-id"]
+    paginator = HugeTablePaginator
     show_full_result_count = False
 
 
@@ -246,9 +257,13 @@ class MessageAdmin(ReadOnlyAdmin):
 class InteractionEventAdmin(ReadOnlyAdmin):
     list_display = ["kind", "conversation", "message", "occurred_at", "source", "dedupe_key"]
     list_filter = ["kind", "source"]
+    # The message is optional: without naming it, select_related() would leave it to one query
+    # per row.
+    list_select_related = ["conversation", "message"]
     search_fields = ["=dedupe_key", "conversation__psid"]
     raw_id_fields = ["conversation", "message", "page"]
-    ordering = ["-occurred_at", "-id"]
+    ordering = ["-id"]  # as messages: the primary key serves it
+    paginator = HugeTablePaginator
     show_full_result_count = False
 
 
@@ -265,8 +280,14 @@ class WebhookReceiptAdmin(ReadOnlyAdmin):
         "next_attempt_at",
         "error_short",
     ]
-    list_filter = ["status"]
-    ordering = ["-received_at", "-id"]
+    list_filter = [
+        "status",
+        since_filter(field_name="received_at", parameter_name="received_since"),
+    ]
+    # Receipts are numbered as they arrive: newest first through the primary key (received_at has
+    # no index of its own, on purpose: see the model).
+    ordering = ["-id"]
+    paginator = HugeTablePaginator
     actions = ["retry_receipts"]
     fields = readonly_fields = (
         "status",
@@ -291,6 +312,10 @@ class WebhookReceiptAdmin(ReadOnlyAdmin):
         if obj is not None:
             return False
         return request.user.has_perm("conversations.change_webhookreceipt")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[WebhookReceipt]:
+        # The raw body can be large and no list column shows it; the detail page loads it.
+        return super().get_queryset(request).defer("body", "skipped_events")
 
     @admin.display(description="error")
     def error_short(self, receipt: WebhookReceipt) -> str:
@@ -388,9 +413,10 @@ class SyncRunAdmin(PrettyJsonMixin, ReadOnlyAdmin):
         "error_code",
     ]
     list_select_related = ["page"]
-    list_filter = ["status", "mode", "page"]
+    list_filter = ["status", "mode", ("page", ChosenOnlyRelatedFilter)]
     search_fields = ["=request_id"]
     ordering = ["-id"]
+    paginator = HugeTablePaginator
     show_full_result_count = False
     actions = ["retry_failed_batches", "cancel_runs"]
     fields = readonly_fields = (

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import QuerySet
+from django.db import connection
+from django.db.models import Count, QuerySet, Window
 
-from conversations.models import Conversation, Message, WebhookReceipt
+from conversations.models import (
+    Conversation,
+    FacebookPage,
+    Message,
+    ReceiptStatus,
+    SyncRun,
+    SyncStatus,
+    WebhookReceipt,
+)
 
 
 def conversation_list(
@@ -42,3 +52,77 @@ def webhook_receipt_counts() -> dict[str, int]:
         row["status"]: row["total"]
         for row in WebhookReceipt.objects.values("status").annotate(total=Count("id"))
     }
+
+
+def pages_needing_reauthorization() -> QuerySet[FacebookPage]:
+    return FacebookPage.objects.filter(is_reauthorization_required=True)
+
+
+def sync_runs_running(*, limit: int) -> tuple[list[SyncRun], int]:
+    """Up to `limit` running sync runs (newest first, with their page) and how many run in all.
+
+    One query: the total is a window count over the same rows, computed before the LIMIT.
+    """
+    runs = (
+        SyncRun.objects.filter(status=SyncStatus.RUNNING)
+        .select_related("page")
+        .annotate(running_total=Window(Count("id")))
+        .order_by("-created_at", "-id")[:limit]
+    )
+    shown: list[SyncRun] = list(runs)
+    total = int(getattr(shown[0], "running_total", 0)) if shown else 0
+    return shown, total
+
+
+@dataclass(frozen=True)
+class PageLastSync:
+    page_pk: int
+    page_id: str
+    page_name: str
+    run_id: int
+    mode: str
+    status: str
+    created_at: datetime
+    finished_at: datetime | None
+
+
+def sync_runs_latest_per_page(*, limit: int) -> tuple[list[PageLastSync], int]:
+    """The newest sync run of each page, for the `limit` pages synced most recently, and how
+    many pages have a run at all.
+
+    One query: a lateral join takes each page's newest run from the (page, -created_at) index,
+    one index probe per page, so the cost follows the number of pages, not of runs.
+    """
+    sql = f"""
+        SELECT page.id, page.page_id, page.name, run.id, run.mode, run.status,
+               run.created_at, run.finished_at, count(*) OVER ()
+        FROM {FacebookPage._meta.db_table} AS page
+        CROSS JOIN LATERAL (
+            SELECT id, mode, status, created_at, finished_at
+            FROM {SyncRun._meta.db_table}
+            WHERE page_id = page.id
+            ORDER BY created_at DESC, id DESC
+            LIMIT 1
+        ) AS run
+        ORDER BY run.created_at DESC, run.id DESC
+        LIMIT %s
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [limit])
+        rows = cursor.fetchall()
+    pages = [PageLastSync(*row[:8]) for row in rows]
+    return pages, int(rows[0][8]) if rows else 0
+
+
+def webhook_receipt_counts_since(*, since: datetime) -> dict[str, int]:
+    """Receipts per status received at or after `since`, every status listed (zeros too)."""
+    counts = dict.fromkeys(ReceiptStatus.values, 0)
+    rows = (
+        WebhookReceipt.objects.filter(status__in=ReceiptStatus.values, received_at__gte=since)
+        .values_list("status")
+        .order_by()
+        .annotate(total=Count("id"))
+    )
+    for status, total in rows:
+        counts[status] = total
+    return counts

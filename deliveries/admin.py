@@ -1,7 +1,9 @@
 """Admin for events, guests, deliveries, the link audit and the feature flags.
 
 Thin: every change goes through `deliveries.services`. Actions that change who may read
-messages (linking guests, flipping a flag) show a confirmation page first.
+messages (linking guests, flipping a flag) show a confirmation page first. Guests, messages,
+deliveries and the audit grow without bound: their lists count with the huge-table paginator
+(evoflow.admin_lists).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from deliveries.models import (
     MessageDelivery,
     UserLinkAudit,
 )
+from evoflow.admin_lists import HugeTablePaginator, since_filter
 from evoflow.models import User
 
 CONFIRM_TEMPLATE = "admin/deliveries/action_confirm.html"
@@ -128,6 +131,8 @@ class EventGuestAdmin(admin.ModelAdmin):
     list_filter = (GuestLinkStateFilter,)
     search_fields = ("name", "phone", "phone_e164", "event__name")
     list_select_related = ("event", "user")
+    paginator = HugeTablePaginator
+    show_full_result_count = False
     # Read-only: guests change through the API and the actions here, which call the services
     # (the change form's own transaction could not hold their durable ones).
     readonly_fields = (
@@ -190,6 +195,8 @@ class MessageAdmin(admin.ModelAdmin):
     list_display = ("id", "event", "sender", "created_at")
     search_fields = ("body", "event__name")
     list_select_related = ("event", "sender")
+    paginator = HugeTablePaginator
+    show_full_result_count = False
     readonly_fields = ("event", "sender", "body", "created_at")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -216,6 +223,7 @@ class MessageDeliveryAdmin(admin.ModelAdmin):
     search_fields = ("phone_e164", "guest__name")
     list_select_related = ("message", "guest", "user")
     readonly_fields = [field.name for field in MessageDelivery._meta.fields]
+    paginator = HugeTablePaginator
     show_full_result_count = False
     actions = ["backfill_selected"]
 
@@ -241,10 +249,17 @@ class MessageDeliveryAdmin(admin.ModelAdmin):
 @admin.register(UserLinkAudit)
 class UserLinkAuditAdmin(admin.ModelAdmin):
     list_display = ("id", "created_at", "outcome", "method", "delivery_id", "guest_id", "user_id")
-    list_filter = ("outcome", "method", ("created_at", admin.DateFieldListFilter))
+    list_filter = (
+        "outcome",
+        "method",
+        ("created_at", admin.DateFieldListFilter),
+        since_filter(field_name="created_at", parameter_name="created_since"),
+    )
     search_fields = ("=delivery__id", "=guest__id", "=user__id")
     readonly_fields = [field.name for field in UserLinkAudit._meta.fields]
-    date_hierarchy = "created_at"
+    # No date_hierarchy: on every page view it reads the min and max created_at and the distinct
+    # years or months of the whole table, a scan of every row (a BRIN index cannot answer them).
+    paginator = HugeTablePaginator
     show_full_result_count = False
     change_list_template = "admin/deliveries/userlinkaudit/change_list.html"
 
@@ -273,6 +288,7 @@ class UserLinkAuditAdmin(admin.ModelAdmin):
 @admin.register(FeatureFlag)
 class FeatureFlagAdmin(admin.ModelAdmin):
     list_display = ("name", "enabled", "updated_by", "updated_at", "description")
+    list_select_related = ("updated_by",)
     # Flags change only through the confirmed actions, which record who and when.
     readonly_fields = ("name", "enabled", "description", "updated_by", "updated_at")
     fields = readonly_fields

@@ -15,6 +15,7 @@ from django.utils import timezone
 from deliveries.models import (
     Event,
     EventGuest,
+    FeatureFlag,
     Message,
     MessageDelivery,
     UserLinkAudit,
@@ -69,3 +70,7 @@ def link_audit_outcome_counts(*, since: datetime | None = None) -> dict[str, int
         .values_list("outcome", "count")
     )
     return {outcome: int(counts.get(outcome, 0)) for outcome in UserLinkAudit.Outcome.values}
+
+
+def feature_flag_list() -> QuerySet[FeatureFlag]:
+    return FeatureFlag.objects.order_by("name")

@@ -182,6 +182,14 @@ class JourneySession(models.Model):
                 condition=Q(status="active"),
             ),
             models.Index(fields=["contact", "wait_event"], name="journeys_session_event_idx"),
+            # The admin's "status is completed / failed / cancelled" lists, newest first. Ended
+            # sessions never change again, so updates of live ones never touch this index; the
+            # live statuses have the partial indexes above.
+            models.Index(
+                fields=["status", "-id"],
+                name="journeys_session_ended_idx",
+                condition=Q(status__in=[str(status) for status in TERMINAL_STATUSES]),
+            ),
         ]
         triggers = [
             pgtrigger.FSM(

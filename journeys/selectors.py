@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 
-from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
+from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 
-from journeys.models import LIVE_STATUSES, Journey, JourneySession, JourneyStep, SessionStatus
+from journeys.integrity import OVERDUE_MINUTES
+from journeys.models import (
+    LIVE_STATUSES,
+    Contact,
+    Journey,
+    JourneySession,
+    JourneyStep,
+    SessionStatus,
+)
 
 
 def journey_list() -> QuerySet[Journey]:
@@ -71,3 +82,42 @@ def session_status_counts(*, journey_id: int) -> dict[str, int]:
     for row in rows:
         counts[row["status"]] = row["total"]
     return counts
+
+
+def sessions_count_by_status(*, statuses: Iterable[str] | None = None) -> dict[str, int]:
+    """Sessions per status over the whole table (only `statuses`, when given), zeros included.
+
+    Limited to the live statuses the count is served by their partial indexes; the dashboard
+    asks for the terminal ones only while the table is small enough to count.
+    """
+    wanted = [str(status) for status in (statuses or SessionStatus.values)]
+    counts = dict.fromkeys(wanted, 0)
+    rows = (
+        JourneySession.objects.filter(status__in=wanted)
+        .values_list("status")
+        .order_by()
+        .annotate(total=Count("id"))
+    )
+    for status, total in rows:
+        counts[status] = total
+    return counts
+
+
+def contacts_not_enriched() -> QuerySet[Contact]:
+    """Contact stubs never filled from the CRM: the admin's "stub, not yet enriched" filter."""
+    return Contact.objects.filter(crm_synced_at__isnull=True)
+
+
+def sessions_overdue(*, now: datetime | None = None) -> QuerySet[JourneySession]:
+    """Live sessions the check `journeys.sessions_overdue` counts, as of `now`.
+
+    Waiting sessions more than OVERDUE_MINUTES past their resume time, and active ones whose
+    lease (or, without one, last update) is that old: the worker that held them is gone.
+    """
+    cutoff = (now or timezone.now()) - timedelta(minutes=OVERDUE_MINUTES)
+    return JourneySession.objects.alias(
+        lease_or_update=Coalesce("lease_until", "updated_at")
+    ).filter(
+        Q(status=SessionStatus.WAITING, wait_until__lt=cutoff)
+        | Q(status=SessionStatus.ACTIVE, lease_or_update__lt=cutoff)
+    )
