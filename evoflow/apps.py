@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.contrib.admin.apps import AdminConfig
 
 
 class EvoflowConfig(AppConfig):
@@ -17,3 +18,9 @@ class EvoflowConfig(AppConfig):
         post_migrate.connect(schedules.ensure_after_migrate, dispatch_uid="evoflow.schedules")
         tasks.connect_request_id_signals()
         integrity.autodiscover()
+
+
+class EvoflowAdminConfig(AdminConfig):
+    """django.contrib.admin with evoflow's site (the operator dashboard as its index)."""
+
+    default_site = "evoflow.admin_site.EvoflowAdminSite"

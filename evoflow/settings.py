@@ -152,12 +152,16 @@ JOURNEYS_HTTP_ALLOWED_HOSTS = env_list(
     "JOURNEYS_HTTP_ALLOWED_HOSTS", ["127.0.0.1", "localhost"] if DEBUG else []
 )
 REDIS_URL = os.environ.get("REDIS_URL", "").strip() or None
+# Integrity alerts (README "Alerting") are posted here; the timeout bounds each of the two tries,
+# so a dead receiver delays a run by seconds, never minutes.
 ALERT_WEBHOOK_URL = os.environ.get("ALERT_WEBHOOK_URL", "").strip() or None
+ALERT_WEBHOOK_TIMEOUT_SECONDS = env_float("ALERT_WEBHOOK_TIMEOUT_SECONDS", 5.0)
 EVOFLOW_PG_PORT = env_int("EVOFLOW_PG_PORT", localdb.DEFAULT_PORT)
 EVOFLOW_WEB_PORT = env_int("EVOFLOW_WEB_PORT", 8000)
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # Django's admin with evoflow's site: the operator dashboard is its index page.
+    "evoflow.apps.EvoflowAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

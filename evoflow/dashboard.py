@@ -1,0 +1,560 @@
+"""The operator dashboard: the admin index's live numbers, one tile per area.
+
+Each tile is a small, fixed number of queries whatever the size of the tables: its counts are
+served by partial indexes or bounded by a time window, and a table too big to count on every
+page view (more than `EXACT_COUNT_LIMIT` rows by the planner's statistics) is estimated from
+those statistics instead, shown with "~". Every number links to the admin list filtered to
+exactly the rows it counts; times in those links are whole seconds of the same `now` the
+number was counted with, so the list and the number agree.
+
+A tile's colour is the worst status among the latest stored result of each integrity check of
+its area (check ids start with the area's name).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import Model
+from django.urls import NoReverseMatch, reverse
+from django_q.models import Failure, OrmQ
+
+from conversations import selectors as conversations_selectors
+from conversations.models import SYNC_RUN_COUNTERS, SyncStatus
+from deliveries import selectors as deliveries_selectors
+from deliveries.models import MessageDelivery
+from evoflow.models import IntegrityCheckResult, IntegrityRun
+from journeys import selectors as journeys_selectors
+from journeys.models import LIVE_STATUSES, JourneySession, SessionStatus
+
+AREAS = ("journeys", "conversations", "deliveries", "tasks")
+# The app whose "view" permissions decide whether a user sees an area's tile.
+AREA_APP_LABELS = {
+    "journeys": "journeys",
+    "conversations": "conversations",
+    "deliveries": "deliveries",
+    "tasks": "django_q",
+}
+EXACT_COUNT_LIMIT = 100_000
+RUNNING_SYNCS_SHOWN = 10
+LAST_SYNCS_SHOWN = 10
+RECEIPTS_WINDOW = timedelta(hours=1)
+AUDIT_WINDOW = timedelta(hours=24)
+FAILED_TASKS_WINDOW = timedelta(hours=24)
+RATE_CHECK_ID = "deliveries.unlinked_deliveries"
+
+# Worst last: an area's status is the highest ranked among its checks' latest results.
+STATUS_RANK = {"unknown": 0, "ok": 1, "warning": 2, "error": 3}
+STATUS_LABELS = {
+    "unknown": "not checked yet",
+    "ok": "ok",
+    "warning": "warning",
+    "error": "error",
+}
+
+
+# -- building blocks ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One number on the dashboard and the admin list showing exactly its rows."""
+
+    key: str
+    label: str
+    value: int | None  # None: not available (e.g. the broker did not answer)
+    url: str = ""
+    is_estimate: bool = False
+
+    @property
+    def display(self) -> str:
+        if self.value is None:
+            return "n/a"
+        return f"~{self.value}" if self.is_estimate else str(self.value)
+
+
+@dataclass(frozen=True)
+class CheckHealth:
+    check_id: str
+    status: str  # the stored result's status: ok, warning, error or failed
+    failing_count: int
+    run_id: int
+
+
+@dataclass(frozen=True)
+class AreaHealth:
+    status: str  # ok, warning, error or unknown
+    checks: tuple[CheckHealth, ...]
+
+    @property
+    def label(self) -> str:
+        return STATUS_LABELS[self.status]
+
+    @property
+    def failing_checks(self) -> tuple[CheckHealth, ...]:
+        return tuple(check for check in self.checks if check.status != "ok")
+
+
+@dataclass(frozen=True)
+class RowCount:
+    value: int
+    is_estimate: bool
+
+
+def changelist_url(app_label: str, model_name: str, **query: object) -> str:
+    url = reverse(f"admin:{app_label}_{model_name}_changelist")
+    return f"{url}?{urlencode(query)}" if query else url
+
+
+def change_url(app_label: str, model_name: str, pk: object) -> str:
+    return reverse(f"admin:{app_label}_{model_name}_change", args=[pk])
+
+
+def iso_seconds(moment: datetime) -> str:
+    """The form the admin's "since" filters take: ISO 8601, UTC, whole seconds."""
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def table_row_estimate(model: type[Model]) -> int:
+    """The planner's row count of `model`'s table (pg_class.reltuples); -1 if never analysed."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", [_table(model)])
+        row = cursor.fetchone()
+    return int(row[0]) if row else -1
+
+
+def is_big_table(estimate: int) -> bool:
+    # A table never analysed (-1) counts as small: autovacuum analyses any table that grows, so
+    # a big table without statistics is short-lived.
+    return estimate >= EXACT_COUNT_LIMIT
+
+
+def table_row_count(model: type[Model]) -> RowCount:
+    """The number of rows of `model`'s table: exact while the planner's statistics say it is
+    small, their estimate from `EXACT_COUNT_LIMIT` rows on."""
+    estimate = table_row_estimate(model)
+    if is_big_table(estimate):
+        return RowCount(estimate, is_estimate=True)
+    return RowCount(model._default_manager.order_by().count(), is_estimate=False)
+
+
+def column_value_estimates(model: type[Model], column: str, *, rows: int) -> dict[str, int]:
+    """How many of `rows` rows hold each common value of `column`, from ANALYZE's statistics
+    (its most common values and their frequencies). A value missing there is rare: about 0."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT most_common_vals::text::text[], most_common_freqs
+            FROM pg_stats
+            WHERE schemaname = current_schema() AND tablename = %s AND attname = %s
+            """,
+            [model._meta.db_table, column],
+        )
+        row = cursor.fetchone()
+    if not row or row[0] is None:
+        return {}
+    return {
+        str(value): round(frequency * rows) for value, frequency in zip(row[0], row[1], strict=True)
+    }
+
+
+def _table(model: type[Model]) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+# -- integrity status -----------------------------------------------------------------------------
+
+
+def integrity_latest_results() -> list[CheckHealth]:
+    """The newest stored result of every check: one DISTINCT ON query, walking the
+    (check_id, -created_at) index."""
+    results = (
+        IntegrityCheckResult.objects.order_by("check_id", "-created_at", "-id")
+        .distinct("check_id")
+        .values_list("check_id", "status", "failing_count", "run_id")
+    )
+    return [CheckHealth(*row) for row in results]
+
+
+def area_health(*, area: str, latest: Iterable[CheckHealth]) -> AreaHealth:
+    checks = tuple(check for check in latest if check.check_id.startswith(f"{area}."))
+    levels = (_level(check.status) for check in checks)
+    return AreaHealth(
+        status=max(levels, key=STATUS_RANK.__getitem__, default="unknown"), checks=checks
+    )
+
+
+def _level(result_status: str) -> str:
+    # A check whose query failed tells nothing good: it shows as an error, as would any status
+    # this module does not know.
+    return result_status if result_status in ("ok", "warning") else "error"
+
+
+@dataclass(frozen=True)
+class LastRun:
+    run_id: int
+    status: str
+    started_at: datetime
+    finished_at: datetime | None
+    url: str
+
+
+def integrity_last_run() -> LastRun | None:
+    run = (
+        IntegrityRun.objects.order_by("-started_at", "-id")
+        .only("id", "status", "started_at", "finished_at")
+        .first()
+    )
+    if run is None:
+        return None
+    return LastRun(
+        run_id=run.pk,
+        status=run.status,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        url=change_url("evoflow", "integrityrun", run.pk),
+    )
+
+
+# -- journeys -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JourneysTile:
+    health: AreaHealth
+    sessions_by_status: tuple[Figure, ...]
+    overdue: Figure
+    stub_contacts: Figure
+    area: str = "journeys"
+    title: str = "Journeys"
+
+
+def journeys_tile(*, now: datetime, health: AreaHealth) -> JourneysTile:
+    sessions = changelist_url("journeys", "journeysession")
+    rows = table_row_estimate(JourneySession)
+    is_big = is_big_table(rows)
+    live = [str(status) for status in LIVE_STATUSES]
+    if is_big:
+        # Live sessions are counted exactly through their partial indexes; the finished ones,
+        # most of a big table, come from the statistics.
+        counts = journeys_selectors.sessions_count_by_status(statuses=live)
+        estimates = column_value_estimates(JourneySession, "status", rows=rows)
+        counts |= {
+            status: estimates.get(status, 0)
+            for status in SessionStatus.values
+            if status not in live
+        }
+    else:
+        counts = journeys_selectors.sessions_count_by_status()
+    by_status = tuple(
+        Figure(
+            key=f"sessions-{status}",
+            label=str(label),
+            value=counts[status],
+            url=f"{sessions}?{urlencode({'status__exact': status})}",
+            is_estimate=is_big and status not in live,
+        )
+        for status, label in SessionStatus.choices
+        if counts.get(status)
+    )
+    return JourneysTile(
+        health=health,
+        sessions_by_status=by_status,
+        overdue=Figure(
+            key="sessions-overdue",
+            label="overdue waits",
+            value=journeys_selectors.sessions_overdue(now=now).count(),
+            url=f"{sessions}?overdue=yes",
+        ),
+        stub_contacts=Figure(
+            key="stub-contacts",
+            label="stub contacts, not yet enriched",
+            value=journeys_selectors.contacts_not_enriched().count(),
+            url=changelist_url("journeys", "contact", enrichment="stub"),
+        ),
+    )
+
+
+# -- conversations --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SyncLine:
+    run_id: int
+    page_label: str
+    mode: str
+    status: str
+    at: datetime | None
+    progress: str
+    url: str
+    page_runs_url: str
+
+
+@dataclass(frozen=True)
+class ConversationsTile:
+    health: AreaHealth
+    pages_needing_reauthorization: Figure
+    running_syncs: Figure
+    running: tuple[SyncLine, ...]
+    running_not_shown: int
+    last_syncs: tuple[SyncLine, ...]
+    pages_with_syncs: int
+    pages_url: str
+    webhook_receipts: tuple[Figure, ...]
+    receipts_since: datetime
+    area: str = "conversations"
+    title: str = "Conversations"
+
+
+def sync_progress(run: object) -> str:
+    """The run's counters that moved, in the order the admin shows them."""
+    parts = [
+        f"{name.replace('_', ' ')} {getattr(run, name)}"
+        for name in SYNC_RUN_COUNTERS
+        if getattr(run, name, 0)
+    ]
+    return ", ".join(parts) or "no progress yet"
+
+
+def conversations_tile(*, now: datetime, health: AreaHealth) -> ConversationsTile:
+    runs_url = changelist_url("conversations", "syncrun")
+    running, running_total = conversations_selectors.sync_runs_running(limit=RUNNING_SYNCS_SHOWN)
+    latest, pages_with_syncs = conversations_selectors.sync_runs_latest_per_page(
+        limit=LAST_SYNCS_SHOWN
+    )
+    since = now - RECEIPTS_WINDOW
+    receipts = conversations_selectors.webhook_receipt_counts_since(since=since)
+    receipts_url = changelist_url("conversations", "webhookreceipt")
+    return ConversationsTile(
+        health=health,
+        pages_needing_reauthorization=Figure(
+            key="pages-reauthorization",
+            label="pages needing re-authorisation",
+            value=conversations_selectors.pages_needing_reauthorization().count(),
+            url=changelist_url(
+                "conversations", "facebookpage", is_reauthorization_required__exact=1
+            ),
+        ),
+        running_syncs=Figure(
+            key="syncs-running",
+            label="running syncs",
+            value=running_total,
+            url=changelist_url("conversations", "syncrun", status__exact=SyncStatus.RUNNING),
+        ),
+        running=tuple(
+            SyncLine(
+                run_id=run.pk,
+                page_label=str(run.page),
+                mode=run.mode,
+                status=run.status,
+                at=run.started_at,
+                progress=sync_progress(run),
+                url=change_url("conversations", "syncrun", run.pk),
+                page_runs_url=f"{runs_url}?{urlencode({'page__id__exact': run.page_id})}",
+            )
+            for run in running
+        ),
+        running_not_shown=max(running_total - len(running), 0),
+        last_syncs=tuple(
+            SyncLine(
+                run_id=last.run_id,
+                page_label=f"{last.page_name or 'page'} ({last.page_id})",
+                mode=last.mode,
+                status=last.status,
+                at=last.finished_at or last.created_at,
+                progress="",
+                url=change_url("conversations", "syncrun", last.run_id),
+                page_runs_url=f"{runs_url}?{urlencode({'page__id__exact': last.page_pk})}",
+            )
+            for last in latest
+        ),
+        pages_with_syncs=pages_with_syncs,
+        pages_url=changelist_url("conversations", "facebookpage"),
+        webhook_receipts=tuple(
+            Figure(
+                key=f"receipts-{status}",
+                label=status,
+                value=count,
+                url=f"{receipts_url}?"
+                + urlencode({"status__exact": status, "received_since": iso_seconds(since)}),
+            )
+            for status, count in receipts.items()
+        ),
+        receipts_since=since,
+    )
+
+
+# -- deliveries -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FlagState:
+    name: str
+    is_enabled: bool
+    url: str
+
+
+@dataclass(frozen=True)
+class DeliveriesTile:
+    health: AreaHealth
+    inconsistent: Figure
+    deliveries: Figure
+    rate: str
+    repair_url: str
+    audit_outcomes: tuple[Figure, ...]
+    audits_since: datetime
+    flags: tuple[FlagState, ...]
+    area: str = "deliveries"
+    title: str = "Deliveries"
+
+
+def inconsistency_rate(*, failing: int, population: int) -> str:
+    """ "5.00%"-style, "0%" when nothing fails; never above 100% (an estimated population can
+    lag behind the exact failing count)."""
+    if failing <= 0 or population <= 0:
+        return "0%"
+    return f"{min(failing / population, 1.0) * 100:.2f}%"
+
+
+def repair_url(check_id: str) -> str:
+    try:
+        return reverse("admin:evoflow_integrityrun_repair", args=[check_id])
+    except NoReverseMatch:
+        return ""
+
+
+def deliveries_tile(*, now: datetime, health: AreaHealth, can_repair: bool) -> DeliveriesTile:
+    failing = deliveries_selectors.deliveries_inconsistent().count()
+    population = table_row_count(MessageDelivery)
+    since = now - AUDIT_WINDOW
+    audits_url = changelist_url("deliveries", "userlinkaudit")
+    rate = inconsistency_rate(failing=failing, population=population.value)
+    return DeliveriesTile(
+        health=health,
+        inconsistent=Figure(
+            key="inconsistent-count",
+            label="inconsistent deliveries",
+            value=failing,
+            url=changelist_url("deliveries", "messagedelivery", consistency="inconsistent"),
+        ),
+        deliveries=Figure(
+            key="deliveries-total",
+            label="deliveries",
+            value=population.value,
+            url=changelist_url("deliveries", "messagedelivery"),
+            is_estimate=population.is_estimate,
+        ),
+        rate=f"~{rate}" if population.is_estimate and failing else rate,
+        repair_url=repair_url(RATE_CHECK_ID) if can_repair else "",
+        audit_outcomes=tuple(
+            Figure(
+                key=f"audits-{outcome}",
+                label=outcome.replace("_", " "),
+                value=count,
+                url=f"{audits_url}?"
+                + urlencode({"outcome__exact": outcome, "created_since": iso_seconds(since)}),
+            )
+            for outcome, count in deliveries_selectors.link_audit_outcome_counts(
+                since=since
+            ).items()
+        ),
+        audits_since=since,
+        flags=tuple(
+            FlagState(
+                name=flag.name,
+                is_enabled=flag.enabled,
+                url=change_url("deliveries", "featureflag", flag.pk),
+            )
+            for flag in deliveries_selectors.feature_flag_list()
+        ),
+    )
+
+
+# -- background tasks -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TasksTile:
+    health: AreaHealth
+    queued: Figure
+    failed: Figure
+    failed_since: datetime
+    broker: str
+    area: str = "tasks"
+    title: str = "Background tasks"
+
+
+def _queued_tasks() -> tuple[Figure, str]:
+    if "orm" in settings.Q_CLUSTER:
+        queued = table_row_count(OrmQ)
+        return (
+            Figure(
+                key="tasks-queued",
+                label="queued",
+                value=queued.value,
+                url=changelist_url("django_q", "ormq"),
+                is_estimate=queued.is_estimate,
+            ),
+            "database",
+        )
+    # The Redis broker's queue has no admin list: the size only, and "n/a" if it is down.
+    from django_q.brokers import get_broker
+
+    try:
+        size: int | None = int(get_broker().queue_size() or 0)
+    except Exception:  # any broker error: the dashboard still renders
+        size = None
+    return Figure(key="tasks-queued", label="queued", value=size), "redis"
+
+
+def tasks_tile(*, now: datetime, health: AreaHealth) -> TasksTile:
+    since = now - FAILED_TASKS_WINDOW
+    queued, broker = _queued_tasks()
+    return TasksTile(
+        health=health,
+        queued=queued,
+        failed=Figure(
+            key="tasks-failed",
+            label="failed in the last 24 hours",
+            value=Failure.objects.filter(stopped__gte=since).order_by().count(),
+            url=changelist_url("django_q", "failure", stopped_since=iso_seconds(since)),
+        ),
+        failed_since=since,
+        broker=broker,
+    )
+
+
+# -- the whole dashboard --------------------------------------------------------------------------
+
+Tile = JourneysTile | ConversationsTile | DeliveriesTile | TasksTile
+
+
+def dashboard_tiles(
+    *,
+    now: datetime,
+    areas: Iterable[str] = AREAS,
+    can_repair: bool = False,
+) -> list[Tile]:
+    """The tiles of `areas`, in the dashboard's order, counted at `now` (whole seconds, so the
+    links' times select exactly the counted rows)."""
+    now = now.astimezone(UTC).replace(microsecond=0)
+    wanted = set(areas)
+    results = integrity_latest_results()
+    health: Mapping[str, AreaHealth] = {
+        area: area_health(area=area, latest=results) for area in AREAS
+    }
+    tiles: list[Tile] = []
+    if "journeys" in wanted:
+        tiles.append(journeys_tile(now=now, health=health["journeys"]))
+    if "conversations" in wanted:
+        tiles.append(conversations_tile(now=now, health=health["conversations"]))
+    if "deliveries" in wanted:
+        tiles.append(deliveries_tile(now=now, health=health["deliveries"], can_repair=can_repair))
+    if "tasks" in wanted:
+        tiles.append(tasks_tile(now=now, health=health["tasks"]))
+    return tiles
