@@ -30,13 +30,14 @@ import django_q.admin as django_q_admin
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.paginator import Paginator
-from django.db import connections
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.functional import cached_property
 from django_q.models import Failure, OrmQ
+
+from evoflow.db import table_row_estimate
 
 EXACT_COUNT_LIMIT = 10_000
 ESTIMATE_FROM_ROWS = 10_000
@@ -156,19 +157,6 @@ class RowCount(int):
         return self.label if not format_spec else super().__format__(format_spec)
 
 
-def table_row_estimate(*, queryset: QuerySet) -> int | None:
-    """The planner's row estimate for the queryset's table, None when it has none yet."""
-    with connections[queryset.db].cursor() as cursor:
-        cursor.execute(
-            "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)",
-            [queryset.model._meta.db_table],
-        )
-        row = cursor.fetchone()
-    if row is None or row[0] is None or row[0] < 0:
-        return None
-    return int(row[0])
-
-
 class HugeTablePaginator(Paginator):
     """The changelist paginator for tables of millions of rows (see the module docstring)."""
 
@@ -181,7 +169,7 @@ class HugeTablePaginator(Paginator):
         if not isinstance(queryset, QuerySet):
             return super().count
         if not queryset.query.has_filters():
-            estimate = table_row_estimate(queryset=queryset)
+            estimate = table_row_estimate(queryset.model, using=queryset.db)
             if estimate is not None and estimate >= self.estimate_from_rows:
                 return RowCount(estimate, f"~{estimate:,}")
         # At most limit + 1 rows are read: LIMIT inside the counted subquery.

@@ -28,6 +28,7 @@ from conversations import selectors as conversations_selectors
 from conversations.models import SYNC_RUN_COUNTERS, SyncStatus
 from deliveries import selectors as deliveries_selectors
 from deliveries.models import MessageDelivery
+from evoflow.db import table_row_estimate
 from evoflow.models import IntegrityCheckResult, IntegrityRun
 from journeys import selectors as journeys_selectors
 from journeys.models import LIVE_STATUSES, JourneySession, SessionStatus
@@ -120,25 +121,17 @@ def iso_seconds(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds")
 
 
-def table_row_estimate(model: type[Model]) -> int:
-    """The planner's row count of `model`'s table (pg_class.reltuples); -1 if never analysed."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", [_table(model)])
-        row = cursor.fetchone()
-    return int(row[0]) if row else -1
-
-
-def is_big_table(estimate: int) -> bool:
-    # A table never analysed (-1) counts as small: autovacuum analyses any table that grows, so
-    # a big table without statistics is short-lived.
-    return estimate >= EXACT_COUNT_LIMIT
+def is_big_table(estimate: int | None) -> bool:
+    # A table never analysed counts as small: autovacuum analyses any table that grows, so a
+    # big table without statistics is short-lived.
+    return estimate is not None and estimate >= EXACT_COUNT_LIMIT
 
 
 def table_row_count(model: type[Model]) -> RowCount:
     """The number of rows of `model`'s table: exact while the planner's statistics say it is
     small, their estimate from `EXACT_COUNT_LIMIT` rows on."""
     estimate = table_row_estimate(model)
-    if is_big_table(estimate):
+    if estimate is not None and is_big_table(estimate):
         return RowCount(estimate, is_estimate=True)
     return RowCount(model._default_manager.order_by().count(), is_estimate=False)
 
@@ -237,9 +230,9 @@ class JourneysTile:
 def journeys_tile(*, now: datetime, health: AreaHealth) -> JourneysTile:
     sessions = changelist_url("journeys", "journeysession")
     rows = table_row_estimate(JourneySession)
-    is_big = is_big_table(rows)
+    is_big = rows is not None and is_big_table(rows)
     live = [str(status) for status in LIVE_STATUSES]
-    if is_big:
+    if rows is not None and is_big:
         # Live sessions are counted exactly through their partial indexes; the finished ones,
         # most of a big table, come from the statistics.
         counts = journeys_selectors.sessions_count_by_status(statuses=live)

@@ -7,7 +7,8 @@ setting or a session-level advisory lock would leak to whoever gets the server c
 from __future__ import annotations
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
+from django.db.models import Model
 from psycopg.conninfo import make_conninfo
 
 # Keys in Django's database OPTIONS that configure Django or psycopg objects, not libpq.
@@ -64,3 +65,17 @@ def psycopg_conninfo(alias: str = "default", *, application_name: str = "evoflow
     )
     params.setdefault("application_name", application_name)
     return make_conninfo("", **{key: value for key, value in params.items() if value is not None})
+
+
+def table_row_estimate(model: type[Model], *, using: str = "default") -> int | None:
+    """The planner's row count of `model`'s table (pg_class.reltuples, kept by ANALYZE and
+    autovacuum), or None when the table has never been analysed. Free, and never a full count."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)",
+            [model._meta.db_table],
+        )
+        row = cursor.fetchone()
+    if row is None or row[0] is None or row[0] < 0:
+        return None
+    return int(row[0])
