@@ -13,7 +13,7 @@ from django.utils import timezone
 from evoflow.integrity import get_check
 from journeys import selectors
 from journeys.models import Contact, Journey, JourneySession, SessionStatus
-from tests.core.changelists import changelist_get, listed_pks
+from tests.core.changelists import assert_exact_and_bounded, changelist_get, listed_pks
 from tests.core.factories import UserFactory
 from tests.journeys.factories import JourneyFactory, linear_flow
 
@@ -78,25 +78,9 @@ def sessions_create(*, journey: Journey, count: int) -> None:
     )
 
 
-def _assert_exact_and_bounded(client: Client, url: str, expected, create) -> None:
-    """`url` lists exactly `expected()` with 10 rows, and with 1,000 in as many queries."""
-    create(10)
-    changelist, queries_10 = changelist_get(client, url)
-    assert listed_pks(changelist) == set(expected().values_list("pk", flat=True))
-    assert changelist.result_count == expected().count()
-
-    create(990)
-    changelist, queries_1000 = changelist_get(client, url)
-    assert queries_1000 == queries_10
-    wanted = set(expected().values_list("pk", flat=True))
-    assert changelist.result_count == len(wanted)
-    assert listed_pks(changelist) <= wanted
-    assert len(listed_pks(changelist)) == min(len(wanted), changelist.list_per_page)
-
-
 @pytest.mark.parametrize("status", SessionStatus.values)
 def test_sessions_by_status_list_exactly_those_sessions(admin_client, journey, status):
-    _assert_exact_and_bounded(
+    assert_exact_and_bounded(
         admin_client,
         f"{SESSIONS}?status__exact={status}",
         lambda: JourneySession.objects.filter(status=status),
@@ -105,7 +89,7 @@ def test_sessions_by_status_list_exactly_those_sessions(admin_client, journey, s
 
 
 def test_overdue_sessions_list_exactly_what_the_selector_returns(admin_client, journey):
-    _assert_exact_and_bounded(
+    assert_exact_and_bounded(
         admin_client,
         f"{SESSIONS}?overdue=yes",
         selectors.sessions_overdue,
@@ -145,7 +129,7 @@ def test_the_overdue_selector_and_the_integrity_check_agree(journey):
 
 
 def test_stub_contacts_list_exactly_the_stubs(admin_client, journey):
-    _assert_exact_and_bounded(
+    assert_exact_and_bounded(
         admin_client,
         f"{CONTACTS}?enrichment=stub",
         lambda: Contact.objects.filter(crm_synced_at__isnull=True),
