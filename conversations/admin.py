@@ -46,12 +46,17 @@ from conversations.services.sync import (
     sync_retry_failed_batches,
     sync_run_cancel,
 )
-from evoflow.admin_lists import ChosenOnlyRelatedFilter, HugeTablePaginator, since_filter
+from evoflow.admin_lists import (
+    ChosenOnlyRelatedFilter,
+    HugeTablePaginator,
+    QueryStringCheckedAdmin,
+    since_filter,
+)
 
 MESSAGES_PER_PAGE = 50
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(QueryStringCheckedAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
@@ -79,7 +84,7 @@ class FacebookPageForm(forms.ModelForm):
 @admin.register(FacebookPage)
 @method_decorator(sensitive_post_parameters("new_access_token"), name="add_view")
 @method_decorator(sensitive_post_parameters("new_access_token"), name="change_view")
-class FacebookPageAdmin(admin.ModelAdmin):
+class FacebookPageAdmin(QueryStringCheckedAdmin):
     form = FacebookPageForm
     list_display = [
         "page_id",
@@ -209,6 +214,8 @@ class ConversationAdmin(ReadOnlyAdmin):
     list_filter = [DeletedFilter, ("page", ChosenOnlyRelatedFilter)]
     ordering = ["-updated_at", "-id"]
     paginator = HugeTablePaginator
+    # "Show counts" would count every filter choice over the whole table.
+    show_facets = admin.ShowFacets.NEVER
     show_full_result_count = False
     change_form_template = "admin/conversations/conversation/change_form.html"
 
@@ -250,6 +257,8 @@ class MessageAdmin(ReadOnlyAdmin):
     # index leads with it) would sort millions of rows for each page.
     ordering = ["-id"]
     paginator = HugeTablePaginator
+    # "Show counts" would count every filter choice over the whole table.
+    show_facets = admin.ShowFacets.NEVER
     show_full_result_count = False
 
 
@@ -264,6 +273,8 @@ class InteractionEventAdmin(ReadOnlyAdmin):
     raw_id_fields = ["conversation", "message", "page"]
     ordering = ["-id"]  # as messages: the primary key serves it
     paginator = HugeTablePaginator
+    # "Show counts" would count every filter choice over the whole table.
+    show_facets = admin.ShowFacets.NEVER
     show_full_result_count = False
 
 
@@ -288,6 +299,8 @@ class WebhookReceiptAdmin(ReadOnlyAdmin):
     # no index of its own, on purpose: see the model).
     ordering = ["-id"]
     paginator = HugeTablePaginator
+    # "Show counts" would count every filter choice over the whole table.
+    show_facets = admin.ShowFacets.NEVER
     actions = ["retry_receipts"]
     fields = readonly_fields = (
         "status",
@@ -417,6 +430,8 @@ class SyncRunAdmin(PrettyJsonMixin, ReadOnlyAdmin):
     search_fields = ["=request_id"]
     ordering = ["-id"]
     paginator = HugeTablePaginator
+    # "Show counts" would count every filter choice over the whole table.
+    show_facets = admin.ShowFacets.NEVER
     show_full_result_count = False
     actions = ["retry_failed_batches", "cancel_runs"]
     fields = readonly_fields = (

@@ -26,7 +26,7 @@ from deliveries.models import (
     MessageDelivery,
     UserLinkAudit,
 )
-from evoflow.admin_lists import HugeTablePaginator, since_filter
+from evoflow.admin_lists import HugeTablePaginator, QueryStringCheckedAdmin, since_filter
 from evoflow.models import User
 
 CONFIRM_TEMPLATE = "admin/deliveries/action_confirm.html"
@@ -77,7 +77,7 @@ class EventGuestInline(admin.TabularInline):
 
 
 @admin.register(Event)
-class EventAdmin(admin.ModelAdmin):
+class EventAdmin(QueryStringCheckedAdmin):
     list_display = ("id", "name", "starts_at", "host", "created_at")
     search_fields = ("name", "host__username")
     date_hierarchy = "starts_at"
@@ -126,12 +126,14 @@ class GuestLinkForm(forms.Form):
 
 
 @admin.register(EventGuest)
-class EventGuestAdmin(admin.ModelAdmin):
+class EventGuestAdmin(QueryStringCheckedAdmin):
     list_display = ("id", "name", "phone", "phone_e164", "event", "user", "removed_at")
     list_filter = (GuestLinkStateFilter,)
     search_fields = ("name", "phone", "phone_e164", "event__name")
     list_select_related = ("event", "user")
     paginator = HugeTablePaginator
+    # "Show counts" would count every filter choice over the whole table.
+    show_facets = admin.ShowFacets.NEVER
     show_full_result_count = False
     # Read-only: guests change through the API and the actions here, which call the services
     # (the change form's own transaction could not hold their durable ones).
@@ -191,11 +193,13 @@ class EventGuestAdmin(admin.ModelAdmin):
 
 
 @admin.register(Message)
-class MessageAdmin(admin.ModelAdmin):
+class MessageAdmin(QueryStringCheckedAdmin):
     list_display = ("id", "event", "sender", "created_at")
     search_fields = ("body", "event__name")
     list_select_related = ("event", "sender")
     paginator = HugeTablePaginator
+    # "Show counts" would count every filter choice over the whole table.
+    show_facets = admin.ShowFacets.NEVER
     show_full_result_count = False
     readonly_fields = ("event", "sender", "body", "created_at")
 
@@ -217,13 +221,15 @@ class InconsistentFilter(admin.SimpleListFilter):
 
 
 @admin.register(MessageDelivery)
-class MessageDeliveryAdmin(admin.ModelAdmin):
+class MessageDeliveryAdmin(QueryStringCheckedAdmin):
     list_display = ("id", "message", "guest", "user", "phone_e164", "status", "created_at")
     list_filter = (InconsistentFilter, "status")
     search_fields = ("phone_e164", "guest__name")
     list_select_related = ("message", "guest", "user")
     readonly_fields = [field.name for field in MessageDelivery._meta.fields]
     paginator = HugeTablePaginator
+    # "Show counts" would count every filter choice over the whole table.
+    show_facets = admin.ShowFacets.NEVER
     show_full_result_count = False
     actions = ["backfill_selected"]
 
@@ -247,7 +253,7 @@ class MessageDeliveryAdmin(admin.ModelAdmin):
 
 
 @admin.register(UserLinkAudit)
-class UserLinkAuditAdmin(admin.ModelAdmin):
+class UserLinkAuditAdmin(QueryStringCheckedAdmin):
     list_display = ("id", "created_at", "outcome", "method", "delivery_id", "guest_id", "user_id")
     list_filter = (
         "outcome",
@@ -260,6 +266,8 @@ class UserLinkAuditAdmin(admin.ModelAdmin):
     # No date_hierarchy: on every page view it reads the min and max created_at and the distinct
     # years or months of the whole table, a scan of every row (a BRIN index cannot answer them).
     paginator = HugeTablePaginator
+    # "Show counts" would count every filter choice over the whole table.
+    show_facets = admin.ShowFacets.NEVER
     show_full_result_count = False
     change_list_template = "admin/deliveries/userlinkaudit/change_list.html"
 
@@ -286,7 +294,7 @@ class UserLinkAuditAdmin(admin.ModelAdmin):
 
 
 @admin.register(FeatureFlag)
-class FeatureFlagAdmin(admin.ModelAdmin):
+class FeatureFlagAdmin(QueryStringCheckedAdmin):
     list_display = ("name", "enabled", "updated_by", "updated_at", "description")
     list_select_related = ("updated_by",)
     # Flags change only through the confirmed actions, which record who and when.

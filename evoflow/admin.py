@@ -3,7 +3,8 @@
 Integrity runs are read-only records. With `evoflow.run_integrity` an operator starts a run from
 the list ("Run integrity now"); with `evoflow.repair_integrity` they repair a failing check after
 a dry-run preview. Both are queued as stored runs that a worker executes: the run's page
-refreshes itself until the run is done, then shows each check's result.
+refreshes itself until the run is done (or is failed as lost: no worker started it, or its
+worker stopped beating), then shows each check's result.
 """
 
 from __future__ import annotations
@@ -28,8 +29,16 @@ from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
+from evoflow.admin_lists import QueryStringCheckedAdmin
 from evoflow.integrity.registry import IntegrityCheck, UnknownCheck, get_check
-from evoflow.integrity.runner import evaluate_check, integrity_run_request
+from evoflow.integrity.runner import (
+    REPAIR_PREVIEW_SECONDS,
+    PreviewOutOfTime,
+    evaluate_check,
+    integrity_repair_preview,
+    integrity_run_request,
+    integrity_runs_fail_lost,
+)
 from evoflow.models import IntegrityCheckResult, IntegrityRun, User
 
 logger = logging.getLogger(__name__)
@@ -51,7 +60,7 @@ FAILING_STATUSES = (IntegrityCheckResult.Status.WARNING, IntegrityCheckResult.St
 
 
 @admin.register(User)
-class UserAdmin(DjangoUserAdmin):
+class UserAdmin(QueryStringCheckedAdmin, DjangoUserAdmin):
     fieldsets = (*(DjangoUserAdmin.fieldsets or ()), ("Phone", {"fields": ("phone", "phone_e164")}))
     readonly_fields = ("phone_e164",)
     list_display = ("username", "email", "phone_e164", "is_staff", "is_active")
@@ -132,7 +141,7 @@ def _check_rows(run: IntegrityRun) -> list[CheckRow]:
 
 
 @admin.register(IntegrityRun)
-class IntegrityRunAdmin(admin.ModelAdmin):
+class IntegrityRunAdmin(QueryStringCheckedAdmin):
     list_display = (
         "id",
         "status_badge",
@@ -247,6 +256,13 @@ class IntegrityRunAdmin(admin.ModelAdmin):
             if object_id.isascii() and object_id.isdigit()
             else None
         )
+        # A live run nobody executes any more is failed here, so its page stops refreshing.
+        if (
+            run is not None
+            and not run.is_finished
+            and integrity_runs_fail_lost(runs=IntegrityRun.objects.filter(pk=run.pk))
+        ):
+            run = self.get_queryset(request).get(pk=run.pk)
         if run is not None:
             context.update(
                 check_rows=_check_rows(run),
@@ -266,7 +282,7 @@ class IntegrityRunAdmin(admin.ModelAdmin):
         else:
             self.message_user(
                 request,
-                f"Integrity run {run.pk} was requested moments ago and is {run.status}: "
+                f"Integrity run {run.pk} is already {run.status}: "
                 "showing it instead of starting another.",
                 messages.WARNING,
             )
@@ -291,8 +307,8 @@ class IntegrityRunAdmin(admin.ModelAdmin):
                 message, level = f"Repair of {check.id} queued as run {run.pk}.", messages.SUCCESS
             else:
                 message, level = (
-                    f"A repair of {check.id} was requested moments ago (run {run.pk}, "
-                    f"{run.status}): showing it instead of starting another.",
+                    f"A repair of {check.id} is already {run.status} (run {run.pk}): "
+                    "showing it instead of starting another.",
                     messages.WARNING,
                 )
             self.message_user(request, message, level)
@@ -303,9 +319,12 @@ class IntegrityRunAdmin(admin.ModelAdmin):
         evaluation = evaluate_check(check)
         preview: int | None = None
         preview_error = ""
-        assert check.repair is not None
+        is_preview_out_of_time = False
         try:
-            preview = check.repair(dry_run=True)
+            preview = integrity_repair_preview(check=check, seconds=REPAIR_PREVIEW_SECONDS)
+        except PreviewOutOfTime:
+            logger.warning("dry run of the repair of %s ran out of time", check.id)
+            is_preview_out_of_time = True
         except Exception:
             logger.exception("dry run of the repair of %s failed", check.id)
             preview_error = "The dry run failed; the logs have the details."
@@ -322,6 +341,8 @@ class IntegrityRunAdmin(admin.ModelAdmin):
             "is_failing": evaluation.status in FAILING_STATUSES,
             "preview": preview,
             "preview_error": preview_error,
+            "is_preview_out_of_time": is_preview_out_of_time,
+            "preview_seconds": REPAIR_PREVIEW_SECONDS,
         }
         return TemplateResponse(request, REPAIR_TEMPLATE, context)
 

@@ -1,5 +1,8 @@
 """Shared pieces of the admin lists the dashboard links to, for tables that grow without bound.
 
+- `QueryStringCheckedAdmin`: the base of every ModelAdmin of the project. A changelist query
+  string with a NUL character (which no PostgreSQL text value can hold) is the admin's "?e=1"
+  error page, whatever filter or search box it was typed into, never a server error.
 - `since_filter(...)`: a list filter "<time field> >= an ISO 8601 timestamp" (the dashboard's
   "in the last hour / 24 hours" links). A value that is not a timestamp is the admin's usual
   "?e=1" error page, never a server error.
@@ -17,25 +20,31 @@
   Lists that use it also set `show_full_result_count = False`, so the unfiltered table is not
   counted either.
 
-Importing this module also re-registers django-q2's admin for failed and queued tasks with a
-`stopped_since` filter and the paginator above; the rest of their behaviour is django-q2's.
+Importing this module also re-registers the admins that other packages register (django-q2's
+tasks and schedules, Django's groups, DRF's tokens) on the base above, and django-q2's failed and
+queued tasks with a `stopped_since` filter and the paginator above; the rest of their behaviour
+is their package's.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import django_q.admin as django_q_admin
+import rest_framework.authtoken.admin as authtoken_admin
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.auth import admin as auth_admin
+from django.contrib.auth.models import Group
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.functional import cached_property
-from django_q.models import Failure, OrmQ
+from django_q.models import Failure, OrmQ, Schedule, Success
+from rest_framework.authtoken.models import TokenProxy
 
 from evoflow.db import table_row_estimate
 
@@ -43,14 +52,35 @@ EXACT_COUNT_LIMIT = 10_000
 ESTIMATE_FROM_ROWS = 10_000
 
 
+# -- query strings PostgreSQL cannot take ------------------------------------------------------
+
+
+class QueryStringCheckedAdmin(admin.ModelAdmin):
+    """A ModelAdmin whose changelist refuses a NUL character anywhere in its query string.
+
+    PostgreSQL refuses a NUL inside any text parameter, so a NUL typed into the search box or
+    into any filter's value (`?status__exact=%00`) made the list's query fail. It is checked
+    once here, before any filter or search reads the query string, and shown as the admin's
+    usual error page for a bad lookup.
+    """
+
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        for name, values in request.GET.lists():
+            if "\x00" in name or any("\x00" in value for value in values):
+                raise IncorrectLookupParameters("a NUL character in the query string")
+        return super().get_changelist_instance(request)
+
+
 # -- the "since" filter --------------------------------------------------------------------------
 
 
 def since_parse(value: str) -> datetime:
-    """`value` as an aware datetime; ValueError when it is not an ISO 8601 timestamp.
+    """`value` as an aware datetime in UTC; ValueError when it is not an ISO 8601 timestamp.
 
     A timestamp without an offset is in the current time zone, as the admin shows times. A "+"
     left unencoded in a query string arrives as a space; it is read back as the "+" it was.
+    The result is in UTC: PostgreSQL refuses offsets Python accepts (beyond +/-15:59), and a
+    moment that falls outside years 1 to 9999 in UTC is refused here rather than there.
     """
     text = value.strip()
     try:
@@ -62,9 +92,12 @@ def since_parse(value: str) -> datetime:
         raise ValueError(f"not a valid timestamp: {value!r}") from error
     if parsed is None:
         raise ValueError(f"not an ISO 8601 timestamp: {value!r}")
-    if timezone.is_naive(parsed):
-        parsed = timezone.make_aware(parsed)
-    return parsed
+    try:
+        if timezone.is_naive(parsed):
+            parsed = timezone.make_aware(parsed)
+        return parsed.astimezone(UTC)
+    except (OverflowError, ValueError) as error:
+        raise ValueError(f"not a timestamp within years 1 to 9999: {value!r}") from error
 
 
 class SinceListFilter(admin.SimpleListFilter):
@@ -179,38 +212,70 @@ class HugeTablePaginator(Paginator):
         return counted
 
 
-# -- django-q2's task lists ----------------------------------------------------------------------
+# -- the admins other packages register ----------------------------------------------------------
 
 
-class FailureAdmin(django_q_admin.FailAdmin):
-    """Failed tasks, with "stopped since" for the dashboard's "failed in 24 hours" link."""
+class FailureAdmin(QueryStringCheckedAdmin, django_q_admin.FailAdmin):
+    """Failed tasks, with "stopped since" for the dashboard's "failed in 24 hours" link.
 
-    list_filter = (
-        since_filter(field_name="stopped", parameter_name="stopped_since"),
-        *django_q_admin.FailAdmin.list_filter,
-    )
+    django-q2's own "group" and "cluster" filters are left out: each lists its choices with a
+    SELECT DISTINCT over every failure ever kept, and failures are never pruned.
+    """
+
+    list_filter = (since_filter(field_name="stopped", parameter_name="stopped_since"),)
     paginator = HugeTablePaginator
+    # "Show counts" would count every filter choice over the whole table.
+    show_facets = admin.ShowFacets.NEVER
     show_full_result_count = False
 
 
-class QueuedTaskAdmin(django_q_admin.QueueAdmin):
+class QueuedTaskAdmin(QueryStringCheckedAdmin, django_q_admin.QueueAdmin):
     """Queued tasks of the ORM broker: a backlog can grow to millions while workers are down."""
 
     paginator = HugeTablePaginator
+    # "Show counts" would count every filter choice over the whole table.
+    show_facets = admin.ShowFacets.NEVER
     show_full_result_count = False
 
 
-def django_q_admin_register() -> None:
-    """Replace django-q2's admin of failed and queued tasks with the classes above (idempotent)."""
-    for model, model_admin in ((Failure, FailureAdmin), (OrmQ, QueuedTaskAdmin)):
+class SuccessfulTaskAdmin(QueryStringCheckedAdmin, django_q_admin.TaskAdmin):
+    pass
+
+
+class ScheduleAdmin(QueryStringCheckedAdmin, django_q_admin.ScheduleAdmin):
+    pass
+
+
+class GroupAdmin(QueryStringCheckedAdmin, auth_admin.GroupAdmin):
+    pass
+
+
+class TokenAdmin(QueryStringCheckedAdmin, authtoken_admin.TokenAdmin):
+    pass
+
+
+THIRD_PARTY_ADMINS: tuple[tuple[type, type[admin.ModelAdmin]], ...] = (
+    (Failure, FailureAdmin),
+    (OrmQ, QueuedTaskAdmin),
+    (Success, SuccessfulTaskAdmin),
+    (Schedule, ScheduleAdmin),
+    (Group, GroupAdmin),
+    (TokenProxy, TokenAdmin),
+)
+
+
+def third_party_admins_register() -> None:
+    """Replace the admins other packages registered with the classes above (idempotent).
+
+    The packages' admin modules are imported above, so they have registered theirs whichever
+    app's admin imports this module first.
+    """
+    for model, model_admin in THIRD_PARTY_ADMINS:
         registered = admin.site._registry.get(model)
-        if isinstance(registered, model_admin):
-            continue
-        if registered is None and model is OrmQ:
-            continue  # django-q2 registers the queue only with the ORM broker
-        if registered is not None:
-            admin.site.unregister(model)
+        if registered is None or isinstance(registered, model_admin):
+            continue  # not shown (django-q2 registers the queue only with the ORM broker), or done
+        admin.site.unregister(model)
         admin.site.register(model, model_admin)
 
 
-django_q_admin_register()
+third_party_admins_register()

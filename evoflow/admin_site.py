@@ -1,7 +1,8 @@
 """The admin site: Django's, with the operator dashboard as its index page.
 
-The dashboard shows a tile only for the areas whose app the user may view, so a staff member
-without permissions sees no numbers; Django's app list stays below the tiles.
+The dashboard shows a number only to users who may view the model it counts, and a tile only
+when one of its numbers remains, so a staff member without permissions sees no numbers;
+Django's app list stays below the tiles.
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.auth import get_permission_codename
+from django.db.models import Model
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
-from evoflow.dashboard import AREA_APP_LABELS, AREAS, dashboard_tiles, integrity_last_run
+from evoflow.dashboard import dashboard_tiles, integrity_last_run
 from evoflow.integrity.trends import integrity_trend, integrity_trend_svg
 
 REPAIR_PERMISSION = "evoflow.repair_integrity"
@@ -37,9 +40,13 @@ class EvoflowAdminSite(admin.AdminSite):
 
 def dashboard_context(request: HttpRequest) -> dict[str, Any]:
     user = request.user
-    areas = [area for area in AREAS if user.has_module_perms(AREA_APP_LABELS[area])]
+
+    def may_view(model: type[Model]) -> bool:
+        opts = model._meta
+        return user.has_perm(f"{opts.app_label}.{get_permission_codename('view', opts)}")
+
     tiles = dashboard_tiles(
-        now=timezone.now(), areas=areas, can_repair=user.has_perm(REPAIR_PERMISSION)
+        now=timezone.now(), may_view=may_view, can_repair=user.has_perm(REPAIR_PERMISSION)
     )
     can_see_integrity = user.has_perm("evoflow.view_integrityrun")
     return {

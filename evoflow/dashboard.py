@@ -7,13 +7,16 @@ those statistics instead, shown with "~". Every number links to the admin list f
 exactly the rows it counts; times in those links are whole seconds of the same `now` the
 number was counted with, so the list and the number agree.
 
-A tile's colour is the worst status among the latest stored result of each integrity check of
-its area (check ids start with the area's name).
+A number is shown, and counted, only for users who may view the model it counts (`may_view`);
+a tile is left out when none of its numbers remains.
+
+A tile's colour is the worst status among the latest stored result of each registered
+integrity check of its area (check ids start with the area's name).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
@@ -25,23 +28,33 @@ from django.urls import NoReverseMatch, reverse
 from django_q.models import Failure, OrmQ
 
 from conversations import selectors as conversations_selectors
-from conversations.models import SYNC_RUN_COUNTERS, SyncStatus
+from conversations.models import (
+    SYNC_RUN_COUNTERS,
+    FacebookPage,
+    SyncRun,
+    SyncStatus,
+    WebhookReceipt,
+)
 from deliveries import selectors as deliveries_selectors
-from deliveries.models import MessageDelivery
+from deliveries.models import FeatureFlag, MessageDelivery, UserLinkAudit
 from evoflow.db import table_row_estimate
+from evoflow.integrity.registry import all_checks
 from evoflow.models import IntegrityCheckResult, IntegrityRun
 from journeys import selectors as journeys_selectors
-from journeys.models import LIVE_STATUSES, JourneySession, SessionStatus
+from journeys.models import LIVE_STATUSES, Contact, JourneySession, SessionStatus
 
 AREAS = ("journeys", "conversations", "deliveries", "tasks")
-# The app whose "view" permissions decide whether a user sees an area's tile.
-AREA_APP_LABELS = {
-    "journeys": "journeys",
-    "conversations": "conversations",
-    "deliveries": "deliveries",
-    "tasks": "django_q",
+# The models each tile counts: a tile is shown to users who may view at least one of them.
+AREA_MODELS: dict[str, tuple[type[Model], ...]] = {
+    "journeys": (JourneySession, Contact),
+    "conversations": (FacebookPage, SyncRun, WebhookReceipt),
+    "deliveries": (MessageDelivery, UserLinkAudit, FeatureFlag),
+    "tasks": (OrmQ, Failure),
 }
 EXACT_COUNT_LIMIT = 100_000
+# A status the statistics do not list is rare, but not necessarily absent: it is counted
+# exactly up to this many rows, "10,000+" beyond.
+RARE_STATUS_COUNT_LIMIT = 10_000
 RUNNING_SYNCS_SHOWN = 10
 LAST_SYNCS_SHOWN = 10
 RECEIPTS_WINDOW = timedelta(hours=1)
@@ -61,6 +74,14 @@ STATUS_LABELS = {
 
 # -- building blocks ------------------------------------------------------------------------------
 
+# Whether the user may view a model's rows: only then are its numbers counted and shown.
+ViewPermission = Callable[[type[Model]], bool]
+
+
+def may_view_everything(model: type[Model]) -> bool:
+    """For reads outside a request (benchmarks, tests): every number."""
+    return True
+
 
 @dataclass(frozen=True)
 class Figure:
@@ -71,11 +92,14 @@ class Figure:
     value: int | None  # None: not available (e.g. the broker did not answer)
     url: str = ""
     is_estimate: bool = False
+    is_capped: bool = False  # counting stopped at `value`: there are at least that many
 
     @property
     def display(self) -> str:
         if self.value is None:
             return "n/a"
+        if self.is_capped:
+            return f"{self.value:,}+"
         return f"~{self.value}" if self.is_estimate else str(self.value)
 
 
@@ -138,7 +162,8 @@ def table_row_count(model: type[Model]) -> RowCount:
 
 def column_value_estimates(model: type[Model], column: str, *, rows: int) -> dict[str, int]:
     """How many of `rows` rows hold each common value of `column`, from ANALYZE's statistics
-    (its most common values and their frequencies). A value missing there is rare: about 0."""
+    (its most common values and their frequencies). A value missing there is rare, not
+    necessarily absent: count it some other way."""
     with connection.cursor() as cursor:
         cursor.execute(
             """
@@ -163,15 +188,32 @@ def _table(model: type[Model]) -> str:
 # -- integrity status -----------------------------------------------------------------------------
 
 
-def integrity_latest_results() -> list[CheckHealth]:
-    """The newest stored result of every check: one DISTINCT ON query, walking the
-    (check_id, -created_at) index."""
-    results = (
-        IntegrityCheckResult.objects.order_by("check_id", "-created_at", "-id")
-        .distinct("check_id")
-        .values_list("check_id", "status", "failing_count", "run_id")
-    )
-    return [CheckHealth(*row) for row in results]
+_LATEST_RESULTS_SQL = """
+    SELECT latest.check_id, latest.status, latest.failing_count, latest.run_id
+    FROM unnest(%s::text[]) AS registered(check_id)
+    CROSS JOIN LATERAL (
+        SELECT result.check_id, result.status, result.failing_count, result.run_id
+        FROM {results} AS result
+        WHERE result.check_id = registered.check_id
+        ORDER BY result.created_at DESC, result.id DESC
+        LIMIT 1
+    ) AS latest
+    ORDER BY latest.check_id
+"""
+
+
+def integrity_latest_results(*, check_ids: Iterable[str] | None = None) -> list[CheckHealth]:
+    """The newest stored result of each of `check_ids` (every registered check by default).
+
+    One query that probes the (check_id, -created_at, -id) index once per check, so its cost
+    does not grow with the stored history (DISTINCT ON would read and sort all of it). A check
+    removed from the code no longer colours its tile.
+    """
+    wanted = sorted(set(check_ids) if check_ids is not None else {c.id for c in all_checks()})
+    sql = _LATEST_RESULTS_SQL.format(results=_table(IntegrityCheckResult))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [wanted])
+        return [CheckHealth(*row) for row in cursor.fetchall()]
 
 
 def area_health(*, area: str, latest: Iterable[CheckHealth]) -> AreaHealth:
@@ -220,56 +262,75 @@ def integrity_last_run() -> LastRun | None:
 @dataclass(frozen=True)
 class JourneysTile:
     health: AreaHealth
-    sessions_by_status: tuple[Figure, ...]
-    overdue: Figure
-    stub_contacts: Figure
+    # None: the user may not view that model (sessions, contacts).
+    sessions_by_status: tuple[Figure, ...] | None
+    overdue: Figure | None
+    stub_contacts: Figure | None
     area: str = "journeys"
     title: str = "Journeys"
 
 
-def journeys_tile(*, now: datetime, health: AreaHealth) -> JourneysTile:
+def sessions_by_status() -> tuple[Figure, ...]:
+    """A figure per status that has sessions."""
     sessions = changelist_url("journeys", "journeysession")
     rows = table_row_estimate(JourneySession)
-    is_big = rows is not None and is_big_table(rows)
     live = [str(status) for status in LIVE_STATUSES]
-    if rows is not None and is_big:
+    estimated: set[str] = set()
+    capped: set[str] = set()
+    if rows is not None and is_big_table(rows):
         # Live sessions are counted exactly through their partial indexes; the finished ones,
-        # most of a big table, come from the statistics.
+        # most of a big table, come from the statistics. A finished status the statistics do
+        # not list is rare: counted through the ended sessions' index, up to a limit.
         counts = journeys_selectors.sessions_count_by_status(statuses=live)
         estimates = column_value_estimates(JourneySession, "status", rows=rows)
-        counts |= {
-            status: estimates.get(status, 0)
-            for status in SessionStatus.values
-            if status not in live
-        }
+        ended = [status for status in SessionStatus.values if status not in live]
+        estimated = {status for status in ended if status in estimates}
+        counts |= {status: estimates[status] for status in estimated}
+        rare = journeys_selectors.sessions_count_by_status_up_to(
+            statuses=[status for status in ended if status not in estimated],
+            limit=RARE_STATUS_COUNT_LIMIT + 1,
+        )
+        capped = {status for status, count in rare.items() if count > RARE_STATUS_COUNT_LIMIT}
+        counts |= {status: min(count, RARE_STATUS_COUNT_LIMIT) for status, count in rare.items()}
     else:
         counts = journeys_selectors.sessions_count_by_status()
-    by_status = tuple(
+    return tuple(
         Figure(
             key=f"sessions-{status}",
             label=str(label),
             value=counts[status],
             url=f"{sessions}?{urlencode({'status__exact': status})}",
-            is_estimate=is_big and status not in live,
+            is_estimate=status in estimated,
+            is_capped=status in capped,
         )
         for status, label in SessionStatus.choices
         if counts.get(status)
     )
+
+
+def journeys_tile(
+    *, now: datetime, health: AreaHealth, may_view: ViewPermission = may_view_everything
+) -> JourneysTile:
+    sees_sessions = may_view(JourneySession)
     return JourneysTile(
         health=health,
-        sessions_by_status=by_status,
+        sessions_by_status=sessions_by_status() if sees_sessions else None,
         overdue=Figure(
             key="sessions-overdue",
             label="overdue waits",
             value=journeys_selectors.sessions_overdue(now=now).count(),
-            url=f"{sessions}?overdue=yes",
-        ),
+            url=changelist_url("journeys", "journeysession", overdue="yes"),
+        )
+        if sees_sessions
+        else None,
         stub_contacts=Figure(
             key="stub-contacts",
             label="stub contacts, not yet enriched",
             value=journeys_selectors.contacts_not_enriched().count(),
             url=changelist_url("journeys", "contact", enrichment="stub"),
-        ),
+        )
+        if may_view(Contact)
+        else None,
     )
 
 
@@ -289,16 +350,22 @@ class SyncLine:
 
 
 @dataclass(frozen=True)
-class ConversationsTile:
-    health: AreaHealth
-    pages_needing_reauthorization: Figure
+class SyncsOverview:
     running_syncs: Figure
     running: tuple[SyncLine, ...]
     running_not_shown: int
     last_syncs: tuple[SyncLine, ...]
     pages_with_syncs: int
-    pages_url: str
-    webhook_receipts: tuple[Figure, ...]
+    pages_url: str  # empty: the user may not view the pages
+
+
+@dataclass(frozen=True)
+class ConversationsTile:
+    health: AreaHealth
+    # None: the user may not view that model (pages, sync runs, webhook receipts).
+    pages_needing_reauthorization: Figure | None
+    syncs: SyncsOverview | None
+    webhook_receipts: tuple[Figure, ...] | None
     receipts_since: datetime
     area: str = "conversations"
     title: str = "Conversations"
@@ -314,25 +381,13 @@ def sync_progress(run: object) -> str:
     return ", ".join(parts) or "no progress yet"
 
 
-def conversations_tile(*, now: datetime, health: AreaHealth) -> ConversationsTile:
+def syncs_overview(*, may_view_pages: bool) -> SyncsOverview:
     runs_url = changelist_url("conversations", "syncrun")
     running, running_total = conversations_selectors.sync_runs_running(limit=RUNNING_SYNCS_SHOWN)
     latest, pages_with_syncs = conversations_selectors.sync_runs_latest_per_page(
         limit=LAST_SYNCS_SHOWN
     )
-    since = now - RECEIPTS_WINDOW
-    receipts = conversations_selectors.webhook_receipt_counts_since(since=since)
-    receipts_url = changelist_url("conversations", "webhookreceipt")
-    return ConversationsTile(
-        health=health,
-        pages_needing_reauthorization=Figure(
-            key="pages-reauthorization",
-            label="pages needing re-authorisation",
-            value=conversations_selectors.pages_needing_reauthorization().count(),
-            url=changelist_url(
-                "conversations", "facebookpage", is_reauthorization_required__exact=1
-            ),
-        ),
+    return SyncsOverview(
         running_syncs=Figure(
             key="syncs-running",
             label="running syncs",
@@ -367,17 +422,45 @@ def conversations_tile(*, now: datetime, health: AreaHealth) -> ConversationsTil
             for last in latest
         ),
         pages_with_syncs=pages_with_syncs,
-        pages_url=changelist_url("conversations", "facebookpage"),
-        webhook_receipts=tuple(
-            Figure(
-                key=f"receipts-{status}",
-                label=status,
-                value=count,
-                url=f"{receipts_url}?"
-                + urlencode({"status__exact": status, "received_since": iso_seconds(since)}),
-            )
-            for status, count in receipts.items()
-        ),
+        pages_url=changelist_url("conversations", "facebookpage") if may_view_pages else "",
+    )
+
+
+def webhook_receipt_figures(*, since: datetime) -> tuple[Figure, ...]:
+    receipts_url = changelist_url("conversations", "webhookreceipt")
+    return tuple(
+        Figure(
+            key=f"receipts-{status}",
+            label=status,
+            value=count,
+            url=f"{receipts_url}?"
+            + urlencode({"status__exact": status, "received_since": iso_seconds(since)}),
+        )
+        for status, count in conversations_selectors.webhook_receipt_counts_since(
+            since=since
+        ).items()
+    )
+
+
+def conversations_tile(
+    *, now: datetime, health: AreaHealth, may_view: ViewPermission = may_view_everything
+) -> ConversationsTile:
+    since = now - RECEIPTS_WINDOW
+    sees_pages = may_view(FacebookPage)
+    return ConversationsTile(
+        health=health,
+        pages_needing_reauthorization=Figure(
+            key="pages-reauthorization",
+            label="pages needing re-authorisation",
+            value=conversations_selectors.pages_needing_reauthorization().count(),
+            url=changelist_url(
+                "conversations", "facebookpage", is_reauthorization_required__exact=1
+            ),
+        )
+        if sees_pages
+        else None,
+        syncs=syncs_overview(may_view_pages=sees_pages) if may_view(SyncRun) else None,
+        webhook_receipts=webhook_receipt_figures(since=since) if may_view(WebhookReceipt) else None,
         receipts_since=since,
     )
 
@@ -393,15 +476,21 @@ class FlagState:
 
 
 @dataclass(frozen=True)
-class DeliveriesTile:
-    health: AreaHealth
+class DeliveryConsistency:
     inconsistent: Figure
     deliveries: Figure
     rate: str
     repair_url: str
-    audit_outcomes: tuple[Figure, ...]
+
+
+@dataclass(frozen=True)
+class DeliveriesTile:
+    health: AreaHealth
+    # None: the user may not view that model (deliveries, link audits, feature flags).
+    consistency: DeliveryConsistency | None
+    audit_outcomes: tuple[Figure, ...] | None
     audits_since: datetime
-    flags: tuple[FlagState, ...]
+    flags: tuple[FlagState, ...] | None
     area: str = "deliveries"
     title: str = "Deliveries"
 
@@ -421,14 +510,11 @@ def repair_url(check_id: str) -> str:
         return ""
 
 
-def deliveries_tile(*, now: datetime, health: AreaHealth, can_repair: bool) -> DeliveriesTile:
+def delivery_consistency(*, can_repair: bool) -> DeliveryConsistency:
     failing = deliveries_selectors.deliveries_inconsistent().count()
     population = table_row_count(MessageDelivery)
-    since = now - AUDIT_WINDOW
-    audits_url = changelist_url("deliveries", "userlinkaudit")
     rate = inconsistency_rate(failing=failing, population=population.value)
-    return DeliveriesTile(
-        health=health,
+    return DeliveryConsistency(
         inconsistent=Figure(
             key="inconsistent-count",
             label="inconsistent deliveries",
@@ -444,18 +530,37 @@ def deliveries_tile(*, now: datetime, health: AreaHealth, can_repair: bool) -> D
         ),
         rate=f"~{rate}" if population.is_estimate and failing else rate,
         repair_url=repair_url(RATE_CHECK_ID) if can_repair else "",
-        audit_outcomes=tuple(
-            Figure(
-                key=f"audits-{outcome}",
-                label=outcome.replace("_", " "),
-                value=count,
-                url=f"{audits_url}?"
-                + urlencode({"outcome__exact": outcome, "created_since": iso_seconds(since)}),
-            )
-            for outcome, count in deliveries_selectors.link_audit_outcome_counts(
-                since=since
-            ).items()
-        ),
+    )
+
+
+def link_audit_figures(*, since: datetime) -> tuple[Figure, ...]:
+    audits_url = changelist_url("deliveries", "userlinkaudit")
+    return tuple(
+        Figure(
+            key=f"audits-{outcome}",
+            label=outcome.replace("_", " "),
+            value=count,
+            url=f"{audits_url}?"
+            + urlencode({"outcome__exact": outcome, "created_since": iso_seconds(since)}),
+        )
+        for outcome, count in deliveries_selectors.link_audit_outcome_counts(since=since).items()
+    )
+
+
+def deliveries_tile(
+    *,
+    now: datetime,
+    health: AreaHealth,
+    can_repair: bool,
+    may_view: ViewPermission = may_view_everything,
+) -> DeliveriesTile:
+    since = now - AUDIT_WINDOW
+    return DeliveriesTile(
+        health=health,
+        consistency=delivery_consistency(can_repair=can_repair)
+        if may_view(MessageDelivery)
+        else None,
+        audit_outcomes=link_audit_figures(since=since) if may_view(UserLinkAudit) else None,
         audits_since=since,
         flags=tuple(
             FlagState(
@@ -464,7 +569,9 @@ def deliveries_tile(*, now: datetime, health: AreaHealth, can_repair: bool) -> D
                 url=change_url("deliveries", "featureflag", flag.pk),
             )
             for flag in deliveries_selectors.feature_flag_list()
-        ),
+        )
+        if may_view(FeatureFlag)
+        else None,
     )
 
 
@@ -474,26 +581,28 @@ def deliveries_tile(*, now: datetime, health: AreaHealth, can_repair: bool) -> D
 @dataclass(frozen=True)
 class TasksTile:
     health: AreaHealth
-    queued: Figure
-    failed: Figure
+    # None: the user may not view that model (the ORM broker's queue, failed tasks).
+    queued: Figure | None
+    failed: Figure | None
     failed_since: datetime
     broker: str
     area: str = "tasks"
     title: str = "Background tasks"
 
 
-def _queued_tasks() -> tuple[Figure, str]:
-    if "orm" in settings.Q_CLUSTER:
+def _broker() -> str:
+    return "database" if "orm" in settings.Q_CLUSTER else "redis"
+
+
+def queued_tasks() -> Figure:
+    if _broker() == "database":
         queued = table_row_count(OrmQ)
-        return (
-            Figure(
-                key="tasks-queued",
-                label="queued",
-                value=queued.value,
-                url=changelist_url("django_q", "ormq"),
-                is_estimate=queued.is_estimate,
-            ),
-            "database",
+        return Figure(
+            key="tasks-queued",
+            label="queued",
+            value=queued.value,
+            url=changelist_url("django_q", "ormq"),
+            is_estimate=queued.is_estimate,
         )
     # The Redis broker's queue has no admin list: the size only, and "n/a" if it is down.
     from django_q.brokers import get_broker
@@ -502,23 +611,27 @@ def _queued_tasks() -> tuple[Figure, str]:
         size: int | None = int(get_broker().queue_size() or 0)
     except Exception:  # any broker error: the dashboard still renders
         size = None
-    return Figure(key="tasks-queued", label="queued", value=size), "redis"
+    return Figure(key="tasks-queued", label="queued", value=size)
 
 
-def tasks_tile(*, now: datetime, health: AreaHealth) -> TasksTile:
+def tasks_tile(
+    *, now: datetime, health: AreaHealth, may_view: ViewPermission = may_view_everything
+) -> TasksTile:
     since = now - FAILED_TASKS_WINDOW
-    queued, broker = _queued_tasks()
     return TasksTile(
         health=health,
-        queued=queued,
+        # The queue's model decides for the Redis broker too: same rows, another store.
+        queued=queued_tasks() if may_view(OrmQ) else None,
         failed=Figure(
             key="tasks-failed",
             label="failed in the last 24 hours",
             value=Failure.objects.filter(stopped__gte=since).order_by().count(),
             url=changelist_url("django_q", "failure", stopped_since=iso_seconds(since)),
-        ),
+        )
+        if may_view(Failure)
+        else None,
         failed_since=since,
-        broker=broker,
+        broker=_broker(),
     )
 
 
@@ -530,24 +643,30 @@ Tile = JourneysTile | ConversationsTile | DeliveriesTile | TasksTile
 def dashboard_tiles(
     *,
     now: datetime,
-    areas: Iterable[str] = AREAS,
+    may_view: ViewPermission = may_view_everything,
     can_repair: bool = False,
 ) -> list[Tile]:
-    """The tiles of `areas`, in the dashboard's order, counted at `now` (whole seconds, so the
-    links' times select exactly the counted rows)."""
+    """The tiles the user may view, in the dashboard's order, counted at `now` (whole seconds,
+    so the links' times select exactly the counted rows)."""
     now = now.astimezone(UTC).replace(microsecond=0)
-    wanted = set(areas)
+    wanted = {area for area in AREAS if any(may_view(model) for model in AREA_MODELS[area])}
+    if not wanted:
+        return []
     results = integrity_latest_results()
     health: Mapping[str, AreaHealth] = {
         area: area_health(area=area, latest=results) for area in AREAS
     }
     tiles: list[Tile] = []
     if "journeys" in wanted:
-        tiles.append(journeys_tile(now=now, health=health["journeys"]))
+        tiles.append(journeys_tile(now=now, health=health["journeys"], may_view=may_view))
     if "conversations" in wanted:
-        tiles.append(conversations_tile(now=now, health=health["conversations"]))
+        tiles.append(conversations_tile(now=now, health=health["conversations"], may_view=may_view))
     if "deliveries" in wanted:
-        tiles.append(deliveries_tile(now=now, health=health["deliveries"], can_repair=can_repair))
+        tiles.append(
+            deliveries_tile(
+                now=now, health=health["deliveries"], can_repair=can_repair, may_view=may_view
+            )
+        )
     if "tasks" in wanted:
-        tiles.append(tasks_tile(now=now, health=health["tasks"]))
+        tiles.append(tasks_tile(now=now, health=health["tasks"], may_view=may_view))
     return tiles

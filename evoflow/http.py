@@ -7,7 +7,8 @@ line and metrics per attempt, and no secret in any log: query parameters that ca
 redacted and headers are never logged.
 
 Service clients subclass `HttpClient` and override `retry_delay` where the service signals
-throttling its own way (the Graph API puts error codes in the body).
+throttling its own way (the Graph API puts error codes in the body), and `error_retry_delay`
+where a call the service may have received must not be sent again (alert webhooks).
 """
 
 from __future__ import annotations
@@ -137,6 +138,14 @@ class HttpClient:
                 return min(retry_after, self.retry.retry_after_max)
         return self.retry.backoff(attempt)
 
+    def error_retry_delay(self, error: requests.RequestException, attempt: int) -> float | None:
+        """Seconds to wait before retrying after `error` (no answer came), or None to give up.
+
+        Every connection error and timeout is retried by default; a client whose calls must not
+        be repeated once the service may have received them overrides this.
+        """
+        return self.retry.backoff(attempt)
+
     def before_attempt(self) -> None:
         """Called before every attempt, retries included (a rate limiter waits here)."""
 
@@ -180,8 +189,13 @@ class HttpClient:
                 outcome = "timeout" if isinstance(exc, requests.Timeout) else "connection_error"
                 last_error = f"{outcome}: {type(exc).__name__}"
                 self._record(method, url, outcome, started, attempt)
-                delay: float | None = self.retry.backoff(attempt)
+                delay: float | None = self.error_retry_delay(exc, attempt)
                 response = None
+                if delay is None:
+                    raise UpstreamUnavailable(
+                        f"{self.service} {method} {redact_url(url)} failed at attempt "
+                        f"{attempt} ({last_error}, not retried)"
+                    ) from exc
             else:
                 self._record(method, response.url, str(response.status_code), started, attempt)
                 self.after_attempt(response)

@@ -72,6 +72,9 @@ class IntegrityRun(models.Model):
 
     started_at = models.DateTimeField(default=timezone.now, db_default=Now())
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Renewed by the runner when it claims the run and after every check; a running run whose
+    # heartbeat (or start, before the first beat) is older than the lease is failed as lost.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
     trigger = models.CharField(max_length=32, default="command")
     requested_checks = models.JSONField(default=list, blank=True)
@@ -135,7 +138,11 @@ class IntegrityCheckResult(models.Model):
             )
         ]
         indexes = [
-            models.Index(fields=["check_id", "-created_at"], name="integrity_result_trend_idx")
+            # Each check's results newest first: the dashboard's latest result per check (one
+            # probe per check) and the trend's time range of each check.
+            models.Index(
+                fields=["check_id", "-created_at", "-id"], name="integrity_result_latest_idx"
+            )
         ]
 
     def __str__(self) -> str:

@@ -99,7 +99,8 @@ def integrity_run_scheduled() -> int:
 
 def integrity_run_requested(run_id: int) -> int | None:
     """Execute a run queued from the admin ("run integrity now", "repair"); a second delivery
-    of the task finds the run claimed and does nothing."""
+    of the task finds the run claimed and does nothing, unless its worker is gone: then it
+    fails the run as lost."""
     from evoflow.integrity.runner import integrity_run_execute_queued
 
     run = integrity_run_execute_queued(run_id=run_id)

@@ -18,7 +18,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.utils import timezone
 
-from evoflow.admin_lists import HugeTablePaginator
+from evoflow.admin_lists import HugeTablePaginator, QueryStringCheckedAdmin
 from journeys import selectors, services
 from journeys.integrity import OVERDUE_MINUTES
 from journeys.jsonvalues import UnstorableJson, json_value_check
@@ -27,7 +27,7 @@ from journeys.services import JourneyError
 from journeys.services.journeys import EDITABLE_FIELDS as JOURNEY_EDITABLE_FIELDS
 
 
-class ServiceWritesAdmin(admin.ModelAdmin):
+class ServiceWritesAdmin(QueryStringCheckedAdmin):
     """Every write goes through a service, inside the change form's own atomic block.
 
     That block is the admin's transaction, so `save_model` calls the services'
@@ -232,6 +232,8 @@ class JourneySessionAdmin(ServiceWritesAdmin):
     search_fields = ("=contact__id", "=id")
     list_select_related = ("journey",)
     paginator = HugeTablePaginator
+    # "Show counts" would count every filter choice over the whole table.
+    show_facets = admin.ShowFacets.NEVER
     show_full_result_count = False
     inlines = (JourneyStepInline,)
     actions = ("retry_failed_sessions", "cancel_sessions")
@@ -335,11 +337,13 @@ class StubFilter(admin.SimpleListFilter):
 
 
 @admin.register(Contact)
-class ContactAdmin(admin.ModelAdmin):
+class ContactAdmin(QueryStringCheckedAdmin):
     list_display = ("id", "name", "email", "phone_e164", "crm_synced_at", "created_at")
     list_filter = (StubFilter, "is_blocked")
     search_fields = ("=id", "name", "email", "phone_e164")
     paginator = HugeTablePaginator
+    # "Show counts" would count every filter choice over the whole table.
+    show_facets = admin.ShowFacets.NEVER
     show_full_result_count = False
     actions = ("enrich_from_crm",)
     readonly_fields = (

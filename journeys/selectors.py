@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
+from django.db import connection
 from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -121,3 +122,25 @@ def sessions_overdue(*, now: datetime | None = None) -> QuerySet[JourneySession]
         Q(status=SessionStatus.WAITING, wait_until__lt=cutoff)
         | Q(status=SessionStatus.ACTIVE, lease_or_update__lt=cutoff)
     )
+
+
+def sessions_count_by_status_up_to(*, statuses: Iterable[str], limit: int) -> dict[str, int]:
+    """Sessions per status, each count stopping at `limit` rows: one query, bounded however big
+    the table is (a count of `limit` means "at least that many").
+
+    Each status is compared with a value of its own, not a joined column, so the planner can
+    match it to a status's partial index (the ended sessions' index for the terminal ones).
+    """
+    wanted = [str(status) for status in statuses]
+    if not wanted:
+        return {}
+    table = connection.ops.quote_name(JourneySession._meta.db_table)
+    branch = (
+        f"SELECT %s, count(*) FROM (SELECT 1 FROM {table} WHERE status = %s LIMIT %s) AS capped"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            " UNION ALL ".join([branch] * len(wanted)),
+            [value for status in wanted for value in (status, status, limit)],
+        )
+        return dict(cursor.fetchall())

@@ -1,4 +1,5 @@
-"""The integrity API: the latest finished run, as `manage.py integrity --json` prints it."""
+"""The integrity API: the latest finished run of every check, as `manage.py integrity --json`
+prints it."""
 
 from __future__ import annotations
 
@@ -16,17 +17,13 @@ NO_INTEGRITY_RUN = "no_integrity_run"
 
 
 class CanViewIntegrityRuns(permissions.BasePermission):
-    message = (
-        "Reading integrity runs needs staff status or the evoflow.view_integrityrun permission."
-    )
+    # The same permission the admin's runs and the dashboard ask for: staff status alone is not
+    # enough there, so it is not here either.
+    message = "Reading integrity runs needs the evoflow.view_integrityrun permission."
 
     def has_permission(self, request: Request, view: APIView) -> bool:
         user = request.user
-        return bool(
-            user
-            and user.is_authenticated
-            and (user.is_staff or user.has_perm("evoflow.view_integrityrun"))
-        )
+        return bool(user and user.is_authenticated and user.has_perm("evoflow.view_integrityrun"))
 
 
 class ThresholdsOutput(serializers.Serializer):
@@ -70,15 +67,19 @@ class IntegrityRunLatestApi(APIView):
         operation_id="integrity_runs_latest",
         responses={200: IntegrityRunOutput},
         description=(
-            "The newest finished integrity run with each check's result (the document of"
-            " `manage.py integrity --json`); 404 `no_integrity_run` before the first run."
+            "The newest finished integrity run of every check, not a dry run, with each"
+            " check's result (the document of `manage.py integrity --json`); a run of some"
+            " checks (a repair, `integrity --check`) is never the answer. 404"
+            " `no_integrity_run` before the first such run."
         ),
     )
     def get(self, request: Request) -> Response:
         run = integrity_run_latest_finished()
         if run is None:
             raise ApiError(
-                "No integrity run has finished yet.", code=NO_INTEGRITY_RUN, status_code=404
+                "No integrity run of every check has finished yet.",
+                code=NO_INTEGRITY_RUN,
+                status_code=404,
             )
         return Response(run_document(run))
 

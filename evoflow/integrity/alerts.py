@@ -5,9 +5,12 @@ stored result had another status (no earlier result counts as `ok`). The runner 
 under a per-check advisory lock, in the transaction that stores the result, so two concurrent
 runs cannot both see the same transition; the post itself waits for the commit.
 
-The post goes to `ALERT_WEBHOOK_URL` with a short timeout and one retry. A receiver that is
-down, slow or answering an error is logged (its host only: a webhook URL often carries its
-token) and counted, never raised: an alert must not change the run it reports on.
+The post goes to `ALERT_WEBHOOK_URL` with a short timeout and one retry, only when the first
+try surely did not reach the receiver (no connection, or a 5xx/429 answer): a read timeout may
+come after the receiver took the alert. Every try carries the same `alert_id` (the stored
+result's id) in the body and as `Idempotency-Key`, so a receiver can drop a repeat. A receiver
+that is down, slow or answering an error is logged (its host only: a webhook URL often carries
+its token) and counted, never raised: an alert must not change the run it reports on.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
+import requests
 from django.conf import settings
 from django.urls import reverse
+from urllib3.exceptions import NewConnectionError
 
 from evoflow import metrics
 from evoflow.http import HttpClient, HttpClientError, RetryPolicy
@@ -44,6 +49,22 @@ class AlertWebhookClient(HttpClient):
         # The per-attempt log line shows the host only: the token of a webhook URL is as often
         # in its path as in its query, where the shared redaction does not look.
         super()._record(method, webhook_host(url), outcome, started, attempt)
+
+    def error_retry_delay(self, error: requests.RequestException, attempt: int) -> float | None:
+        # A read timeout or a dropped connection can come after the receiver took the alert:
+        # only a connection that was never made is tried again, so no alert is posted twice.
+        if not request_never_sent(error):
+            return None
+        return super().error_retry_delay(error, attempt)
+
+
+def request_never_sent(error: requests.RequestException) -> bool:
+    """Whether `error` happened before any byte of the request left: no connection was made."""
+    if isinstance(error, requests.ConnectTimeout):
+        return True
+    # Refused or unresolvable: requests wraps urllib3's error, whose reason says which step failed.
+    reason = getattr(error.args[0], "reason", None) if error.args else None
+    return isinstance(error, requests.ConnectionError) and isinstance(reason, NewConnectionError)
 
 
 @lru_cache(maxsize=4)
@@ -91,9 +112,14 @@ def alert_document(
     result: IntegrityCheckResult,
     previous_status: str,
 ) -> dict[str, Any]:
-    """The JSON body of an alert: the result and where the run is in the admin."""
+    """The JSON body of an alert: the result and where the run is in the admin.
+
+    `alert_id` is the stored result's id: the same on every try of one alert, so a receiver can
+    drop a repeat.
+    """
     return {
         "type": "integrity_check",
+        "alert_id": result.pk,
         "check_id": check.id,
         "status": result.status,
         "previous_status": previous_status,
@@ -107,6 +133,11 @@ def alert_document(
         "checked_at": result.created_at.isoformat(),
         "admin_url": reverse("admin:evoflow_integrityrun_change", args=[run.pk]),
     }
+
+
+def alert_idempotency_key(*, result: IntegrityCheckResult) -> str:
+    """The `Idempotency-Key` of the alert about `result`: `integrity-alert-<alert_id>`."""
+    return f"integrity-alert-{result.pk}"
 
 
 def integrity_alert_send(
@@ -129,13 +160,18 @@ def integrity_alert_send(
         document = alert_document(
             run=run, check=check, result=result, previous_status=previous_status
         )
-        response = alert_webhook_client(url=url).request("POST", url, json=document)
-    except HttpClientError as exc:
-        reason = (
-            f"HTTP {exc.response.status_code}"
-            if exc.response is not None
-            else "no answer (connection refused or timed out)"
+        response = alert_webhook_client(url=url).request(
+            "POST", url, json=document, idempotency_key=alert_idempotency_key(result=result)
         )
+    except HttpClientError as exc:
+        if exc.response is not None:
+            reason = f"HTTP {exc.response.status_code}"
+        elif isinstance(exc.__cause__, requests.RequestException) and not request_never_sent(
+            exc.__cause__
+        ):
+            reason = "no answer in time or connection lost (not retried: it may have arrived)"
+        else:
+            reason = "no answer (connection refused or timed out)"
     except Exception as exc:  # a malformed URL, a TLS error: still never the run's problem
         reason = type(exc).__name__
     else:

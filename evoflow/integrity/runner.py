@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
+from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
+from django.db.models import Case, Q, QuerySet, Value, When
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from evoflow import metrics
@@ -130,30 +135,115 @@ def _integrity_run_fill(
     run: IntegrityRun, checks: list[IntegrityCheck], *, fail_level: str = "warning"
 ) -> IntegrityRun:
     """Run `checks` into an existing, running run and store its outcome: the one code path of
-    the command, the schedule and the runs requested from the admin."""
+    the command, the schedule and the runs requested from the admin.
+
+    The run's heartbeat is renewed after every check. A run failed as lost meanwhile (see
+    `integrity_runs_fail_lost`) stays failed: the runner stops at its next beat and never
+    overwrites that status.
+    """
+    statuses = []
     try:
-        statuses = [
-            _run_one(run, check, fix=run.fix_requested, dry_run=run.dry_run) for check in checks
-        ]
+        for check in checks:
+            statuses.append(_run_one(run, check, fix=run.fix_requested, dry_run=run.dry_run))
+            if not _integrity_run_beat(run):
+                return _integrity_run_taken_for_lost(run)
     except Exception as exc:
         logger.exception("integrity run %s failed", run.pk)
-        run.status = IntegrityRun.Status.FAILED
-        run.exit_code = EXIT_RUN_FAILED
-        run.error = str(exc)
-        run.finished_at = timezone.now()
-        run.save(update_fields=["status", "exit_code", "error", "finished_at"])
-        return run
-    run.exit_code = exit_code_for(statuses, fail_level=fail_level)
-    run.status = RUN_STATUS_BY_EXIT[exit_code_for(statuses)]
-    run.finished_at = timezone.now()
-    run.save(update_fields=["status", "exit_code", "finished_at"])
+        return _integrity_run_finish(
+            run, status=IntegrityRun.Status.FAILED, exit_code=EXIT_RUN_FAILED, error=str(exc)
+        )
+    return _integrity_run_finish(
+        run,
+        status=RUN_STATUS_BY_EXIT[exit_code_for(statuses)],
+        exit_code=exit_code_for(statuses, fail_level=fail_level),
+    )
+
+
+def _integrity_run_beat(run: IntegrityRun) -> bool:
+    """Renew the run's heartbeat; False when it is not running any more."""
+    return bool(
+        IntegrityRun.objects.filter(pk=run.pk, status=IntegrityRun.Status.RUNNING).update(
+            heartbeat_at=Now()
+        )
+    )
+
+
+def _integrity_run_finish(
+    run: IntegrityRun, *, status: str, exit_code: int, error: str = ""
+) -> IntegrityRun:
+    """Store the run's outcome, only while it is still running (one conditional update)."""
+    finished_at = timezone.now()
+    stored = IntegrityRun.objects.filter(pk=run.pk, status=IntegrityRun.Status.RUNNING).update(
+        status=status, exit_code=exit_code, error=error, finished_at=finished_at
+    )
+    if not stored:
+        return _integrity_run_taken_for_lost(run)
+    run.status, run.exit_code, run.error, run.finished_at = status, exit_code, error, finished_at
     return run
 
 
-# Two clicks on "run integrity now" (or "repair") within this many minutes get the same run; a
-# run still queued after it is taken for lost (no worker) and failed, so a new one can start.
-ADMIN_RUN_REUSE_MINUTES = 5
+def _integrity_run_taken_for_lost(run: IntegrityRun) -> IntegrityRun:
+    logger.warning(
+        "integrity run %s was failed as lost while it ran; its outcome is not stored", run.pk
+    )
+    run.refresh_from_db()
+    return run
+
+
+# A run requested from the admin that no worker started within this many minutes is taken for
+# lost (no worker) and failed, so a new one can start.
+QUEUED_RUN_EXPIRY_MINUTES = 5
 INTEGRITY_RUN_TASK = "evoflow.tasks.integrity_run_requested"
+
+
+def integrity_run_lease() -> timedelta:
+    """How long a running run may go without a heartbeat before it is taken for lost.
+
+    The runner beats after every check, so the longest silence of a live run is one check: two
+    evaluations under INTEGRITY_STATEMENT_TIMEOUT_MS and a repair between them. A repair has no
+    statement bound of its own, but the worker kills any task after Q_TIMEOUT, so a run silent
+    for twice the longer of the two has no worker left.
+    """
+    check_seconds = 3 * settings.INTEGRITY_STATEMENT_TIMEOUT_MS / 1000
+    return timedelta(seconds=2 * max(settings.Q_CLUSTER["timeout"], check_seconds))
+
+
+def integrity_runs_fail_lost(*, runs: QuerySet[IntegrityRun] | None = None) -> int:
+    """Fail the live runs (of `runs`, or all) that nobody is executing any more: queued and
+    not started within QUEUED_RUN_EXPIRY_MINUTES, or running without a heartbeat (or, before
+    the first beat, since their start) for the lease. One statement, so a run that beats
+    meanwhile is re-checked under its row lock and kept. Returns how many it failed."""
+    lease = integrity_run_lease()
+    lease_start = Now() - lease
+    queued_before = Now() - timedelta(minutes=QUEUED_RUN_EXPIRY_MINUTES)
+    lost = Q(status=IntegrityRun.Status.QUEUED, started_at__lt=queued_before) | Q(
+        Q(heartbeat_at__lt=lease_start) | Q(heartbeat_at__isnull=True, started_at__lt=lease_start),
+        status=IntegrityRun.Status.RUNNING,
+    )
+    failed = (
+        (runs if runs is not None else IntegrityRun.objects.all())
+        .filter(lost)
+        .update(
+            status=IntegrityRun.Status.FAILED,
+            exit_code=EXIT_RUN_FAILED,
+            finished_at=Now(),
+            error=Case(
+                When(
+                    status=IntegrityRun.Status.QUEUED,
+                    then=Value(
+                        f"no worker started the run within {QUEUED_RUN_EXPIRY_MINUTES} minutes"
+                    ),
+                ),
+                default=Value(
+                    f"worker lost: no heartbeat for {lease.total_seconds():.0f} s (the worker"
+                    " died or the task timeout stopped it)"
+                ),
+            ),
+        )
+    )
+    if failed:
+        logger.warning("failed %d integrity runs nobody was executing any more", failed)
+    return failed
 
 
 def integrity_run_request(
@@ -163,8 +253,9 @@ def integrity_run_request(
     trigger: str = "admin",
     requested_by: User | None = None,
 ) -> tuple[IntegrityRun, bool]:
-    """A queued run and the task that will execute it, or the same request's live run from the
-    last few minutes: `(run, created)`. Unknown check ids raise UnknownCheck."""
+    """A queued run and the task that will execute it, or the same request's live run:
+    `(run, created)`. A live run nobody executes any more is failed first (see
+    `integrity_runs_fail_lost`). Unknown check ids raise UnknownCheck."""
     checks = resolve_checks(check_ids)
     requested_checks = [check.id for check in checks] if check_ids else []
     request_id = get_request_id()
@@ -177,17 +268,10 @@ def integrity_run_request(
         same_request = IntegrityRun.objects.filter(
             trigger=trigger, fix_requested=fix, requested_checks=requested_checks
         )
-        cutoff = timezone.now() - timedelta(minutes=ADMIN_RUN_REUSE_MINUTES)
-        same_request.filter(status=IntegrityRun.Status.QUEUED, started_at__lt=cutoff).update(
-            status=IntegrityRun.Status.FAILED,
-            exit_code=EXIT_RUN_FAILED,
-            error=f"no worker started the run within {ADMIN_RUN_REUSE_MINUTES} minutes",
-            finished_at=timezone.now(),
-        )
+        integrity_runs_fail_lost(runs=same_request)
         live = (
             same_request.filter(
-                status__in=[IntegrityRun.Status.QUEUED, IntegrityRun.Status.RUNNING],
-                started_at__gte=cutoff,
+                status__in=[IntegrityRun.Status.QUEUED, IntegrityRun.Status.RUNNING]
             )
             .order_by("-started_at", "-id")
             .first()
@@ -210,33 +294,90 @@ def integrity_run_execute_queued(*, run_id: int) -> IntegrityRun | None:
     """Execute a queued run (the worker's side of `integrity_run_request`).
 
     The run is claimed with one conditional update, so a task delivered twice executes it
-    once; None when it is not queued any more (done, expired or deleted).
+    once; None when it is not queued any more (done, expired or deleted). A task delivered
+    again after its worker died fails the run it finds lost, so the run does not stay running.
     """
     claimed = IntegrityRun.objects.filter(pk=run_id, status=IntegrityRun.Status.QUEUED).update(
-        status=IntegrityRun.Status.RUNNING, started_at=timezone.now()
+        status=IntegrityRun.Status.RUNNING, started_at=timezone.now(), heartbeat_at=Now()
     )
     if not claimed:
+        integrity_runs_fail_lost(runs=IntegrityRun.objects.filter(pk=run_id))
         logger.info("integrity run %s is not queued; nothing to do", run_id)
         return None
     run = IntegrityRun.objects.get(pk=run_id)
     try:
         checks = resolve_checks(run.requested_checks)
     except UnknownCheck as exc:
-        run.status = IntegrityRun.Status.FAILED
-        run.exit_code = EXIT_RUN_FAILED
-        run.error = f"unknown check {exc.args[0]!r}"
-        run.finished_at = timezone.now()
-        run.save(update_fields=["status", "exit_code", "error", "finished_at"])
-        return run
+        return _integrity_run_finish(
+            run,
+            status=IntegrityRun.Status.FAILED,
+            exit_code=EXIT_RUN_FAILED,
+            error=f"unknown check {exc.args[0]!r}",
+        )
     return _integrity_run_fill(run, checks)
 
 
 def integrity_run_latest_finished() -> IntegrityRun | None:
+    """The newest finished run of every check, dry runs left out: a run of some checks (a
+    repair, `integrity --check`) says nothing about the others, so it never answers for them."""
     return (
-        IntegrityRun.objects.filter(finished_at__isnull=False)
+        IntegrityRun.objects.filter(finished_at__isnull=False, requested_checks=[], dry_run=False)
         .order_by("-finished_at", "-id")
         .first()
     )
+
+
+# The repair page previews the dry run while the operator waits: it gets this long.
+REPAIR_PREVIEW_SECONDS = 5
+
+
+class PreviewOutOfTime(Exception):
+    """The repair's dry run did not finish within its time budget."""
+
+
+def integrity_repair_preview(
+    *, check: IntegrityCheck, seconds: float = REPAIR_PREVIEW_SECONDS
+) -> int:
+    """What the check's repair would change (its dry run), or PreviewOutOfTime after `seconds`.
+
+    A dry run may be many statements (a backfill's batches) and a repair may open its own
+    durable transaction, so no statement timeout bounds it: past the deadline the running
+    statement is cancelled and no further one is sent.
+    """
+    if check.repair is None:
+        raise ValueError(f"the integrity check {check.id!r} has no repair")
+    deadline = time.monotonic() + seconds
+    is_past_deadline = threading.Event()
+    connection.ensure_connection()
+    database_connection = connection.connection  # the timer thread has its own `connection`
+
+    def cancel() -> None:
+        is_past_deadline.set()
+        database_connection.cancel_safe()
+
+    def refuse_past_deadline(
+        execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]
+    ) -> Any:
+        if is_past_deadline.is_set() or time.monotonic() >= deadline:
+            raise PreviewOutOfTime(check.id)
+        return execute(sql, params, many, context)
+
+    timer = threading.Timer(seconds, cancel)
+    # Inside a caller's transaction a savepoint keeps a cancelled statement from aborting it.
+    savepoint = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
+    try:
+        with savepoint, connection.execute_wrapper(refuse_past_deadline):
+            timer.start()
+            try:
+                return check.repair(dry_run=True)
+            finally:
+                # Before the savepoint's own statement, which no cancel may hit.
+                timer.cancel()
+                timer.join()
+    except DatabaseError:
+        if is_past_deadline.is_set():
+            raise PreviewOutOfTime(check.id) from None
+        raise
 
 
 def _run_one(run: IntegrityRun, check: IntegrityCheck, *, fix: bool, dry_run: bool) -> str:

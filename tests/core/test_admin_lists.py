@@ -7,10 +7,12 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 import pytest
+from django.contrib import admin
 from django.contrib.auth.models import Group
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 from django.utils import timezone
 from django_q.models import Failure, OrmQ, Success
 from django_q.signing import SignedPackage
@@ -183,6 +185,45 @@ def test_since_refuses_what_is_not_a_timestamp(text):
         since_parse(text)
 
 
+def test_since_is_in_utc_whatever_offset_python_accepts():
+    # PostgreSQL takes offsets up to 15:59 only; Python up to 23:59.
+    parsed = since_parse("2026-01-01T00:00:00+16:00")
+
+    assert parsed == datetime(2025, 12, 31, 8, tzinfo=UTC)
+    assert parsed.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    "text", ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+14:00", "9999-12-31T23:00:00-01:00"]
+)
+def test_since_refuses_a_moment_past_the_year_limits(text):
+    with pytest.raises(ValueError, match="timestamp"):
+        since_parse(text)
+
+
+SINCE_LISTS = [
+    f"{RECEIPTS}?received_since=",
+    "/admin/deliveries/userlinkaudit/?created_since=",
+    "/admin/django_q/failure/?stopped_since=",
+]
+
+
+@pytest.mark.parametrize("url", SINCE_LISTS)
+def test_a_since_offset_postgresql_refuses_still_filters(admin_client, url):
+    changelist, _ = changelist_get(admin_client, url + quote("2026-01-01T00:00:00+16:00"))
+
+    assert changelist.result_count == 0  # the tables are empty: the page answered, filtered
+
+
+@pytest.mark.parametrize("url", SINCE_LISTS)
+@pytest.mark.parametrize("value", ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+14:00"])
+def test_a_since_past_the_year_limits_is_the_admin_error_page(admin_client, url, value):
+    response = admin_client.get(url + quote(value))
+
+    assert response.status_code == 302
+    assert response["Location"].endswith("?e=1")
+
+
 # -- django-q2's task lists ----------------------------------------------------------------------
 
 
@@ -254,3 +295,29 @@ def test_an_operator_opens_the_linked_lists(operator_client):
     assert len(receipts.context["cl"].result_list) == 3
     failures = responses[f"/admin/django_q/failure/?stopped_since={since}"]
     assert len(failures.context["cl"].result_list) == 2
+
+
+# -- what PostgreSQL cannot take, on every list --------------------------------------------------
+
+
+def changelist_url(model: type) -> str:
+    return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist")
+
+
+@pytest.mark.parametrize(
+    "model", list(admin.site._registry), ids=lambda model: model._meta.label_lower
+)
+def test_a_nul_in_any_list_query_string_is_the_admin_error_page(admin_client, model):
+    url = changelist_url(model)
+    filters = changelist_get(admin_client, url)[0].filter_specs
+    # The search box, a parameter's name, and the first filter's own parameter.
+    queries = ["q=%00", "%00=1"]
+    if filters:
+        queries.append(f"{filters[0].expected_parameters()[0]}=%00")
+
+    responses = {query: admin_client.get(f"{url}?{query}") for query in queries}
+
+    assert {query: response.status_code for query, response in responses.items()} == dict.fromkeys(
+        queries, 302
+    )
+    assert all(response["Location"].endswith("?e=1") for response in responses.values())

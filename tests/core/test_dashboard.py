@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, Permission
 from django.db import connection, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -22,8 +22,10 @@ from conversations import selectors as conversations_selectors
 from conversations.models import FacebookPage, ReceiptStatus, SyncRun, SyncStatus, WebhookReceipt
 from deliveries.models import FeatureFlag, MessageDelivery, UserLinkAudit
 from evoflow import dashboard
+from evoflow.integrity.registry import all_checks
 from evoflow.models import IntegrityCheckResult, IntegrityRun
 from evoflow.permissions import OPERATORS_GROUP
+from journeys import selectors as journeys_selectors
 from journeys.models import Contact, JourneySession
 from tests.core.changelists import changelist_get
 from tests.core.factories import UserFactory
@@ -164,6 +166,97 @@ def test_staff_without_permissions_sees_no_numbers():
     assert b"may not view any area" in response.content
 
 
+def staff_with(*permissions: str):
+    """A staff member with exactly these permissions ("app_label.codename")."""
+    user = UserFactory(is_staff=True)
+    for permission in permissions:
+        app_label, codename = permission.split(".")
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=codename)
+        )
+    return user
+
+
+# Every number on the page (the ones always listed), by the model whose view permission it needs.
+FIGURES_BY_MODEL = {
+    "journeys.journeysession": {"sessions-overdue"},
+    "journeys.contact": {"stub-contacts"},
+    "conversations.facebookpage": {"pages-reauthorization"},
+    "conversations.syncrun": {"syncs-running", "last-syncs"},
+    "conversations.webhookreceipt": {"receipts-received", "receipts-failed"},
+    "deliveries.messagedelivery": {"inconsistent-count", "deliveries-total", "inconsistency-rate"},
+    "deliveries.userlinkaudit": {"audits-linked", "audits-no_match"},
+    "deliveries.featureflag": {"flag-whatsapp_delivery_linkage"},
+    "django_q.ormq": {"tasks-queued"},
+    "django_q.failure": {"tasks-failed"},
+}
+TABLES_BY_MODEL = {
+    "journeys.journeysession": "journeys_journeysession",
+    "journeys.contact": "journeys_contact",
+    "conversations.facebookpage": "conversations_facebookpage",
+    "conversations.syncrun": "conversations_syncrun",
+    "conversations.webhookreceipt": "conversations_webhookreceipt",
+    "deliveries.messagedelivery": "deliveries_messagedelivery",
+    "deliveries.userlinkaudit": "deliveries_userlinkaudit",
+    "deliveries.featureflag": "deliveries_featureflag",
+    "django_q.ormq": "django_q_ormq",
+    "django_q.failure": "django_q_task",
+}
+# Sync runs are listed with the name of their page.
+ALSO_READ_BY_MODEL = {"conversations.syncrun": {"conversations_facebookpage"}}
+
+
+@pytest.mark.parametrize("model", sorted(FIGURES_BY_MODEL))
+def test_each_number_needs_the_view_permission_of_the_model_it_counts(model):
+    # Given a staff member who may view this one model, and a flag row to list.
+    FeatureFlag.objects.update_or_create(name="whatsapp_delivery_linkage")
+    app_label, model_name = model.split(".")
+    client = client_for(staff_with(f"{app_label}.view_{model_name}"))
+
+    with CaptureQueriesContext(connection) as queries:
+        _, found = dashboard_page(client)
+
+    # Then they see that model's numbers and no other, in that area's tile only...
+    every_figure = set().union(*FIGURES_BY_MODEL.values())
+    assert every_figure & set(found) == FIGURES_BY_MODEL[model]
+    area = "tasks" if app_label == "django_q" else app_label
+    assert {testid for testid in found if testid.startswith("tile-")} == {f"tile-{area}"}
+    # ...and no other model's table is read.
+    hidden = {table for name, table in TABLES_BY_MODEL.items() if name != model}
+    hidden -= ALSO_READ_BY_MODEL.get(model, set())
+    read = {table for table in hidden for query in queries if f'"{table}"' in query["sql"]}
+    assert read == set()
+
+
+def test_flag_viewer_sees_no_delivery_or_link_audit_numbers():
+    _, found = dashboard_page(client_for(staff_with("deliveries.view_featureflag")))
+
+    assert "tile-deliveries" in found
+    for testid in ("deliveries-total", "inconsistent-count", "inconsistency-rate", "audits-linked"):
+        assert testid not in found
+    assert "repair-deliveries.unlinked_deliveries" not in found
+
+
+def test_viewing_journeys_alone_shows_no_session_or_contact_numbers():
+    # Journeys (the definitions) are not counted on the dashboard: no tile at all.
+    response, found = dashboard_page(client_for(staff_with("journeys.view_journey")))
+
+    assert "stub-contacts" not in found
+    assert "tile-journeys" not in found
+    assert b"may not view any area" in response.content
+
+
+def test_failing_checks_and_their_counts_need_the_integrity_permission():
+    store_run({"deliveries.unlinked_deliveries": "warning"})
+    viewer = staff_with("deliveries.view_featureflag")
+
+    _, found = dashboard_page(client_for(viewer))
+
+    # The colour stays; the stored failing count (the inconsistent deliveries) does not show.
+    assert found["tile-deliveries"]["data-status"] == "warning"
+    assert "failing" not in text(found, "tile-deliveries")
+
+
 # -- journeys -------------------------------------------------------------------------------------
 
 
@@ -221,6 +314,64 @@ def test_a_big_sessions_table_is_estimated_except_the_live_sessions(operator_cli
 
     assert text(found, "sessions-completed") == "~30"
     assert text(found, "sessions-waiting") == "2"  # live: always exact
+
+
+def big_sessions_table_with_unlisted_statuses(monkeypatch, *, failed: int, cancelled: int) -> None:
+    """Statistics that know only completed and waiting sessions, and finished sessions they do
+    not list; the table counts as big."""
+    now = timezone.now()
+    make_sessions(now, {"completed": 30, "waiting": 2})
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {JourneySession._meta.db_table}")
+    make_sessions(now, {"failed": failed, "cancelled": cancelled})
+    estimates = dashboard.column_value_estimates(JourneySession, "status", rows=32)
+    assert set(estimates) == {"completed", "waiting"}
+    monkeypatch.setattr(dashboard, "EXACT_COUNT_LIMIT", 10)
+
+
+def test_a_status_the_statistics_do_not_list_is_counted_not_taken_for_zero(
+    operator_client, monkeypatch
+):
+    big_sessions_table_with_unlisted_statuses(monkeypatch, failed=1, cancelled=5)
+
+    _, found = dashboard_page(operator_client)
+
+    assert text(found, "sessions-completed") == "~30"
+    assert text(found, "sessions-failed") == "1"
+    assert text(found, "sessions-cancelled") == "5"
+    assert query(found["sessions-failed"]["href"]) == {"status__exact": "failed"}
+
+
+def test_a_status_the_statistics_do_not_list_is_counted_up_to_a_limit(operator_client, monkeypatch):
+    big_sessions_table_with_unlisted_statuses(monkeypatch, failed=1, cancelled=5)
+    monkeypatch.setattr(dashboard, "RARE_STATUS_COUNT_LIMIT", 3)
+
+    _, found = dashboard_page(operator_client)
+
+    assert text(found, "sessions-failed") == "1"
+    assert text(found, "sessions-cancelled") == "3+"  # "at least 3"
+
+
+def test_the_capped_count_of_an_ended_status_uses_the_ended_sessions_index():
+    make_sessions(timezone.now(), {"failed": 3, "cancelled": 1})
+
+    with CaptureQueriesContext(connection) as queries:
+        counts = journeys_selectors.sessions_count_by_status_up_to(
+            statuses=["failed", "cancelled"], limit=2
+        )
+
+    assert counts == {"failed": 2, "cancelled": 1}
+    assert len(queries) == 1
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute(f"EXPLAIN {queries[0]['sql']}")
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert plan.count("journeys_session_ended_idx") == 2, plan
+
+
+def test_a_capped_figure_reads_at_least():
+    figure = dashboard.Figure(key="k", label="l", value=10_000, is_capped=True)
+    assert figure.display == "10,000+"
 
 
 # -- conversations --------------------------------------------------------------------------------
@@ -282,7 +433,7 @@ def test_conversations_tile(operator_client):
     assert "api calls 3, messages inserted 40" in text(found, "running-syncs")
     # The newest run of each synced page, most recent first; a page never synced is not listed.
     tile = response.context["dashboard"]["tiles"][1]
-    assert [line.run_id for line in tile.last_syncs] == [running.pk, last_of_first.pk]
+    assert [line.run_id for line in tile.syncs.last_syncs] == [running.pk, last_of_first.pk]
     assert text(found, f"last-sync-{last_of_first.pk}") == "failed"
     assert found[f"last-sync-{last_of_first.pk}"]["href"] == reverse(
         "admin:conversations_syncrun_change", args=[last_of_first.pk]
@@ -531,13 +682,16 @@ def store_run(results: dict[str, str], *, at: datetime | None = None) -> Integri
 def test_tile_colours_are_the_worst_latest_result_of_the_area(operator_client):
     now = timezone.now()
     # An older run's error no longer counts: each check's latest result does.
-    store_run({"journeys.a": "error", "deliveries.b": "ok"}, at=now - timedelta(hours=2))
+    store_run(
+        {"journeys.sessions_overdue": "error", "deliveries.user_mismatch": "ok"},
+        at=now - timedelta(hours=2),
+    )
     last = store_run(
         {
-            "journeys.a": "ok",
-            "journeys.b": "warning",
-            "conversations.a": "ok",
-            "deliveries.b": "failed",
+            "journeys.sessions_overdue": "ok",
+            "journeys.sessions_missing_contact": "warning",
+            "conversations.duplicate_messages": "ok",
+            "deliveries.user_mismatch": "failed",
         },
         at=now - timedelta(hours=1),
     )
@@ -554,23 +708,77 @@ def test_tile_colours_are_the_worst_latest_result_of_the_area(operator_client):
     assert text(found, "status-journeys") == "warning"
     assert text(found, "status-deliveries") == "error"
     assert text(found, "status-tasks") == "not checked yet"
-    assert "journeys.b: warning (2 failing)" in text(found, "tile-journeys")
+    assert "journeys.sessions_missing_contact: warning (2 failing)" in text(found, "tile-journeys")
     assert text(found, "last-integrity-run").endswith(", warning")
     assert f'href="{reverse("admin:evoflow_integrityrun_change", args=[last.pk])}"' in (
         operator_client.get("/admin/").content.decode()
     )
 
 
-def test_latest_result_per_check_is_one_query_on_the_trend_index():
-    store_run({"journeys.a": "ok"})
+def test_a_check_removed_from_the_code_no_longer_colours_its_tile(operator_client):
+    now = timezone.now()
+    store_run({"deliveries.removed_long_ago": "error"}, at=now - timedelta(days=1))
+    store_run({"deliveries.unlinked_deliveries": "ok"}, at=now - timedelta(hours=1))
+
+    _, found = dashboard_page(operator_client)
+
+    assert found["tile-deliveries"]["data-status"] == "ok"
+    assert "deliveries.removed_long_ago" not in text(found, "tile-deliveries")
+
+
+def test_the_latest_result_breaks_a_tie_in_time_by_the_newer_row():
+    at = timezone.now() - timedelta(hours=1)
+    store_run({"journeys.sessions_overdue": "ok"}, at=at)
+    newer = store_run({"journeys.sessions_overdue": "warning"}, at=at)
+
+    latest = dashboard.integrity_latest_results()
+
+    assert [(check.check_id, check.status, check.run_id) for check in latest] == [
+        ("journeys.sessions_overdue", "warning", newer.pk)
+    ]
+
+
+def test_the_latest_result_per_check_probes_the_index_instead_of_reading_the_history():
+    # Given about 200,000 stored results: a run every hour for 15 months, every check in each.
+    check_ids = sorted(check.id for check in all_checks())
+    runs = 200_000 // len(check_ids)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH runs AS (
+                INSERT INTO {IntegrityRun._meta.db_table}
+                    (status, trigger, started_at, finished_at, requested_checks, fix_requested,
+                     dry_run, error, request_id)
+                SELECT 'healthy', 'schedule', now() - hours * interval '1 hour',
+                       now() - hours * interval '1 hour', '[]', false, false, '', ''
+                FROM generate_series(1, %s) AS hours
+                RETURNING id, started_at
+            )
+            INSERT INTO {IntegrityCheckResult._meta.db_table}
+                (run_id, check_id, status, failing_count, population, ratio, sample_ids,
+                 duration_ms, error, created_at)
+            SELECT runs.id, check_id, 'ok', 0, 0, 0, '[]', 1, '', runs.started_at
+            FROM runs CROSS JOIN unnest(%s::text[]) AS check_id
+            """,
+            [runs, check_ids],
+        )
+        cursor.execute(f"ANALYZE {IntegrityCheckResult._meta.db_table}")
+    newest = store_run({"tasks.failed_recently": "warning"})
+
     with CaptureQueriesContext(connection) as queries:
-        dashboard.integrity_latest_results()
+        latest = dashboard.integrity_latest_results()
+
+    assert len(latest) == len(check_ids)
+    assert {check.run_id for check in latest if check.check_id == "tasks.failed_recently"} == {
+        newest.pk
+    }
     assert len(queries) == 1
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SET LOCAL enable_seqscan = off")
+    with connection.cursor() as cursor:  # the planner's own choice: no setting forces an index
         cursor.execute(f"EXPLAIN {queries[0]['sql']}")
         plan = "\n".join(row[0] for row in cursor.fetchall())
-    assert "integrity_result_trend_idx" in plan
+    assert "integrity_result_latest_idx" in plan, plan
+    assert f"Seq Scan on {IntegrityCheckResult._meta.db_table}" not in plan, plan
+    assert "Index Cond: ((check_id)::text = registered.check_id)" in plan, plan
 
 
 # -- query count ----------------------------------------------------------------------------------
@@ -611,7 +819,7 @@ def fill(rows: int) -> None:
     make_audits([("linked", now)] * rows)
     OrmQ.objects.bulk_create([OrmQ(key="evoflow", payload="x", lock=now) for _ in range(rows)])
     make_failures([now] * rows)
-    store_run({f"journeys.check_{index}": "warning" for index in range(rows // 10)})
+    store_run({check.id: "warning" for check in all_checks()})
     store_run({"deliveries.unlinked_deliveries": "warning"}, at=now - timedelta(hours=1))
 
 

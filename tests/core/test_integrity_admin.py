@@ -19,9 +19,11 @@ from deliveries.models import MessageDelivery, UserLinkAudit
 from evoflow.integrity import IntegrityCheck, registered
 from evoflow.integrity.registry import all_checks
 from evoflow.integrity.runner import (
-    ADMIN_RUN_REUSE_MINUTES,
+    QUEUED_RUN_EXPIRY_MINUTES,
     integrity_run,
+    integrity_run_lease,
     integrity_run_request,
+    integrity_runs_fail_lost,
 )
 from evoflow.models import IntegrityCheckResult, IntegrityRun
 from evoflow.permissions import OPERATORS_GROUP
@@ -160,10 +162,10 @@ def test_a_task_delivered_twice_executes_the_run_once(operator_client):
     assert run.results.count() == 1
 
 
-def test_a_run_still_queued_after_the_reuse_window_is_failed_and_replaced():
+def test_a_run_still_queued_after_the_expiry_is_failed_and_replaced():
     old, _ = integrity_run_request(trigger="admin")
     IntegrityRun.objects.filter(pk=old.pk).update(
-        started_at=timezone.now() - timedelta(minutes=ADMIN_RUN_REUSE_MINUTES + 1)
+        started_at=timezone.now() - timedelta(minutes=QUEUED_RUN_EXPIRY_MINUTES + 1)
     )
 
     new, created = integrity_run_request(trigger="admin")
@@ -175,6 +177,139 @@ def test_a_run_still_queued_after_the_reuse_window_is_failed_and_replaced():
     assert "no worker" in old.error
     # Its task, if a worker ever gets to it, does nothing
     assert integrity_run_requested(old.pk) is None
+
+
+# -- runs nobody executes any more ---------------------------------------------------------------
+
+
+def silent_for(run: IntegrityRun, duration: timedelta) -> None:
+    """The run as a worker leaves it: claimed, then no heartbeat for `duration`."""
+    IntegrityRun.objects.filter(pk=run.pk).update(
+        status="running",
+        started_at=timezone.now() - duration - timedelta(minutes=1),
+        heartbeat_at=timezone.now() - duration,
+    )
+
+
+def test_the_worker_renews_the_heartbeat_of_the_run_it_executes():
+    with registered(FIXED):
+        run, _ = integrity_run_request(check_ids=["test.fixed"])
+        assert run.heartbeat_at is None
+
+        integrity_run_requested(run.pk)
+        command_run = integrity_run(check_ids=["test.fixed"])
+
+    run.refresh_from_db()
+    command_run.refresh_from_db()
+    assert run.status == command_run.status == "warning"
+    assert run.heartbeat_at is not None
+    assert command_run.heartbeat_at is not None
+
+
+def test_a_run_whose_worker_died_is_failed_as_lost_and_its_page_stops_refreshing(
+    operator_client,
+):
+    # Given a run a worker claimed, then died: no heartbeat for longer than the lease
+    run, _ = integrity_run_request(trigger="admin")
+    silent_for(run, integrity_run_lease() + timedelta(seconds=5))
+
+    page = html(operator_client.get(run_url(run)))
+
+    run.refresh_from_db()
+    assert (run.status, run.exit_code) == ("failed", 3)
+    assert run.error.startswith("worker lost: no heartbeat for ")
+    assert 'http-equiv="refresh"' not in page
+    assert 'data-testid="run-live"' not in page
+    assert "worker lost" in page
+    # The next click starts a new run
+    new, created = integrity_run_request(trigger="admin")
+    assert created
+    assert new.pk != run.pk
+
+
+def test_a_queued_run_no_worker_started_stops_refreshing_its_page(operator_client):
+    run, _ = integrity_run_request(trigger="admin")
+    IntegrityRun.objects.filter(pk=run.pk).update(started_at=timezone.now() - timedelta(days=1))
+
+    page = html(operator_client.get(run_url(run)))
+
+    run.refresh_from_db()
+    assert (run.status, run.error) == (
+        "failed",
+        f"no worker started the run within {QUEUED_RUN_EXPIRY_MINUTES} minutes",
+    )
+    assert 'http-equiv="refresh"' not in page
+
+
+def test_a_long_repair_that_still_beats_is_never_started_twice(operator_client):
+    first, _ = integrity_run_request(check_ids=[UNLINKED], fix=True, trigger="admin-repair")
+    # Claimed an hour ago, still backfilling: its last beat is within the lease
+    IntegrityRun.objects.filter(pk=first.pk).update(
+        status="running",
+        started_at=timezone.now() - timedelta(hours=1),
+        heartbeat_at=timezone.now() - integrity_run_lease() + timedelta(minutes=1),
+    )
+
+    response = operator_client.post(REPAIR_UNLINKED)
+    page = html(operator_client.get(run_url(first)))
+
+    assert response["Location"] == run_url(first)
+    assert IntegrityRun.objects.count() == 1
+    assert len(queued_tasks()) == 1
+    first.refresh_from_db()
+    assert first.status == "running"
+    assert '<meta http-equiv="refresh" content="2">' in page
+    # The lease outlasts any task: the worker kills a task after Q_TIMEOUT
+    assert integrity_run_lease().total_seconds() > 2 * 60
+
+
+def test_a_run_with_neither_heartbeat_nor_worker_since_its_start_is_lost():
+    # A run claimed before heartbeats existed: its start stands in for the first beat
+    run, _ = integrity_run_request(trigger="admin")
+    IntegrityRun.objects.filter(pk=run.pk).update(
+        status="running", started_at=timezone.now() - integrity_run_lease() - timedelta(minutes=1)
+    )
+
+    assert integrity_runs_fail_lost() == 1
+
+    run.refresh_from_db()
+    assert run.status == "failed"
+
+
+def test_a_task_delivered_again_after_its_worker_died_fails_the_run():
+    run, _ = integrity_run_request(trigger="admin")
+    silent_for(run, integrity_run_lease() + timedelta(seconds=5))
+
+    assert integrity_run_requested(run.pk) is None
+
+    run.refresh_from_db()
+    assert (run.status, run.exit_code) == ("failed", 3)
+    assert run.results.count() == 0
+
+
+def test_a_run_failed_as_lost_stays_failed_when_its_worker_comes_back():
+    run_ids: list[int] = []
+
+    def declared_lost_sql() -> str:
+        # While the first check runs, the worker looks dead to everyone else: a page view
+        # fails the run as lost.
+        silent_for(IntegrityRun(pk=run_ids[0]), integrity_run_lease() + timedelta(seconds=5))
+        integrity_runs_fail_lost(runs=IntegrityRun.objects.filter(pk=run_ids[0]))
+        return "SELECT 0, 1, ARRAY[]::text[]"
+
+    slow = IntegrityCheck(id="test.a_slow", description="stalls", sql=declared_lost_sql)
+    with registered(slow, FIXED):
+        run, _ = integrity_run_request(check_ids=["test.a_slow", "test.fixed"])
+        run_ids.append(run.pk)
+
+        returned = integrity_run_requested(run.pk)
+
+    run.refresh_from_db()
+    assert returned == run.pk
+    assert (run.status, run.exit_code) == ("failed", 3)
+    assert run.error.startswith("worker lost")
+    # The runner stopped at its next beat: the second check never ran
+    assert list(run.results.values_list("check_id", flat=True)) == ["test.a_slow"]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -488,6 +623,59 @@ def test_a_failing_dry_run_is_shown_not_a_500(operator_client):
     assert response.status_code == 200
     assert "The dry run failed" in html(response)
     assert "boom" not in html(response)
+
+
+def sleeping_repair(*, dry_run: bool) -> int:
+    """A dry run far longer than its budget: one long statement."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_sleep(60)")
+    return 1
+
+
+def many_statements_repair(*, dry_run: bool) -> int:
+    """A dry run far longer than its budget: many short statements (a big backlog's batches)."""
+    with connection.cursor() as cursor:
+        for _ in range(6000):
+            cursor.execute("SELECT pg_sleep(0.01)")
+    return 1
+
+
+@pytest.mark.parametrize("repair", [sleeping_repair, many_statements_repair])
+def test_a_dry_run_past_its_budget_is_cut_short_and_says_so(operator_client, monkeypatch, repair):
+    monkeypatch.setattr("evoflow.admin.REPAIR_PREVIEW_SECONDS", 0.3)
+    check = IntegrityCheck(
+        id="test.slow_repair",
+        description="three failing rows, a slow dry run",
+        sql="SELECT 3, 10, ARRAY['1', '2', '3']",
+        repair=repair,
+    )
+    with registered(check):
+        response = operator_client.get("/admin/evoflow/integrityrun/repair/test.slow_repair/")
+
+    page = html(response)
+    assert response.status_code == 200
+    assert (
+        '<p data-testid="repair-preview">The preview did not finish within 0.3 s;'
+        " the check counts 3 failing rows.</p>"
+    ) in page
+    assert 'data-testid="repair-confirm"' in page
+    # The cancelled statement left the connection usable
+    assert IntegrityRun.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_preview_of_a_repair_with_its_own_durable_transaction_counts():
+    # Outside any transaction, as in production: a repair that opens a durable transaction
+    # (the conversations' repairs) must not be nested in one by the preview.
+    client = Client()
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+
+    response = client.get(
+        "/admin/evoflow/integrityrun/repair/conversations.message_count_mismatch/"
+    )
+
+    assert response.status_code == 200
+    assert '<strong data-testid="repair-preview">0</strong>' in html(response)
 
 
 def test_the_journeys_resume_repair_counts_what_it_would_resume(settings):

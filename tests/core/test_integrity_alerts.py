@@ -28,13 +28,20 @@ ALERT_LOGGER = "evoflow.integrity.alerts"
 
 @dataclass
 class Receiver:
-    """A local alert webhook: records every JSON body it gets and answers `status`."""
+    """A local alert webhook: records every JSON body it gets and answers `status`.
+
+    `answers` are the statuses of the first posts, before `status`; `hang` answers nothing,
+    `answer_late` takes the post and answers only when the test ends.
+    """
 
     url: str
     bodies: list[dict] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+    idempotency_keys: list[str | None] = field(default_factory=list)
+    answers: list[int] = field(default_factory=list)
     status: int = 204
     hang: bool = False
+    answer_late: bool = False
     released: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -56,7 +63,11 @@ def receiver() -> Iterator[Receiver]:
             with state.lock:
                 state.bodies.append(json.loads(body))
                 state.paths.append(self.path)
-            self.send_response(state.status)
+                state.idempotency_keys.append(self.headers.get("Idempotency-Key"))
+                status = state.answers.pop(0) if state.answers else state.status
+            if state.answer_late:
+                state.released.wait(timeout=30)
+            self.send_response(status)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -150,6 +161,7 @@ def test_only_entering_warning_or_error_posts(alerting, django_capture_on_commit
     first_result = IntegrityCheckResult.objects.get(run=runs[0], check_id=probe.id)
     assert first == {
         "type": "integrity_check",
+        "alert_id": first_result.pk,
         "check_id": probe.id,
         "status": "warning",
         "previous_status": "ok",
@@ -284,6 +296,62 @@ def test_a_failing_receiver_is_logged_and_never_breaks_the_run(
         REGISTRY.get_sample_value("evoflow_integrity_alerts_total", {"outcome": "failed"})
         == (failed_before or 0) + 1
     )
+
+
+def attempts(outcome: str) -> float:
+    """Alert posts tried so far with this outcome (a status code, `timeout`, ...)."""
+    labels = {"service": "alert_webhook", "method": "POST", "outcome": outcome}
+    return REGISTRY.get_sample_value("evoflow_http_client_requests_total", labels) or 0
+
+
+@pytest.mark.django_db
+def test_a_receiver_that_took_the_alert_but_answers_late_gets_it_once(
+    alerting, caplog, django_capture_on_commit_callbacks
+):
+    alerting.answer_late = True
+    probe = Probe("test.alert_probe", failing=1)
+    timeouts_before = attempts("timeout")
+
+    with registered(probe.check), caplog.at_level(logging.INFO):
+        run_probes(probe, capture=django_capture_on_commit_callbacks)
+
+    # The read timed out after the receiver had the alert: trying again would post it twice.
+    assert alerting.check_ids() == [probe.id]
+    assert attempts("timeout") == timeouts_before + 1
+    errors = [record for record in caplog.records if record.name == ALERT_LOGGER]
+    assert [record.reason for record in errors] == [
+        "no answer in time or connection lost (not retried: it may have arrived)"
+    ]
+
+
+@pytest.mark.django_db
+def test_a_retried_alert_carries_the_same_alert_id_and_idempotency_key(
+    alerting, django_capture_on_commit_callbacks
+):
+    alerting.answers = [503]
+    probe = Probe("test.alert_probe", failing=1)
+
+    with registered(probe.check):
+        run = run_probes(probe, capture=django_capture_on_commit_callbacks)
+
+    result = run.results.get()
+    assert [body["alert_id"] for body in alerting.bodies] == [result.pk, result.pk]
+    assert alerting.idempotency_keys == [f"integrity-alert-{result.pk}"] * 2
+
+
+@pytest.mark.django_db
+def test_a_receiver_that_refuses_the_connection_is_tried_twice(
+    settings, django_capture_on_commit_callbacks
+):
+    settings.ALERT_WEBHOOK_URL = f"http://127.0.0.1:{free_port()}/hooks/x"
+    settings.ALERT_WEBHOOK_TIMEOUT_SECONDS = 0.3
+    probe = Probe("test.alert_probe", failing=1)
+    refused_before = attempts("connection_error")
+
+    with registered(probe.check):
+        run_probes(probe, capture=django_capture_on_commit_callbacks)
+
+    assert attempts("connection_error") == refused_before + 2
 
 
 def gauge(name: str, check_id: str) -> float | None:
