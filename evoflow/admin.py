@@ -30,6 +30,7 @@ from django.urls import NoReverseMatch, URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
 from evoflow.admin_lists import QueryStringCheckedAdmin
+from evoflow.admin_site import may_repair, may_run
 from evoflow.integrity.registry import IntegrityCheck, UnknownCheck, get_check
 from evoflow.integrity.runner import (
     REPAIR_PREVIEW_SECONDS,
@@ -43,14 +44,12 @@ from evoflow.models import IntegrityCheckResult, IntegrityRun, User
 
 logger = logging.getLogger(__name__)
 
-RUN_PERMISSION = "evoflow.run_integrity"
-REPAIR_PERMISSION = "evoflow.repair_integrity"
 REPAIR_TEMPLATE = "admin/evoflow/integrityrun/repair_confirm.html"
 
 STATUS_COLOURS = {
     "ok": "#287d28",
     "healthy": "#287d28",
-    "warning": "#b36b00",
+    "warning": "#8a5f00",  # white text on it: 5.6:1 (WCAG AA)
     "error": "#ba2121",
     "failed": "#7a0000",
     "queued": "#666",
@@ -238,7 +237,7 @@ class IntegrityRunAdmin(QueryStringCheckedAdmin):
     ) -> HttpResponse:
         context = {
             **(extra_context or {}),
-            "can_run_integrity": request.user.has_perm(RUN_PERMISSION),
+            "can_run_integrity": may_run(request.user),
         }
         return super().changelist_view(request, extra_context=context)
 
@@ -267,12 +266,12 @@ class IntegrityRunAdmin(QueryStringCheckedAdmin):
             context.update(
                 check_rows=_check_rows(run),
                 is_live=not run.is_finished,
-                can_repair=request.user.has_perm(REPAIR_PERMISSION),
+                can_repair=may_repair(request.user),
             )
         return super().change_view(request, object_id, form_url, extra_context=context)
 
     def run_now_view(self, request: HttpRequest) -> HttpResponse:
-        if not request.user.has_perm(RUN_PERMISSION):
+        if not may_run(request.user):
             raise PermissionDenied
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
@@ -289,7 +288,7 @@ class IntegrityRunAdmin(QueryStringCheckedAdmin):
         return HttpResponseRedirect(_run_url(run))
 
     def repair_view(self, request: HttpRequest, check_id: str) -> HttpResponse:
-        if not request.user.has_perm(REPAIR_PERMISSION):
+        if not may_repair(request.user):
             raise PermissionDenied
         if request.method not in ("GET", "POST"):
             return HttpResponseNotAllowed(["GET", "POST"])

@@ -19,7 +19,18 @@ from django.utils import timezone
 from evoflow.dashboard import dashboard_tiles, integrity_last_run
 from evoflow.integrity.trends import integrity_trend, integrity_trend_svg
 
+RUN_PERMISSION = "evoflow.run_integrity"
 REPAIR_PERMISSION = "evoflow.repair_integrity"
+VIEW_PERMISSION = "evoflow.view_integrityrun"
+
+
+def may_run(user: Any) -> bool:
+    """Running or repairing ends on the run's page, so both need its view permission too."""
+    return user.has_perm(RUN_PERMISSION) and user.has_perm(VIEW_PERMISSION)
+
+
+def may_repair(user: Any) -> bool:
+    return user.has_perm(REPAIR_PERMISSION) and user.has_perm(VIEW_PERMISSION)
 
 
 class EvoflowAdminSite(admin.AdminSite):
@@ -45,10 +56,8 @@ def dashboard_context(request: HttpRequest) -> dict[str, Any]:
         opts = model._meta
         return user.has_perm(f"{opts.app_label}.{get_permission_codename('view', opts)}")
 
-    tiles = dashboard_tiles(
-        now=timezone.now(), may_view=may_view, can_repair=user.has_perm(REPAIR_PERMISSION)
-    )
-    can_see_integrity = user.has_perm("evoflow.view_integrityrun")
+    tiles = dashboard_tiles(now=timezone.now(), may_view=may_view, can_repair=may_repair(user))
+    can_see_integrity = user.has_perm(VIEW_PERMISSION)
     return {
         "tiles": tiles,
         "last_run": integrity_last_run() if can_see_integrity else None,

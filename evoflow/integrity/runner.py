@@ -190,9 +190,10 @@ def _integrity_run_taken_for_lost(run: IntegrityRun) -> IntegrityRun:
     return run
 
 
-# A run requested from the admin that no worker started within this many minutes is taken for
-# lost (no worker) and failed, so a new one can start.
-QUEUED_RUN_EXPIRY_MINUTES = 5
+# Runs executed by a worker task (requested from the admin, or the daily schedule): only these
+# have a worker whose death can leave them live. A run of the command or the demo seeder runs in
+# the caller's own process, which reports its own failure; it is never taken for lost.
+WORKER_TRIGGERS = ("admin", "admin-repair", "schedule")
 INTEGRITY_RUN_TASK = "evoflow.tasks.integrity_run_requested"
 
 
@@ -208,21 +209,32 @@ def integrity_run_lease() -> timedelta:
     return timedelta(seconds=2 * max(settings.Q_CLUSTER["timeout"], check_seconds))
 
 
+def integrity_run_queued_expiry() -> timedelta:
+    """How long a requested run may wait in the queue before it is taken for lost (no worker).
+
+    At least 5 minutes, and twice the task timeout: a queue behind busy workers (a sync runs up
+    to its time budget) must not expire a run a worker is about to pick up.
+    """
+    return max(timedelta(minutes=5), timedelta(seconds=2 * settings.Q_CLUSTER["timeout"]))
+
+
 def integrity_runs_fail_lost(*, runs: QuerySet[IntegrityRun] | None = None) -> int:
-    """Fail the live runs (of `runs`, or all) that nobody is executing any more: queued and
-    not started within QUEUED_RUN_EXPIRY_MINUTES, or running without a heartbeat (or, before
-    the first beat, since their start) for the lease. One statement, so a run that beats
-    meanwhile is re-checked under its row lock and kept. Returns how many it failed."""
+    """Fail the live worker runs (of `runs`, or all; see WORKER_TRIGGERS) that nobody is
+    executing any more: queued for longer than `integrity_run_queued_expiry()`, or running
+    without a heartbeat (or, before the first beat, since their start) for the lease. One
+    statement, so a run that beats meanwhile is re-checked under its row lock and kept. Returns
+    how many it failed."""
     lease = integrity_run_lease()
     lease_start = Now() - lease
-    queued_before = Now() - timedelta(minutes=QUEUED_RUN_EXPIRY_MINUTES)
+    expiry = integrity_run_queued_expiry()
+    queued_before = Now() - expiry
     lost = Q(status=IntegrityRun.Status.QUEUED, started_at__lt=queued_before) | Q(
         Q(heartbeat_at__lt=lease_start) | Q(heartbeat_at__isnull=True, started_at__lt=lease_start),
         status=IntegrityRun.Status.RUNNING,
     )
     failed = (
         (runs if runs is not None else IntegrityRun.objects.all())
-        .filter(lost)
+        .filter(lost, trigger__in=WORKER_TRIGGERS)
         .update(
             status=IntegrityRun.Status.FAILED,
             exit_code=EXIT_RUN_FAILED,
@@ -231,7 +243,8 @@ def integrity_runs_fail_lost(*, runs: QuerySet[IntegrityRun] | None = None) -> i
                 When(
                     status=IntegrityRun.Status.QUEUED,
                     then=Value(
-                        f"no worker started the run within {QUEUED_RUN_EXPIRY_MINUTES} minutes"
+                        f"no worker started the run within {expiry.total_seconds() / 60:.0f}"
+                        " minutes"
                     ),
                 ),
                 default=Value(
@@ -405,6 +418,13 @@ def _run_one(run: IntegrityRun, check: IntegrityCheck, *, fix: bool, dry_run: bo
         # runs at the same time (cron and the admin) only the first sees the transition: the
         # second reads the first's committed result as its previous one.
         advisory_xact_lock(f"integrity-check:{check.id}")
+        if not (
+            IntegrityRun.objects.select_for_update()
+            .filter(pk=run.pk, status=IntegrityRun.Status.RUNNING)
+            .exists()
+        ):
+            # Failed as lost meanwhile: its results and alerts are no longer this run's to add.
+            return evaluation.status
         previous_status = check_previous_status(check_id=check.id)
         result = IntegrityCheckResult.objects.create(
             run=run,

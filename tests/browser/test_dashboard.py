@@ -9,7 +9,11 @@ from playwright.sync_api import Page, expect
 from deliveries import services
 from deliveries.demo import backlog_seed
 from deliveries.models import MessageDelivery
-from evoflow.integrity.runner import integrity_run
+from evoflow.integrity.runner import (
+    integrity_run,
+    integrity_run_execute_queued,
+    integrity_run_request,
+)
 from evoflow.models import IntegrityRun, User
 from tests.browser.conftest import log_in, operator_create
 from tests.helpers import qcluster, wait_for
@@ -127,3 +131,25 @@ def test_an_operator_without_the_repair_permission_sees_no_repair_and_cannot_pos
     assert "CSRF" not in posted.text()
     assert page.request.get(url).status == 403
     assert MessageDelivery.objects.filter(user__isnull=True).count() == 2
+
+
+def test_a_live_run_page_keeps_the_keyboard_focus_and_shows_the_result_when_done(
+    page: Page, screenshot
+):
+    operator_create(username="operator-three")
+    run, _ = integrity_run_request(check_ids=[CHECK])  # queued: no worker runs it yet
+
+    log_in(page, username="operator-three")
+    page.goto(f"/admin/evoflow/integrityrun/{run.pk}/change/")
+    expect(page.get_by_test_id("run-live")).to_be_visible()
+    home = page.locator(".breadcrumbs a").first
+    home.focus()
+    page.wait_for_timeout(4_500)  # two polls of the page
+    assert page.evaluate("document.activeElement.textContent") == home.text_content()
+    screenshot("1-live-run")
+
+    integrity_run_execute_queued(run_id=run.pk)
+
+    expect(page.get_by_test_id("run-live")).to_have_count(0, timeout=15_000)
+    expect(page.locator(f'tr.integrity-check[data-check="{CHECK}"]')).to_be_visible()
+    screenshot("2-finished-run")

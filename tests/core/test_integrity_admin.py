@@ -19,9 +19,9 @@ from deliveries.models import MessageDelivery, UserLinkAudit
 from evoflow.integrity import IntegrityCheck, registered
 from evoflow.integrity.registry import all_checks
 from evoflow.integrity.runner import (
-    QUEUED_RUN_EXPIRY_MINUTES,
     integrity_run,
     integrity_run_lease,
+    integrity_run_queued_expiry,
     integrity_run_request,
     integrity_runs_fail_lost,
 )
@@ -165,7 +165,7 @@ def test_a_task_delivered_twice_executes_the_run_once(operator_client):
 def test_a_run_still_queued_after_the_expiry_is_failed_and_replaced():
     old, _ = integrity_run_request(trigger="admin")
     IntegrityRun.objects.filter(pk=old.pk).update(
-        started_at=timezone.now() - timedelta(minutes=QUEUED_RUN_EXPIRY_MINUTES + 1)
+        started_at=timezone.now() - integrity_run_queued_expiry() - timedelta(minutes=1)
     )
 
     new, created = integrity_run_request(trigger="admin")
@@ -236,7 +236,7 @@ def test_a_queued_run_no_worker_started_stops_refreshing_its_page(operator_clien
     run.refresh_from_db()
     assert (run.status, run.error) == (
         "failed",
-        f"no worker started the run within {QUEUED_RUN_EXPIRY_MINUTES} minutes",
+        f"no worker started the run within {integrity_run_queued_expiry().seconds // 60} minutes",
     )
     assert 'http-equiv="refresh"' not in page
 
@@ -308,8 +308,42 @@ def test_a_run_failed_as_lost_stays_failed_when_its_worker_comes_back():
     assert returned == run.pk
     assert (run.status, run.exit_code) == ("failed", 3)
     assert run.error.startswith("worker lost")
-    # The runner stopped at its next beat: the second check never ran
+    # The check in progress stored nothing, and the runner stopped: the second never ran
+    assert not run.results.exists()
+
+
+def test_a_command_run_is_never_taken_for_lost_while_its_process_works(operator_client):
+    # `manage.py integrity --fix` runs in its own process, with no task timeout: a long repair
+    # leaves no heartbeat for longer than the lease, and the run is still alive.
+    run_ids: list[int] = []
+
+    def silent_sql() -> str:
+        silent_for(IntegrityRun(pk=run_ids[0]), integrity_run_lease() + timedelta(minutes=5))
+        page = html(operator_client.get(run_url(IntegrityRun(pk=run_ids[0]))))
+        assert "worker lost" not in page
+        assert integrity_runs_fail_lost() == 0
+        return "SELECT 1, 2, ARRAY['x']::text[]"
+
+    slow = IntegrityCheck(id="test.a_slow", description="stalls", sql=silent_sql)
+    run = IntegrityRun.objects.create(trigger="command")
+    run_ids.append(run.pk)
+    with registered(slow):
+        from evoflow.integrity.runner import _integrity_run_fill
+
+        _integrity_run_fill(run, [slow])
+
+    run.refresh_from_db()
+    assert (run.status, run.exit_code) == ("warning", 1)
     assert list(run.results.values_list("check_id", flat=True)) == ["test.a_slow"]
+
+
+def test_a_queue_behind_busy_workers_is_not_expired_before_two_task_timeouts(settings):
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "timeout": 600}
+    assert integrity_run_queued_expiry() == timedelta(minutes=20)
+    run, _ = integrity_run_request(trigger="admin")
+    IntegrityRun.objects.filter(pk=run.pk).update(started_at=timezone.now() - timedelta(minutes=15))
+
+    assert integrity_runs_fail_lost() == 0
 
 
 @pytest.mark.django_db(transaction=True)
@@ -351,6 +385,21 @@ def test_without_run_integrity_there_is_no_button_and_posting_is_forbidden():
     assert 'data-testid="run-now"' not in html(page)
     assert (post.status_code, get.status_code) == (403, 403)
     assert IntegrityRun.objects.count() == 0
+    assert OrmQ.objects.count() == 0
+
+
+def test_repairing_or_running_needs_the_view_permission_of_the_runs_too():
+    # Both end on the run's page: without view_integrityrun they would end on a 403.
+    client = staff_client(without=("view_integrityrun",))
+    run = integrity_run(check_ids=[UNLINKED])
+
+    dashboard = html(client.get("/admin/"))
+
+    assert f'data-testid="repair-{UNLINKED}"' not in dashboard
+    assert client.get(REPAIR_UNLINKED).status_code == 403
+    assert client.post(REPAIR_UNLINKED).status_code == 403
+    assert client.post(RUN_NOW).status_code == 403
+    assert IntegrityRun.objects.get() == run
     assert OrmQ.objects.count() == 0
 
 
