@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -69,3 +70,25 @@ def qcluster(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def bench_quick_records(
+    name: str, *, env: dict[str, str], results: Path, scale: str = "0.01"
+) -> dict[str, dict]:
+    """Run one benchmark (`python -m bench --quick --scale S --only NAME`) and return its
+    figures by benchmark name, from its `BENCH {json}` lines; it must exit 0."""
+    completed = run_python(
+        *("-m", "bench", "--quick", "--scale", scale, "--only", name),
+        *("--results", str(results)),
+        env=env,
+        timeout=240,
+    )
+    assert completed.returncode == 0, completed.stderr + completed.stdout
+    return {
+        record["benchmark"]: record["figures"]
+        for record in (
+            json.loads(line.removeprefix("BENCH "))
+            for line in completed.stdout.splitlines()
+            if line.startswith("BENCH ")
+        )
+    }

@@ -2,41 +2,17 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from conversations.models import Conversation, FacebookPage, Message, SyncRun
 from evoflow.models import RateBucket
-from tests.helpers import run_python
+from tests.helpers import bench_quick_records
 
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_the_sync_benchmark_runs_and_cleans_up(subprocess_env, tmp_path):
-    completed = run_python(
-        "-m",
-        "bench",
-        "--quick",
-        "--scale",
-        "0.01",
-        "--only",
-        "sync",
-        "--results",
-        str(tmp_path / "results.jsonl"),
-        env=subprocess_env,
-        timeout=240,
-    )
-
-    assert completed.returncode == 0, completed.stderr + completed.stdout
-    records = {
-        record["benchmark"]: record["figures"]
-        for record in (
-            json.loads(line.removeprefix("BENCH "))
-            for line in completed.stdout.splitlines()
-            if line.startswith("BENCH ")
-        )
-    }
+    records = bench_quick_records("sync", env=subprocess_env, results=tmp_path / "results.jsonl")
     # 100 conversations (10,000 x 0.01) of 10 messages, all verified by the benchmark itself
     assert records["conversations.sync.full"]["messages"] == 1_000
     assert records["conversations.sync.full"]["conversations"] == 100

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from django.db import connection
 from django_q.models import Task
@@ -12,7 +10,7 @@ from bench.bench_dashboard import dashboard_list_urls, list_name
 from deliveries.models import MessageDelivery, UserLinkAudit
 from evoflow.models import IntegrityRun, User
 from journeys.models import JourneySession
-from tests.helpers import run_python
+from tests.helpers import bench_quick_records
 
 
 def test_list_names_leave_out_timestamps_and_row_ids():
@@ -53,29 +51,9 @@ def test_only_the_dashboards_own_links_to_lists_are_taken():
 def test_the_dashboard_benchmark_runs_in_its_own_database_and_drops_it(subprocess_env, tmp_path):
     users_before = User.objects.count()
 
-    completed = run_python(
-        "-m",
-        "bench",
-        "--quick",
-        "--scale",
-        "0.01",
-        "--only",
-        "dashboard",
-        "--results",
-        str(tmp_path / "results.jsonl"),
-        env=subprocess_env,
-        timeout=240,
+    records = bench_quick_records(
+        "dashboard", env=subprocess_env, results=tmp_path / "results.jsonl"
     )
-
-    assert completed.returncode == 0, completed.stderr + completed.stdout
-    records = {
-        record["benchmark"]: record["figures"]
-        for record in (
-            json.loads(line.removeprefix("BENCH "))
-            for line in completed.stdout.splitlines()
-            if line.startswith("BENCH ")
-        )
-    }
     # The quick sizes at 0.01: 50,000 deliveries, 50,000 audits, 25,000 receipts, 10,000
     # sessions, 5,000 failed tasks, 20 integrity runs (the minimum: one per sync page).
     data = records["dashboard.data"]

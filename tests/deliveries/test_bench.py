@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from deliveries.models import Event, EventGuest, MessageDelivery, UserLinkAudit
 from evoflow.models import User
-from tests.helpers import run_python
+from tests.helpers import bench_quick_records
 
 
 @pytest.mark.slow
@@ -16,29 +14,9 @@ from tests.helpers import run_python
 def test_the_deliveries_benchmark_runs_and_cleans_up(subprocess_env, tmp_path):
     users_before = User.objects.count()
 
-    completed = run_python(
-        "-m",
-        "bench",
-        "--quick",
-        "--scale",
-        "0.01",
-        "--only",
-        "deliveries",
-        "--results",
-        str(tmp_path / "results.jsonl"),
-        env=subprocess_env,
-        timeout=240,
+    records = bench_quick_records(
+        "deliveries", env=subprocess_env, results=tmp_path / "results.jsonl"
     )
-
-    assert completed.returncode == 0, completed.stderr + completed.stdout
-    records = {
-        record["benchmark"]: record["figures"]
-        for record in (
-            json.loads(line.removeprefix("BENCH "))
-            for line in completed.stdout.splitlines()
-            if line.startswith("BENCH ")
-        )
-    }
     assert records["deliveries.backfill"]["inconsistent"] == 20
     assert records["deliveries.backfill"]["linked"] == 20
     assert records["deliveries.message_send"]["linked"] == 25
