@@ -24,13 +24,18 @@ REPAIR_PERMISSION = "evoflow.repair_integrity"
 VIEW_PERMISSION = "evoflow.view_integrityrun"
 
 
+def may_see_runs(user: Any) -> bool:
+    # Django's admin shows a model's pages to users with its view or its change permission.
+    return user.has_perm(VIEW_PERMISSION) or user.has_perm("evoflow.change_integrityrun")
+
+
 def may_run(user: Any) -> bool:
-    """Running or repairing ends on the run's page, so both need its view permission too."""
-    return user.has_perm(RUN_PERMISSION) and user.has_perm(VIEW_PERMISSION)
+    """Running or repairing ends on the run's page, so both need to see the runs too."""
+    return user.has_perm(RUN_PERMISSION) and may_see_runs(user)
 
 
 def may_repair(user: Any) -> bool:
-    return user.has_perm(REPAIR_PERMISSION) and user.has_perm(VIEW_PERMISSION)
+    return user.has_perm(REPAIR_PERMISSION) and may_see_runs(user)
 
 
 class EvoflowAdminSite(admin.AdminSite):

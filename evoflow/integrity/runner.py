@@ -190,10 +190,13 @@ def _integrity_run_taken_for_lost(run: IntegrityRun) -> IntegrityRun:
     return run
 
 
-# Runs executed by a worker task (requested from the admin, or the daily schedule): only these
-# have a worker whose death can leave them live. A run of the command or the demo seeder runs in
-# the caller's own process, which reports its own failure; it is never taken for lost.
+# Runs executed by a worker task (requested from the admin, or the daily schedule): the worker
+# kills a task after Q_TIMEOUT, so such a run silent for the lease has no worker left. A run of
+# `manage.py integrity` (or the demo seeder) runs in its own process with no such bound: a long
+# repair may be silent for as long as it takes, so only a run silent for PROCESS_RUN_LEASE (a
+# killed process) is taken for lost.
 WORKER_TRIGGERS = ("admin", "admin-repair", "schedule")
+PROCESS_RUN_LEASE = timedelta(hours=6)
 INTEGRITY_RUN_TASK = "evoflow.tasks.integrity_run_requested"
 
 
@@ -219,22 +222,25 @@ def integrity_run_queued_expiry() -> timedelta:
 
 
 def integrity_runs_fail_lost(*, runs: QuerySet[IntegrityRun] | None = None) -> int:
-    """Fail the live worker runs (of `runs`, or all; see WORKER_TRIGGERS) that nobody is
-    executing any more: queued for longer than `integrity_run_queued_expiry()`, or running
-    without a heartbeat (or, before the first beat, since their start) for the lease. One
-    statement, so a run that beats meanwhile is re-checked under its row lock and kept. Returns
-    how many it failed."""
+    """Fail the live runs (of `runs`, or all) that nobody is executing any more: queued for
+    longer than `integrity_run_queued_expiry()`, or running without a heartbeat (or, before the
+    first beat, since their start) for their lease (`integrity_run_lease()` for worker runs,
+    PROCESS_RUN_LEASE for the others; see WORKER_TRIGGERS). One statement, so a run that beats
+    meanwhile is re-checked under its row lock and kept. Returns how many it failed."""
     lease = integrity_run_lease()
-    lease_start = Now() - lease
     expiry = integrity_run_queued_expiry()
-    queued_before = Now() - expiry
-    lost = Q(status=IntegrityRun.Status.QUEUED, started_at__lt=queued_before) | Q(
-        Q(heartbeat_at__lt=lease_start) | Q(heartbeat_at__isnull=True, started_at__lt=lease_start),
+
+    def silent_since(moment: Any) -> Q:
+        return Q(heartbeat_at__lt=moment) | Q(heartbeat_at__isnull=True, started_at__lt=moment)
+
+    lost = Q(status=IntegrityRun.Status.QUEUED, started_at__lt=Now() - expiry) | Q(
+        Q(silent_since(Now() - lease), trigger__in=WORKER_TRIGGERS)
+        | Q(silent_since(Now() - PROCESS_RUN_LEASE), ~Q(trigger__in=WORKER_TRIGGERS)),
         status=IntegrityRun.Status.RUNNING,
     )
     failed = (
         (runs if runs is not None else IntegrityRun.objects.all())
-        .filter(lost, trigger__in=WORKER_TRIGGERS)
+        .filter(lost)
         .update(
             status=IntegrityRun.Status.FAILED,
             exit_code=EXIT_RUN_FAILED,
@@ -242,14 +248,11 @@ def integrity_runs_fail_lost(*, runs: QuerySet[IntegrityRun] | None = None) -> i
             error=Case(
                 When(
                     status=IntegrityRun.Status.QUEUED,
-                    then=Value(
-                        f"no worker started the run within {expiry.total_seconds() / 60:.0f}"
-                        " minutes"
-                    ),
+                    then=Value(f"no worker started the run within {expiry.seconds // 60} minutes"),
                 ),
                 default=Value(
-                    f"worker lost: no heartbeat for {lease.total_seconds():.0f} s (the worker"
-                    " died or the task timeout stopped it)"
+                    "worker lost: no heartbeat for its lease (the worker or process died, or"
+                    " the task timeout stopped it)"
                 ),
             ),
         )

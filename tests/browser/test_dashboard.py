@@ -4,6 +4,7 @@ repair it, and see the repair in the numbers and the trend; and the repair permi
 from __future__ import annotations
 
 import pytest
+from django.utils import timezone
 from playwright.sync_api import Page, expect
 
 from deliveries import services
@@ -11,10 +12,9 @@ from deliveries.demo import backlog_seed
 from deliveries.models import MessageDelivery
 from evoflow.integrity.runner import (
     integrity_run,
-    integrity_run_execute_queued,
     integrity_run_request,
 )
-from evoflow.models import IntegrityRun, User
+from evoflow.models import IntegrityCheckResult, IntegrityRun, User
 from tests.browser.conftest import log_in, operator_create
 from tests.helpers import qcluster, wait_for
 
@@ -136,7 +136,8 @@ def test_an_operator_without_the_repair_permission_sees_no_repair_and_cannot_pos
 def test_a_live_run_page_keeps_the_keyboard_focus_and_shows_the_result_when_done(
     page: Page, screenshot
 ):
-    operator_create(username="operator-three")
+    operator = operator_create(username="operator-three")
+    deliveries_seed(host=operator, consistent=2, inconsistent=2)
     run, _ = integrity_run_request(check_ids=[CHECK])  # queued: no worker runs it yet
 
     log_in(page, username="operator-three")
@@ -146,9 +147,24 @@ def test_a_live_run_page_keeps_the_keyboard_focus_and_shows_the_result_when_done
     home.focus()
     page.wait_for_timeout(4_500)  # two polls of the page
     assert page.evaluate("document.activeElement.textContent") == home.text_content()
+
+    # A worker takes the run and stores the check's result: the poll shows it, in place.
+    IntegrityRun.objects.filter(pk=run.pk).update(status="running", heartbeat_at=timezone.now())
+    IntegrityCheckResult.objects.create(
+        run=run, check_id=CHECK, status="error", failing_count=2, population=4, ratio=0.5
+    )
+    repair = page.get_by_test_id("repair-link")
+    expect(repair).to_be_visible(timeout=10_000)
+    expect(page.get_by_test_id("run-live")).to_be_visible()
+    # A link inside the refreshed table keeps the focus too: unchanged content is not rewritten.
+    repair.focus()
+    page.wait_for_timeout(4_500)
+    assert page.evaluate("document.activeElement.dataset.testid") == "repair-link"
     screenshot("1-live-run")
 
-    integrity_run_execute_queued(run_id=run.pk)
+    IntegrityRun.objects.filter(pk=run.pk).update(
+        status="error", exit_code=2, finished_at=timezone.now()
+    )
 
     expect(page.get_by_test_id("run-live")).to_have_count(0, timeout=15_000)
     expect(page.locator(f'tr.integrity-check[data-check="{CHECK}"]')).to_be_visible()

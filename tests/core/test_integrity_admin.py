@@ -19,13 +19,14 @@ from deliveries.models import MessageDelivery, UserLinkAudit
 from evoflow.integrity import IntegrityCheck, registered
 from evoflow.integrity.registry import all_checks
 from evoflow.integrity.runner import (
+    PROCESS_RUN_LEASE,
     integrity_run,
     integrity_run_lease,
     integrity_run_queued_expiry,
     integrity_run_request,
     integrity_runs_fail_lost,
 )
-from evoflow.models import IntegrityCheckResult, IntegrityRun
+from evoflow.models import IntegrityCheckResult, IntegrityRun, User
 from evoflow.permissions import OPERATORS_GROUP
 from evoflow.schedules import schedules_ensure
 from evoflow.tasks import integrity_run_requested
@@ -335,6 +336,29 @@ def test_a_command_run_is_never_taken_for_lost_while_its_process_works(operator_
     run.refresh_from_db()
     assert (run.status, run.exit_code) == ("warning", 1)
     assert list(run.results.values_list("check_id", flat=True)) == ["test.a_slow"]
+
+
+def test_a_killed_command_run_is_taken_for_lost_after_the_process_lease():
+    run = IntegrityRun.objects.create(trigger="command")
+    silent_for(run, PROCESS_RUN_LEASE - timedelta(minutes=5))
+    assert integrity_runs_fail_lost() == 0
+
+    silent_for(run, PROCESS_RUN_LEASE + timedelta(minutes=5))
+    assert integrity_runs_fail_lost() == 1
+
+    run.refresh_from_db()
+    assert (run.status, run.exit_code) == ("failed", 3)
+
+
+def test_the_change_permission_also_sees_the_runs_so_it_may_run_them():
+    client = staff_client(without=("view_integrityrun",))
+    user = User.objects.get(pk=client.session["_auth_user_id"])
+    user.user_permissions.add(Permission.objects.get(codename="change_integrityrun"))
+
+    response = client.post(RUN_NOW)
+
+    assert response.status_code == 302
+    assert IntegrityRun.objects.get().status == "queued"
 
 
 def test_a_queue_behind_busy_workers_is_not_expired_before_two_task_timeouts(settings):
