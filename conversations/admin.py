@@ -50,6 +50,7 @@ from evoflow.admin_lists import (
     ChosenOnlyRelatedFilter,
     HugeTablePaginator,
     QueryStringCheckedAdmin,
+    pk_or_none,
     since_filter,
 )
 
@@ -231,12 +232,8 @@ class ConversationAdmin(ReadOnlyAdmin):
         form_url: str = "",
         extra_context: dict[str, Any] | None = None,
     ) -> HttpResponse:
-        # isdigit() alone accepts "²" and other Unicode digits that int() refuses.
-        conversation = (
-            selectors.conversation_get(conversation_id=int(object_id))
-            if object_id.isascii() and object_id.isdigit()
-            else None
-        )
+        pk = pk_or_none(object_id)
+        conversation = selectors.conversation_get(conversation_id=pk) if pk is not None else None
         context = dict(extra_context or {})
         if conversation is not None:
             paginator = Paginator(

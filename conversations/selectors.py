@@ -17,6 +17,7 @@ from conversations.models import (
     SyncStatus,
     WebhookReceipt,
 )
+from evoflow.db import counts_by_value
 
 
 def conversation_list(
@@ -116,13 +117,6 @@ def sync_runs_latest_per_page(*, limit: int) -> tuple[list[PageLastSync], int]:
 
 def webhook_receipt_counts_since(*, since: datetime) -> dict[str, int]:
     """Receipts per status received at or after `since`, every status listed (zeros too)."""
-    counts = dict.fromkeys(ReceiptStatus.values, 0)
-    rows = (
-        WebhookReceipt.objects.filter(status__in=ReceiptStatus.values, received_at__gte=since)
-        .values_list("status")
-        .order_by()
-        .annotate(total=Count("id"))
+    return counts_by_value(
+        WebhookReceipt.objects.filter(received_at__gte=since), "status", ReceiptStatus.values
     )
-    for status, total in rows:
-        counts[status] = total
-    return counts

@@ -20,6 +20,7 @@ from deliveries.models import (
     MessageDelivery,
     UserLinkAudit,
 )
+from evoflow.db import counts_by_value
 from evoflow.models import User
 
 
@@ -63,13 +64,9 @@ def deliveries_inconsistent() -> QuerySet[MessageDelivery]:
 def link_audit_outcome_counts(*, since: datetime | None = None) -> dict[str, int]:
     """Audit rows per outcome since `since` (default: the last 24 hours), every outcome listed."""
     since = since or timezone.now() - timedelta(hours=24)
-    counts = dict(
-        UserLinkAudit.objects.filter(created_at__gte=since)
-        .values_list("outcome")
-        .annotate(count=Count("id"))
-        .values_list("outcome", "count")
+    return counts_by_value(
+        UserLinkAudit.objects.filter(created_at__gte=since), "outcome", UserLinkAudit.Outcome.values
     )
-    return {outcome: int(counts.get(outcome, 0)) for outcome in UserLinkAudit.Outcome.values}
 
 
 def feature_flag_list() -> QuerySet[FeatureFlag]:

@@ -29,7 +29,7 @@ from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
-from evoflow.admin_lists import QueryStringCheckedAdmin
+from evoflow.admin_lists import QueryStringCheckedAdmin, pk_or_none
 from evoflow.admin_site import may_repair, may_run
 from evoflow.integrity.registry import IntegrityCheck, UnknownCheck, get_check
 from evoflow.integrity.runner import (
@@ -249,12 +249,8 @@ class IntegrityRunAdmin(QueryStringCheckedAdmin):
         extra_context: dict[str, Any] | None = None,
     ) -> HttpResponse:
         context = dict(extra_context or {})
-        # isdigit() alone accepts "²" and other Unicode digits that int() refuses.
-        run = (
-            self.get_queryset(request).filter(pk=int(object_id)).first()
-            if object_id.isascii() and object_id.isdigit()
-            else None
-        )
+        pk = pk_or_none(object_id)
+        run = self.get_queryset(request).filter(pk=pk).first() if pk is not None else None
         # A live run nobody executes any more is failed here, so its page stops refreshing.
         if (
             run is not None

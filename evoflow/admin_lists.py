@@ -148,6 +148,18 @@ def since_filter(
 # -- a foreign-key filter that does not list the whole related table -----------------------------
 
 
+def pk_or_none(value: object) -> int | None:
+    """An integer primary key from a URL or query string, None for anything else.
+
+    `isdigit()` alone accepts "²" and other Unicode digits that int() refuses, and a number
+    past bigint would fail in the query.
+    """
+    text = str(value) if value is not None else ""
+    if not (text.isascii() and text.isdigit()) or int(text) >= 2**63:
+        return None
+    return int(text)
+
+
 class ChosenOnlyRelatedFilter(admin.RelatedFieldListFilter):
     """`<field>__id__exact=<pk>` as Django's own filter reads it, listing only the chosen row.
 
@@ -156,12 +168,12 @@ class ChosenOnlyRelatedFilter(admin.RelatedFieldListFilter):
     """
 
     def field_choices(self, field: Any, request: HttpRequest, model_admin: Any) -> list:
-        value = self.lookup_val[-1] if self.lookup_val else None
-        if value is None or not str(value).isascii() or not str(value).isdigit():
+        pk = pk_or_none(self.lookup_val[-1]) if self.lookup_val else None
+        if pk is None:
             return []  # nothing chosen, or not a key: the queryset step reports the latter
         ordering = self.field_admin_ordering(field, request, model_admin)
         return field.get_choices(
-            include_blank=False, ordering=ordering, limit_choices_to={"pk": int(value)}
+            include_blank=False, ordering=ordering, limit_choices_to={"pk": pk}
         )
 
     def has_output(self) -> bool:

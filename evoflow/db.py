@@ -6,9 +6,11 @@ setting or a session-level advisory lock would leak to whoever gets the server c
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from django.conf import settings
 from django.db import connection, connections
-from django.db.models import Model
+from django.db.models import Count, Model, QuerySet
 from psycopg.conninfo import make_conninfo
 
 # Keys in Django's database OPTIONS that configure Django or psycopg objects, not libpq.
@@ -79,3 +81,20 @@ def table_row_estimate(model: type[Model], *, using: str = "default") -> int | N
     if row is None or row[0] is None or row[0] < 0:
         return None
     return int(row[0])
+
+
+def counts_by_value(queryset: QuerySet, field: str, values: Iterable[str]) -> dict[str, int]:
+    """How many rows of `queryset` hold each of `values` in `field`: one GROUP BY over those
+    values only (so a partial or leading index on `field` can serve it), every value listed,
+    zeros included."""
+    wanted = [str(value) for value in values]
+    counts = dict.fromkeys(wanted, 0)
+    rows = (
+        queryset.filter(**{f"{field}__in": wanted})
+        .values_list(field)
+        .order_by()
+        .annotate(total=Count("pk"))
+    )
+    for value, total in rows:
+        counts[value] = total
+    return counts

@@ -11,6 +11,7 @@ from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquer
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from evoflow.db import counts_by_value
 from journeys.integrity import OVERDUE_MINUTES
 from journeys.models import (
     LIVE_STATUSES,
@@ -73,16 +74,9 @@ def session_steps(*, session_id: int) -> QuerySet[JourneyStep]:
 
 
 def session_status_counts(*, journey_id: int) -> dict[str, int]:
-    counts = dict.fromkeys(SessionStatus.values, 0)
-    rows = (
-        JourneySession.objects.filter(journey_id=journey_id)
-        .values("status")
-        .order_by()
-        .annotate(total=Count("id"))
+    return counts_by_value(
+        JourneySession.objects.filter(journey_id=journey_id), "status", SessionStatus.values
     )
-    for row in rows:
-        counts[row["status"]] = row["total"]
-    return counts
 
 
 def sessions_count_by_status(*, statuses: Iterable[str] | None = None) -> dict[str, int]:
@@ -91,17 +85,7 @@ def sessions_count_by_status(*, statuses: Iterable[str] | None = None) -> dict[s
     Limited to the live statuses the count is served by their partial indexes; the dashboard
     asks for the terminal ones only while the table is small enough to count.
     """
-    wanted = [str(status) for status in (statuses or SessionStatus.values)]
-    counts = dict.fromkeys(wanted, 0)
-    rows = (
-        JourneySession.objects.filter(status__in=wanted)
-        .values_list("status")
-        .order_by()
-        .annotate(total=Count("id"))
-    )
-    for status, total in rows:
-        counts[status] = total
-    return counts
+    return counts_by_value(JourneySession.objects.all(), "status", statuses or SessionStatus.values)
 
 
 def contacts_not_enriched() -> QuerySet[Contact]:
