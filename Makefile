@@ -15,7 +15,7 @@ export EVOFLOW_WEB_PORT ?= 8000
 .PHONY: run test lint typecheck pytest bench deps system-deps db db-stop db-status migrate clean
 
 run: db
-	DEBUG=$${DEBUG:-1} $(BIN)/python -m evoflow.devstack
+	DEBUG=$${DEBUG:-1} $(BIN)/python -m devtools.devstack
 
 test: db lint typecheck pytest
 
@@ -34,7 +34,7 @@ bench: db
 	DEBUG=$${DEBUG:-1} $(BIN)/python -m bench $(if $(QUICK),--quick)
 
 system-deps:
-	@bash evoflow/scripts/install-system-packages.sh
+	@bash devtools/scripts/install-system-packages.sh
 
 deps: system-deps $(DEPS_STAMP)
 
@@ -47,17 +47,17 @@ $(DEPS_STAMP): requirements.txt
 # The embedded cluster under .local/, unless DATABASE_URL points elsewhere. `.local/env` marks
 # the checkout as a local one, so `.venv/bin/python manage.py ...` runs in local mode here.
 db: deps .local/env
-	@if [ -z "$$DATABASE_URL" ]; then $(BIN)/python -m evoflow.localdb start >/dev/null; fi
+	@if [ -z "$$DATABASE_URL" ]; then $(BIN)/python -m devtools.localdb start >/dev/null; fi
 
 .local/env:
 	@mkdir -p .local
 	@printf '# Written by make: this checkout runs locally (see README, Settings).\nDEBUG=1\n' > $@
 
 db-stop:
-	@test ! -x $(BIN)/python || $(BIN)/python -m evoflow.localdb stop
+	@test ! -x $(BIN)/python || $(BIN)/python -m devtools.localdb stop
 
 db-status:
-	@$(BIN)/python -m evoflow.localdb status
+	@$(BIN)/python -m devtools.localdb status
 
 migrate: db
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py migrate

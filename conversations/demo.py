@@ -24,7 +24,7 @@ from conversations.simulator.payloads import (
 )
 from evoflow.services import DemoSeedContext
 
-# Must match the `graph` process of `make run` (evoflow/devstack.py).
+# Must match the `graph` process of `make run` (devtools/devstack.py).
 DEMO_SIMULATOR_OPTIONS: dict[str, Any] = {"conversations": 40, "messages": 400, "seed": 1}
 DEMO_CONVERSATIONS = 12  # the newest ones arrive by webhook; the sync brings the rest
 

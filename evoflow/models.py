@@ -150,7 +150,7 @@ class IntegrityCheckResult(models.Model):
 
 
 class RateBucket(models.Model):
-    """A token bucket shared by every process (see evoflow/ratelimit.py); one row per key."""
+    """A token bucket shared by every process (see evoflow/ratelimit/); one row per key."""
 
     key = models.CharField(max_length=200, primary_key=True)
     rate = models.FloatField()  # tokens per second, as last configured by a caller

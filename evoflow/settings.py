@@ -14,7 +14,7 @@ from typing import Any
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from evoflow import localdb
+from evoflow import local_database
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -156,7 +156,7 @@ REDIS_URL = os.environ.get("REDIS_URL", "").strip() or None
 # so a dead receiver delays a run by seconds, never minutes.
 ALERT_WEBHOOK_URL = os.environ.get("ALERT_WEBHOOK_URL", "").strip() or None
 ALERT_WEBHOOK_TIMEOUT_SECONDS = env_float("ALERT_WEBHOOK_TIMEOUT_SECONDS", 5.0)
-EVOFLOW_PG_PORT = env_int("EVOFLOW_PG_PORT", localdb.DEFAULT_PORT)
+EVOFLOW_PG_PORT = env_int("EVOFLOW_PG_PORT", local_database.DEFAULT_PORT)
 EVOFLOW_WEB_PORT = env_int("EVOFLOW_WEB_PORT", 8000)
 
 INSTALLED_APPS = [
@@ -218,9 +218,11 @@ TEMPLATES = [
     },
 ]
 
-# The database: DATABASE_URL, or the embedded cluster that `python -m evoflow.localdb start`
+# The database: DATABASE_URL, or the embedded cluster that `python -m devtools.localdb start`
 # runs under .local/ (its URL depends only on EVOFLOW_PG_PORT).
-DATABASE_URL = os.environ.get("DATABASE_URL", "").strip() or localdb.database_url(EVOFLOW_PG_PORT)
+DATABASE_URL = os.environ.get("DATABASE_URL", "").strip() or local_database.database_url(
+    EVOFLOW_PG_PORT
+)
 DATABASES = {
     "default": dj_database_url.parse(
         DATABASE_URL,

@@ -24,7 +24,7 @@ from copy import deepcopy
 from datetime import UTC, datetime
 from typing import Any
 
-from evoflow.simulator import (
+from devtools.simulator import (
     Faults,
     Handler,
     SimRequest,

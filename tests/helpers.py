@@ -51,7 +51,7 @@ def run_python(
 @contextmanager
 def qcluster(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     """`manage.py qcluster` in its own process group, stopped cleanly (SIGINT to the group, as
-    evoflow.devstack does) unless the test killed it already."""
+    devtools.devstack does) unless the test killed it already."""
     process = subprocess.Popen(
         [sys.executable, "manage.py", "qcluster"],
         cwd=PROJECT_ROOT,

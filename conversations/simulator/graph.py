@@ -57,7 +57,7 @@ from conversations.simulator.world import (
     SimMessage,
     graph_time,
 )
-from evoflow.simulator import Faults, Route, SimRequest, SimResponse, Simulator, SimulatorError
+from devtools.simulator import Faults, Route, SimRequest, SimResponse, Simulator, SimulatorError
 
 __all__ = [
     "DEFAULT_ACCESS_TOKEN",

@@ -1,7 +1,7 @@
 """Browser tests: Playwright for Python driving the machine's Chromium, headless.
 
 Playwright's own browser download is not used: `make test` installs Debian's `chromium`
-(evoflow/scripts/install-system-packages.sh) and these tests launch it by path
+(devtools/scripts/install-system-packages.sh) and these tests launch it by path
 (`EVOFLOW_CHROMIUM`, default /usr/bin/chromium). Screenshots go to test-artifacts/browser/.
 """
 

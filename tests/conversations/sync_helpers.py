@@ -23,7 +23,7 @@ from conversations.models import (
 from conversations.services.pages import page_upsert
 from conversations.services.sync import sync_request, sync_run_execute
 from conversations.simulator.graph import GraphSimulator
-from evoflow.simulator import SimResponse
+from devtools.simulator import SimResponse
 
 MESSAGE_EVENT_KINDS = ("message_received", "message_sent")
 

@@ -15,7 +15,7 @@ from django.conf import settings
 
 from conversations.models import Conversation, Message
 from conversations.simulator.graph import GraphSimulator
-from evoflow.simulator import Faults
+from devtools.simulator import Faults
 from tests.conversations.factories import FacebookPageFactory
 from tests.helpers import PROJECT_ROOT, free_port, wait_for
 

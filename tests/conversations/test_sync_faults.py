@@ -16,8 +16,8 @@ from conversations.models import Conversation, Message, SyncRun
 from conversations.services.pages import page_upsert
 from conversations.services.sync import SyncRefused, sync_request, sync_run_execute
 from conversations.simulator.graph import GraphSimulator
+from devtools.simulator import Faults
 from evoflow.ratelimit import Bucket, RateLimiter
-from evoflow.simulator import Faults
 from tests.conversations.sync_helpers import (
     assert_equal_to_truth,
     assert_subset_of_truth,

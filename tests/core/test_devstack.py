@@ -1,4 +1,4 @@
-"""`python -m evoflow.devstack` (what `make run` starts), end to end over real HTTP.
+"""`python -m devtools.devstack` (what `make run` starts), end to end over real HTTP.
 
 The stack runs against a throwaway database on the same PostgreSQL server as the tests and on
 a free port, exactly as a second checkout would run beside the first.
@@ -29,8 +29,8 @@ from openapi_spec_validator import validate
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from devtools.devstack import READY_MARKER
 from evoflow.db import psycopg_conninfo
-from evoflow.devstack import READY_MARKER
 from evoflow.services import DEMO_OPERATOR_USERNAME
 from tests.helpers import PROJECT_ROOT, free_port, run_python
 
@@ -131,7 +131,7 @@ def simulator_ports() -> dict[str, int]:
 def devstack(
     throwaway_database_url: str, web_port: int, simulator_ports: dict[str, int]
 ) -> Iterator[RunningStack]:
-    """`python -m evoflow.devstack` in its own process group, its output collected."""
+    """`python -m devtools.devstack` in its own process group, its output collected."""
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "evoflow.settings",
@@ -144,7 +144,7 @@ def devstack(
         "PYTHONUNBUFFERED": "1",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "evoflow.devstack"],
+        [sys.executable, "-m", "devtools.devstack"],
         cwd=PROJECT_ROOT,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -274,7 +274,7 @@ def test_devstack_refuses_a_port_that_is_taken(throwaway_database_url):
         }
 
         # When the stack starts
-        result = run_python("-m", "evoflow.devstack", env=env, timeout=60)
+        result = run_python("-m", "devtools.devstack", env=env, timeout=60)
 
     # Then it refuses before starting anything, saying which port and why
     assert result.returncode == 2

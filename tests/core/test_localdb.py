@@ -9,7 +9,7 @@ import uuid
 import psycopg
 import pytest
 
-from evoflow.localdb import Cluster, default_data_dir, server_can_reach
+from devtools.localdb import Cluster, default_data_dir, server_can_reach
 from tests.helpers import free_port, run_python
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,13 @@ def cluster():
 
 def localdb(cluster: Cluster, action: str) -> subprocess.CompletedProcess[str]:
     return run_python(
-        "-m", "evoflow.localdb", action, "--dir", str(cluster.data_dir), "--port", str(cluster.port)
+        "-m",
+        "devtools.localdb",
+        action,
+        "--dir",
+        str(cluster.data_dir),
+        "--port",
+        str(cluster.port),
     )
 
 
@@ -91,7 +97,7 @@ def test_a_stale_pid_file_does_not_block_start(cluster, leftover):
 
 
 def test_url_needs_no_server():
-    result = run_python("-m", "evoflow.localdb", "url", "--port", "61234")
+    result = run_python("-m", "devtools.localdb", "url", "--port", "61234")
 
     assert result.stdout.strip() == "postgres://postgres@127.0.0.1:61234/evoflow"
 

@@ -13,8 +13,7 @@ from datetime import timedelta
 import pytest
 from django.db import connection
 
-from evoflow.ratelimit import Bucket, Limiter, RateLimiter
-from evoflow.ratelimit_redis import RedisRateLimiter
+from evoflow.ratelimit import Bucket, Limiter, RateLimiter, RedisRateLimiter
 from tests.helpers import free_port
 
 

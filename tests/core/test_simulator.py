@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from evoflow.simulator import Faults, Route, SimRequest, SimResponse, Simulator, SimulatorError
+from devtools.simulator import Faults, Route, SimRequest, SimResponse, Simulator, SimulatorError
 
 
 class EchoSimulator(Simulator):

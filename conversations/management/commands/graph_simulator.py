@@ -13,7 +13,7 @@ from conversations.simulator.graph import (
     THROTTLE_MESSAGES,
     GraphSimulator,
 )
-from evoflow.simulator import (
+from devtools.simulator import (
     add_simulator_arguments,
     faults_from_options,
     rate_argument,

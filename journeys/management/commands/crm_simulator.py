@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from evoflow.simulator import (
+from devtools.simulator import (
     add_simulator_arguments,
     faults_from_options,
     rate_argument,

@@ -1,4 +1,4 @@
-"""The local development stack that `make run` starts: `python -m evoflow.devstack`.
+"""The local development stack that `make run` starts: `python -m devtools.devstack`.
 
 It migrates the database, then starts every long-running process in `service_processes` (the
 simulators, the django-q2 worker and the web server) as its own child, each in its own process

@@ -1,6 +1,6 @@
 """The shared rate limiter's buckets in Redis, for deployments that configure REDIS_URL.
 
-Same contract as the PostgreSQL buckets of `evoflow.ratelimit` (reserve a token from every
+Same contract as the PostgreSQL buckets of `evoflow.ratelimit.postgres` (reserve a token from every
 bucket at once and learn how long to wait; usage reports slow a bucket down; throttling blocks
 it), in one Lua script per operation, so each is atomic on the Redis server and uses the
 server's clock: every worker on every host agrees on time and order.
@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from evoflow.ratelimit import SLOW_DOWN_FROM, SLOWEST_FACTOR, Bucket, Reservation
+from evoflow.ratelimit.base import SLOW_DOWN_FROM, SLOWEST_FACTOR, Bucket, Reservation
 
 # Buckets idle for a day are forgotten (they start full again, as new ones do).
 IDLE_EXPIRY_SECONDS = 86_400
@@ -83,7 +83,7 @@ return tostring(math.max(0, blocked_until - now))
 
 
 class RedisRateLimiter:
-    """`evoflow.ratelimit.RateLimiter`'s interface over Redis hashes (one per bucket key)."""
+    """The PostgreSQL `RateLimiter`'s interface over Redis hashes (one per bucket key)."""
 
     def __init__(
         self, url: str, *, sleep: Callable[[float], None] = time.sleep, prefix: str = "evoflow:"

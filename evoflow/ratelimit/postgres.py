@@ -1,43 +1,19 @@
-"""One rate limiter for every process on every host: token buckets kept in PostgreSQL.
+"""The shared rate limiter's token buckets in PostgreSQL (the default backend).
 
-A call reserves one token from each of its buckets (for the Graph API: its page's and the app's)
-in ONE statement, and learns how long to wait: tokens refill at the bucket's rate up to its
-capacity, and may go below zero, so concurrent callers queue up in the order they reserved and
-each waits for its own slot (no thundering herd, no lost wake-ups). With capacity 1 the calls of
-a bucket are spaced 1/rate apart whatever the number of workers.
-
-The service's own signals adjust the buckets for everyone: a reported usage past
-`SLOW_DOWN_FROM` percent shrinks the refill rate (down to a tenth at 100%), and throttling blocks
-the bucket until the time the service names; the callers queued behind a block get their slots
-from its end on, one per 1/rate, not all at once. Each caller then sleeps out its own wait; nothing
-is held in the database while it does (call it outside a transaction: inside one, the bucket's
-row lock would serialise the callers until commit).
+A call reserves one token from each of its buckets in ONE statement, and learns how long to wait
+(see the package's docstring for the model). Call it outside a transaction: inside one, the
+bucket's row lock would serialise the callers until commit.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Protocol
 
 from django.db import connection
 
-SLOW_DOWN_FROM = 75.0  # percent of quota, as reported by the service
-SLOWEST_FACTOR = 0.1  # share of the rate left at 100%
-
-
-@dataclass(frozen=True)
-class Bucket:
-    key: str
-    rate: float  # calls per second
-    capacity: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.rate <= 0 or self.capacity < 1:
-            raise ValueError("a bucket needs a positive rate and a capacity of at least 1")
-
+from evoflow.ratelimit.base import SLOW_DOWN_FROM, SLOWEST_FACTOR, Bucket, Reservation
 
 # The refill rate, slowed down past the usage threshold.
 _EFFECTIVE_RATE = f"""
@@ -83,22 +59,6 @@ UPDATE evoflow_ratebucket AS b SET
 FROM (SELECT clock_timestamp() + make_interval(secs => %s) AS until) AS n
 WHERE b.key = %s
 """
-
-
-@dataclass(frozen=True)
-class Reservation:
-    wait: float  # seconds to wait before calling
-    throttled: bool  # a bucket is blocked by the service's throttling
-
-
-class Limiter(Protocol):
-    """What a client needs from a shared limiter (PostgreSQL here, Redis in ratelimit_redis)."""
-
-    def reserve(self, buckets: Sequence[Bucket]) -> Reservation: ...
-
-    def report_usage(self, key: str, percent: float) -> None: ...
-
-    def block(self, key: str, duration: timedelta) -> None: ...
 
 
 class RateLimiter:
@@ -157,14 +117,3 @@ class RateLimiter:
             )
             row = cursor.fetchone()
         return float(row[0]) if row and row[0] is not None else 0.0
-
-
-def default_rate_limiter(*, sleep: Callable[[float], None] = time.sleep) -> Limiter:
-    """The limiter every process shares: Redis when REDIS_URL is configured, else PostgreSQL."""
-    from django.conf import settings
-
-    if settings.REDIS_URL:
-        from evoflow.ratelimit_redis import RedisRateLimiter
-
-        return RedisRateLimiter(settings.REDIS_URL, sleep=sleep)
-    return RateLimiter(sleep=sleep)

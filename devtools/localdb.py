@@ -1,6 +1,6 @@
 """The embedded PostgreSQL cluster that local runs, tests and benchmarks use.
 
-    python -m evoflow.localdb start|stop|status|url [--dir DIR] [--port PORT]
+    python -m devtools.localdb start|stop|status|url [--dir DIR] [--port PORT]
 
 `start` creates a cluster under `.local/pgdata` with `initdb` the first time, starts it with
 `pg_ctl` listening on 127.0.0.1 only (port `EVOFLOW_PG_PORT`, default 54329), creates the
@@ -8,7 +8,8 @@
 alone and a pid file left behind by a dead server is removed. PostgreSQL refuses to run as
 root, so when the current user is root the server runs as the `postgres` system user.
 
-This module is imported by the settings, so it must not import Django.
+The cluster's port and URL come from `evoflow.local_database`, which the settings use too; this
+module imports nothing from Django, so it runs before any settings are configured.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_PORT = 54329
-DATABASE_NAME = "evoflow"
-SUPERUSER = "postgres"
+from evoflow.local_database import DATABASE_NAME, DEFAULT_PORT, SUPERUSER, database_url
+
 SERVER_SETTINGS = {
     "listen_addresses": "127.0.0.1",
     # No Unix socket: every client connects over TCP, and a long checkout path cannot break
@@ -48,10 +48,6 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 class LocalDbError(RuntimeError):
     """The local cluster could not be created, started or stopped."""
-
-
-def database_url(port: int = DEFAULT_PORT, database: str = DATABASE_NAME) -> str:
-    return f"postgres://{SUPERUSER}@127.0.0.1:{port}/{database}"
 
 
 def find_pg_bin() -> Path:
@@ -281,7 +277,7 @@ def default_cluster(port: int | None = None, data_dir: Path | None = None) -> Cl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evoflow.localdb", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devtools.localdb", description=__doc__)
     parser.add_argument("action", choices=["start", "stop", "status", "url"])
     parser.add_argument("--dir", type=Path, help="data directory (default .local/pgdata)")
     parser.add_argument("--port", type=int, help="port (default EVOFLOW_PG_PORT or 54329)")
