@@ -3,7 +3,7 @@
 Figures (median of 5 timed requests after one warm-up, in ms, with the queries each ran):
 
 * `dashboard.page`: `GET /admin/` as a superuser, the whole render;
-* `dashboard.tile.*`: each read of `evoflow/dashboard.py` (and the trend chart) on its own;
+* `dashboard.tile.*`: each read of the dashboard tiles (and the trend chart) on its own;
 * `dashboard.list.*`: the first page of every admin list the dashboard links to, the URLs read
   from the rendered page; values that change per view (timestamps, ids) are left out of the
   names, and one list per such shape is timed;
@@ -379,8 +379,11 @@ def list_name(url: str) -> str:
 
 
 def _tile_results() -> list[Result]:
+    from conversations import dashboard as conversations_dashboard
+    from deliveries import dashboard as deliveries_dashboard
     from evoflow import dashboard
     from evoflow.integrity.trends import integrity_trend, integrity_trend_svg
+    from journeys import dashboard as journeys_dashboard
 
     now = timezone.now().replace(microsecond=0)
     latest = dashboard.integrity_latest_results()
@@ -391,11 +394,11 @@ def _tile_results() -> list[Result]:
     reads: dict[str, Callable[[], object]] = {
         "integrity_latest_results": dashboard.integrity_latest_results,
         "integrity_last_run": dashboard.integrity_last_run,
-        "journeys": lambda: dashboard.journeys_tile(now=now, health=health("journeys")),
-        "conversations": lambda: dashboard.conversations_tile(
+        "journeys": lambda: journeys_dashboard.journeys_tile(now=now, health=health("journeys")),
+        "conversations": lambda: conversations_dashboard.conversations_tile(
             now=now, health=health("conversations")
         ),
-        "deliveries": lambda: dashboard.deliveries_tile(
+        "deliveries": lambda: deliveries_dashboard.deliveries_tile(
             now=now, health=health("deliveries"), can_repair=True
         ),
         "tasks": lambda: dashboard.tasks_tile(now=now, health=health("tasks")),

@@ -6,10 +6,24 @@ class ConversationsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django.db.models.signals import post_delete, post_save
+        from datetime import time
 
+        from django.conf import settings
+        from django.db.models.signals import post_delete, post_save
+        from django_q.models import Schedule
+
+        from conversations import dashboard
         from conversations.models import FacebookPage
         from conversations.services.pages import page_pk_cache_invalidate
+        from conversations.tasks import (
+            SYNC_ACTIVE_PAGES_TASK,
+            WEBHOOK_RECEIPTS_PRUNE_TASK,
+            WEBHOOK_RECEIPTS_RETRY_TASK,
+        )
+        from evoflow.dashboard import tile_register
+        from evoflow.demo import demo_seeder_register
+        from evoflow.permissions import operator_app_register
+        from evoflow.schedules import ScheduleSpec, schedule_register
 
         # The page id -> primary key cache of the webhook must not outlive a page row.
         post_save.connect(
@@ -18,3 +32,36 @@ class ConversationsConfig(AppConfig):
         post_delete.connect(
             page_pk_cache_invalidate, sender=FacebookPage, dispatch_uid="page_pk_cache_delete"
         )
+
+        operator_app_register(self.label)
+        # Failed webhook receipts are re-applied once their backoff (1 min doubling to 6 h) is
+        # due.
+        schedule_register(
+            ScheduleSpec(
+                name="conversations.webhook_receipts_retry",
+                func=WEBHOOK_RECEIPTS_RETRY_TASK,
+                schedule_type=Schedule.MINUTES,
+                minutes=1,
+            )
+        )
+        # Processed and rejected webhook receipts are kept 30 days, then deleted in small
+        # batches.
+        schedule_register(
+            ScheduleSpec(
+                name="conversations.webhook_receipts_prune",
+                func=WEBHOOK_RECEIPTS_PRUNE_TASK,
+                schedule_type=Schedule.DAILY,
+                daily_at=time(3, 45),
+            )
+        )
+        # An incremental Graph sync of every page with a token (SYNC_SCHEDULE_MINUTES).
+        schedule_register(
+            ScheduleSpec(
+                name="conversations.sync_active_pages",
+                func=SYNC_ACTIVE_PAGES_TASK,
+                schedule_type=Schedule.MINUTES,
+                minutes=settings.SYNC_SCHEDULE_MINUTES,
+            )
+        )
+        demo_seeder_register("conversations.demo.seed")
+        tile_register(dashboard.tile_spec())

@@ -22,7 +22,7 @@ from conversations.simulator.payloads import (
     read_event,
     webhook_document,
 )
-from evoflow.services import DemoSeedContext
+from evoflow.demo import DemoSeedContext
 
 # Must match the `graph` process of `make run` (devtools/devstack.py).
 DEMO_SIMULATOR_OPTIONS: dict[str, Any] = {"conversations": 40, "messages": 400, "seed": 1}

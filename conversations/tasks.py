@@ -13,6 +13,12 @@ from conversations.services.sync import sync_pages_incremental, sync_run_execute
 
 logger = logging.getLogger(__name__)
 
+# The scheduled entry points' dotted paths, for the schedules ConversationsConfig.ready()
+# registers (the sync run's task is named beside the service that enqueues it).
+WEBHOOK_RECEIPTS_RETRY_TASK = "conversations.tasks.webhook_receipts_retry_scheduled"
+WEBHOOK_RECEIPTS_PRUNE_TASK = "conversations.tasks.webhook_receipts_prune_scheduled"
+SYNC_ACTIVE_PAGES_TASK = "conversations.tasks.sync_active_pages_scheduled"
+
 
 def webhook_receipts_retry_scheduled() -> int:
     """Every minute: failed receipts whose backoff has elapsed, and abandoned ones."""

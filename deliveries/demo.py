@@ -11,8 +11,8 @@ from django.utils import timezone
 
 from deliveries import services
 from deliveries.models import Event, EventGuest, FeatureFlag
+from evoflow.demo import ROLE_OPERATOR, DemoSeedContext
 from evoflow.models import User
-from evoflow.services import ROLE_OPERATOR, DemoSeedContext
 
 DEMO_EVENT_NAME = "Demo: summer launch party"
 BACKLOG_EVENT_NAME = "Demo: spring gala (sent while linking was off)"

@@ -1,5 +1,15 @@
 """The operator dashboard: the admin index's live numbers, one tile per area.
 
+The core holds the frame: the building blocks every tile uses (figures, links, counts that stay
+cheap on big tables), the integrity status that colours each tile, the background-tasks tile
+(django-q2 is not one of our apps) and the tile registry. Each app contributes its own tile from
+its `AppConfig.ready()` with `tile_register(TileSpec(...))`, in its `dashboard` module, with
+its template at `admin/dashboard/<area>.html` in its own `templates/` folder. The core imports no
+app: the apps import the core.
+
+Tiles are shown in ascending `TileSpec.order` (journeys 10, conversations 20, deliveries 30,
+background tasks 90), whatever order the apps start in.
+
 Each tile is a small, fixed number of queries whatever the size of the tables: its counts are
 served by partial indexes or bounded by a time window, and a table too big to count on every
 page view (more than `EXACT_COUNT_LIMIT` rows by the planner's statistics) is estimated from
@@ -19,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -27,40 +38,12 @@ from django.db.models import Model
 from django.urls import NoReverseMatch, reverse
 from django_q.models import Failure, OrmQ
 
-from conversations import selectors as conversations_selectors
-from conversations.models import (
-    SYNC_RUN_COUNTERS,
-    FacebookPage,
-    SyncRun,
-    SyncStatus,
-    WebhookReceipt,
-)
-from deliveries import selectors as deliveries_selectors
-from deliveries.models import FeatureFlag, MessageDelivery, UserLinkAudit
 from evoflow.db import table_row_estimate
 from evoflow.integrity.registry import all_checks
 from evoflow.models import IntegrityCheckResult, IntegrityRun
-from journeys import selectors as journeys_selectors
-from journeys.models import LIVE_STATUSES, Contact, JourneySession, SessionStatus
 
-AREAS = ("journeys", "conversations", "deliveries", "tasks")
-# The models each tile counts: a tile is shown to users who may view at least one of them.
-AREA_MODELS: dict[str, tuple[type[Model], ...]] = {
-    "journeys": (JourneySession, Contact),
-    "conversations": (FacebookPage, SyncRun, WebhookReceipt),
-    "deliveries": (MessageDelivery, UserLinkAudit, FeatureFlag),
-    "tasks": (OrmQ, Failure),
-}
 EXACT_COUNT_LIMIT = 100_000
-# A status the statistics do not list is rare, but not necessarily absent: it is counted
-# exactly up to this many rows, "10,000+" beyond.
-RARE_STATUS_COUNT_LIMIT = 10_000
-RUNNING_SYNCS_SHOWN = 10
-LAST_SYNCS_SHOWN = 10
-RECEIPTS_WINDOW = timedelta(hours=1)
-AUDIT_WINDOW = timedelta(hours=24)
 FAILED_TASKS_WINDOW = timedelta(hours=24)
-RATE_CHECK_ID = "deliveries.unlinked_deliveries"
 
 # Worst last: an area's status is the highest ranked among its checks' latest results.
 STATUS_RANK = {"unknown": 0, "ok": 1, "warning": 2, "error": 3}
@@ -185,6 +168,14 @@ def _table(model: type[Model]) -> str:
     return connection.ops.quote_name(model._meta.db_table)
 
 
+def repair_url(check_id: str) -> str:
+    """The admin's repair page of an integrity check ("" when the admin does not serve it)."""
+    try:
+        return reverse("admin:evoflow_integrityrun_repair", args=[check_id])
+    except NoReverseMatch:
+        return ""
+
+
 # -- integrity status -----------------------------------------------------------------------------
 
 
@@ -256,323 +247,65 @@ def integrity_last_run() -> LastRun | None:
     )
 
 
-# -- journeys -------------------------------------------------------------------------------------
+# -- the tile registry ----------------------------------------------------------------------------
+
+
+class Tile(Protocol):
+    """What the page template needs of every tile; each tile adds its own numbers."""
+
+    @property
+    def area(self) -> str: ...
+
+    @property
+    def title(self) -> str: ...
+
+    @property
+    def health(self) -> AreaHealth: ...
 
 
 @dataclass(frozen=True)
-class JourneysTile:
+class TileRequest:
+    """What a tile is built from: the moment counted at, its area's health, who is asking."""
+
+    now: datetime
     health: AreaHealth
-    # None: the user may not view that model (sessions, contacts).
-    sessions_by_status: tuple[Figure, ...] | None
-    overdue: Figure | None
-    stub_contacts: Figure | None
-    area: str = "journeys"
-    title: str = "Journeys"
-
-
-def sessions_by_status() -> tuple[Figure, ...]:
-    """A figure per status that has sessions."""
-    sessions = changelist_url("journeys", "journeysession")
-    rows = table_row_estimate(JourneySession)
-    live = [str(status) for status in LIVE_STATUSES]
-    estimated: set[str] = set()
-    capped: set[str] = set()
-    if rows is not None and is_big_table(rows):
-        # Live sessions are counted exactly through their partial indexes; the finished ones,
-        # most of a big table, come from the statistics. A finished status the statistics do
-        # not list is rare: counted through the ended sessions' index, up to a limit.
-        counts = journeys_selectors.sessions_count_by_status(statuses=live)
-        estimates = column_value_estimates(JourneySession, "status", rows=rows)
-        ended = [status for status in SessionStatus.values if status not in live]
-        estimated = {status for status in ended if status in estimates}
-        counts |= {status: estimates[status] for status in estimated}
-        rare = journeys_selectors.sessions_count_by_status_up_to(
-            statuses=[status for status in ended if status not in estimated],
-            limit=RARE_STATUS_COUNT_LIMIT + 1,
-        )
-        capped = {status for status, count in rare.items() if count > RARE_STATUS_COUNT_LIMIT}
-        counts |= {status: min(count, RARE_STATUS_COUNT_LIMIT) for status, count in rare.items()}
-    else:
-        counts = journeys_selectors.sessions_count_by_status()
-    return tuple(
-        Figure(
-            key=f"sessions-{status}",
-            label=str(label),
-            value=counts[status],
-            url=f"{sessions}?{urlencode({'status__exact': status})}",
-            is_estimate=status in estimated,
-            is_capped=status in capped,
-        )
-        for status, label in SessionStatus.choices
-        if counts.get(status)
-    )
-
-
-def journeys_tile(
-    *, now: datetime, health: AreaHealth, may_view: ViewPermission = may_view_everything
-) -> JourneysTile:
-    sees_sessions = may_view(JourneySession)
-    return JourneysTile(
-        health=health,
-        sessions_by_status=sessions_by_status() if sees_sessions else None,
-        overdue=Figure(
-            key="sessions-overdue",
-            label="overdue waits",
-            value=journeys_selectors.sessions_overdue(now=now).count(),
-            url=changelist_url("journeys", "journeysession", overdue="yes"),
-        )
-        if sees_sessions
-        else None,
-        stub_contacts=Figure(
-            key="stub-contacts",
-            label="stub contacts, not yet enriched",
-            value=journeys_selectors.contacts_not_enriched().count(),
-            url=changelist_url("journeys", "contact", enrichment="stub"),
-        )
-        if may_view(Contact)
-        else None,
-    )
-
-
-# -- conversations --------------------------------------------------------------------------------
+    may_view: ViewPermission
+    can_repair: bool
 
 
 @dataclass(frozen=True)
-class SyncLine:
-    run_id: int
-    page_label: str
-    mode: str
-    status: str
-    at: datetime | None
-    progress: str
-    url: str
-    page_runs_url: str
+class TileSpec:
+    """One area's tile: where it goes, which models it counts, how to build it.
+
+    `models`: the tile is shown to users who may view at least one of them. `build` returns the
+    tile, rendered by the template `admin/dashboard/<area>.html`.
+    """
+
+    area: str
+    order: int
+    models: tuple[type[Model], ...]
+    build: Callable[[TileRequest], Tile]
 
 
-@dataclass(frozen=True)
-class SyncsOverview:
-    running_syncs: Figure
-    running: tuple[SyncLine, ...]
-    running_not_shown: int
-    last_syncs: tuple[SyncLine, ...]
-    pages_with_syncs: int
-    pages_url: str  # empty: the user may not view the pages
+_tiles: dict[str, TileSpec] = {}
 
 
-@dataclass(frozen=True)
-class ConversationsTile:
-    health: AreaHealth
-    # None: the user may not view that model (pages, sync runs, webhook receipts).
-    pages_needing_reauthorization: Figure | None
-    syncs: SyncsOverview | None
-    webhook_receipts: tuple[Figure, ...] | None
-    receipts_since: datetime
-    area: str = "conversations"
-    title: str = "Conversations"
+def tile_register(spec: TileSpec) -> TileSpec:
+    """Add an area's tile (from its app's `ready()`); registering the same tile again is a no-op."""
+    existing = _tiles.get(spec.area)
+    if existing is not None and existing != spec:
+        raise ValueError(f"dashboard tile {spec.area!r} is registered twice")
+    _tiles[spec.area] = spec
+    return spec
 
 
-def sync_progress(run: object) -> str:
-    """The run's counters that moved, in the order the admin shows them."""
-    parts = [
-        f"{name.replace('_', ' ')} {getattr(run, name)}"
-        for name in SYNC_RUN_COUNTERS
-        if getattr(run, name, 0)
-    ]
-    return ", ".join(parts) or "no progress yet"
+def tile_specs() -> list[TileSpec]:
+    """Every registered tile, in the dashboard's order."""
+    return sorted(_tiles.values(), key=lambda spec: (spec.order, spec.area))
 
 
-def syncs_overview(*, may_view_pages: bool) -> SyncsOverview:
-    runs_url = changelist_url("conversations", "syncrun")
-    running, running_total = conversations_selectors.sync_runs_running(limit=RUNNING_SYNCS_SHOWN)
-    latest, pages_with_syncs = conversations_selectors.sync_runs_latest_per_page(
-        limit=LAST_SYNCS_SHOWN
-    )
-    return SyncsOverview(
-        running_syncs=Figure(
-            key="syncs-running",
-            label="running syncs",
-            value=running_total,
-            url=changelist_url("conversations", "syncrun", status__exact=SyncStatus.RUNNING),
-        ),
-        running=tuple(
-            SyncLine(
-                run_id=run.pk,
-                page_label=str(run.page),
-                mode=run.mode,
-                status=run.status,
-                at=run.started_at,
-                progress=sync_progress(run),
-                url=change_url("conversations", "syncrun", run.pk),
-                page_runs_url=f"{runs_url}?{urlencode({'page__id__exact': run.page_id})}",
-            )
-            for run in running
-        ),
-        running_not_shown=max(running_total - len(running), 0),
-        last_syncs=tuple(
-            SyncLine(
-                run_id=last.run_id,
-                page_label=f"{last.page_name or 'page'} ({last.page_id})",
-                mode=last.mode,
-                status=last.status,
-                at=last.finished_at or last.created_at,
-                progress="",
-                url=change_url("conversations", "syncrun", last.run_id),
-                page_runs_url=f"{runs_url}?{urlencode({'page__id__exact': last.page_pk})}",
-            )
-            for last in latest
-        ),
-        pages_with_syncs=pages_with_syncs,
-        pages_url=changelist_url("conversations", "facebookpage") if may_view_pages else "",
-    )
-
-
-def webhook_receipt_figures(*, since: datetime) -> tuple[Figure, ...]:
-    receipts_url = changelist_url("conversations", "webhookreceipt")
-    return tuple(
-        Figure(
-            key=f"receipts-{status}",
-            label=status,
-            value=count,
-            url=f"{receipts_url}?"
-            + urlencode({"status__exact": status, "received_since": iso_seconds(since)}),
-        )
-        for status, count in conversations_selectors.webhook_receipt_counts_since(
-            since=since
-        ).items()
-    )
-
-
-def conversations_tile(
-    *, now: datetime, health: AreaHealth, may_view: ViewPermission = may_view_everything
-) -> ConversationsTile:
-    since = now - RECEIPTS_WINDOW
-    sees_pages = may_view(FacebookPage)
-    return ConversationsTile(
-        health=health,
-        pages_needing_reauthorization=Figure(
-            key="pages-reauthorization",
-            label="pages needing re-authorisation",
-            value=conversations_selectors.pages_needing_reauthorization().count(),
-            url=changelist_url(
-                "conversations", "facebookpage", is_reauthorization_required__exact=1
-            ),
-        )
-        if sees_pages
-        else None,
-        syncs=syncs_overview(may_view_pages=sees_pages) if may_view(SyncRun) else None,
-        webhook_receipts=webhook_receipt_figures(since=since) if may_view(WebhookReceipt) else None,
-        receipts_since=since,
-    )
-
-
-# -- deliveries -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FlagState:
-    name: str
-    is_enabled: bool
-    url: str
-
-
-@dataclass(frozen=True)
-class DeliveryConsistency:
-    inconsistent: Figure
-    deliveries: Figure
-    rate: str
-    repair_url: str
-
-
-@dataclass(frozen=True)
-class DeliveriesTile:
-    health: AreaHealth
-    # None: the user may not view that model (deliveries, link audits, feature flags).
-    consistency: DeliveryConsistency | None
-    audit_outcomes: tuple[Figure, ...] | None
-    audits_since: datetime
-    flags: tuple[FlagState, ...] | None
-    area: str = "deliveries"
-    title: str = "Deliveries"
-
-
-def inconsistency_rate(*, failing: int, population: int) -> str:
-    """ "5.00%"-style, "0%" when nothing fails; never above 100% (an estimated population can
-    lag behind the exact failing count)."""
-    if failing <= 0 or population <= 0:
-        return "0%"
-    return f"{min(failing / population, 1.0) * 100:.2f}%"
-
-
-def repair_url(check_id: str) -> str:
-    try:
-        return reverse("admin:evoflow_integrityrun_repair", args=[check_id])
-    except NoReverseMatch:
-        return ""
-
-
-def delivery_consistency(*, can_repair: bool) -> DeliveryConsistency:
-    failing = deliveries_selectors.deliveries_inconsistent().count()
-    population = table_row_count(MessageDelivery)
-    rate = inconsistency_rate(failing=failing, population=population.value)
-    return DeliveryConsistency(
-        inconsistent=Figure(
-            key="inconsistent-count",
-            label="inconsistent deliveries",
-            value=failing,
-            url=changelist_url("deliveries", "messagedelivery", consistency="inconsistent"),
-        ),
-        deliveries=Figure(
-            key="deliveries-total",
-            label="deliveries",
-            value=population.value,
-            url=changelist_url("deliveries", "messagedelivery"),
-            is_estimate=population.is_estimate,
-        ),
-        rate=f"~{rate}" if population.is_estimate and failing else rate,
-        repair_url=repair_url(RATE_CHECK_ID) if can_repair else "",
-    )
-
-
-def link_audit_figures(*, since: datetime) -> tuple[Figure, ...]:
-    audits_url = changelist_url("deliveries", "userlinkaudit")
-    return tuple(
-        Figure(
-            key=f"audits-{outcome}",
-            label=outcome.replace("_", " "),
-            value=count,
-            url=f"{audits_url}?"
-            + urlencode({"outcome__exact": outcome, "created_since": iso_seconds(since)}),
-        )
-        for outcome, count in deliveries_selectors.link_audit_outcome_counts(since=since).items()
-    )
-
-
-def deliveries_tile(
-    *,
-    now: datetime,
-    health: AreaHealth,
-    can_repair: bool,
-    may_view: ViewPermission = may_view_everything,
-) -> DeliveriesTile:
-    since = now - AUDIT_WINDOW
-    return DeliveriesTile(
-        health=health,
-        consistency=delivery_consistency(can_repair=can_repair)
-        if may_view(MessageDelivery)
-        else None,
-        audit_outcomes=link_audit_figures(since=since) if may_view(UserLinkAudit) else None,
-        audits_since=since,
-        flags=tuple(
-            FlagState(
-                name=flag.name,
-                is_enabled=flag.enabled,
-                url=change_url("deliveries", "featureflag", flag.pk),
-            )
-            for flag in deliveries_selectors.feature_flag_list()
-        )
-        if may_view(FeatureFlag)
-        else None,
-    )
+def tile_areas() -> tuple[str, ...]:
+    return tuple(spec.area for spec in tile_specs())
 
 
 # -- background tasks -----------------------------------------------------------------------------
@@ -635,9 +368,19 @@ def tasks_tile(
     )
 
 
-# -- the whole dashboard --------------------------------------------------------------------------
+tile_register(
+    TileSpec(
+        area="tasks",
+        order=90,
+        models=(OrmQ, Failure),
+        build=lambda request: tasks_tile(
+            now=request.now, health=request.health, may_view=request.may_view
+        ),
+    )
+)
 
-Tile = JourneysTile | ConversationsTile | DeliveriesTile | TasksTile
+
+# -- the whole dashboard --------------------------------------------------------------------------
 
 
 def dashboard_tiles(
@@ -649,24 +392,17 @@ def dashboard_tiles(
     """The tiles the user may view, in the dashboard's order, counted at `now` (whole seconds,
     so the links' times select exactly the counted rows)."""
     now = now.astimezone(UTC).replace(microsecond=0)
-    wanted = {area for area in AREAS if any(may_view(model) for model in AREA_MODELS[area])}
+    specs = tile_specs()
+    wanted = [spec for spec in specs if any(may_view(model) for model in spec.models)]
     if not wanted:
         return []
     results = integrity_latest_results()
     health: Mapping[str, AreaHealth] = {
-        area: area_health(area=area, latest=results) for area in AREAS
+        spec.area: area_health(area=spec.area, latest=results) for spec in specs
     }
-    tiles: list[Tile] = []
-    if "journeys" in wanted:
-        tiles.append(journeys_tile(now=now, health=health["journeys"], may_view=may_view))
-    if "conversations" in wanted:
-        tiles.append(conversations_tile(now=now, health=health["conversations"], may_view=may_view))
-    if "deliveries" in wanted:
-        tiles.append(
-            deliveries_tile(
-                now=now, health=health["deliveries"], can_repair=can_repair, may_view=may_view
-            )
+    return [
+        spec.build(
+            TileRequest(now=now, health=health[spec.area], may_view=may_view, can_repair=can_repair)
         )
-    if "tasks" in wanted:
-        tiles.append(tasks_tile(now=now, health=health["tasks"], may_view=may_view))
-    return tiles
+        for spec in wanted
+    ]

@@ -4,6 +4,8 @@ The group itself is created by a data migration; its permissions are (re)granted
 `migrate`, because each app's permissions only exist once that app has been migrated.
 Operators may view everything of evoflow's apps and the task queue, and add or change the
 records of evoflow's own apps; they may not delete, and they do not manage users or groups.
+Each app says that operators may use it from its `AppConfig.ready()` with
+`operator_app_register(label)`, so this module names no app.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 OPERATORS_GROUP = "operators"
-OPERATOR_APPS = ("evoflow", "journeys", "conversations", "deliveries")
+# The apps whose records operators view, add and change (see `operator_app_register`).
+_operator_apps: dict[str, None] = {}  # an ordered set
 # Apps whose records operators only look at.
 OPERATOR_VIEW_ONLY_APPS = ("django_q",)
 # Records operators never change, even in their own apps: users, and the append-only history.
@@ -22,11 +25,20 @@ OPERATOR_READ_ONLY_MODELS = {
 }
 
 
+def operator_app_register(app_label: str) -> None:
+    """Operators may use this app: view, add and change its records (never delete)."""
+    _operator_apps[app_label] = None
+
+
+def operator_apps() -> tuple[str, ...]:
+    return tuple(_operator_apps)
+
+
 def is_operator_permission(app_label: str, model: str, codename: str) -> bool:
     action = codename.split("_", 1)[0]
     if app_label in OPERATOR_VIEW_ONLY_APPS:
         return action == "view"
-    if app_label not in OPERATOR_APPS or action == "delete":
+    if app_label not in _operator_apps or action == "delete":
         return False
     if (app_label, model) in OPERATOR_READ_ONLY_MODELS:
         # Viewing, plus the custom permissions such models declare (run_integrity, ...).

@@ -1,8 +1,11 @@
-"""Every recurring task of evoflow, in one place, created idempotently by name.
+"""Every recurring task of evoflow, created idempotently by name.
 
-`schedules_ensure()` runs after every `migrate` (and from `manage.py ensure_schedules`): it
-creates each schedule listed here, or brings an existing one (matched by name) up to date, so
-deploying twice, or on two hosts at once, never duplicates a schedule.
+Each app registers its own schedules from its `AppConfig.ready()` with
+`schedule_register(ScheduleSpec(...))` (the core registers the daily integrity run), so this
+module names no app. `schedules_ensure()` runs after every `migrate` (and from
+`manage.py ensure_schedules`): it creates each registered schedule, or brings an existing one
+(matched by name) up to date, so deploying twice, or on two hosts at once, never duplicates a
+schedule.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from django.conf import settings
 from django.utils import timezone
 from django_q.models import Schedule
 
@@ -34,43 +36,21 @@ class ScheduleSpec:
         return candidate if candidate > now else candidate + timedelta(days=1)
 
 
-SCHEDULES: tuple[ScheduleSpec, ...] = (
-    # The daily integrity run of background.md, at a quiet hour.
-    ScheduleSpec(
-        name="integrity.daily",
-        func="evoflow.tasks.integrity_run_scheduled",
-        schedule_type=Schedule.DAILY,
-        daily_at=time(3, 15),
-    ),
-    # Failed webhook receipts are re-applied once their backoff (1 min doubling to 6 h) is due.
-    ScheduleSpec(
-        name="conversations.webhook_receipts_retry",
-        func="conversations.tasks.webhook_receipts_retry_scheduled",
-        schedule_type=Schedule.MINUTES,
-        minutes=1,
-    ),
-    # Processed and rejected webhook receipts are kept 30 days, then deleted in small batches.
-    ScheduleSpec(
-        name="conversations.webhook_receipts_prune",
-        func="conversations.tasks.webhook_receipts_prune_scheduled",
-        schedule_type=Schedule.DAILY,
-        daily_at=time(3, 45),
-    ),
-    # An incremental Graph sync of every page with a token (SYNC_SCHEDULE_MINUTES).
-    ScheduleSpec(
-        name="conversations.sync_active_pages",
-        func="conversations.tasks.sync_active_pages_scheduled",
-        schedule_type=Schedule.MINUTES,
-        minutes=settings.SYNC_SCHEDULE_MINUTES,
-    ),
-    # Journeys: wake sessions whose wait is over, restart sessions whose worker died.
-    ScheduleSpec(
-        name="journeys.resume_due_sessions",
-        func="journeys.tasks.sessions_resume_due_task",
-        schedule_type=Schedule.MINUTES,
-        minutes=1,
-    ),
-)
+_schedules: dict[str, ScheduleSpec] = {}
+
+
+def schedule_register(spec: ScheduleSpec) -> ScheduleSpec:
+    """Add a recurring task (from its app's `ready()`); registering it again is a no-op."""
+    existing = _schedules.get(spec.name)
+    if existing is not None and existing != spec:
+        raise ValueError(f"schedule {spec.name!r} is registered twice")
+    _schedules[spec.name] = spec
+    return spec
+
+
+def registered_schedules() -> tuple[ScheduleSpec, ...]:
+    """Every registered schedule, in registration order (the order of INSTALLED_APPS)."""
+    return tuple(_schedules.values())
 
 
 def schedules_ensure() -> list[Schedule]:
@@ -82,7 +62,7 @@ def schedules_ensure() -> list[Schedule]:
             minutes=spec.minutes,
             first_run=spec.first_run(timezone.now()),
         )
-        for spec in SCHEDULES
+        for spec in registered_schedules()
     ]
 
 

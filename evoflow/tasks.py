@@ -1,10 +1,15 @@
-"""Background work: the one way to enqueue a task, and schedules created idempotently.
+"""Background work: the one way to enqueue a task, task paths, and schedules created idempotently.
 
 `enqueue_after_commit` is the only enqueue helper. With the default ORM broker the queue row is
 written inside the caller's transaction, so the task and the data it needs commit together (or
 roll back together: a rolled-back task never runs, and a crash between commit and enqueue
 cannot lose it). With the Redis broker the push waits for the commit with
 `transaction.on_commit`.
+
+A task is named one way only: by its dotted path, declared once as a module-level `*_TASK`
+string constant (beside the service that enqueues it, or in the app's `tasks.py` for scheduled
+ones) and used by `enqueue_after_commit` and by the schedules; tests/core/test_architecture.py
+imports every such constant and checks no enqueue names its task any other way.
 """
 
 from __future__ import annotations
@@ -88,23 +93,6 @@ def schedule_ensure(
             setattr(schedule, field, value)
         schedule.save()
         return schedule
-
-
-def integrity_run_scheduled() -> int:
-    """Scheduled entry point of the daily integrity run; returns the run's id."""
-    from evoflow.integrity.runner import integrity_run
-
-    return integrity_run(trigger="schedule").pk
-
-
-def integrity_run_requested(run_id: int) -> int | None:
-    """Execute a run queued from the admin ("run integrity now", "repair"); a second delivery
-    of the task finds the run claimed and does nothing, unless its worker is gone: then it
-    fails the run as lost."""
-    from evoflow.integrity.runner import integrity_run_execute_queued
-
-    run = integrity_run_execute_queued(run_id=run_id)
-    return run.pk if run is not None else None
 
 
 # -- request ids across the queue -------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from evoflow.services import DemoSeedContext
+from evoflow.demo import DemoSeedContext
 from journeys import services
 from journeys.models import Journey
 

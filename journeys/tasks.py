@@ -7,6 +7,10 @@ from typing import Any
 
 from journeys import services
 
+# The scheduled entry point's dotted path, for the schedule JourneysConfig.ready() registers
+# (the other tasks are named beside the services that enqueue them).
+SESSIONS_RESUME_DUE_TASK = "journeys.tasks.sessions_resume_due_task"
+
 
 def sessions_advance_task(session_ids: list[int]) -> dict[str, Any]:
     """Advance sessions; delivered twice, the second run finds them leased or moved on."""

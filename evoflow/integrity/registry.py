@@ -123,9 +123,11 @@ def registered(*checks: IntegrityCheck) -> Iterator[None]:
 
 
 def autodiscover() -> None:
-    """Import every installed app's `integrity` module, which registers its checks."""
+    """Import every installed app's `integrity` module, which registers its checks.
+
+    The project's own checks (`evoflow.integrity.checks`) are imported by the evoflow app's
+    `ready()`: `evoflow.integrity` is this package, and the registry knows no check module.
+    """
     for app_config in apps.get_app_configs():
-        if app_config.name == "evoflow":
-            import_module("evoflow.integrity.checks")
-        elif module_has_submodule(app_config.module, "integrity"):
+        if app_config.name != "evoflow" and module_has_submodule(app_config.module, "integrity"):
             import_module(f"{app_config.name}.integrity")

@@ -1,20 +1,22 @@
-"""Running the integrity checks and storing what they found."""
+"""Running the integrity checks and storing what they found.
+
+This module evaluates checks and fills a run with their results (`integrity_run` for the
+command and the schedule, `integrity_run_execute_queued` for a run requested from the admin).
+The run's lifecycle around that (queueing, heartbeat, lease, finishing, failing lost runs) is
+in `evoflow.integrity.lifecycle`, and repairs (the preview and applying one) are in
+`evoflow.integrity.repairs`; their public names are re-exported here for existing callers.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
 from functools import partial
-from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Case, Q, QuerySet, Value, When
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -25,25 +27,69 @@ from evoflow.integrity.alerts import (
     check_previous_status,
     integrity_alert_send,
 )
+from evoflow.integrity.lifecycle import (
+    EXIT_ERROR,
+    EXIT_HEALTHY,
+    EXIT_RUN_FAILED,
+    EXIT_WARNING,
+    FAIL_LEVELS,
+    INTEGRITY_RUN_TASK,
+    PROCESS_RUN_LEASE,
+    WORKER_TRIGGERS,
+    integrity_run_beat,
+    integrity_run_finish,
+    integrity_run_latest_finished,
+    integrity_run_lease,
+    integrity_run_queued_expiry,
+    integrity_run_request,
+    integrity_run_taken_for_lost,
+    integrity_runs_fail_lost,
+    resolve_checks,
+)
 from evoflow.integrity.registry import (
     SAMPLE_LIMIT,
     CheckOutcome,
     IntegrityCheck,
     UnknownCheck,
-    all_checks,
     get_check,
 )
-from evoflow.models import IntegrityCheckResult, IntegrityRun, User
-from evoflow.requestid import NO_REQUEST_ID, get_request_id, new_request_id
-from evoflow.tasks import enqueue_after_commit
+from evoflow.integrity.repairs import (
+    REPAIR_PREVIEW_SECONDS,
+    PreviewOutOfTime,
+    integrity_repair_apply,
+    integrity_repair_preview,
+)
+from evoflow.models import IntegrityCheckResult, IntegrityRun
+from evoflow.requestid import get_request_id
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_HEALTHY",
+    "EXIT_RUN_FAILED",
+    "EXIT_WARNING",
+    "FAIL_LEVELS",
+    "INTEGRITY_RUN_TASK",
+    "PROCESS_RUN_LEASE",
+    "REPAIR_PREVIEW_SECONDS",
+    "RUN_STATUS_BY_EXIT",
+    "WORKER_TRIGGERS",
+    "Evaluation",
+    "PreviewOutOfTime",
+    "evaluate_check",
+    "exit_code_for",
+    "integrity_repair_preview",
+    "integrity_run",
+    "integrity_run_execute_queued",
+    "integrity_run_latest_finished",
+    "integrity_run_lease",
+    "integrity_run_queued_expiry",
+    "integrity_run_request",
+    "integrity_runs_fail_lost",
+    "resolve_checks",
+    "run_document",
+]
 
 logger = logging.getLogger(__name__)
-
-EXIT_HEALTHY = 0
-EXIT_WARNING = 1
-EXIT_ERROR = 2
-EXIT_RUN_FAILED = 3
-FAIL_LEVELS = ("warning", "error")
 
 
 @dataclass(frozen=True)
@@ -76,13 +122,6 @@ def evaluate_check(check: IntegrityCheck) -> Evaluation:
         sample_ids=[str(sample) for sample in (samples or [])][:SAMPLE_LIMIT],
     )
     return Evaluation(check, check.status_for(outcome), outcome, duration)
-
-
-def resolve_checks(check_ids: Iterable[str] | None) -> list[IntegrityCheck]:
-    ids = list(check_ids or [])
-    if not ids:
-        return all_checks()
-    return [get_check(check_id) for check_id in ids]
 
 
 def exit_code_for(statuses: Iterable[str], *, fail_level: str = "warning") -> int:
@@ -145,165 +184,18 @@ def _integrity_run_fill(
     try:
         for check in checks:
             statuses.append(_run_one(run, check, fix=run.fix_requested, dry_run=run.dry_run))
-            if not _integrity_run_beat(run):
-                return _integrity_run_taken_for_lost(run)
+            if not integrity_run_beat(run):
+                return integrity_run_taken_for_lost(run)
     except Exception as exc:
         logger.exception("integrity run %s failed", run.pk)
-        return _integrity_run_finish(
+        return integrity_run_finish(
             run, status=IntegrityRun.Status.FAILED, exit_code=EXIT_RUN_FAILED, error=str(exc)
         )
-    return _integrity_run_finish(
+    return integrity_run_finish(
         run,
         status=RUN_STATUS_BY_EXIT[exit_code_for(statuses)],
         exit_code=exit_code_for(statuses, fail_level=fail_level),
     )
-
-
-def _integrity_run_beat(run: IntegrityRun) -> bool:
-    """Renew the run's heartbeat; False when it is not running any more."""
-    return bool(
-        IntegrityRun.objects.filter(pk=run.pk, status=IntegrityRun.Status.RUNNING).update(
-            heartbeat_at=Now()
-        )
-    )
-
-
-def _integrity_run_finish(
-    run: IntegrityRun, *, status: str, exit_code: int, error: str = ""
-) -> IntegrityRun:
-    """Store the run's outcome, only while it is still running (one conditional update)."""
-    finished_at = timezone.now()
-    stored = IntegrityRun.objects.filter(pk=run.pk, status=IntegrityRun.Status.RUNNING).update(
-        status=status, exit_code=exit_code, error=error, finished_at=finished_at
-    )
-    if not stored:
-        return _integrity_run_taken_for_lost(run)
-    run.status, run.exit_code, run.error, run.finished_at = status, exit_code, error, finished_at
-    return run
-
-
-def _integrity_run_taken_for_lost(run: IntegrityRun) -> IntegrityRun:
-    logger.warning(
-        "integrity run %s was failed as lost while it ran; its outcome is not stored", run.pk
-    )
-    run.refresh_from_db()
-    return run
-
-
-# Runs executed by a worker task (requested from the admin, or the daily schedule): the worker
-# kills a task after Q_TIMEOUT, so such a run silent for the lease has no worker left. A run of
-# `manage.py integrity` (or the demo seeder) runs in its own process with no such bound: a long
-# repair may be silent for as long as it takes, so only a run silent for PROCESS_RUN_LEASE (a
-# killed process) is taken for lost.
-WORKER_TRIGGERS = ("admin", "admin-repair", "schedule")
-PROCESS_RUN_LEASE = timedelta(hours=6)
-INTEGRITY_RUN_TASK = "evoflow.tasks.integrity_run_requested"
-
-
-def integrity_run_lease() -> timedelta:
-    """How long a running run may go without a heartbeat before it is taken for lost.
-
-    The runner beats after every check, so the longest silence of a live run is one check: two
-    evaluations under INTEGRITY_STATEMENT_TIMEOUT_MS and a repair between them. A repair has no
-    statement bound of its own, but the worker kills any task after Q_TIMEOUT, so a run silent
-    for twice the longer of the two has no worker left.
-    """
-    check_seconds = 3 * settings.INTEGRITY_STATEMENT_TIMEOUT_MS / 1000
-    return timedelta(seconds=2 * max(settings.Q_CLUSTER["timeout"], check_seconds))
-
-
-def integrity_run_queued_expiry() -> timedelta:
-    """How long a requested run may wait in the queue before it is taken for lost (no worker).
-
-    At least 5 minutes, and twice the task timeout: a queue behind busy workers (a sync runs up
-    to its time budget) must not expire a run a worker is about to pick up.
-    """
-    return max(timedelta(minutes=5), timedelta(seconds=2 * settings.Q_CLUSTER["timeout"]))
-
-
-def integrity_runs_fail_lost(*, runs: QuerySet[IntegrityRun] | None = None) -> int:
-    """Fail the live runs (of `runs`, or all) that nobody is executing any more: queued for
-    longer than `integrity_run_queued_expiry()`, or running without a heartbeat (or, before the
-    first beat, since their start) for their lease (`integrity_run_lease()` for worker runs,
-    PROCESS_RUN_LEASE for the others; see WORKER_TRIGGERS). One statement, so a run that beats
-    meanwhile is re-checked under its row lock and kept. Returns how many it failed."""
-    lease = integrity_run_lease()
-    expiry = integrity_run_queued_expiry()
-
-    def silent_since(moment: Any) -> Q:
-        return Q(heartbeat_at__lt=moment) | Q(heartbeat_at__isnull=True, started_at__lt=moment)
-
-    lost = Q(status=IntegrityRun.Status.QUEUED, started_at__lt=Now() - expiry) | Q(
-        Q(silent_since(Now() - lease), trigger__in=WORKER_TRIGGERS)
-        | Q(silent_since(Now() - PROCESS_RUN_LEASE), ~Q(trigger__in=WORKER_TRIGGERS)),
-        status=IntegrityRun.Status.RUNNING,
-    )
-    failed = (
-        (runs if runs is not None else IntegrityRun.objects.all())
-        .filter(lost)
-        .update(
-            status=IntegrityRun.Status.FAILED,
-            exit_code=EXIT_RUN_FAILED,
-            finished_at=Now(),
-            error=Case(
-                When(
-                    status=IntegrityRun.Status.QUEUED,
-                    then=Value(f"no worker started the run within {expiry.seconds // 60} minutes"),
-                ),
-                default=Value(
-                    "worker lost: no heartbeat for its lease (the worker or process died, or"
-                    " the task timeout stopped it)"
-                ),
-            ),
-        )
-    )
-    if failed:
-        logger.warning("failed %d integrity runs nobody was executing any more", failed)
-    return failed
-
-
-def integrity_run_request(
-    *,
-    check_ids: Iterable[str] | None = None,
-    fix: bool = False,
-    trigger: str = "admin",
-    requested_by: User | None = None,
-) -> tuple[IntegrityRun, bool]:
-    """A queued run and the task that will execute it, or the same request's live run:
-    `(run, created)`. A live run nobody executes any more is failed first (see
-    `integrity_runs_fail_lost`). Unknown check ids raise UnknownCheck."""
-    checks = resolve_checks(check_ids)
-    requested_checks = [check.id for check in checks] if check_ids else []
-    request_id = get_request_id()
-    if request_id == NO_REQUEST_ID:
-        request_id = new_request_id()
-    with transaction.atomic(durable=True):
-        # Requests of the same kind wait for each other here, so the second of two concurrent
-        # clicks sees the run the first one committed.
-        advisory_xact_lock(f"integrity-run:{trigger}:{fix}:{','.join(requested_checks)}")
-        same_request = IntegrityRun.objects.filter(
-            trigger=trigger, fix_requested=fix, requested_checks=requested_checks
-        )
-        integrity_runs_fail_lost(runs=same_request)
-        live = (
-            same_request.filter(
-                status__in=[IntegrityRun.Status.QUEUED, IntegrityRun.Status.RUNNING]
-            )
-            .order_by("-started_at", "-id")
-            .first()
-        )
-        if live is not None:
-            return live, False
-        run = IntegrityRun.objects.create(
-            status=IntegrityRun.Status.QUEUED,
-            trigger=trigger,
-            requested_checks=requested_checks,
-            fix_requested=fix,
-            request_id=request_id,
-            requested_by=requested_by,
-        )
-        enqueue_after_commit(INTEGRITY_RUN_TASK, run.pk, task_name=f"integrity-run-{run.pk}")
-    return run, True
 
 
 def integrity_run_execute_queued(*, run_id: int) -> IntegrityRun | None:
@@ -324,7 +216,7 @@ def integrity_run_execute_queued(*, run_id: int) -> IntegrityRun | None:
     try:
         checks = resolve_checks(run.requested_checks)
     except UnknownCheck as exc:
-        return _integrity_run_finish(
+        return integrity_run_finish(
             run,
             status=IntegrityRun.Status.FAILED,
             exit_code=EXIT_RUN_FAILED,
@@ -333,81 +225,11 @@ def integrity_run_execute_queued(*, run_id: int) -> IntegrityRun | None:
     return _integrity_run_fill(run, checks)
 
 
-def integrity_run_latest_finished() -> IntegrityRun | None:
-    """The newest finished run of every check, dry runs left out: a run of some checks (a
-    repair, `integrity --check`) says nothing about the others, so it never answers for them."""
-    return (
-        IntegrityRun.objects.filter(finished_at__isnull=False, requested_checks=[], dry_run=False)
-        .order_by("-finished_at", "-id")
-        .first()
-    )
-
-
-# The repair page previews the dry run while the operator waits: it gets this long.
-REPAIR_PREVIEW_SECONDS = 5
-
-
-class PreviewOutOfTime(Exception):
-    """The repair's dry run did not finish within its time budget."""
-
-
-def integrity_repair_preview(
-    *, check: IntegrityCheck, seconds: float = REPAIR_PREVIEW_SECONDS
-) -> int:
-    """What the check's repair would change (its dry run), or PreviewOutOfTime after `seconds`.
-
-    A dry run may be many statements (a backfill's batches) and a repair may open its own
-    durable transaction, so no statement timeout bounds it: past the deadline the running
-    statement is cancelled and no further one is sent.
-    """
-    if check.repair is None:
-        raise ValueError(f"the integrity check {check.id!r} has no repair")
-    deadline = time.monotonic() + seconds
-    is_past_deadline = threading.Event()
-    connection.ensure_connection()
-    database_connection = connection.connection  # the timer thread has its own `connection`
-
-    def cancel() -> None:
-        is_past_deadline.set()
-        database_connection.cancel_safe()
-
-    def refuse_past_deadline(
-        execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]
-    ) -> Any:
-        if is_past_deadline.is_set() or time.monotonic() >= deadline:
-            raise PreviewOutOfTime(check.id)
-        return execute(sql, params, many, context)
-
-    timer = threading.Timer(seconds, cancel)
-    # Inside a caller's transaction a savepoint keeps a cancelled statement from aborting it.
-    savepoint = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
-    try:
-        with savepoint, connection.execute_wrapper(refuse_past_deadline):
-            timer.start()
-            try:
-                return check.repair(dry_run=True)
-            finally:
-                # Before the savepoint's own statement, which no cancel may hit.
-                timer.cancel()
-                timer.join()
-    except DatabaseError:
-        if is_past_deadline.is_set():
-            raise PreviewOutOfTime(check.id) from None
-        raise
-
-
 def _run_one(run: IntegrityRun, check: IntegrityCheck, *, fix: bool, dry_run: bool) -> str:
     evaluation = evaluate_check(check)
     repaired: int | None = None
     if fix and check.repair is not None and evaluation.status in ("warning", "error"):
-        repaired = check.repair(dry_run=dry_run)
-        logger.info(
-            "integrity repair %s %s %d rows",
-            check.id,
-            "would change" if dry_run else "changed",
-            repaired,
-            extra={"check_id": check.id, "dry_run": dry_run},
-        )
+        repaired = integrity_repair_apply(check=check, dry_run=dry_run)
         if not dry_run:
             evaluation = evaluate_check(check)
     outcome = evaluation.outcome or CheckOutcome(0, 0, [])

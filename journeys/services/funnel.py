@@ -408,10 +408,12 @@ def session_insert(*, new: NewSession) -> int:
     return result.session_ids[(new.journey_id, new.contact_id)]
 
 
+# The task that enriches new stubs from the CRM (journeys/tasks.py).
+CONTACTS_ENRICH_TASK = "journeys.tasks.contacts_enrich_task"
+
+
 def contacts_enrichment_enqueue(contact_ids: Sequence[uuid.UUID]) -> None:
     """Queue the CRM enrichment of new stubs (after commit), unless switched off."""
     if not contact_ids or not settings.JOURNEYS_ENRICH_CONTACTS:
         return
-    enqueue_after_commit(
-        "journeys.tasks.contacts_enrich_task", [str(contact_id) for contact_id in contact_ids]
-    )
+    enqueue_after_commit(CONTACTS_ENRICH_TASK, [str(contact_id) for contact_id in contact_ids])

@@ -302,7 +302,7 @@ def test_message_count_follows_inserts_and_deletes_on_every_path(page):
 
 def test_the_demo_seeder_loads_through_the_webhook_path_and_is_idempotent(db):
     from conversations import demo
-    from evoflow.services import DemoSeedContext
+    from evoflow.demo import DemoSeedContext
 
     context = DemoSeedContext(password="x", is_password_printable=False)
     demo.seed(context)
@@ -333,7 +333,7 @@ def test_the_demo_sync_brings_the_rest_of_the_simulated_page(transactional_db, s
     from conversations import demo
     from conversations.services.sync import sync_run_execute
     from conversations.simulator.graph import GraphSimulator
-    from evoflow.services import DemoSeedContext
+    from evoflow.demo import DemoSeedContext
 
     demo.seed(DemoSeedContext(password="x", is_password_printable=False))
     run = SyncRun.objects.get()

@@ -18,13 +18,16 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django_q.models import Failure, OrmQ
 
+from conversations import dashboard as conversations_dashboard
 from conversations import selectors as conversations_selectors
 from conversations.models import FacebookPage, ReceiptStatus, SyncRun, SyncStatus, WebhookReceipt
+from deliveries import dashboard as deliveries_dashboard
 from deliveries.models import FeatureFlag, MessageDelivery, UserLinkAudit
 from evoflow import dashboard
 from evoflow.integrity.registry import all_checks
 from evoflow.models import IntegrityCheckResult, IntegrityRun
 from evoflow.permissions import OPERATORS_GROUP
+from journeys import dashboard as journeys_dashboard
 from journeys import selectors as journeys_selectors
 from journeys.models import Contact, JourneySession
 from tests.core.changelists import changelist_get
@@ -344,7 +347,7 @@ def test_a_status_the_statistics_do_not_list_is_counted_not_taken_for_zero(
 
 def test_a_status_the_statistics_do_not_list_is_counted_up_to_a_limit(operator_client, monkeypatch):
     big_sessions_table_with_unlisted_statuses(monkeypatch, failed=1, cancelled=5)
-    monkeypatch.setattr(dashboard, "RARE_STATUS_COUNT_LIMIT", 3)
+    monkeypatch.setattr(journeys_dashboard, "RARE_STATUS_COUNT_LIMIT", 3)
 
     _, found = dashboard_page(operator_client)
 
@@ -698,7 +701,7 @@ def test_tile_colours_are_the_worst_latest_result_of_the_area(operator_client):
 
     _, found = dashboard_page(operator_client)
 
-    statuses = {area: found[f"tile-{area}"]["data-status"] for area in dashboard.AREAS}
+    statuses = {area: found[f"tile-{area}"]["data-status"] for area in dashboard.tile_areas()}
     assert statuses == {
         "journeys": "warning",
         "conversations": "ok",
@@ -824,9 +827,13 @@ def fill(rows: int) -> None:
 
 
 TILE_BUILDERS: dict[str, Callable[[datetime], object]] = {
-    "journeys": lambda now: dashboard.journeys_tile(now=now, health=UNKNOWN),
-    "conversations": lambda now: dashboard.conversations_tile(now=now, health=UNKNOWN),
-    "deliveries": lambda now: dashboard.deliveries_tile(now=now, health=UNKNOWN, can_repair=True),
+    "journeys": lambda now: journeys_dashboard.journeys_tile(now=now, health=UNKNOWN),
+    "conversations": lambda now: conversations_dashboard.conversations_tile(
+        now=now, health=UNKNOWN
+    ),
+    "deliveries": lambda now: deliveries_dashboard.deliveries_tile(
+        now=now, health=UNKNOWN, can_repair=True
+    ),
     "tasks": lambda now: dashboard.tasks_tile(now=now, health=UNKNOWN),
 }
 UNKNOWN = dashboard.AreaHealth(status="unknown", checks=())

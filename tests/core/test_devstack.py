@@ -31,7 +31,7 @@ from psycopg.conninfo import make_conninfo
 
 from devtools.devstack import READY_MARKER
 from evoflow.db import psycopg_conninfo
-from evoflow.services import DEMO_OPERATOR_USERNAME
+from evoflow.demo import DEMO_OPERATOR_USERNAME
 from tests.helpers import PROJECT_ROOT, free_port, run_python
 
 pytestmark = pytest.mark.slow

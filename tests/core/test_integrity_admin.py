@@ -26,10 +26,10 @@ from evoflow.integrity.runner import (
     integrity_run_request,
     integrity_runs_fail_lost,
 )
+from evoflow.integrity.tasks import integrity_run_requested
 from evoflow.models import IntegrityCheckResult, IntegrityRun, User
 from evoflow.permissions import OPERATORS_GROUP
 from evoflow.schedules import schedules_ensure
-from evoflow.tasks import integrity_run_requested
 from journeys.integrity import _resume_overdue
 from journeys.models import JourneySession, SessionStatus
 from journeys.services import session_start
@@ -115,7 +115,7 @@ def test_run_now_queues_one_run_and_its_task(request, client_fixture):
     )
     assert run.requested_by is not None
     assert run.request_id
-    assert queued_tasks() == [("evoflow.tasks.integrity_run_requested", (run.pk,))]
+    assert queued_tasks() == [("evoflow.integrity.tasks.integrity_run_requested", (run.pk,))]
 
 
 def test_a_second_click_shows_the_queued_run_instead_of_queueing_another(operator_client):
@@ -618,7 +618,7 @@ def test_repair_preview_matches_the_dry_run_and_the_repair_fixes_the_rows(operat
         repair_run.fix_requested,
         repair_run.requested_checks,
     ) == ("queued", "admin-repair", True, [UNLINKED])
-    assert queued_tasks() == [("evoflow.tasks.integrity_run_requested", (repair_run.pk,))]
+    assert queued_tasks() == [("evoflow.integrity.tasks.integrity_run_requested", (repair_run.pk,))]
 
     # And a worker executes it
     integrity_run_requested(repair_run.pk)
@@ -781,7 +781,7 @@ def test_ensuring_the_schedules_twice_leaves_one_daily_integrity_schedule():
 
     schedule = Schedule.objects.get(name="integrity.daily")
     assert (schedule.func, schedule.schedule_type) == (
-        "evoflow.tasks.integrity_run_scheduled",
+        "evoflow.integrity.tasks.integrity_run_scheduled",
         Schedule.DAILY,
     )
 

@@ -19,8 +19,8 @@ from prometheus_client import REGISTRY
 
 from evoflow.integrity import IntegrityCheck, registered
 from evoflow.integrity.runner import integrity_run
+from evoflow.integrity.tasks import integrity_run_scheduled
 from evoflow.models import IntegrityCheckResult, IntegrityRun
-from evoflow.tasks import integrity_run_scheduled
 from tests.helpers import free_port
 
 ALERT_LOGGER = "evoflow.integrity.alerts"

@@ -9,8 +9,8 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from evoflow.demo import LOCAL_DEMO_PASSWORD, DemoSeedContext, demo_seed, demo_seeders
 from evoflow.models import User
-from evoflow.services import DEMO_SEEDERS, LOCAL_DEMO_PASSWORD, DemoSeedContext, demo_seed
 
 pytestmark = pytest.mark.django_db
 
@@ -136,7 +136,7 @@ def test_json_output_lists_the_accounts():
     assert document["summary"][0] == (
         "demo accounts: 'operator' (operators group) and 'admin' (superuser)"
     )
-    assert len(document["summary"]) == len(DEMO_SEEDERS)
+    assert len(document["summary"]) == len(demo_seeders())
 
 
 def test_refuses_with_debug_off(settings):
@@ -199,7 +199,7 @@ def seeder_that_needs_the_operator(context: DemoSeedContext) -> None:
 def test_seeders_run_in_order_with_a_shared_context():
     # Given the accounts seeder followed by one that relies on the accounts existing
     seeders = [
-        "evoflow.services.demo_accounts_seed",
+        "evoflow.demo.demo_accounts_seed",
         "tests.core.test_seed_demo.seeder_that_needs_the_operator",
     ]
 

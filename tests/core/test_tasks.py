@@ -15,9 +15,10 @@ from django_q.models import OrmQ, Schedule, Task
 from django_q.signals import post_execute_in_worker, pre_execute
 
 from evoflow.db import psycopg_conninfo
+from evoflow.integrity.tasks import integrity_run_scheduled
 from evoflow.models import IntegrityRun
 from evoflow.requestid import NO_REQUEST_ID, bound_request_id, get_request_id
-from evoflow.tasks import enqueue_after_commit, integrity_run_scheduled, schedule_ensure
+from evoflow.tasks import enqueue_after_commit, schedule_ensure
 from tests.core.worker_tasks import report_request_id, write_marker
 from tests.helpers import PROJECT_ROOT, wait_for
 
@@ -168,7 +169,7 @@ def test_migrate_creates_the_daily_integrity_schedule_once_and_keeps_its_next_ru
     again = Schedule.objects.get(name="integrity.daily")
     assert again.pk == schedule.pk
     assert again.next_run == schedule.next_run
-    assert again.func == "evoflow.tasks.integrity_run_scheduled"
+    assert again.func == "evoflow.integrity.tasks.integrity_run_scheduled"
     assert again.schedule_type == Schedule.DAILY
 
 

@@ -7,12 +7,12 @@ import pytest
 
 from deliveries.demo import BACKLOG_EVENT_NAME, BACKLOG_GUESTS, DEMO_EVENT_NAME
 from deliveries.models import Event, EventGuest, FeatureFlag, MessageDelivery, UserLinkAudit
+from evoflow.demo import demo_seed
 from evoflow.integrity.runner import integrity_run
-from evoflow.services import demo_seed
 
 pytestmark = pytest.mark.django_db
 
-SEEDERS = ["evoflow.services.demo_accounts_seed", "deliveries.demo.seed"]
+SEEDERS = ["evoflow.demo.demo_accounts_seed", "deliveries.demo.seed"]
 
 
 def snapshot() -> tuple:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from evoflow.services import DemoSeedContext
+from evoflow.demo import DemoSeedContext
 from journeys import demo
 from journeys.models import Contact, Journey, JourneySession
 

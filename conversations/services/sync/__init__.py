@@ -43,6 +43,7 @@ older than the chain and without a message since it started, are soft-deleted.
 
 from conversations.services.sync.engine import sync_run_execute
 from conversations.services.sync.lease import (
+    SYNC_RUN_TASK,
     LeaseLost,
     SyncRefused,
     stale_run_condition,
@@ -50,11 +51,11 @@ from conversations.services.sync.lease import (
     sync_request,
     sync_retry_failed_batches,
     sync_run_cancel,
-    sync_run_task_path,
     sync_runs_expire_stale,
 )
 
 __all__ = [
+    "SYNC_RUN_TASK",
     "LeaseLost",
     "SyncRefused",
     "stale_run_condition",
@@ -63,6 +64,5 @@ __all__ = [
     "sync_retry_failed_batches",
     "sync_run_cancel",
     "sync_run_execute",
-    "sync_run_task_path",
     "sync_runs_expire_stale",
 ]

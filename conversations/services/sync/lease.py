@@ -23,6 +23,9 @@ from evoflow.tasks import enqueue_after_commit
 
 logger = logging.getLogger(__name__)
 
+# The task that executes a requested run (conversations/tasks.py).
+SYNC_RUN_TASK = "conversations.tasks.sync_run_task"
+
 
 class LeaseLost(Exception):
     """The run is no longer this worker's: taken over after its lease expired, or cancelled."""
@@ -91,7 +94,7 @@ def sync_request(
                 row = cursor.fetchone()
             if row is not None:
                 if enqueue:
-                    enqueue_after_commit(sync_run_task_path(), row[0])
+                    enqueue_after_commit(SYNC_RUN_TASK, row[0])
                 return SyncRun.objects.get(pk=row[0]), True
             live = SyncRun.objects.filter(page=page, status__in=SYNC_LIVE_STATUSES).first()
             if live is not None:
@@ -131,10 +134,6 @@ def sync_pages_incremental(*, trigger: str = "schedule") -> int:
         _, created = sync_request(page=page, mode=SyncMode.INCREMENTAL, trigger=trigger)
         started += created
     return started
-
-
-def sync_run_task_path() -> str:
-    return "conversations.tasks.sync_run_task"
 
 
 def sync_run_cancel(*, run_id: int) -> bool:

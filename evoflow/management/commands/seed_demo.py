@@ -12,7 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from evoflow.services import DEMO_PASSWORD_ENV, DemoSeedContext, DemoSeedRefused, demo_seed
+from evoflow.demo import DEMO_PASSWORD_ENV, DemoSeedContext, DemoSeedRefused, demo_seed
 
 
 class Command(BaseCommand):

@@ -1,13 +1,18 @@
-"""Demo data for local runs: the demo accounts, and the list of seeders each app adds to.
+"""Demo data for local runs: the demo accounts, and the registry of seeders each app adds to.
 
-`manage.py seed_demo` (and through it `make run`) calls `demo_seed`. It runs every seeder named
-in `DEMO_SEEDERS`, in order, against one shared `DemoSeedContext`; a seeder creates or updates
-its demo rows and adds a line to the context's summary. Seeders are idempotent: running
-`seed_demo` again leaves exactly the same demo rows, with the same credentials.
+`manage.py seed_demo` (and through it `make run`) calls `demo_seed`. It runs every registered
+seeder, in order, against one shared `DemoSeedContext`; a seeder creates or updates its demo
+rows and adds a line to the context's summary. Seeders are idempotent: running `seed_demo`
+again leaves exactly the same demo rows, with the same credentials.
 
-An app contributes its demo data by adding the dotted path of one function to `DEMO_SEEDERS`
-(for example `"journeys.demo.seed"`). Paths rather than imported functions keep this module
-free of imports from the apps, which themselves import `evoflow`.
+An app contributes its demo data from its `AppConfig.ready()` with
+`demo_seeder_register("app.demo.seed")`. Dotted paths rather than imported functions keep the
+demo modules (which may use the simulators) out of every production process until seeding runs.
+
+The order: seeders run by stage, `DEMO_STAGE_FIRST` (the demo accounts, which later seeders
+use), then `DEMO_STAGE_APPS` (every app's data), then `DEMO_STAGE_LAST` (an integrity run over
+all of it, for the dashboard); within a stage, in registration order, which is the order of
+INSTALLED_APPS (Django calls the apps' `ready()` in that order).
 """
 
 from __future__ import annotations
@@ -36,15 +41,13 @@ DEMO_SUPERUSER_USERNAME = "admin"
 ROLE_OPERATOR = "operator"
 ROLE_SUPERUSER = "superuser"
 
-# Run in this order: later seeders may use what earlier ones created (the accounts first).
-DEMO_SEEDERS: list[str] = [
-    "evoflow.services.demo_accounts_seed",
-    "conversations.demo.seed",
-    "deliveries.demo.seed",
-    "journeys.demo.seed",
-    # Last: the dashboard's colours and trend start from a stored run of the demo data.
-    "evoflow.services.demo_integrity_seed",
-]
+# Stages, run in this order: later seeders may use what earlier ones created.
+DEMO_STAGE_FIRST = 0  # the demo accounts
+DEMO_STAGE_APPS = 100  # every app's demo data
+DEMO_STAGE_LAST = 1000  # the dashboard's colours and trend start from a run of the demo data
+
+# Dotted path -> stage, in registration order.
+_seeders: dict[str, int] = {}
 
 
 class DemoSeedRefused(Exception):
@@ -81,6 +84,22 @@ class DemoSeedContext:
 DemoSeeder = Callable[[DemoSeedContext], None]
 
 
+def demo_seeder_register(path: str, *, stage: int = DEMO_STAGE_APPS) -> None:
+    """Add a seeder (the dotted path of a `DemoSeeder`) to run at `stage` (see the module doc)."""
+    _seeders[path] = stage
+
+
+def demo_seeders() -> list[str]:
+    """The registered seeders' paths, in the order `demo_seed` runs them."""
+    registered = list(_seeders.items())
+    return [
+        path
+        for _, _, path in sorted(
+            (stage, position, path) for position, (path, stage) in enumerate(registered)
+        )
+    ]
+
+
 def demo_password_resolve(*, is_production_allowed: bool = False) -> tuple[str, bool]:
     """The demo accounts' password and whether it may be printed.
 
@@ -109,7 +128,7 @@ def demo_password_resolve(*, is_production_allowed: bool = False) -> tuple[str, 
 def demo_seed(
     *, is_production_allowed: bool = False, seeders: Sequence[str] | None = None
 ) -> DemoSeedContext:
-    """Run every demo seeder (or the given dotted paths) in order; returns what they did.
+    """Run every registered seeder (or the given dotted paths) in order; returns what they did.
 
     Each seeder owns its transactions: some will call a simulator over HTTP first, and
     network calls never happen inside a transaction.
@@ -118,7 +137,7 @@ def demo_seed(
         is_production_allowed=is_production_allowed
     )
     context = DemoSeedContext(password=password, is_password_printable=is_password_printable)
-    for path in DEMO_SEEDERS if seeders is None else seeders:
+    for path in demo_seeders() if seeders is None else seeders:
         seeder: DemoSeeder = import_string(path)
         seeder(context)
     return context
