@@ -25,7 +25,9 @@ from evoflow.models import IntegrityRun, User
 from evoflow.requestid import NO_REQUEST_ID, get_request_id, new_request_id
 from evoflow.tasks import enqueue_after_commit
 
-logger = logging.getLogger(__name__)
+# The runner's logger: these lines were the runner's before it was split, and log filters
+# and alerts may select them by that name.
+logger = logging.getLogger("evoflow.integrity.runner")
 
 EXIT_HEALTHY = 0
 EXIT_WARNING = 1

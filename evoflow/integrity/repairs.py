@@ -14,7 +14,9 @@ from django.db import DatabaseError, connection, transaction
 
 from evoflow.integrity.registry import IntegrityCheck
 
-logger = logging.getLogger(__name__)
+# The runner's logger: these lines were the runner's before it was split, and log filters
+# and alerts may select them by that name.
+logger = logging.getLogger("evoflow.integrity.runner")
 
 # The repair page previews the dry run while the operator waits: it gets this long.
 REPAIR_PREVIEW_SECONDS = 5

@@ -145,6 +145,17 @@ def test_staff_operator_sees_the_tiles_the_chart_and_still_the_app_list(operator
     assert html.index('data-testid="tile-tasks"') < html.index('class="app-journeys module')
 
 
+def test_the_tiles_keep_their_order_whatever_order_the_apps_register_them_in(operator_client):
+    # The apps register their tiles from ready(); TileSpec.order decides where each goes.
+    assert dashboard.tile_areas() == ("journeys", "conversations", "deliveries", "tasks")
+
+    response, _ = dashboard_page(operator_client)
+
+    html = response.content.decode()
+    positions = [html.index(f'data-testid="tile-{area}"') for area in dashboard.tile_areas()]
+    assert positions == sorted(positions)
+
+
 def test_superuser_sees_the_same_dashboard():
     _, found = dashboard_page(client_for(UserFactory(is_staff=True, is_superuser=True)))
 

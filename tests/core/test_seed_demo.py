@@ -211,3 +211,14 @@ def test_seeders_run_in_order_with_a_shared_context():
         "demo accounts: 'operator' (operators group) and 'admin' (superuser)",
         "later seeder saw operator in operators",
     ]
+
+
+def test_the_accounts_seed_first_the_apps_in_installed_order_and_the_integrity_run_last():
+    # The apps register their seeders from their ready(); the stages decide the order.
+    assert demo_seeders() == [
+        "evoflow.demo.demo_accounts_seed",
+        "journeys.demo.seed",
+        "conversations.demo.seed",
+        "deliveries.demo.seed",
+        "evoflow.demo.demo_integrity_seed",
+    ]
