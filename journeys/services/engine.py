@@ -32,9 +32,9 @@ from django.utils import timezone
 
 from evoflow.http import UpstreamUnavailable
 from evoflow.tasks import enqueue_after_commit
-from journeys.engine.effects import EffectFailed, effect_run
-from journeys.engine.flow import MAX_WAIT_SECONDS, Flow, FlowInvalid, Node, flow_parse
-from journeys.engine.nodes import NodeState, Outcome, node_evaluate
+from journeys.flows.effects import EffectFailed, effect_run
+from journeys.flows.flow import MAX_WAIT_SECONDS, Flow, FlowInvalid, Node, flow_parse
+from journeys.flows.nodes import NodeState, Outcome, node_evaluate
 from journeys.models import Contact, SessionStatus, StepStatus
 from journeys.services.contacts import contact_enrich
 from journeys.services.funnel import (

@@ -13,7 +13,7 @@ import pytest
 from django.db.models import F
 from django.utils import timezone
 
-from journeys.engine.flow import MAX_WAIT_SECONDS, RetryPolicy
+from journeys.flows.flow import MAX_WAIT_SECONDS, RetryPolicy
 from journeys.models import Journey, JourneySession, JourneyStep, SessionStatus
 from journeys.services import engine as engine_module
 from journeys.services import (
