@@ -189,8 +189,8 @@ def naive_step_task(session_id: int, contact_id: str) -> None:
     """One node step the naive way (this is what the benchmark measures, not product code)."""
     from django_q.tasks import async_task
 
-    from journeys.engine.flow import flow_parse
-    from journeys.engine.nodes import NodeState, node_evaluate
+    from journeys.flows.flow import flow_parse
+    from journeys.flows.nodes import NodeState, node_evaluate
     from journeys.models import Contact, JourneySession, JourneyStep
 
     contact, _ = Contact.objects.get_or_create(id=contact_id)

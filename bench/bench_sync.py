@@ -196,7 +196,7 @@ def _changed_threads(simulator: Simulator, conversations: int, seed: int) -> lis
 
 def _naive_sync(simulator: Simulator, page_pk: int, limit_messages: int) -> tuple[float, int]:
     """Per-row ORM writes of the same Graph pages (messages edge followed: no 25 cap)."""
-    from conversations.graph import GraphClient
+    from conversations.graph_client import GraphClient
     from conversations.models import Conversation, InteractionEvent, Message
 
     client = GraphClient(

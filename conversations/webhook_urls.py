@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from conversations.webhook import messenger_webhook
+from conversations.webhook_views import messenger_webhook
 
 urlpatterns = [
     path("messenger/", messenger_webhook, name="messenger-webhook"),

@@ -91,7 +91,7 @@ class Journey(models.Model):
         return journey
 
     def clean(self) -> None:
-        from journeys.engine.flow import FlowInvalid, flow_validate, triggers_validate
+        from journeys.flows.flow import FlowInvalid, flow_validate, triggers_validate
 
         errors: dict[str, list[str]] = {}
         try:

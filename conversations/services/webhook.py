@@ -14,6 +14,9 @@ payload is stored as `rejected` (400).
 backoff, the admin's retry action) in one durable transaction that locks the receipt. Because
 every insert is `ON CONFLICT DO NOTHING` on the right key, applying a payload twice (a retry
 after an unknown outcome, or Meta delivering it again) changes nothing the second time (C2, C3).
+
+Translating Meta's JSON into the batch's records is `webhook_payload` (pure, no database);
+this module ensures the pages' rows, applies the records and keeps the receipts.
 """
 
 from __future__ import annotations
@@ -21,40 +24,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from conversations import metrics
-from conversations.models import (
-    Direction,
-    EventKind,
-    ReceiptStatus,
-    SignatureVerdict,
-    Source,
-    WebhookReceipt,
-)
-from conversations.schemas import (
-    MessagingEvent,
-    PayloadInvalid,
-    WebhookPayload,
-    event_parse,
-    payload_parse,
-)
-from conversations.services.ingest import (
-    ApplyResult,
-    IncomingEvent,
-    IncomingMark,
-    IncomingMessage,
-    TrailingStatement,
-    batch_apply,
-)
+from conversations.models import ReceiptStatus, SignatureVerdict, Source, WebhookReceipt
+from conversations.schemas import PayloadInvalid, WebhookPayload
+from conversations.services.ingest import ApplyResult, TrailingStatement, batch_apply
 from conversations.services.pages import page_pk_cache_clear, page_pks_ensure
+from conversations.services.webhook_payload import (
+    PayloadPlan,
+    payload_events,
+    payload_from_bytes,
+    payload_page_ids,
+    payload_plan_build,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,26 +60,27 @@ RECEIPT_RETENTION = timedelta(days=30)
 PRUNE_BATCH = 5_000
 
 
-@dataclass
-class PayloadPlan:
-    """What a payload asks for, translated to the batch types, plus what was left out."""
-
-    messages: list[IncomingMessage] = field(default_factory=list)
-    events: list[IncomingEvent] = field(default_factory=list)
-    marks: list[IncomingMark] = field(default_factory=list)
-    skipped: list[dict[str, Any]] = field(default_factory=list)
-    event_count: int = 0
-    unknown_count: int = 0
-    # Applied events by kind, for the events metric once the batch has committed.
-    kinds: dict[str, int] = field(default_factory=dict)
-
-
 @dataclass(frozen=True)
 class ProcessOutcome:
     status: str
     receipt_id: int | None = None
     error: str = ""
     applied: ApplyResult | None = None
+
+
+def payload_plan(payload: WebhookPayload) -> PayloadPlan:
+    """Every entry's `messaging[]` and `standby[]` events, as batch items or skip reasons
+    (`webhook_payload`), with a page row ensured for every page the events name.
+
+    Raises PayloadInvalid when an event of a known kind is malformed: the whole payload is then
+    rejected, so nothing of it is half-applied.
+    """
+    # Every event is validated before anything is written (not even a new page row).
+    events = payload_events(payload)
+    if not events:
+        return PayloadPlan()
+    page_pks = page_pks_ensure(page_ids=payload_page_ids(events))
+    return payload_plan_build(events, page_pks)
 
 
 # -- receiving ---------------------------------------------------------------------------------
@@ -125,7 +115,7 @@ def webhook_receive(
 def _webhook_receive(*, body: bytes, signature_verdict: str) -> ProcessOutcome:
     body_sha256 = hashlib.sha256(body).hexdigest()
     try:
-        plan = payload_plan(_payload_from_bytes(body))
+        plan = payload_plan(payload_from_bytes(body))
     except PayloadInvalid as error:
         receipt = _receipt_insert(
             body=body,
@@ -156,7 +146,7 @@ def _webhook_receive(*, body: bytes, signature_verdict: str) -> ProcessOutcome:
             # A page cached by this process was deleted (by another process, whose own cache
             # was cleared): forget the cached ids and plan once more with fresh ones.
             page_pk_cache_clear()
-            plan = payload_plan(_payload_from_bytes(body))
+            plan = payload_plan(payload_from_bytes(body))
             applied, receipt_id = _apply_with_receipt(plan, receipt_sql)
     except Exception as error:
         if isinstance(error, IntegrityError) and _is_foreign_key_violation(error):
@@ -244,7 +234,7 @@ def webhook_receipt_process(*, receipt_id: int, force: bool = False) -> ProcessO
                 return ProcessOutcome(status="skipped", receipt_id=receipt_id)
             body, seen_attempts = locked
             try:
-                plan = payload_plan(_payload_from_bytes(body))
+                plan = payload_plan(payload_from_bytes(body))
             except PayloadInvalid as error:
                 _receipt_finish(
                     receipt_id=receipt_id,
@@ -327,32 +317,6 @@ def webhook_receipt_retry(*, receipt_id: int) -> ProcessOutcome:
     return webhook_receipt_process(receipt_id=receipt_id, force=True)
 
 
-def _payload_from_bytes(body: bytes) -> WebhookPayload:
-    try:
-        document = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except RecursionError as error:
-        raise PayloadInvalid("the body is nested too deeply") from error
-    except (ValueError, UnicodeDecodeError) as error:
-        raise PayloadInvalid(f"the body is not JSON: {error}") from error
-    try:
-        return payload_parse(document, raw=body)
-    except RecursionError as error:  # the NUL / surrogate walks, near the parser's own limit
-        raise PayloadInvalid("the body is nested too deeply") from error
-
-
-def _refuse_constant(name: str) -> Any:
-    # NaN, Infinity and -Infinity are not JSON, and jsonb refuses them.
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    # 1e400 parses to infinity, which jsonb refuses: the payload could never be stored.
-    number = float(text)
-    if not math.isfinite(number):
-        raise ValueError(f"{text[:40]} is out of range")
-    return number
-
-
 def _receipt_lock(receipt_id: int, *, force: bool = False) -> tuple[bytes, int] | None:
     """Lock an unprocessed receipt for this transaction: (body, attempts so far), or None if it
     is done, held by another, or failed with its next attempt not due yet (unless `force`)."""
@@ -406,162 +370,3 @@ def _receipt_fail(*, receipt_id: int, error: str, seen_attempts: int) -> None:
 def retry_delay(attempts: int) -> timedelta:
     minutes = min(RETRY_MAX_MINUTES, RETRY_BASE_MINUTES * 2 ** max(0, attempts - 1))
     return timedelta(minutes=minutes)
-
-
-# -- translating a payload ---------------------------------------------------------------------
-
-
-def payload_plan(payload: WebhookPayload) -> PayloadPlan:
-    """Every entry's `messaging[]` and `standby[]` events, as batch items or skip reasons.
-
-    Raises PayloadInvalid when an event of a known kind is malformed: the whole payload is then
-    rejected, so nothing of it is half-applied.
-    """
-    # Every event is validated before anything is written (not even a new page row).
-    parsed = [
-        (entry_index, entry.id, channel, event_index, event_parse(raw))
-        for entry_index, entry in enumerate(payload.entry)
-        for channel, raw_events in (("messaging", entry.messaging), ("standby", entry.standby))
-        for event_index, raw in enumerate(raw_events)
-    ]
-    plan = PayloadPlan(event_count=len(parsed))
-    if not parsed:
-        return plan
-    page_pks = page_pks_ensure(page_ids=sorted({page_id for _, page_id, *_ in parsed}))
-    for entry_index, page_id, channel, event_index, event in parsed:
-        where = {"entry": entry_index, "channel": channel, "index": event_index}
-        _plan_event(plan, page_pks[page_id], page_id, channel, event, where)
-    return plan
-
-
-def _plan_event(
-    plan: PayloadPlan,
-    page_pk: int,
-    page_id: str,
-    channel: str,
-    event: MessagingEvent,
-    where: dict[str, Any],
-) -> None:
-    kind = event.kind
-    if kind is None:
-        plan.unknown_count += 1
-        plan.skipped.append({**where, "kind": "unknown", "reason": "unknown event kind"})
-        return
-    is_echo = kind == "message" and event.message is not None and event.message.is_echo
-    # The person is the sender, except in echoes (the page wrote to them).
-    person = event.recipient if is_echo else event.sender
-    page_side = event.sender if is_echo else event.recipient
-    psid, reason = _participant(person, page_id)
-    if reason is None and page_side is not None and page_side.id not in (None, page_id):
-        reason = "the page side of the event is another page"
-    if reason is not None:
-        plan.skipped.append({**where, "kind": kind, "reason": reason})
-        return
-    assert psid is not None
-    plan.kinds[kind] = plan.kinds.get(kind, 0) + 1
-    occurred_at = event.occurred_at
-    standby = {"channel": "standby"} if channel == "standby" else {}
-    if event.message is not None:
-        body = event.message
-        plan.messages.append(
-            IncomingMessage(
-                page_pk=page_pk,
-                psid=psid,
-                mid=body.mid,
-                direction=Direction.OUTBOUND if body.is_echo else Direction.INBOUND,
-                sent_at=occurred_at,
-                text=body.text,
-                attachments=[item.model_dump(exclude_none=True) for item in body.attachments],
-                is_echo=body.is_echo,
-                app_id="" if body.app_id is None else str(body.app_id),
-                reply_to_mid=body.reply_to.mid if body.reply_to else "",
-            )
-        )
-    elif event.delivery is not None:
-        watermark = _from_ms(event.delivery.watermark)
-        plan.marks.append(IncomingMark(page_pk, psid, EventKind.DELIVERED, watermark))
-        plan.events.append(
-            IncomingEvent(
-                page_pk=page_pk,
-                psid=psid,
-                kind=EventKind.DELIVERED,
-                occurred_at=occurred_at,
-                dedupe_key=f"delivered:{psid}:{event.delivery.watermark}",
-                metadata={
-                    "watermark": event.delivery.watermark,
-                    "mids": event.delivery.mids or [],
-                    **standby,
-                },
-            )
-        )
-    elif event.read is not None:
-        watermark = _from_ms(event.read.watermark)
-        plan.marks.append(IncomingMark(page_pk, psid, EventKind.READ, watermark))
-        plan.events.append(
-            IncomingEvent(
-                page_pk=page_pk,
-                psid=psid,
-                kind=EventKind.READ,
-                occurred_at=occurred_at,
-                dedupe_key=f"read:{psid}:{event.read.watermark}",
-                metadata={"watermark": event.read.watermark, **standby},
-            )
-        )
-    elif event.reaction is not None:
-        reaction = event.reaction
-        emoji = reaction.reaction or reaction.emoji or ""
-        plan.events.append(
-            IncomingEvent(
-                page_pk=page_pk,
-                psid=psid,
-                kind=EventKind.REACTION,
-                occurred_at=occurred_at,
-                dedupe_key=(
-                    f"reaction:{reaction.mid}:{psid}:{reaction.action}:{emoji}:{event.timestamp}"
-                ),
-                metadata={
-                    "action": reaction.action,
-                    "reaction": reaction.reaction,
-                    "emoji": reaction.emoji,
-                    **standby,
-                },
-                mid=reaction.mid,
-            )
-        )
-    elif event.postback is not None:
-        postback = event.postback
-        dedupe = (
-            f"postback:{postback.mid}"
-            if postback.mid
-            else f"postback:{psid}:{event.timestamp}:"
-            + hashlib.sha256(postback.payload.encode()).hexdigest()[:16]
-        )
-        plan.events.append(
-            IncomingEvent(
-                page_pk=page_pk,
-                psid=psid,
-                kind=EventKind.POSTBACK,
-                occurred_at=occurred_at,
-                dedupe_key=dedupe,
-                metadata={"title": postback.title, "payload": postback.payload, **standby},
-                mid=postback.mid or "",
-            )
-        )
-
-
-def _participant(participant: Any, page_id: str) -> tuple[str | None, str | None]:
-    """(psid, None) for a usable participant, else (None, reason) (F7)."""
-    if participant is None or participant.id is None:
-        return None, "participant id missing"
-    psid = participant.id
-    if not isinstance(psid, str):
-        return None, "participant id is not a string"
-    if not psid or len(psid) > 64 or not psid.isascii() or not psid.isdigit():
-        return None, "participant id is not a PSID"
-    if psid == page_id:
-        return None, "participant is the page itself"
-    return psid, None
-
-
-def _from_ms(milliseconds: int) -> datetime:
-    return datetime.fromtimestamp(milliseconds / 1000, tz=UTC)

@@ -23,39 +23,47 @@ wrong token is error 190. Faults: server errors (`fault_rate`), slowness, trunca
 a new message, jumping to the top, or is deleted, so a walk sees the list change between its
 pages).
 
-Control routes under `/_control/` (an optional `page_id`, in the JSON body or the query, picks
-the page; the first page otherwise) add messages and conversations, delete conversations,
-change the token and the rate, read the state and the truth (every message the sync must end
-up with), and send signed webhook POSTs for new messages to a target URL. Every served Graph
-call is also recorded per page with its time (`pages` in `GET /_control/counters`), so tests
-can check a client's pace per page.
+Control routes under `/_control/` (control.py) change the simulator while it runs. Every
+served Graph call is also recorded per page with its time (`pages` in `GET /_control/counters`),
+so tests can check a client's pace per page. Error bodies, cursors, query parameters, usage
+headers and drifted shapes are in wire.py.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import math
 import random
 import threading
-import time
 import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlencode
 
+from conversations.simulator.bodies import conversation_json, message_page_json, next_url
 from conversations.simulator.calls import PageCalls, calls_max_in_window
-from conversations.simulator.fields import FieldsInvalid, FieldSpec, fields_parse
+from conversations.simulator.control import GraphControl
 from conversations.simulator.payloads import message_event, signed_body, webhook_document
-from conversations.simulator.render import MessageRenderer, Participant, json_compact, json_object
+from conversations.simulator.render import Participant, json_compact
+from conversations.simulator.wire import (
+    THROTTLE_MESSAGES,
+    decode_cursor,
+    drifted,
+    encode_cursor,
+    fault,
+    fields_param,
+    folder_param,
+    graph_error,
+    limit_param,
+    not_found,
+    throttled,
+    token_invalid,
+    usage_headers,
+)
 from conversations.simulator.world import (
-    FOLDER_INBOX,
     FOLDERS,
     GENERATED_UNTIL,
     PageWorld,
     SimConversation,
     SimMessage,
-    graph_time,
 )
 from devtools.simulator import Faults, Route, SimRequest, SimResponse, Simulator, SimulatorError
 
@@ -74,52 +82,6 @@ __all__ = [
 VERSION_PREFIX = r"(?P<version>/v\d+\.\d+)?"
 DEFAULT_PAGE_ID = "111222333"
 DEFAULT_ACCESS_TOKEN = "sim-page-token"
-DEFAULT_LIMIT = 25
-MAX_LIMIT = 100
-
-THROTTLE_MESSAGES = {
-    4: "(#4) Application request limit reached",
-    17: "(#17) User request limit reached",
-    32: "(#32) Page request limit reached",
-    613: "(#613) Calls to this api have exceeded the rate limit.",
-    80001: (
-        "(#80001) There have been too many calls to this Page account. Wait a bit and try again."
-    ),
-    80006: "(#80006) There have been too many messenger api calls to this Page account.",
-}
-
-
-def _encode_cursor(value: str) -> str:
-    return base64.urlsafe_b64encode(("QVFI" + value).encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> str:
-    try:
-        decoded = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (ValueError, UnicodeDecodeError) as error:
-        raise _graph_error(100, "Invalid cursor", status=400) from error
-    if not decoded.startswith("QVFI"):
-        raise _graph_error(100, "Invalid cursor", status=400)
-    return decoded[4:]
-
-
-def _graph_error(code: int, message: str, *, status: int = 400, **extra: Any) -> SimulatorError:
-    body = {
-        "error": {
-            "message": message,
-            "type": "OAuthException",
-            "code": code,
-            "fbtrace_id": f"Sim{random.randrange(16**10):010x}",
-            **extra,
-        }
-    }
-    return SimulatorError(status, body)
-
-
-def _not_found(object_id: str) -> SimulatorError:
-    return _graph_error(
-        100, f"(#100) Unsupported get request. Object with ID '{object_id}' does not exist"
-    )
 
 
 class GraphSimulator(Simulator):
@@ -198,21 +160,7 @@ class GraphSimulator(Simulator):
         self.add_route("GET", f"{page}/conversations", "conversations", self._conversations)
         self.add_route("GET", thread, "conversation", self._conversation_node)
         self.add_route("GET", f"{thread}/messages", "messages", self._messages)
-        self.add_route("GET", r"/_control/state", "control.state", self._control_state)
-        self.add_route("GET", r"/_control/truth", "control.truth", self._control_truth)
-        self.add_route("POST", r"/_control/messages", "control.messages", self._control_messages)
-        self.add_route(
-            "POST", r"/_control/conversations", "control.conversations", self._control_add
-        )
-        self.add_route(
-            "DELETE",
-            r"/_control/conversations/(?P<thread_id>t_[A-Za-z0-9_-]+)",
-            "control.conversations.delete",
-            self._control_delete,
-        )
-        self.add_route("POST", r"/_control/token", "control.token", self._control_token)
-        self.add_route("POST", r"/_control/rate", "control.rate", self._control_rate)
-        self.add_route("POST", r"/_control/webhook", "control.webhook", self._control_webhook)
+        GraphControl(self).routes_add()
 
     # -- pages -----------------------------------------------------------------------------------
 
@@ -376,31 +324,15 @@ class GraphSimulator(Simulator):
         if token is None and authorization.lower().startswith("bearer "):
             token = authorization[7:].strip()
         if not token or token != world.access_token:
-            raise _graph_error(
-                190,
-                "Error validating access token: The session has been invalidated.",
-                status=400,
-                error_subcode=460,
-            )
+            raise token_invalid()
 
     def _guarded(self, request: SimRequest, world: PageWorld) -> dict[str, str]:
         """Count the call in the page's window; throttle past its rate; check the token."""
         in_window, regain_minutes, over = world.usage(record=True)
         if over:
-            raise SimulatorError(
-                400,
-                {
-                    "error": {
-                        "message": THROTTLE_MESSAGES[world.throttle_code],
-                        "type": "OAuthException",
-                        "code": world.throttle_code,
-                        "is_transient": True,
-                        "fbtrace_id": "SimThrottled",
-                    }
-                },
-            )
+            raise throttled(world.throttle_code)
         self._authorise(request, world)
-        return self._usage_headers(world, in_window, regain_minutes)
+        return usage_headers(world, in_window, regain_minutes)
 
     def dispatch(self, request: SimRequest) -> SimResponse:
         response = super().dispatch(request)
@@ -408,47 +340,11 @@ class GraphSimulator(Simulator):
             # Errors (throttling, 190, faults) carry the usage headers too, as Meta's do.
             world = self._request_page(request) or self._first
             in_window, regain_minutes, _ = world.usage(record=False)
-            response.headers.update(self._usage_headers(world, in_window, regain_minutes))
+            response.headers.update(usage_headers(world, in_window, regain_minutes))
         return response
 
-    @staticmethod
-    def _usage_headers(world: PageWorld, in_window: int, regain_minutes: int) -> dict[str, str]:
-        """Meta's usage headers: percentages of the quota (the page's rate, or a nominal
-        10,000 calls per window when unlimited), and minutes until access is regained."""
-        quota = world.rate_limit or 10_000
-        percent = min(100, math.ceil(in_window * 100 / quota))
-        return {
-            "X-App-Usage": json.dumps(
-                {"call_count": percent, "total_time": percent // 2, "total_cputime": percent // 3}
-            ),
-            "X-Business-Use-Case-Usage": json.dumps(
-                {
-                    world.page_id: [
-                        {
-                            "type": "pages",
-                            "call_count": percent,
-                            "total_cputime": percent // 3,
-                            "total_time": percent // 2,
-                            "estimated_time_to_regain_access": regain_minutes,
-                        }
-                    ]
-                }
-            ),
-        }
-
     def fault_response(self, request: SimRequest) -> SimResponse:
-        return SimResponse(
-            500,
-            {
-                "error": {
-                    "message": "An unexpected error has occurred. Please retry your request later.",
-                    "type": "OAuthException",
-                    "code": 2,
-                    "is_transient": True,
-                    "fbtrace_id": "SimFault",
-                }
-            },
-        )
+        return fault()
 
     def _json_response(self, text: str, headers: dict[str, str]) -> SimResponse:
         """A 200 with this JSON text; with `drift_rate`, sometimes in a drifted shape."""
@@ -458,143 +354,7 @@ class GraphSimulator(Simulator):
             if self._drift_random.random() >= self.drift_rate:
                 return SimResponse(200, raw=text.encode(), headers=headers)
             variant = self._drift_random.randrange(4)
-        return SimResponse(200, self._drifted(json.loads(text), variant), headers)
-
-    @staticmethod
-    def _drifted(drifted: dict[str, Any], variant: int) -> dict[str, Any]:
-        items = drifted.get("data")
-        if not isinstance(items, list) or not items:
-            return {"result": drifted}  # the envelope itself renamed
-        first = items[0]
-        if variant == 0 and "updated_time" in first:
-            first["updated_time"] = int(time.time())  # epoch number instead of a string
-        elif variant == 1 and "participants" in first:
-            first["participants"] = first["participants"]["data"]  # list without its envelope
-        elif variant == 2:
-            first.pop("id", None)  # a node without its id
-        else:
-            drifted["items"] = drifted.pop("data")  # envelope key renamed
-        return drifted
-
-    def _next_url(self, request: SimRequest, path: str, after: str) -> str:
-        host = request.headers.get("host", "127.0.0.1")
-        version = request.params.get("version") or ""
-        query = {key: value for key, value in request.query.items() if key != "before"}
-        query["after"] = after
-        return f"http://{host}{version}{path}?{urlencode(query)}"
-
-    @staticmethod
-    def _limit(request: SimRequest) -> int:
-        raw = request.query.get("limit", str(DEFAULT_LIMIT))
-        if not raw.isdigit() or int(raw) < 1:
-            raise _graph_error(100, "(#100) The parameter limit must be a positive integer")
-        return min(int(raw), MAX_LIMIT)
-
-    @staticmethod
-    def _fields(request: SimRequest, default: str) -> dict[str, FieldSpec]:
-        try:
-            return fields_parse(request.query.get("fields") or default)
-        except FieldsInvalid as error:
-            raise _graph_error(100, f"(#100) {error}") from error
-
-    @staticmethod
-    def _folder(request: SimRequest) -> str:
-        folder = request.query.get("folder", FOLDER_INBOX)
-        if folder not in FOLDERS:
-            raise _graph_error(100, f"(#100) param folder must be one of {{{', '.join(FOLDERS)}}}")
-        return folder
-
-    # -- rendering ------------------------------------------------------------------------------
-    # Bodies are built as JSON text (render.py): serving speed is what a sync benchmark measures.
-
-    def _message_renderer(
-        self, world: PageWorld, conversation: SimConversation, fields: Mapping[str, FieldSpec]
-    ) -> MessageRenderer:
-        person = Participant(participant_id=conversation.psid, name=conversation.name)
-        return MessageRenderer(
-            person=person, page=self._page_participants[world.page_id], fields=fields
-        )
-
-    def _conversation_json(
-        self,
-        world: PageWorld,
-        conversation: SimConversation,
-        fields: dict[str, FieldSpec],
-        request: SimRequest,
-    ) -> str:
-        total = world.message_total_of(conversation)
-        rendered: dict[str, Any] = {}
-        raw_members: dict[str, str] = {}
-        for name, spec in fields.items():
-            if name == "id":
-                rendered["id"] = conversation.key
-            elif name == "updated_time":
-                rendered["updated_time"] = graph_time(conversation.updated)
-            elif name == "message_count":
-                rendered["message_count"] = total
-            elif name == "unread_count":
-                rendered["unread_count"] = 1 if (conversation.generated_index or 0) % 3 == 0 else 0
-            elif name == "link":
-                rendered["link"] = f"/{world.page_id}/inbox/{conversation.key}"
-            elif name == "can_reply":
-                rendered["can_reply"] = True
-            elif name == "snippet":
-                newest, _ = world.message_window(conversation, skip_newest=0, limit=1)
-                rendered["snippet"] = newest[0].text[:100] if newest else ""
-            elif name == "participants":
-                person = Participant(participant_id=conversation.psid, name=conversation.name)
-                page = self._page_participants[world.page_id]
-                raw_members["participants"] = f'{{"data":[{person.json},{page.json}]}}'
-            elif name == "messages":
-                sub = spec.subfields or {"id": FieldSpec(), "created_time": FieldSpec()}
-                limit = min(spec.limit or DEFAULT_LIMIT, MAX_LIMIT)
-                window, count = world.message_window(conversation, skip_newest=0, limit=limit)
-                raw_members["messages"] = self._message_page(
-                    world, conversation, window, count, 0, sub, request, nested=True
-                )
-        return json_object(rendered, raw_members)
-
-    def _message_page(
-        self,
-        world: PageWorld,
-        conversation: SimConversation,
-        window: list[SimMessage],
-        total: int,
-        skipped: int,
-        fields: dict[str, FieldSpec],
-        request: SimRequest,
-        *,
-        nested: bool = False,
-    ) -> str:
-        # Cursors count from the oldest message: adding newer messages does not shift them.
-        paging: dict[str, Any] | None = None
-        if window:
-            first_position = total - 1 - skipped
-            last_position = total - skipped - len(window)
-            paging = {
-                "cursors": {
-                    "before": _encode_cursor(f"m:{first_position}"),
-                    "after": _encode_cursor(f"m:{last_position}"),
-                }
-            }
-            if last_position > 0 and not nested:
-                paging["next"] = self._next_url(
-                    request, f"/{conversation.key}/messages", paging["cursors"]["after"]
-                )
-            elif last_position > 0:
-                paging["next"] = (
-                    f"http://{request.headers.get('host', '127.0.0.1')}"
-                    f"{request.params.get('version') or ''}/{conversation.key}/messages?"
-                    + urlencode(
-                        {
-                            "access_token": request.query.get("access_token", ""),
-                            "limit": str(len(window)),
-                            "after": paging["cursors"]["after"],
-                        }
-                    )
-                )
-        renderer = self._message_renderer(world, conversation, fields)
-        return renderer.page_json(window, paging)
+        return SimResponse(200, drifted(json.loads(text), variant), headers)
 
     # -- edges ----------------------------------------------------------------------------------
 
@@ -604,7 +364,7 @@ class GraphSimulator(Simulator):
         if world is None:
             # No such page: throttle and authorise against the first page, as before.
             self._guarded(request, self._first)
-            raise _not_found(page_id)
+            raise not_found(page_id)
         return world, self._guarded(request, world)
 
     def _page_node(self, request: SimRequest) -> SimResponse:
@@ -613,33 +373,34 @@ class GraphSimulator(Simulator):
 
     def _conversations(self, request: SimRequest) -> SimResponse:
         world, headers = self._served_page(request)
-        limit = self._limit(request)
-        fields = self._fields(request, "id,updated_time")
-        folder = self._folder(request)
+        limit = limit_param(request)
+        fields = fields_param(request, "id,updated_time")
+        folder = folder_param(request)
         after = request.query.get("after")
-        cursor = _decode_cursor(after) if after else None
+        cursor = decode_cursor(after) if after else None
         try:
             keys, has_more = world.ordered_keys_after(cursor, limit, folder)
         except ValueError as error:
-            raise _graph_error(100, "Invalid cursor") from error
+            raise graph_error(100, "Invalid cursor") from error
         with self.lock:
             conversations = [c for c in (world.conversation(key) for key in keys) if c]
             cursors = (
                 {
-                    "before": _encode_cursor(world.cursor_value(conversations[0])),
-                    "after": _encode_cursor(world.cursor_value(conversations[-1])),
+                    "before": encode_cursor(world.cursor_value(conversations[0])),
+                    "after": encode_cursor(world.cursor_value(conversations[-1])),
                 }
                 if conversations
                 else {}
             )
-        data = ",".join(self._conversation_json(world, c, fields, request) for c in conversations)
+        data = ",".join(
+            conversation_json(world, self._page_participants[world.page_id], c, fields, request)
+            for c in conversations
+        )
         if not conversations:
             return self._json_response(f'{{"data":[{data}]}}', headers)
         paging: dict[str, Any] = {"cursors": cursors}
         if has_more:
-            paging["next"] = self._next_url(
-                request, f"/{world.page_id}/conversations", cursors["after"]
-            )
+            paging["next"] = next_url(request, f"/{world.page_id}/conversations", cursors["after"])
             self._maybe_churn(world, conversations[-1])
         return self._json_response(f'{{"data":[{data}],"paging":{json_compact(paging)}}}', headers)
 
@@ -673,75 +434,38 @@ class GraphSimulator(Simulator):
         with self.lock:
             conversation = world.conversation(key) if world is not None else None
         if world is None or conversation is None:
-            raise _not_found(key)
+            raise not_found(key)
         return world, conversation, headers
 
     def _conversation_node(self, request: SimRequest) -> SimResponse:
         world, conversation, headers = self._served_thread(request)
-        fields = self._fields(request, "id,updated_time")
+        fields = fields_param(request, "id,updated_time")
         return self._json_response(
-            self._conversation_json(world, conversation, fields, request), headers
+            conversation_json(
+                world, self._page_participants[world.page_id], conversation, fields, request
+            ),
+            headers,
         )
 
     def _messages(self, request: SimRequest) -> SimResponse:
         world, conversation, headers = self._served_thread(request)
-        limit = self._limit(request)
-        fields = self._fields(request, "id,created_time")
+        limit = limit_param(request)
+        fields = fields_param(request, "id,created_time")
         total = world.message_total_of(conversation)
         skipped = 0
         after = request.query.get("after")
         if after:
-            kind, _, value = _decode_cursor(after).partition(":")
+            kind, _, value = decode_cursor(after).partition(":")
             if kind != "m" or not value.isdigit():
-                raise _graph_error(100, "Invalid cursor")
+                raise graph_error(100, "Invalid cursor")
             skipped = total - int(value)  # everything at or newer than the cursor's message
         window, total = world.message_window(conversation, skip_newest=skipped, limit=limit)
-        text = self._message_page(world, conversation, window, total, skipped, fields, request)
+        page = self._page_participants[world.page_id]
+        text = message_page_json(world, page, conversation, window, total, skipped, fields, request)
         return self._json_response(text, headers)
 
-    # -- control --------------------------------------------------------------------------------
-
-    def _control_values(self, request: SimRequest) -> dict[str, Any]:
-        values = request.json() or {}
-        if not isinstance(values, dict):
-            raise SimulatorError(400, {"error": "expected a JSON object"})
-        return values
-
-    def _control_page(self, request: SimRequest, values: Mapping[str, Any]) -> PageWorld:
-        """The page a control call names (`page_id` in the body or the query), else the first."""
-        page_id = values.get("page_id", request.query.get("page_id"))
-        if page_id is None:
-            return self._first
-        world = self.pages.get(str(page_id))
-        if world is None:
-            raise SimulatorError(404, {"error": f"no page {page_id}"})
-        return world
-
-    def _control_thread(
-        self, request: SimRequest, values: Mapping[str, Any], key: str
-    ) -> PageWorld:
-        """The page owning thread `key`; if the call names a page, the thread must be its."""
-        world = self.page_of_thread(key)
-        named = values.get("page_id", request.query.get("page_id"))
-        if world is None or (named is not None and str(named) != world.page_id):
-            raise SimulatorError(404, {"error": f"no conversation {key}"})
-        return world
-
-    def _control_state(self, request: SimRequest) -> SimResponse:
-        world = self._control_page(request, {})
-        return SimResponse(
-            200,
-            {
-                **world.state(),
-                "pages": list(self.pages),
-                "drift_rate": self.drift_rate,
-                "churn_rate": self.churn_rate,
-                "webhook_target": self.webhook_target,
-            },
-        )
-
-    def _control_truth(self, request: SimRequest) -> SimResponse:
-        return SimResponse(200, self._control_page(request, {}).truth())
+    # -- what the control routes (control.py) and tests use ----------------------------------
+    # The base simulator's counters and reset, with the per-page call times added.
 
     def _counters(self, request: SimRequest) -> SimResponse:
         return SimResponse(
@@ -763,110 +487,6 @@ class GraphSimulator(Simulator):
             return world.message_add(thread_id=thread_id, text=text, from_page=from_page)
         except LookupError as error:
             raise SimulatorError(404, {"error": f"no conversation {thread_id}"}) from error
-
-    def _control_messages(self, request: SimRequest) -> SimResponse:
-        values = self._control_values(request)
-        thread_id = values.get("conversation")
-        if not isinstance(thread_id, str):
-            raise SimulatorError(400, {"error": "conversation (a thread id) is required"})
-        count = values.get("count", 1)
-        if not isinstance(count, int) or not 1 <= count <= 1_000:
-            raise SimulatorError(400, {"error": "count must be 1..1000"})
-        self._control_thread(request, values, thread_id)
-        added = [
-            self.message_add(
-                thread_id=thread_id,
-                text=str(values.get("text", "hello")),
-                from_page=bool(values.get("from_page", False)),
-            )
-            for _ in range(count)
-        ]
-        webhook_status = self.webhook_emit(added) if self.webhook_target else None
-        return SimResponse(
-            201,
-            {"mids": [message.mid for _, message in added], "webhook_status": webhook_status},
-        )
-
-    def _control_add(self, request: SimRequest) -> SimResponse:
-        values = self._control_values(request)
-        world = self._control_page(request, values)
-        folder = values.get("folder", FOLDER_INBOX)
-        if folder not in FOLDERS:
-            raise SimulatorError(400, {"error": f"folder must be one of {list(FOLDERS)}"})
-        conversation = world.conversation_add(
-            psid=str(values["psid"]) if values.get("psid") else None,
-            name=str(values.get("name", "New Person")),
-            folder=folder,
-        )
-        added = [
-            world.message_add(thread_id=conversation.key, text=f"message {n}")
-            for n in range(int(values.get("messages", 1)))
-        ]
-        webhook_status = self.webhook_emit(added) if self.webhook_target and added else None
-        return SimResponse(
-            201,
-            {
-                "id": conversation.key,
-                "psid": conversation.psid,
-                "page_id": world.page_id,
-                "folder": folder,
-                "webhook_status": webhook_status,
-            },
-        )
-
-    def _control_delete(self, request: SimRequest) -> SimResponse:
-        key = request.params["thread_id"]
-        world = self._control_thread(request, {}, key)
-        if not world.conversation_delete(key):
-            raise SimulatorError(404, {"error": f"no conversation {key}"})
-        return SimResponse(200, {"deleted": key, "page_id": world.page_id})
-
-    def _control_token(self, request: SimRequest) -> SimResponse:
-        values = self._control_values(request)
-        world = self._control_page(request, values)
-        token = values.get("access_token")
-        if not isinstance(token, str):
-            raise SimulatorError(400, {"error": "access_token (a string) is required"})
-        world.access_token = token
-        return SimResponse(200, {"access_token_set": True, "page_id": world.page_id})
-
-    def _control_rate(self, request: SimRequest) -> SimResponse:
-        values = self._control_values(request)
-        world = self._control_page(request, values)
-        if "limit" in values:
-            if not isinstance(values["limit"], int) or values["limit"] < 0:
-                raise SimulatorError(400, {"error": "limit must be a non-negative integer"})
-            world.rate_limit = values["limit"]
-        if "window_seconds" in values:
-            world.rate_window_s = float(values["window_seconds"])
-        if "throttle_code" in values:
-            if values["throttle_code"] not in THROTTLE_MESSAGES:
-                raise SimulatorError(400, {"error": "unknown throttle code"})
-            world.throttle_code = values["throttle_code"]
-        if values.get("clear"):
-            world.rate_window_clear()
-        return SimResponse(
-            200,
-            {
-                "page_id": world.page_id,
-                "limit": world.rate_limit,
-                "window_seconds": world.rate_window_s,
-                "throttle_code": world.throttle_code,
-            },
-        )
-
-    def _control_webhook(self, request: SimRequest) -> SimResponse:
-        # One app, one callback URL and secret for every page, as on Meta: a `page_id` is
-        # checked but the setting is the app's.
-        values = self._control_values(request)
-        self._control_page(request, values)
-        target = values.get("target_url")
-        if target is not None and not isinstance(target, str):
-            raise SimulatorError(400, {"error": "target_url must be a string or null"})
-        self.webhook_target = target
-        if isinstance(values.get("app_secret"), str):
-            self.app_secret = values["app_secret"]
-        return SimResponse(200, {"target_url": self.webhook_target})
 
     def webhook_document_for(
         self, added: list[tuple[SimConversation, SimMessage]]

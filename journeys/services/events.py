@@ -7,7 +7,7 @@ from typing import Any
 
 from django.db import transaction
 
-from journeys.engine.flow import FlowInvalid, properties_match, triggers_parse
+from journeys.flows.flow import FlowInvalid, properties_match, triggers_parse
 from journeys.models import Journey, JourneySession, ProcessedContactEvent, SessionStatus
 from journeys.services.engine import sessions_enqueue_advance
 from journeys.services.funnel import JourneyError, contact_id_parse

@@ -12,7 +12,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from journeys.engine.flow import FlowInvalid, flow_validate, triggers_validate
+from journeys.flows.flow import FlowInvalid, flow_validate, triggers_validate
 from journeys.models import Journey
 from journeys.services.funnel import InvalidFlow, JourneyNotFound
 

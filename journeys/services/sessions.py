@@ -16,7 +16,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from journeys.engine.flow import Flow, FlowInvalid, flow_parse
+from journeys.flows.flow import Flow, FlowInvalid, flow_parse
 from journeys.models import (
     LIVE_STATUSES,
     TERMINAL_STATUSES,

@@ -363,10 +363,10 @@ def test_a_large_world_is_lazy_and_pages_in_constant_time():
     with simulator.running() as base:
         first = get(base, f"/{PAGE}/conversations", limit=100, fields="id,message_count").json()
         # jump deep into the list with the cursor of conversation 99,000
-        from conversations.simulator.graph import _encode_cursor
+        from conversations.simulator.wire import encode_cursor
 
         started = time.monotonic()
-        deep = get(base, f"/{PAGE}/conversations", limit=100, after=_encode_cursor("i:98999"))
+        deep = get(base, f"/{PAGE}/conversations", limit=100, after=encode_cursor("i:98999"))
         assert time.monotonic() - started < 2
     assert len(first["data"]) == 100
     assert deep.json()["data"][0]["id"] == "t_7000099000"
@@ -638,7 +638,7 @@ def test_a_large_world_pages_the_other_folder_in_constant_time():
     simulator = GraphSimulator(
         conversations=100_000, messages=1_000_000, seed=7, other_folder_share=0.1
     )
-    from conversations.simulator.graph import _encode_cursor
+    from conversations.simulator.wire import encode_cursor
 
     with simulator.running() as base:
         started = time.monotonic()
@@ -647,7 +647,7 @@ def test_a_large_world_pages_the_other_folder_in_constant_time():
             f"/{PAGE}/conversations",
             folder="other",
             limit=100,
-            after=_encode_cursor("i:90000"),
+            after=encode_cursor("i:90000"),
             fields="id,message_count,messages.limit(100){id,message}",
         )
         empty = get(base, f"/{PAGE}/conversations", folder="spam")

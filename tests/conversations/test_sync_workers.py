@@ -120,7 +120,7 @@ _CALLS_SCRIPT = textwrap.dedent(
     """
     import sys, django
     django.setup()
-    from conversations.graph import GraphClient
+    from conversations.graph_client import GraphClient
     client = GraphClient(page_id=sys.argv[1], access_token=sys.argv[2])
     for _ in range(int(sys.argv[4])):
         client.conversations(folder="inbox", after=None, limit=int(sys.argv[3]), message_limit=1)

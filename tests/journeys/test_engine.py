@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from journeys.engine.nodes import split_bucket
+from journeys.flows.nodes import split_bucket
 from journeys.models import Contact, JourneySession, JourneyStep, SessionStatus
 from journeys.services import contact_event_ingest, session_start, sessions_resume_due
 from tests.journeys.conftest import advance_all

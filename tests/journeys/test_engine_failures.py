@@ -13,9 +13,8 @@ import pytest
 from django.db.models import F
 from django.utils import timezone
 
-from journeys.engine.flow import MAX_WAIT_SECONDS, RetryPolicy
+from journeys.flows.flow import MAX_WAIT_SECONDS, RetryPolicy
 from journeys.models import Journey, JourneySession, JourneyStep, SessionStatus
-from journeys.services import engine as engine_module
 from journeys.services import (
     journey_update,
     session_retry,
@@ -23,6 +22,7 @@ from journeys.services import (
     sessions_advance,
     sessions_resume_due,
 )
+from journeys.services.engine import runner, steps
 from tests.journeys.factories import ContactFactory, JourneyFactory, linear_flow
 
 pytestmark = pytest.mark.django_db
@@ -183,14 +183,14 @@ def test_an_unexpected_error_in_a_node_fails_only_its_session(monkeypatch):
     # given a node whose evaluation raises (a bug), in a batch with a good session
     bad = _start(linear_flow(("boom", "set_variable", {"name": "x", "value": 1})))
     good = _start(linear_flow(("a", "set_variable", {"name": "x", "value": 1}), ("b", "exit", {})))
-    evaluate = engine_module.node_evaluate
+    evaluate = steps.node_evaluate
 
     def evaluate_or_crash(node, state):
         if node.id == "boom":
             raise KeyError("boom")
         return evaluate(node, state)
 
-    monkeypatch.setattr(engine_module, "node_evaluate", evaluate_or_crash)
+    monkeypatch.setattr(steps, "node_evaluate", evaluate_or_crash)
 
     # when one worker advances both
     report = sessions_advance(session_ids=[bad, good])
@@ -273,7 +273,7 @@ def test_a_flow_edited_between_claim_and_load_runs_the_flow_read(monkeypatch):
         flow=linear_flow(("a", "set_variable", {"name": "x", "value": 1}), ("b", "exit", {}))
     )
     session_id = session_start(journey_id=journey.pk, contact_id=str(uuid.uuid4()))
-    claim = engine_module._claim
+    claim = runner.sessions_claim
 
     def claim_then_edit(session_ids, token):
         claimed = claim(session_ids, token)
@@ -283,7 +283,7 @@ def test_a_flow_edited_between_claim_and_load_runs_the_flow_read(monkeypatch):
         )
         return claimed
 
-    monkeypatch.setattr(engine_module, "_claim", claim_then_edit)
+    monkeypatch.setattr(runner, "sessions_claim", claim_then_edit)
 
     # when the worker advances it
     report = sessions_advance(session_ids=[session_id])
@@ -297,7 +297,7 @@ def test_a_flow_edited_between_claim_and_load_runs_the_flow_read(monkeypatch):
 def test_the_time_budget_is_checked_before_each_call(crm_simulator, settings, monkeypatch):
     # given two sessions with a slow call each, and a budget shorter than one call
     crm_simulator.faults.slow_ms = 400
-    monkeypatch.setattr(engine_module, "TASK_TIME_BUDGET_SECONDS", 0.2)
+    monkeypatch.setattr(runner, "TASK_TIME_BUDGET_SECONDS", 0.2)
     flow = linear_flow(("call", "http_request", {"url": settings.CRM_BASE_URL + "/hooks/slow"}))
     first = _start(flow)
     second = _start(flow)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import ValidationError
 
-from journeys.engine.flow import FlowInvalid, flow_parse
+from journeys.flows.flow import FlowInvalid, flow_parse
 from journeys.models import Journey
 from journeys.services import InvalidFlow, journey_create, journey_update
 from tests.journeys.factories import JourneyFactory, bench_flow, linear_flow

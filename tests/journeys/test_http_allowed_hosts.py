@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from rest_framework.test import APIClient
 
-from journeys.engine.flow import FlowInvalid, flow_validate, http_url_refusal
+from journeys.flows.flow import FlowInvalid, flow_validate, http_url_refusal
 from journeys.models import Journey, JourneySession, JourneyStep, SessionStatus
 from journeys.services import InvalidFlow, journey_create, journey_update, session_start
 from tests.core.factories import UserFactory

@@ -11,6 +11,7 @@ from journeys.models import JourneySession, SessionStatus
 from journeys.services import (
     InvalidSessionTransition,
     session_cancel,
+    session_persist_many,
     session_resume,
     session_start,
     sessions_advance,
@@ -89,15 +90,17 @@ def test_a_worker_holding_a_cancelled_session_cannot_complete_it():
     journey = JourneyFactory()
     session_id = session_start(journey_id=journey.pk, contact_id=str(uuid.uuid4()))
     # The worker claims the session, then an operator cancels it before the worker writes.
-    from journeys.services import engine
+    from journeys.services.engine.claim import sessions_claim
+    from journeys.services.engine.context import AdvanceRun
+    from journeys.services.engine.steps import base_write
 
     token = uuid.uuid4()
-    [claimed] = engine._claim([session_id], token)
+    [claimed] = sessions_claim([session_id], token)
     session_cancel(session_id=session_id)
-    write = engine._base_write(claimed, token)
+    write = base_write(AdvanceRun(token=token), claimed)
     write.status = SessionStatus.COMPLETED
 
-    result = engine.session_persist_many(writes=[write])
+    result = session_persist_many(writes=[write])
 
     assert result.updated_session_ids == set()
     assert JourneySession.objects.get(pk=session_id).status == SessionStatus.CANCELLED

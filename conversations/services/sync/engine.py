@@ -17,7 +17,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from conversations import metrics
-from conversations.graph import (
+from conversations.graph_client import (
     GraphClient,
     GraphError,
     OutOfTime,

@@ -12,7 +12,7 @@ from typing import Any
 from django.db import DatabaseError, connection
 
 from conversations import metrics
-from conversations.graph import (
+from conversations.graph_client import (
     ConversationPage,
     GraphClient,
     GraphConversation,

@@ -2,7 +2,7 @@
 
 Pure nodes (entry, wait, wait_for_event, condition, split, set_variable, exit) compute their
 outcome here without I/O. Nodes with side effects (messages, contact updates, labels, HTTP
-requests) are run by `journeys.engine.effects`, which the runner calls outside any transaction.
+requests) are run by `journeys.flows.effects`, which the runner calls outside any transaction.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from journeys.engine.flow import (
+from journeys.flows.flow import (
     ConditionConfig,
     ExitConfig,
     Node,

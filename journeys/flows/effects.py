@@ -20,7 +20,7 @@ from evoflow.http import (
     redact_url,
 )
 from journeys.crm import CrmError, crm_client
-from journeys.engine.flow import (
+from journeys.flows.flow import (
     HttpRequestConfig,
     LabelConfig,
     Node,
@@ -28,7 +28,7 @@ from journeys.engine.flow import (
     UpdateContactConfig,
     http_url_refusal,
 )
-from journeys.engine.nodes import NodeState, Outcome, render
+from journeys.flows.nodes import NodeState, Outcome, render
 
 
 class EffectFailed(Exception):
