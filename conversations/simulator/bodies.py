@@ -15,7 +15,7 @@ from conversations.simulator.fields import FieldSpec
 from conversations.simulator.render import MessageRenderer, Participant, json_object
 from conversations.simulator.wire import DEFAULT_LIMIT, MAX_LIMIT, encode_cursor
 from conversations.simulator.world import PageWorld, SimConversation, SimMessage, graph_time
-from evoflow.simulator import SimRequest
+from devtools.simulator import SimRequest
 
 
 def next_url(request: SimRequest, path: str, after: str) -> str:

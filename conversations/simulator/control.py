@@ -5,7 +5,7 @@ An optional `page_id`, in the JSON body or the query, picks the page; the first 
 The routes add messages and conversations, delete conversations, change a page's token and
 rate, read a page's state and its truth (every message the sync must end up with), and set the
 target of the signed webhook POSTs sent for new messages. The base simulator's own control
-routes (counters, reset, faults) are registered by `evoflow.simulator.Simulator`.
+routes (counters, reset, faults) are registered by `devtools.simulator.Simulator`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from conversations.simulator.wire import THROTTLE_MESSAGES
 from conversations.simulator.world import FOLDER_INBOX, FOLDERS, PageWorld
-from evoflow.simulator import SimRequest, SimResponse, SimulatorError
+from devtools.simulator import SimRequest, SimResponse, SimulatorError
 
 if TYPE_CHECKING:
     from conversations.simulator.graph import GraphSimulator

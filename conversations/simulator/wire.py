@@ -17,7 +17,7 @@ from typing import Any
 
 from conversations.simulator.fields import FieldsInvalid, FieldSpec, fields_parse
 from conversations.simulator.world import FOLDER_INBOX, FOLDERS, PageWorld
-from evoflow.simulator import SimRequest, SimResponse, SimulatorError
+from devtools.simulator import SimRequest, SimResponse, SimulatorError
 
 DEFAULT_LIMIT = 25
 MAX_LIMIT = 100
