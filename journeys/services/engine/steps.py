@@ -196,7 +196,12 @@ def writes_persist(
     except Exception:
         if len(pairs) == 1 and pairs[0][1].status == SessionStatus.FAILED:
             raise  # even the failure cannot be stored: the database itself is the problem
-        return [(session, write_persist(run, session, write)) for session, write in pairs]
+        # One by one, a failure that cannot be stored is replaced like any other write: only
+        # a failure that was alone in its statement says the database itself is the problem.
+        return [
+            (session, write_persist(run, session, write, is_failure_replaceable=True))
+            for session, write in pairs
+        ]
     return [
         (session, write if session.id in result.updated_session_ids else None)
         for session, write in pairs
@@ -209,13 +214,15 @@ def write_persist(
     write: SessionWrite,
     *,
     contact_changes: dict[str, Any] | None = None,
+    is_failure_replaceable: bool = False,
 ) -> SessionWrite | None:
     """Persist one write (and mirror the contact changes of its call, in the same transaction);
     returns the write persisted, or None when a guard did not hold.
 
     A write that cannot be stored (a mapped answer or a variable holding a NaN or a NUL) is
     replaced by a crash write that fails the session with a failed step at the same attempt
-    and key. A failure that cannot be stored either is raised: the database is the problem.
+    and key. A failure that cannot be stored either is raised (the database is the problem)
+    unless `is_failure_replaceable`, as when a batch is retried one write at a time.
     """
     try:
         with transaction.atomic():
@@ -223,7 +230,7 @@ def write_persist(
             if contact_changes and session.id in persisted.updated_session_ids:
                 _contact_mirror_update(session.contact_id, contact_changes)
     except Exception as error:
-        if write.status == SessionStatus.FAILED:
+        if write.status == SessionStatus.FAILED and not is_failure_replaceable:
             raise  # even the failure cannot be stored: the database itself is the problem
         step = write.step
         write = crash_write(
