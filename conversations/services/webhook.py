@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -55,6 +54,7 @@ from conversations.services.ingest import (
     batch_apply,
 )
 from conversations.services.pages import page_pk_cache_clear, page_pks_ensure
+from evoflow.jsonvalues import json_loads_storable
 
 logger = logging.getLogger(__name__)
 
@@ -329,7 +329,8 @@ def webhook_receipt_retry(*, receipt_id: int) -> ProcessOutcome:
 
 def _payload_from_bytes(body: bytes) -> WebhookPayload:
     try:
-        document = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+        # NaN, Infinity and 1e400 are refused here: jsonb could never store the payload.
+        document = json_loads_storable(body)
     except RecursionError as error:
         raise PayloadInvalid("the body is nested too deeply") from error
     except (ValueError, UnicodeDecodeError) as error:
@@ -338,19 +339,6 @@ def _payload_from_bytes(body: bytes) -> WebhookPayload:
         return payload_parse(document, raw=body)
     except RecursionError as error:  # the NUL / surrogate walks, near the parser's own limit
         raise PayloadInvalid("the body is nested too deeply") from error
-
-
-def _refuse_constant(name: str) -> Any:
-    # NaN, Infinity and -Infinity are not JSON, and jsonb refuses them.
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    # 1e400 parses to infinity, which jsonb refuses: the payload could never be stored.
-    number = float(text)
-    if not math.isfinite(number):
-        raise ValueError(f"{text[:40]} is out of range")
-    return number
 
 
 def _receipt_lock(receipt_id: int, *, force: bool = False) -> tuple[bytes, int] | None:
