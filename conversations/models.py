@@ -21,6 +21,7 @@ from django.db import models
 from django.db.models.functions import Now
 
 from evoflow.encryption import decrypt_text, encrypt_text
+from evoflow.sqlfiles import trigger_body
 
 
 class FacebookPage(models.Model):
@@ -58,47 +59,10 @@ class FacebookPage(models.Model):
         self.access_token_encrypted = encrypt_text(token) if token else ""
 
 
-# Keeps the conversation's counters and last message in step with the message rows themselves.
-# Statement level with transition tables: one UPDATE per statement whatever the batch size, and
-# only rows really inserted (ON CONFLICT DO NOTHING skips the rest) are in `new_messages`.
-_COUNT_AND_LAST_ON_INSERT = """
-    UPDATE conversations_conversation AS c SET
-        message_count = c.message_count + agg.added,
-        last_message_at = CASE WHEN c.last_message_at IS NULL
-            OR (agg.sent_at, agg.mid) > (c.last_message_at, c.last_message_mid)
-            THEN agg.sent_at ELSE c.last_message_at END,
-        last_message_mid = CASE WHEN c.last_message_at IS NULL
-            OR (agg.sent_at, agg.mid) > (c.last_message_at, c.last_message_mid)
-            THEN agg.mid ELSE c.last_message_mid END,
-        last_message_text = CASE WHEN c.last_message_at IS NULL
-            OR (agg.sent_at, agg.mid) > (c.last_message_at, c.last_message_mid)
-            THEN agg.text ELSE c.last_message_text END,
-        deleted_at = CASE WHEN c.deleted_at IS NOT NULL AND agg.sent_at > c.deleted_at
-            THEN NULL ELSE c.deleted_at END,
-        version = c.version + 1,
-        updated_at = now()
-    FROM (
-        SELECT DISTINCT ON (conversation_id)
-            conversation_id, sent_at, mid, text,
-            count(*) OVER (PARTITION BY conversation_id) AS added
-        FROM new_messages
-        ORDER BY conversation_id, sent_at DESC, mid DESC
-    ) AS agg
-    WHERE c.id = agg.conversation_id;
-    RETURN NULL;
-"""
-
-_COUNT_ON_DELETE = """
-    UPDATE conversations_conversation AS c SET
-        message_count = c.message_count - agg.removed,
-        version = c.version + 1,
-        updated_at = now()
-    FROM (
-        SELECT conversation_id, count(*) AS removed FROM old_messages GROUP BY conversation_id
-    ) AS agg
-    WHERE c.id = agg.conversation_id;
-    RETURN NULL;
-"""
+# C4's two statement-level trigger bodies (counters and last message), kept as SQL files
+# (conversations/sql/): one UPDATE per statement over the rows really inserted or deleted.
+_COUNT_AND_LAST_ON_INSERT = trigger_body(__file__, "message_count_and_last_on_insert.sql")
+_COUNT_ON_DELETE = trigger_body(__file__, "message_count_on_delete.sql")
 
 
 # Foreign keys whose column leads a composite index or unique constraint get no index of their
@@ -272,6 +236,10 @@ class EventKind(models.TextChoices):
     POSTBACK = "postback", "Postback"
 
 
+# A message's own events (one per message, keyed by it rather than by a dedupe key).
+MESSAGE_EVENT_KINDS = [str(EventKind.MESSAGE_RECEIVED), str(EventKind.MESSAGE_SENT)]
+
+
 class InteractionEvent(models.Model):
     # (conversation_id, page_id) is checked by the composite key described above Message.
     page = models.ForeignKey(
@@ -306,12 +274,12 @@ class InteractionEvent(models.Model):
             # sync batch's time).
             models.UniqueConstraint(
                 fields=["page", "dedupe_key"],
-                condition=~models.Q(kind__in=["message_received", "message_sent"]),
+                condition=~models.Q(kind__in=MESSAGE_EVENT_KINDS),
                 name="event_one_per_dedupe_key",
             ),
             models.UniqueConstraint(
                 fields=["message", "kind"],
-                condition=models.Q(kind__in=["message_received", "message_sent"]),
+                condition=models.Q(kind__in=MESSAGE_EVENT_KINDS),
                 name="event_one_message_event_per_message",
             ),
         ]
@@ -474,7 +442,7 @@ class SyncRun(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["page"],
-                condition=models.Q(status__in=["queued", "running"]),
+                condition=models.Q(status__in=[str(status) for status in SYNC_LIVE_STATUSES]),
                 name="syncrun_one_live_per_page",
             ),
         ]

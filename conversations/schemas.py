@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from evoflow.jsonvalues import NUL, UnstorableJson, json_value_check
+
 # Epoch milliseconds between 2000 and 2100: anything else is not a Messenger timestamp (and
 # would overflow PostgreSQL's timestamp range if taken at face value).
 MIN_TIMESTAMP_MS = 946_684_800_000
@@ -145,17 +147,6 @@ class PayloadInvalid(Exception):
     """The payload is not a Messenger page webhook evoflow can read; the detail says why."""
 
 
-def _contains_nul(value: Any) -> bool:
-    # PostgreSQL text and jsonb cannot hold U+0000: refuse it up front rather than fail mid-way.
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_contains_nul(key) or _contains_nul(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(_contains_nul(item) for item in value)
-    return False
-
-
 def _contains_lone_surrogate(value: Any) -> bool:
     # json.loads turns a lone \uD800 escape into a str that UTF-8 (text, jsonb) cannot hold.
     if isinstance(value, str):
@@ -174,9 +165,16 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def payload_parse(document: Any, *, raw: bytes | None = None) -> WebhookPayload:
-    # A NUL can only come from a \u0000 escape: without one in the bytes, skip the full walk.
-    if (raw is None or b"\\u0000" in raw) and _contains_nul(document):
-        raise PayloadInvalid("the payload contains a NUL character")
+    # PostgreSQL text and jsonb cannot hold U+0000: refuse it up front rather than fail mid-way.
+    # A NUL can only come from a \u0000 escape: without one in the bytes, skip the full walk
+    # (the body's numbers were checked as it was parsed).
+    if raw is None or b"\\u0000" in raw:
+        try:
+            json_value_check(document, max_depth=None)
+        except UnstorableJson as error:
+            if error.reason == NUL:
+                raise PayloadInvalid("the payload contains a NUL character") from None
+            raise PayloadInvalid(f"the payload cannot be stored: {error}") from None
     # Likewise a lone surrogate only comes from a \uD800-\uDFFF escape (pairs decode to one
     # character and are fine).
     if (raw is None or _SURROGATE_ESCAPE.search(raw)) and _contains_lone_surrogate(document):

@@ -4,13 +4,14 @@ The rule that links a delivery to its user (D1, D2) and the audit row every atte
 live in PostgreSQL, so that every write path obeys them (ORM, `bulk_create`,
 `QuerySet.update`, raw SQL, data migrations):
 
-* `deliveries_link_resolve(ids)` (SQL, created by migration 0002) decides, for a set of
+* `deliveries_link_resolve(ids)` (SQL, in `deliveries/sql/link_rule.sql`) decides, for a set of
   deliveries, which user each should carry and why: the rule, written once;
-* `deliveries_link_apply(ids, method, audit_all)` applies that decision in one `UPDATE ... FROM`
-  and writes the audit rows in one `INSERT ... SELECT`, in the caller's transaction;
+* `deliveries_link_apply(ids, method, audit_all, previous_user_id)` applies that decision in one
+  `UPDATE ... FROM` and writes the audit rows in one `INSERT ... SELECT`, in the caller's
+  transaction; it is the only writer of audit rows;
 * the statement-level triggers declared below call it: after every INSERT of deliveries, and
   after every UPDATE of guests that links an active guest (NULL -> user, or a linked guest
-  restored); the historical backfill calls it per id-range batch.
+  restored); the historical backfill calls it per id-range batch, a manual relink once.
 
 Both triggers are statement-level with transition tables, so inserting 100,000 deliveries
 costs one set-based pass rather than 100,000 trigger calls.
@@ -25,66 +26,14 @@ from django.db import models
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from evoflow.phones import InvalidPhoneNumber, phone_to_e164
+from evoflow.phones import e164_column_valid, phone_e164_or_none, phone_e164_refresh
+from evoflow.sqlfiles import trigger_body
 
-E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
-
-# Serialises guest links with concurrent delivery inserts of the same event (see the triggers):
-# an insert takes it shared, a guest link exclusively, both for the rest of the transaction.
-EVENT_LOCK_SQL = "hashtextextended('deliveries.event:' || {event_id}::text, 0)"
-
-DELIVERY_INSERTED_SQL = f"""
-    -- A guest being linked in a concurrent transaction either sees these deliveries when it
-    -- backfills (it waits for this lock), or has committed before the lookup below runs.
-    PERFORM pg_advisory_xact_lock_shared({EVENT_LOCK_SQL.format(event_id="events.event_id")})
-    FROM (
-        SELECT DISTINCT guest.event_id
-        FROM new_rows
-        JOIN deliveries_eventguest AS guest ON guest.id = new_rows.guest_id
-        ORDER BY guest.event_id
-    ) AS events;
-    PERFORM deliveries_link_apply(ARRAY(SELECT id FROM new_rows), NULL, true);
-    RETURN NULL;
-"""
-
-# Which guests became "active and linked" in this statement: user NULL -> value, or a linked
-# guest restored. A linked guest moved to another user is `guest_relink_user`'s job.
-_GUEST_NEWLY_LINKED = """
-    new_rows.user_id IS NOT NULL AND new_rows.removed_at IS NULL
-    AND (old_rows.user_id IS NULL OR old_rows.removed_at IS NOT NULL)
-"""
-
-GUEST_UPDATED_SQL = f"""
-    PERFORM pg_advisory_xact_lock({EVENT_LOCK_SQL.format(event_id="events.event_id")})
-    FROM (
-        SELECT DISTINCT new_rows.event_id
-        FROM new_rows JOIN old_rows ON old_rows.id = new_rows.id
-        WHERE {_GUEST_NEWLY_LINKED}
-        ORDER BY new_rows.event_id
-    ) AS events;
-    PERFORM deliveries_link_apply(
-        ARRAY(
-            SELECT delivery.id
-            FROM new_rows
-            JOIN old_rows ON old_rows.id = new_rows.id
-            JOIN deliveries_messagedelivery AS delivery
-              ON delivery.guest_id = new_rows.id AND delivery.user_id IS NULL
-            WHERE {_GUEST_NEWLY_LINKED}
-        ),
-        'guest_backfill',
-        true
-    );
-    RETURN NULL;
-"""
-
-
-def _normalised_or_none(raw: str) -> str | None:
-    try:
-        return phone_to_e164(raw)
-    except InvalidPhoneNumber:
-        # Services reject bad numbers; a row written around them matches nobody, and the
-        # integrity check `deliveries.phone_not_normalised` lists it.
-        return None
+# The trigger bodies, kept as SQL files next to the rule they call (deliveries/sql/). Both take
+# the event's link lock (deliveries/locks.py): a delivery insert shared, a guest link
+# exclusively, both for the rest of the transaction.
+DELIVERY_INSERTED_SQL = trigger_body(__file__, "delivery_link_on_insert.sql")
+GUEST_UPDATED_SQL = trigger_body(__file__, "guest_link_backfill.sql")
 
 
 class Event(models.Model):
@@ -143,8 +92,7 @@ class EventGuest(models.Model):
         ]
         constraints = [
             models.CheckConstraint(
-                condition=models.Q(phone_e164__isnull=True)
-                | models.Q(phone_e164__regex=E164_PATTERN),
+                condition=e164_column_valid(),
                 name="guest_phone_e164_format",
             )
         ]
@@ -163,10 +111,9 @@ class EventGuest(models.Model):
         return f"{self.name} ({self.phone})"
 
     def save(self, *args, **kwargs) -> None:
-        self.phone_e164 = _normalised_or_none(self.phone)
-        update_fields = kwargs.get("update_fields")
-        if update_fields is not None and "phone" in update_fields:
-            kwargs["update_fields"] = {*update_fields, "phone_e164"}
+        # A bad number is refused by services; one written around them matches nobody, and the
+        # integrity check `deliveries.phone_not_normalised` lists it.
+        phone_e164_refresh(self, kwargs)
         super().save(*args, **kwargs)
 
 
@@ -232,8 +179,7 @@ class MessageDelivery(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["message", "guest"], name="delivery_once_per_guest"),
             models.CheckConstraint(
-                condition=models.Q(phone_e164__isnull=True)
-                | models.Q(phone_e164__regex=E164_PATTERN),
+                condition=e164_column_valid(),
                 name="delivery_phone_e164_format",
             ),
         ]
@@ -272,8 +218,24 @@ class MessageDelivery(models.Model):
             self.phone = self.guest.phone
             self.phone_e164 = self.guest.phone_e164
         elif self.phone and not self.phone_e164:
-            self.phone_e164 = _normalised_or_none(self.phone)
+            self.phone_e164 = phone_e164_or_none(self.phone)
         super().save(*args, **kwargs)
+
+
+class LinkOutcome(models.TextChoices):
+    LINKED = "linked"
+    NO_MATCH = "no_match"
+    AMBIGUOUS = "ambiguous"
+    SKIPPED = "skipped"
+    ALREADY_LINKED = "already_linked"
+
+
+class LinkMethod(models.TextChoices):
+    GUEST = "guest"
+    PHONE_FALLBACK = "phone_fallback"
+    GUEST_BACKFILL = "guest_backfill"
+    HISTORICAL = "historical"
+    MANUAL = "manual"
 
 
 class UserLinkAudit(models.Model):
@@ -283,19 +245,8 @@ class UserLinkAudit(models.Model):
     outlive the deliveries, guests and users it talks about.
     """
 
-    class Outcome(models.TextChoices):
-        LINKED = "linked"
-        NO_MATCH = "no_match"
-        AMBIGUOUS = "ambiguous"
-        SKIPPED = "skipped"
-        ALREADY_LINKED = "already_linked"
-
-    class Method(models.TextChoices):
-        GUEST = "guest"
-        PHONE_FALLBACK = "phone_fallback"
-        GUEST_BACKFILL = "guest_backfill"
-        HISTORICAL = "historical"
-        MANUAL = "manual"
+    Outcome = LinkOutcome
+    Method = LinkMethod
 
     delivery = models.ForeignKey(
         MessageDelivery,
@@ -337,15 +288,11 @@ class UserLinkAudit(models.Model):
         ]
         constraints = [
             models.CheckConstraint(
-                condition=models.Q(
-                    outcome__in=["linked", "no_match", "ambiguous", "skipped", "already_linked"]
-                ),
+                condition=models.Q(outcome__in=LinkOutcome.values),
                 name="link_audit_outcome_valid",
             ),
             models.CheckConstraint(
-                condition=models.Q(
-                    method__in=["guest", "phone_fallback", "guest_backfill", "historical", "manual"]
-                ),
+                condition=models.Q(method__in=LinkMethod.values),
                 name="link_audit_method_valid",
             ),
         ]
@@ -364,7 +311,9 @@ class FeatureFlag(models.Model):
 
     LINK_USER_BY_PHONE = "LINK_USER_BY_PHONE"
     LINK_USER_BY_PHONE_FALLBACK_TO_USERS = "LINK_USER_BY_PHONE_FALLBACK_TO_USERS"
-    # What the database assumes when a flag's row is missing (see deliveries_link_resolve).
+    # The flags' defaults, defined here once: the value a new row gets, and what the link rule
+    # (deliveries/sql/link_rule.sql) assumes when a row is missing; migration 0003 created the
+    # rows with them. tests/deliveries/test_flag_defaults.py checks those two copies agree.
     DEFAULTS = {LINK_USER_BY_PHONE: True, LINK_USER_BY_PHONE_FALLBACK_TO_USERS: False}
 
     name = models.CharField(max_length=100, unique=True)

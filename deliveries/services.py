@@ -197,26 +197,19 @@ def _guest_link_user(*, guest: EventGuest, user: User, actor: User | None) -> Ev
     return locked
 
 
+# The guest's deliveries that follow it to its new user: those on the previous user, or on none.
+# `deliveries_link_apply` moves them and writes their `manual` audit rows.
 RELINK_SQL = """
-WITH moved AS (
-    UPDATE deliveries_messagedelivery
-    SET user_id = %(new_user)s, updated_at = now()
-    WHERE guest_id = %(guest)s
-      AND (user_id IS NULL OR user_id = %(old_user)s)
-    RETURNING id, user_id AS new_user_id
+SELECT link_outcome, delivery_count FROM deliveries_link_apply(
+    ARRAY(
+        SELECT id FROM deliveries_messagedelivery
+        WHERE guest_id = %(guest)s AND (user_id IS NULL OR user_id = %(old_user)s)
+        ORDER BY id
+    ),
+    'manual',
+    true,
+    %(old_user)s
 )
-INSERT INTO deliveries_userlinkaudit
-    (delivery_id, guest_id, user_id, outcome, method, details, created_at)
-SELECT moved.id, %(guest)s, moved.new_user_id, 'linked', 'manual',
-       jsonb_strip_nulls(jsonb_build_object(
-           'reason', 'guest_relinked',
-           'previous_user_id', %(old_user)s::bigint,
-           'actor_id', %(actor)s::bigint,
-           'request_id', %(request_id)s::text
-       )),
-       now()
-FROM moved
-ORDER BY moved.id
 """
 
 
@@ -242,19 +235,9 @@ def guest_relink_user(*, guest: EventGuest, user: User, actor: User | None = Non
     locked.user = user
     locked.updated_at = timezone.now()
     locked.save(update_fields=["user", "updated_at"])
-    request_id = get_request_id()
     with connection.cursor() as cursor:
-        cursor.execute(
-            RELINK_SQL,
-            {
-                "new_user": user.pk,
-                "old_user": old_user_id,
-                "guest": locked.pk,
-                "actor": actor.pk if actor is not None else None,
-                "request_id": None if request_id == NO_REQUEST_ID else request_id,
-            },
-        )
-        moved = cursor.rowcount
+        cursor.execute(RELINK_SQL, {"old_user": old_user_id, "guest": locked.pk})
+        moved = sum(int(count) for _outcome, count in cursor.fetchall())
     logger.info(
         "guest %s relinked from user %s to %s, %d deliveries moved",
         locked.pk,

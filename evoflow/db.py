@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 from django.conf import settings
 from django.db import connection, connections
+from django.db.backends.postgresql.psycopg_any import mogrify
 from django.db.models import Count, Model, QuerySet
 from psycopg.conninfo import make_conninfo
 
@@ -98,3 +99,15 @@ def counts_by_value(queryset: QuerySet, field: str, values: Iterable[str]) -> di
     for value, total in rows:
         counts[value] = total
     return counts
+
+
+def queryset_sql(queryset: QuerySet) -> str:
+    """The queryset's SQL with its parameters bound by the driver, to embed in a larger query.
+
+    For SQL written around an ORM definition (the integrity checks count what a selector
+    selects), so the rule has one written form. Percent signs are doubled: the result is meant
+    for `cursor.execute(sql, params)` with the caller's own (named) parameters. Compiling binds
+    the parameters through psycopg (`mogrify`), never by string formatting.
+    """
+    sql, params = queryset.query.sql_with_params()
+    return mogrify(sql, params, connections[queryset.db]).replace("%", "%%")

@@ -8,7 +8,12 @@ from django.db import models
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from evoflow.phones import InvalidPhoneNumber, phone_to_e164
+from evoflow.phones import (
+    InvalidPhoneNumber,
+    e164_column_valid,
+    phone_e164_refresh,
+    phone_to_e164,
+)
 
 
 class User(AbstractUser):
@@ -34,8 +39,7 @@ class User(AbstractUser):
         ]
         constraints = [
             models.CheckConstraint(
-                condition=models.Q(phone_e164__isnull=True)
-                | models.Q(phone_e164__regex=r"^\+[1-9][0-9]{6,14}$"),
+                condition=e164_column_valid(),
                 name="user_phone_e164_format",
             )
         ]
@@ -48,14 +52,8 @@ class User(AbstractUser):
             raise ValidationError({"phone": str(exc)}) from exc
 
     def save(self, *args, **kwargs) -> None:
-        try:
-            self.phone_e164 = phone_to_e164(self.phone)
-        except InvalidPhoneNumber:
-            # An unreadable number matches nobody; the integrity check lists such users.
-            self.phone_e164 = None
-        update_fields = kwargs.get("update_fields")
-        if update_fields is not None and "phone" in update_fields:
-            kwargs["update_fields"] = {*update_fields, "phone_e164"}
+        # An unreadable number matches nobody; the integrity check lists such users.
+        phone_e164_refresh(self, kwargs)
         super().save(*args, **kwargs)
 
 

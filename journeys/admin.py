@@ -19,9 +19,9 @@ from django.shortcuts import redirect
 from django.utils import timezone
 
 from evoflow.admin_lists import HugeTablePaginator, QueryStringCheckedAdmin
+from evoflow.jsonvalues import UnstorableJson, json_value_check
 from journeys import selectors, services
 from journeys.integrity import OVERDUE_MINUTES
-from journeys.jsonvalues import UnstorableJson, json_value_check
 from journeys.models import Contact, Journey, JourneySession, JourneyStep, SessionStatus
 from journeys.services import JourneyError
 from journeys.services.journeys import EDITABLE_FIELDS as JOURNEY_EDITABLE_FIELDS

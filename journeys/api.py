@@ -20,8 +20,8 @@ from rest_framework.views import APIView
 
 from evoflow.api.errors import ApiError
 from evoflow.api.pagination import IdCursorPagination
+from evoflow.jsonvalues import JSON_MAX_DEPTH, UnstorableJson, json_value_check
 from journeys import selectors, services
-from journeys.jsonvalues import JSON_MAX_DEPTH, UnstorableJson, json_value_check
 from journeys.models import Journey, JourneySession, SessionStatus
 from journeys.services import InvalidFlow, JourneyError
 

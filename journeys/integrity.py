@@ -8,14 +8,13 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
+from evoflow.db import queryset_sql
 from evoflow.integrity import IntegrityCheck, register
 from journeys.models import JourneySession, SessionStatus
+from journeys.selectors import OVERDUE_MINUTES, sessions_overdue
 from journeys.services import contacts_enrich, sessions_resume_due
 from journeys.services.contacts import contacts_stale_stub_ids
 
-# How late a live session may be before it counts as overdue: the resume schedule runs every
-# minute, so a few minutes late means the schedule or the workers are not keeping up.
-OVERDUE_MINUTES = 5
 STUB_ENRICHMENT_HOURS = 1
 STEP_STUCK_MINUTES = 10
 # sessions_resume_due's defaults: at most this many sessions of each kind per call.
@@ -41,6 +40,19 @@ def _resume_due_count() -> int:
         Q(lease_until__lt=now) | Q(lease_until__isnull=True, updated_at__lt=stalled_before)
     )
     return sum(queryset.order_by()[:cap].count() for queryset in (due, stalled))
+
+
+def _sessions_overdue_sql() -> str:
+    # The failing rows are the selector `sessions_overdue` (the admin's filter), compiled: the
+    # rule is written once. The population is the live sessions that can be overdue.
+    overdue = queryset_sql(sessions_overdue().order_by().values("id"))
+    live = JourneySession.objects.filter(status__in=[SessionStatus.ACTIVE, SessionStatus.WAITING])
+    return f"""
+        WITH overdue AS ({overdue})
+        SELECT (SELECT count(*) FROM overdue),
+               (SELECT count(*) FROM ({queryset_sql(live.order_by().values("id"))}) AS live),
+               ARRAY(SELECT id::text FROM overdue ORDER BY overdue.id LIMIT %(sample_limit)s)
+    """
 
 
 def _enrich_stale_stubs(*, dry_run: bool) -> int:
@@ -78,22 +90,7 @@ register(
             f"Live sessions more than {OVERDUE_MINUTES} minutes past their resume time (waiting),"
             " or active without a working worker for as long (stalled)."
         ),
-        sql=f"""
-            WITH live AS (
-                SELECT id, status, wait_until, lease_until, updated_at
-                FROM journeys_journeysession
-                WHERE status IN ('active', 'waiting')),
-            overdue AS (
-                SELECT id FROM live
-                WHERE (status = 'waiting'
-                       AND wait_until < now() - interval '{OVERDUE_MINUTES} minutes')
-                   OR (status = 'active'
-                       AND coalesce(lease_until, updated_at)
-                           < now() - interval '{OVERDUE_MINUTES} minutes'))
-            SELECT (SELECT count(*) FROM overdue),
-                   (SELECT count(*) FROM live),
-                   ARRAY(SELECT id::text FROM overdue ORDER BY overdue.id LIMIT %(sample_limit)s)
-        """,
+        sql=_sessions_overdue_sql,
         warning_count=1,
         error_count=100,
         repair=_resume_overdue,

@@ -8,11 +8,9 @@ from datetime import datetime, timedelta
 
 from django.db import connection
 from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
-from django.db.models.functions import Coalesce
-from django.utils import timezone
+from django.db.models.functions import Coalesce, Now
 
 from evoflow.db import counts_by_value
-from journeys.integrity import OVERDUE_MINUTES
 from journeys.models import (
     LIVE_STATUSES,
     Contact,
@@ -21,6 +19,10 @@ from journeys.models import (
     JourneyStep,
     SessionStatus,
 )
+
+# How late a live session may be before it counts as overdue: the resume schedule runs every
+# minute, so a few minutes late means the schedule or the workers are not keeping up.
+OVERDUE_MINUTES = 5
 
 
 def journey_list() -> QuerySet[Journey]:
@@ -97,9 +99,11 @@ def sessions_overdue(*, now: datetime | None = None) -> QuerySet[JourneySession]
     """Live sessions the check `journeys.sessions_overdue` counts, as of `now`.
 
     Waiting sessions more than OVERDUE_MINUTES past their resume time, and active ones whose
-    lease (or, without one, last update) is that old: the worker that held them is gone.
+    lease (or, without one, last update) is that old: the worker that held them is gone. The
+    check runs this very query (compiled); without `now`, the database's clock decides.
     """
-    cutoff = (now or timezone.now()) - timedelta(minutes=OVERDUE_MINUTES)
+    current: datetime | Now = now if now is not None else Now()
+    cutoff = current - timedelta(minutes=OVERDUE_MINUTES)
     return JourneySession.objects.alias(
         lease_or_update=Coalesce("lease_until", "updated_at")
     ).filter(

@@ -11,8 +11,6 @@ and applies the plan.
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,12 +25,14 @@ from conversations.schemas import (
     payload_parse,
 )
 from conversations.services.ingest import IncomingEvent, IncomingMark, IncomingMessage
+from evoflow.jsonvalues import json_loads_storable
 
 
 def payload_from_bytes(body: bytes) -> WebhookPayload:
     """The POST's bytes as a checked payload; PayloadInvalid says why they are not one."""
     try:
-        document = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+        # NaN, Infinity and 1e400 are refused here: jsonb could never store the payload.
+        document = json_loads_storable(body)
     except RecursionError as error:
         raise PayloadInvalid("the body is nested too deeply") from error
     except (ValueError, UnicodeDecodeError) as error:
@@ -41,19 +41,6 @@ def payload_from_bytes(body: bytes) -> WebhookPayload:
         return payload_parse(document, raw=body)
     except RecursionError as error:  # the NUL / surrogate walks, near the parser's own limit
         raise PayloadInvalid("the body is nested too deeply") from error
-
-
-def _refuse_constant(name: str) -> Any:
-    # NaN, Infinity and -Infinity are not JSON, and jsonb refuses them.
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    # 1e400 parses to infinity, which jsonb refuses: the payload could never be stored.
-    number = float(text)
-    if not math.isfinite(number):
-        raise ValueError(f"{text[:40]} is out of range")
-    return number
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,6 @@ caller sees, instead of a lost update. The status trigger (J3) remains the last 
 
 from __future__ import annotations
 
-import json
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
+from evoflow.jsonvalues import NOT_FINITE, NUL, UnstorableJson, jsonb_text
 from evoflow.tasks import enqueue_after_commit
 from journeys.models import LIVE_STATUSES
 
@@ -92,12 +91,15 @@ def contact_id_parse(value: Any) -> uuid.UUID:
         raise InvalidContactId(f"contact id {value[:80]!r} is not a UUID") from None
 
 
-# An escaped NUL ("\\u0000") that is not itself escaped: PostgreSQL's jsonb refuses it.
-_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
-
-
-class UnstorableValue(ValueError):
+class UnstorableValue(UnstorableJson):
     """A value jsonb cannot hold (NaN, an infinity, a NUL character)."""
+
+
+# How a session's error names what jsonb refused.
+_UNSTORABLE_MESSAGES = {
+    NOT_FINITE: "a number is not finite (NaN or an infinity)",
+    NUL: "a string contains a NUL character (\\u0000)",
+}
 
 
 def _json(value: Any) -> str | None:
@@ -106,12 +108,9 @@ def _json(value: Any) -> str | None:
     if value is None:
         return None
     try:
-        text = json.dumps(value, separators=(",", ":"), default=str, allow_nan=False)
-    except ValueError as error:
-        raise UnstorableValue("a number is not finite (NaN or an infinity)") from error
-    if "\\u0000" in text and _ESCAPED_NUL.search(text):
-        raise UnstorableValue("a string contains a NUL character (\\u0000)")
-    return text
+        return jsonb_text(value)
+    except UnstorableJson as error:
+        raise UnstorableValue(error.reason, _UNSTORABLE_MESSAGES[error.reason]) from error
 
 
 @dataclass
