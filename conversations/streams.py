@@ -7,7 +7,7 @@ carries the run's request id.
 Why it lives apart from the rest of the API: a stream holds its request thread for as long as
 it is open (up to 30 minutes), unlike every other view. Left unbounded, a few open progress
 pages would occupy every request thread of a web process, and `/healthz`, the admin and the API
-would wait behind them. The design chosen, as the simplest one that is correct:
+would wait behind them. The approach chosen, as the simplest one that is correct:
 
 - the web server runs threaded workers (gunicorn `gthread`, see gunicorn.conf.py and
   docs/operations.md; `runserver` is threaded too), so a stream costs one thread, not a whole

@@ -11,7 +11,7 @@ from __future__ import annotations
 from deliveries import services
 from evoflow.integrity.registry import IntegrityCheck, register
 
-# Background.md section 3: deliveries with NULL user whose guest is linked, over all
+# docs/invariants.md (deliveries): deliveries with NULL user whose guest is linked, over all
 # deliveries. Healthy: 0; warning: any; error: above 1%.
 UNLINKED_DELIVERIES_SQL = """
 WITH failing AS MATERIALIZED (

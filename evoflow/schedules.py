@@ -35,7 +35,7 @@ class ScheduleSpec:
 
 
 SCHEDULES: tuple[ScheduleSpec, ...] = (
-    # The daily integrity run of background.md, at a quiet hour.
+    # The daily integrity run of docs/invariants.md (deliveries), at a quiet hour.
     ScheduleSpec(
         name="integrity.daily",
         func="evoflow.tasks.integrity_run_scheduled",
