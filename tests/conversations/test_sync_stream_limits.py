@@ -199,7 +199,7 @@ def test_open_streams_leave_gunicorn_answering_and_the_one_beyond_the_cap_gets_4
         assert json.loads(response.read())["code"] == "too_many_streams"
         refused.close()
 
-        # And a stream whose client left gives its slot back (noticed at its next keep-alive)
+        # And a stream whose client left gives its slot back (noticed when a keep-alive fails)
         open_streams.close()
         assert wait_for(lambda: _stream_admitted(port, run.pk, token), timeout=20, interval=1)
 
