@@ -24,7 +24,7 @@ __all__ = ["Context", "Result", "Target", "peak_rss_mb", "percentile_ms", "reset
 
 @dataclass(frozen=True)
 class Target:
-    """A performance target from DESIGN.md for one figure, e.g. `rows_per_s >= 100,000`."""
+    """A performance target from docs/invariants.md for one figure, e.g. `rows_per_s >= 100,000`."""
 
     figure: str
     at_least: float | None = None

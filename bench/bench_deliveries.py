@@ -1,6 +1,6 @@
 """Deliveries: historical backfill, guest-link backfill, and sending a message to many guests.
 
-Figures (DESIGN.md targets in brackets):
+Figures (targets of docs/invariants.md in brackets):
 
 * `deliveries.backfill`: `backfill_deliveries`' service over N deliveries of which 10% have no
   user although their guest is linked [>= 100,000 deliveries/s], beside

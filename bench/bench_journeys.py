@@ -1,6 +1,6 @@
 """Journeys engine throughput: contacts none of which exists locally, through a 5-node journey.
 
-Figures (DESIGN.md target in brackets):
+Figures (target of docs/invariants.md in brackets):
 
 * `journeys.engine`: N contacts enrolled in one call (the funnel creates N contact stubs) and
   run by two `manage.py qcluster` processes (one worker each) through set_variable, condition,

@@ -1,6 +1,6 @@
 """Graph sync from the simulator: full sync throughput and memory, incremental sync cost.
 
-Figures (DESIGN.md targets in brackets):
+Figures (targets of docs/invariants.md in brackets):
 
 * `conversations.sync.full`: `manage.py sync_page PAGE --full` in its own process against
   `manage.py graph_simulator` in another (QUICK: 100k messages in 10k conversations; full run:

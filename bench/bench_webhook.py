@@ -1,6 +1,6 @@
 """Messenger webhook ingest through gunicorn on loopback, with a load generator of signed POSTs.
 
-Figures (DESIGN.md targets in brackets):
+Figures (targets of docs/invariants.md in brackets):
 
 * `conversations.webhook.single`: 1 event per POST from 16 concurrent clients
   [>= 1,000 events/s, p99 <= 50 ms];

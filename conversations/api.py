@@ -7,24 +7,17 @@ is cached (F17 does not arise): every answer is read from PostgreSQL through ind
 
 Sync runs: requesting a sync and reading runs (their status, counters and progress stream) need
 `conversations.add_syncrun` (the operators group has it), else 403. A run never shows its page's
-token, its lease token or anything else secret. The progress stream is server-sent events:
-`event: progress` whenever the run's row changes, `: keep-alive` comments in between, and one
-`event: end` with the final status; every event carries the run's request id.
+token, its lease token or anything else secret. The progress stream (server-sent events) is
+in conversations/streams.py.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import time
-from collections.abc import Iterator
 from typing import Any
 
-from django.db import close_old_connections, connection
-from django.http import HttpResponseBase, StreamingHttpResponse
 from django.utils.dateparse import parse_datetime
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
     OpenApiParameter,
@@ -36,14 +29,12 @@ from drf_spectacular.utils import (
 from rest_framework import permissions, serializers, status
 from rest_framework.exceptions import NotFound, ParseError
 from rest_framework.pagination import Cursor, CursorPagination
-from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from conversations import selectors
 from conversations.models import (
-    SYNC_LIVE_STATUSES,
     SYNC_RUN_COUNTERS,
     Conversation,
     FacebookPage,
@@ -473,143 +464,5 @@ class SyncRunDetailApi(APIView):
         return Response(SyncRunOutput(_sync_run_or_404(run_id)).data)
 
 
-# The stream's pace. Module constants so a test can make them short.
 # A Facebook page id: digits (anything else cannot name a stored page).
 PAGE_ID_PATTERN = re.compile(r"[0-9]{1,64}")
-STREAM_POLL_SECONDS = 0.5
-STREAM_KEEPALIVE_SECONDS = 5.0
-# A client that never goes away (or a run that never ends) does not hold a thread and a
-# database connection for ever: the stream closes with `event: timeout`; clients reconnect.
-STREAM_MAX_SECONDS = 30 * 60
-
-
-class EventStreamRenderer(BaseRenderer):
-    media_type = "text/event-stream"
-    format = "event-stream"
-    charset = "utf-8"
-
-    def render(
-        self,
-        data: Any,
-        accepted_media_type: str | None = None,
-        renderer_context: Any = None,
-    ) -> bytes:
-        return json.dumps(data).encode()
-
-
-def sync_run_progress(run: SyncRun) -> dict[str, Any]:
-    """What a progress event says: the run's state and counters, nothing secret."""
-    return {
-        "sync_run_id": run.pk,
-        "request_id": run.request_id,
-        "status": run.status,
-        "mode": run.mode,
-        **sync_run_counters(run),
-        "failed_batch_count": len(run.failed_batches or []),
-        "has_cursor": run.cursor is not None,
-        "heartbeat_at": run.heartbeat_at.isoformat() if run.heartbeat_at else None,
-        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-        "error_code": run.error_code,
-    }
-
-
-def _sse(event: str, data: dict[str, Any], event_id: str) -> bytes:
-    return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data)}\n\n".encode()
-
-
-def sync_run_events(
-    run_id: int,
-    *,
-    poll_seconds: float | None = None,
-    keepalive_seconds: float | None = None,
-    max_seconds: float | None = None,
-) -> Iterator[bytes]:
-    """Server-sent events of one run until it ends. Runs after the view has returned (the
-    response streams it), so it reads the row with fresh queries in autocommit and closes its
-    database connection when it stops, whichever way it stops."""
-    poll = STREAM_POLL_SECONDS if poll_seconds is None else poll_seconds
-    keepalive = STREAM_KEEPALIVE_SECONDS if keepalive_seconds is None else keepalive_seconds
-    limit = STREAM_MAX_SECONDS if max_seconds is None else max_seconds
-    started = last_sent = time.monotonic()
-    sequence = 0
-    previous: dict[str, Any] | None = None
-    request_id = ""
-    try:
-        yield b"retry: 2000\n\n"
-        while True:
-            run = SyncRun.objects.filter(pk=run_id).first()
-            if not connection.in_atomic_block:
-                # No connection held while the stream waits for its client or its next poll:
-                # an open (or abandoned) stream costs no PostgreSQL backend meanwhile.
-                connection.close()
-            if run is None:
-                sequence += 1
-                data = {"sync_run_id": run_id, "request_id": request_id, "status": "deleted"}
-                yield _sse("end", data, f"{request_id}:{sequence}")
-                return
-            request_id = run.request_id
-            snapshot = sync_run_progress(run)
-            if run.status not in SYNC_LIVE_STATUSES:
-                sequence += 1
-                yield _sse("end", snapshot, f"{request_id}:{sequence}")
-                return
-            now = time.monotonic()
-            if snapshot != previous:
-                previous = snapshot
-                sequence += 1
-                last_sent = now
-                yield _sse("progress", snapshot, f"{request_id}:{sequence}")
-            elif now - last_sent >= keepalive:
-                last_sent = now
-                yield b": keep-alive\n\n"
-            if now - started >= limit:
-                sequence += 1
-                yield _sse("timeout", snapshot, f"{request_id}:{sequence}")
-                return
-            time.sleep(poll)
-    finally:
-        # The request's own cleanup (request_finished) may run in another thread or not at
-        # all for an abandoned stream: this generator closes what it opened.
-        # (Inside a transaction, as under a test's TestCase, the owner closes it.)
-        if not connection.in_atomic_block:
-            close_old_connections()
-            connection.close()
-
-
-class SyncRunStreamApi(APIView):
-    permission_classes = [CanSyncPages]
-    renderer_classes = [JSONRenderer, EventStreamRenderer]
-
-    @extend_schema(
-        operation_id="sync_runs_stream",
-        description=(
-            "Server-sent events (text/event-stream) of one run until it ends: `event: progress` "
-            "with a JSON `data:` (status and counters) whenever the run changes, `: keep-alive` "
-            "comments every ~5 s, and one final `event: end` with the final status (or "
-            "`event: timeout` after 30 minutes: reconnect). Every event's `id:` is "
-            "`<request_id>:<sequence>` and its JSON carries `request_id`."
-        ),
-        responses={
-            (200, "text/event-stream"): OpenApiResponse(
-                response=OpenApiTypes.STR, description="the event stream"
-            ),
-            404: OpenApiResponse(description="not_found: no such run"),
-        },
-    )
-    def get(self, request: Request, run_id: int) -> HttpResponseBase:
-        run = _sync_run_or_404(run_id)
-        response = StreamingHttpResponse(
-            sync_run_events(run.pk), content_type="text/event-stream; charset=utf-8"
-        )
-        response["Cache-Control"] = "no-cache"
-        response["X-Accel-Buffering"] = "no"
-        return response
-
-    def finalize_response(  # type: ignore[override]
-        self, request: Request, response: HttpResponseBase, *args: Any, **kwargs: Any
-    ) -> HttpResponseBase:
-        # Errors are JSON in the one error format, whatever the client accepts.
-        if isinstance(response, Response):
-            request.accepted_renderer = JSONRenderer()
-            request.accepted_media_type = JSONRenderer.media_type
-        return super().finalize_response(request, response, *args, **kwargs)  # type: ignore[arg-type]

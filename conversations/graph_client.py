@@ -1,4 +1,4 @@
-"""The Graph API client of the sync (graph-api-facts.md is what it relies on).
+"""The Graph API client of the sync (docs/graph-api.md is what it relies on).
 
 - Every answer it reads has an explicit, strict shape (F9, F23): a field of the wrong type, a
   missing id, a renamed envelope or broken JSON raise `SchemaDrift`; nothing is skipped silently.

@@ -1,6 +1,6 @@
 """Pages, conversations, messages, interaction events and webhook receipts.
 
-The invariants of DESIGN.md live here, in the database, so that every write path (the webhook,
+Invariants of docs/invariants.md live here, in the database, so every write path (the webhook,
 the coming Graph sync, the admin, raw SQL) obeys them:
 
 - C1 one conversation per (page, PSID): a unique constraint, the single conflict target of every

@@ -8,8 +8,8 @@ from conversations.api import (
     PageSyncApi,
     SyncRunDetailApi,
     SyncRunListApi,
-    SyncRunStreamApi,
 )
+from conversations.streams import SyncRunStreamApi
 
 urlpatterns = [
     path("conversations/", ConversationListApi.as_view(), name="conversation-list"),

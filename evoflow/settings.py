@@ -139,6 +139,9 @@ SYNC_INCREMENTAL_OVERLAP_SECONDS = env_int("SYNC_INCREMENTAL_OVERLAP_SECONDS", 3
 SYNC_FOLDERS = env_list("SYNC_FOLDERS", ["inbox", "other", "page_done", "spam"])
 SYNC_BATCH_ATTEMPTS = env_int("SYNC_BATCH_ATTEMPTS", 3)
 SYNC_SCHEDULE_MINUTES = env_int("SYNC_SCHEDULE_MINUTES", 15)
+# Progress streams (conversations/streams.py): how many one web process keeps open at once.
+# Below the process's request threads (gunicorn.conf.py checks it), so others always get one.
+SSE_MAX_STREAMS_PER_PROCESS = env_int("SSE_MAX_STREAMS_PER_PROCESS", 2)
 # Journeys (docs/journeys.md): how long a worker's claim on a session lasts without a write,
 # when a live session without a worker counts as stalled, and whether new contact stubs are
 # enriched from the CRM by a background task.

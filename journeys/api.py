@@ -1,4 +1,4 @@
-"""The journeys REST API (DESIGN.md): thin views over services and selectors."""
+"""The journeys REST API (docs/journeys.md): thin views over services and selectors."""
 
 from __future__ import annotations
 

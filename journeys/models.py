@@ -1,6 +1,6 @@
 """Contacts, journeys, journey sessions, their step log and processed contact events.
 
-The invariants of DESIGN.md that live in the database:
+The invariants of docs/invariants.md that live in the database:
 
 - J1 every column of `Contact` but `id` has a database default or is nullable, so the funnel's
   `INSERT ... (id) ON CONFLICT DO NOTHING` always makes a valid stub row;

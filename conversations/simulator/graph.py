@@ -1,4 +1,4 @@
-"""A Graph API simulator for Messenger conversations (graph-api-facts.md is its contract).
+"""A Graph API simulator for Messenger conversations (docs/graph-api.md is its contract).
 
 It serves one or more Facebook Pages; each is a `PageWorld` (world.py): deterministic from its
 seed and lazy, with its own token, run-time overlays and rate window. `/{page-id}/...` goes to

@@ -1,4 +1,4 @@
-"""Builders of Messenger webhook payloads in Meta's shape (graph-api-facts.md, "Webhook").
+"""Builders of Messenger webhook payloads in Meta's shape (docs/graph-api.md, "The webhook").
 
 Pure functions without Django, shared by the Graph simulator (its signed webhook feed), the demo
 loader, the tests and the webhook benchmark.

@@ -1,4 +1,4 @@
-"""The two linking flags of background.md, with their documented defaults."""
+"""The two linking flags of docs/invariants.md, with their documented defaults."""
 
 from django.db import migrations
 

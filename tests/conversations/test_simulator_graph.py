@@ -1,4 +1,4 @@
-"""The Graph API simulator against its contract (graph-api-facts.md): paging, ordering,
+"""The Graph API simulator against its contract (docs/graph-api.md): paging, ordering,
 field selection, usage headers, throttling, token errors, fault modes, control API, webhooks."""
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from django_q.models import OrmQ
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from conversations import api
+from conversations import streams
 from conversations.models import FacebookPage, SyncRun, SyncStatus
 from conversations.services.pages import page_upsert
 from conversations.services.sync import sync_request, sync_run_cancel
@@ -320,7 +320,7 @@ def _events(response: requests.Response) -> Iterator[dict[str, Any]]:
 
 @pytest.mark.django_db(transaction=True)
 def test_the_stream_sends_progress_as_the_run_advances_and_a_final_event(live_server, monkeypatch):
-    monkeypatch.setattr(api, "STREAM_POLL_SECONDS", 0.05)
+    monkeypatch.setattr(streams, "STREAM_POLL_SECONDS", 0.05)
     page = page_upsert(page_id=PAGE_ID, name="MyShop", access_token=SECRET_TOKEN)
     token = Token.objects.create(user=_syncer()).key
     run, _ = sync_request(page=page, mode="full", enqueue=False)
@@ -398,7 +398,7 @@ def test_the_stream_keeps_alive_and_stops_at_its_maximum_duration(token_page):
     run, _ = sync_request(page=token_page, mode="incremental", enqueue=False)
 
     chunks = list(
-        api.sync_run_events(run.pk, poll_seconds=0.02, keepalive_seconds=0.05, max_seconds=0.3)
+        streams.sync_run_events(run.pk, poll_seconds=0.02, keepalive_seconds=0.05, max_seconds=0.3)
     )
 
     text = b"".join(chunks).decode()
@@ -423,7 +423,7 @@ def test_a_tampered_run_list_cursor_is_a_404_not_a_500(syncer_client, token_page
 def test_the_stream_holds_no_database_connection_between_polls(token_page):
     """An open (or abandoned) stream must not pin a PostgreSQL backend while it sleeps."""
     run, _ = sync_request(page=token_page, mode="full", enqueue=False)
-    events = api.sync_run_events(run.pk, poll_seconds=0.01, keepalive_seconds=10, max_seconds=5)
+    events = streams.sync_run_events(run.pk, poll_seconds=0.01, keepalive_seconds=10, max_seconds=5)
     assert next(events).startswith(b"retry:")
     assert next(events).startswith(b"id:")  # the first progress event
     assert connection.connection is None
