@@ -52,13 +52,9 @@ from conversations.models import (
     SyncRun,
     SyncStatus,
 )
-from conversations.services.sync import SyncRefused, sync_request
-from evoflow.api.errors import ApiError, Conflict
+from conversations.services.sync import SyncRunning, sync_request
 
 logger = logging.getLogger(__name__)
-
-SYNC_RUNNING = "sync_running"
-REAUTHORIZATION_REQUIRED = "reauthorization_required"
 
 
 class CanViewConversations(permissions.BasePermission):
@@ -382,7 +378,7 @@ class PageSyncApi(APIView):
                     OpenApiExample(
                         "sync_running",
                         value={
-                            "code": SYNC_RUNNING,
+                            "code": SyncRunning.code,
                             "detail": "A sync of page 123 is already queued or running.",
                             "sync_run_id": 42,
                         },
@@ -407,18 +403,13 @@ class PageSyncApi(APIView):
         )
         if page is None:
             raise NotFound("No such page.")
-        try:
-            run, created = sync_request(
-                page=page, mode=serializer.validated_data["mode"], trigger="api"
-            )
-        except SyncRefused as error:
-            raise ApiError(
-                str(error), code=REAUTHORIZATION_REQUIRED, status_code=status.HTTP_409_CONFLICT
-            ) from error
+        # A page that needs re-authorisation is SyncRefused: 409 reauthorization_required.
+        run, created = sync_request(
+            page=page, mode=serializer.validated_data["mode"], trigger="api"
+        )
         if not created:
-            raise Conflict(
+            raise SyncRunning(
                 f"A sync of page {page.page_id} is already {run.status} (run {run.pk}).",
-                code=SYNC_RUNNING,
                 extra={"sync_run_id": run.pk},
             )
         body = {

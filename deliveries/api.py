@@ -3,7 +3,8 @@
 Every view is thin: it parses input, asks a selector (which filters by the requesting user) or a
 service, and shapes the output. Another host's event or guest is a 404, never a 403, so its
 existence does not leak; `GET /me/messages/` reads only the requester's deliveries, whatever the
-query string says.
+query string says. Refusals are `DeliveriesError`s (domain errors), which the API's exception
+handler answers with their own code and status.
 """
 
 from __future__ import annotations
@@ -19,14 +20,8 @@ from rest_framework.views import APIView
 
 from deliveries import selectors, services
 from deliveries.models import Event, EventGuest, MessageDelivery
-from evoflow.api.errors import ApiError, Conflict
 from evoflow.api.pagination import IdCursorPagination
 from evoflow.models import User
-
-INVALID_GUEST_ROWS = services.GuestImportInvalid.code
-GUEST_ALREADY_LINKED = services.GuestAlreadyLinked.code
-INVALID_PHONE = services.InvalidPhone.code
-UNKNOWN_USER = "unknown_user"
 
 
 def _requester(request: Request) -> User:
@@ -126,15 +121,11 @@ class EventGuestsApi(APIView):
         event = _event_for(request, event_id)
         rows = request.data.get("guests") if isinstance(request.data, dict) else None
         if not isinstance(rows, list) or not rows:
-            raise ApiError(
-                "`guests` must be a non-empty list of {name, phone} objects.",
-                code=INVALID_GUEST_ROWS,
-                extra={"errors": [{"index": None, "field": "guests", "reason": "required"}]},
+            raise services.GuestImportInvalid(
+                [{"index": None, "field": "guests", "reason": "required"}],
+                detail="`guests` must be a non-empty list of {name, phone} objects.",
             )
-        try:
-            guests = services.event_guests_import(event=event, rows=rows)
-        except services.GuestImportInvalid as exc:
-            raise ApiError(str(exc), code=exc.code, extra={"errors": exc.errors}) from None
+        guests = services.event_guests_import(event=event, rows=rows)
         return Response(
             {"created": len(guests), "guests": GuestOutput(guests, many=True).data},
             status=status.HTTP_201_CREATED,
@@ -173,30 +164,24 @@ class GuestDetailApi(APIView):
         if "user_id" in data:
             target = User.objects.filter(pk=data["user_id"], is_active=True).first()
             if target is None:
-                raise ApiError("No active user with that id.", code=UNKNOWN_USER)
+                raise services.UnknownUser("No active user with that id.")
             if guest.user_id not in (None, target.pk) and not data["relink"]:
-                raise Conflict(
+                raise services.GuestAlreadyLinked(
                     f"The guest is linked to another user; send relink: true to move it and "
-                    f"its deliveries to user {target.pk}.",
-                    code=GUEST_ALREADY_LINKED,
+                    f"its deliveries to user {target.pk}."
                 )
-        try:
-            guest = services.guest_update(
-                guest=guest,
-                name=data.get("name"),
-                phone=data.get("phone"),
-                is_removed=data.get("is_removed"),
-                actor=actor,
-            )
-            if target is not None:
-                if data["relink"]:
-                    services.guest_relink_user(guest=guest, user=target, actor=actor)
-                else:
-                    services.guest_link_user(guest=guest, user=target, actor=actor)
-        except services.InvalidPhone as exc:
-            raise ApiError(str(exc), code=exc.code) from None
-        except services.GuestAlreadyLinked as exc:
-            raise Conflict(str(exc), code=exc.code) from None
+        guest = services.guest_update(
+            guest=guest,
+            name=data.get("name"),
+            phone=data.get("phone"),
+            is_removed=data.get("is_removed"),
+            actor=actor,
+        )
+        if target is not None:
+            if data["relink"]:
+                services.guest_relink_user(guest=guest, user=target, actor=actor)
+            else:
+                services.guest_link_user(guest=guest, user=target, actor=actor)
         guest.refresh_from_db()
         return Response(GuestOutput(guest).data)
 

@@ -10,10 +10,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from evoflow.api.errors import ApiError
+from evoflow.errors import DomainError
 from evoflow.integrity.runner import integrity_run_latest_finished, run_document
 
-NO_INTEGRITY_RUN = "no_integrity_run"
+
+class NoIntegrityRun(DomainError):
+    code = "no_integrity_run"
+    status = 404
 
 
 class CanViewIntegrityRuns(permissions.BasePermission):
@@ -76,11 +79,7 @@ class IntegrityRunLatestApi(APIView):
     def get(self, request: Request) -> Response:
         run = integrity_run_latest_finished()
         if run is None:
-            raise ApiError(
-                "No integrity run of every check has finished yet.",
-                code=NO_INTEGRITY_RUN,
-                status_code=404,
-            )
+            raise NoIntegrityRun("No integrity run of every check has finished yet.")
         return Response(run_document(run))
 
 

@@ -45,6 +45,7 @@ from conversations.services.sync.engine import sync_run_execute
 from conversations.services.sync.lease import (
     LeaseLost,
     SyncRefused,
+    SyncRunning,
     stale_run_condition,
     sync_pages_incremental,
     sync_request,
@@ -57,6 +58,7 @@ from conversations.services.sync.lease import (
 __all__ = [
     "LeaseLost",
     "SyncRefused",
+    "SyncRunning",
     "stale_run_condition",
     "sync_pages_incremental",
     "sync_request",
