@@ -23,7 +23,6 @@ from typing import Any
 
 from django.db import close_old_connections, connection
 from django.http import HttpResponseBase, StreamingHttpResponse
-from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
@@ -35,7 +34,6 @@ from drf_spectacular.utils import (
 )
 from rest_framework import permissions, serializers, status
 from rest_framework.exceptions import NotFound, ParseError
-from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -53,6 +51,7 @@ from conversations.models import (
     SyncStatus,
 )
 from conversations.services.sync import SyncRunning, sync_request
+from evoflow.api.pagination import CursorListApi, cursor_pagination
 
 logger = logging.getLogger(__name__)
 
@@ -65,37 +64,6 @@ class CanViewConversations(permissions.BasePermission):
         return bool(
             user and user.is_authenticated and user.has_perm("conversations.view_conversation")
         )
-
-
-class _CheckedCursorPagination(CursorPagination):
-    """A cursor whose position is not a date-time is an invalid cursor (404, as DRF answers a
-    cursor it cannot decode), not an error when the query compares it to a date column."""
-
-    def decode_cursor(self, request: Request) -> Cursor | None:
-        cursor = super().decode_cursor(request)
-        if cursor is not None and cursor.position is not None:
-            try:
-                position = parse_datetime(str(cursor.position))
-            except ValueError:
-                position = None
-            if position is None:
-                raise NotFound(self.invalid_cursor_message)
-        return cursor
-
-
-class ConversationCursorPagination(_CheckedCursorPagination):
-    # Newest-updated first, like the Messenger inbox; the id breaks ties.
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 200
-    ordering = ("-updated_at", "-id")
-
-
-class MessageCursorPagination(_CheckedCursorPagination):
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 500
-    ordering = ("-sent_at", "-id")
 
 
 class ConversationOutput(serializers.ModelSerializer):
@@ -156,15 +124,10 @@ def _page_of(name: str, serializer: serializers.Serializer) -> serializers.Seria
     )
 
 
-def _paginated(
-    request: Request, view: APIView, queryset: Any, paginator: CursorPagination, serializer: type
-) -> Response:
-    page: list[Any] | None = paginator.paginate_queryset(queryset, request, view=view)
-    return paginator.get_paginated_response(serializer(page, many=True).data)
-
-
-class ConversationListApi(APIView):
+class ConversationListApi(CursorListApi):
     permission_classes = [CanViewConversations]
+    # Newest-updated first, like the Messenger inbox; the id breaks ties.
+    pagination_class = cursor_pagination(ordering=("-updated_at", "-id"), max_page_size=200)
 
     class FilterSerializer(serializers.Serializer):
         page = serializers.RegexField(r"^[0-9]{1,64}$", required=False)
@@ -190,13 +153,12 @@ class ConversationListApi(APIView):
             updated_since=filters.validated_data.get("updated_since"),
             include_deleted=filters.validated_data["include_deleted"],
         )
-        return _paginated(
-            request, self, queryset, ConversationCursorPagination(), ConversationOutput
-        )
+        return self.paginated_response(request, queryset, ConversationOutput)
 
 
-class ConversationMessageListApi(APIView):
+class ConversationMessageListApi(CursorListApi):
     permission_classes = [CanViewConversations]
+    pagination_class = cursor_pagination(ordering=("-sent_at", "-id"))
 
     @extend_schema(
         operation_id="conversations_messages_list",
@@ -208,7 +170,7 @@ class ConversationMessageListApi(APIView):
         if conversation is None:
             raise NotFound("No such conversation.")
         queryset = selectors.message_list(conversation=conversation)
-        return _paginated(request, self, queryset, MessageCursorPagination(), MessageOutput)
+        return self.paginated_response(request, queryset, MessageOutput)
 
 
 # -- sync runs ----------------------------------------------------------------------------------
@@ -320,24 +282,6 @@ def _sync_run_or_404(run_id: int) -> SyncRun:
     return run
 
 
-class SyncRunCursorPagination(CursorPagination):
-    """A cursor whose position is not a run id is an invalid cursor (404), not a query error."""
-
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 200
-    # Newest first; ids only grow, so the cursor is stable while runs are added.
-    ordering = "-id"
-
-    def decode_cursor(self, request: Request) -> Cursor | None:
-        cursor = super().decode_cursor(request)
-        if cursor is not None and cursor.position is not None:
-            position = str(cursor.position)
-            if not (position.isascii() and position.isdigit() and int(position) < 2**63):
-                raise NotFound(self.invalid_cursor_message)
-        return cursor
-
-
 class PageSyncApi(APIView):
     """Request a sync of one page: 202 with the new run, or 409 with the live one."""
 
@@ -424,8 +368,10 @@ class PageSyncApi(APIView):
         return Response(body, status=status.HTTP_202_ACCEPTED)
 
 
-class SyncRunListApi(APIView):
+class SyncRunListApi(CursorListApi):
     permission_classes = [CanSyncPages]
+    # Newest first; ids only grow, so the cursor is stable while runs are added.
+    pagination_class = cursor_pagination(ordering="-id", max_page_size=200)
 
     class FilterSerializer(serializers.Serializer):
         page = serializers.RegexField(r"^[0-9]{1,64}$", required=False)
@@ -453,7 +399,7 @@ class SyncRunListApi(APIView):
             runs = runs.filter(status=filters.validated_data["status"])
         if "mode" in filters.validated_data:
             runs = runs.filter(mode=filters.validated_data["mode"])
-        return _paginated(request, self, runs, SyncRunCursorPagination(), SyncRunOutput)
+        return self.paginated_response(request, runs, SyncRunOutput)
 
 
 class SyncRunDetailApi(APIView):

@@ -9,8 +9,6 @@ handler answers with their own code and status.
 
 from __future__ import annotations
 
-from typing import Any
-
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound
@@ -20,7 +18,7 @@ from rest_framework.views import APIView
 
 from deliveries import selectors, services
 from deliveries.models import Event, EventGuest, MessageDelivery
-from evoflow.api.pagination import IdCursorPagination
+from evoflow.api.pagination import CursorListApi
 from evoflow.models import User
 
 
@@ -44,12 +42,6 @@ def _guest_for(request: Request, guest_id: int) -> EventGuest:
         raise NotFound("No such guest.") from None
 
 
-def _paginated(request: Request, view: APIView, queryset: Any, serializer: type) -> Response:
-    paginator = IdCursorPagination()
-    page: list[Any] | None = paginator.paginate_queryset(queryset, request, view=view)
-    return paginator.get_paginated_response(serializer(page, many=True).data)
-
-
 class EventOutput(serializers.ModelSerializer):
     class Meta:
         model = Event
@@ -68,7 +60,7 @@ class GuestOutput(serializers.ModelSerializer):
         return guest.removed_at is not None
 
 
-class EventListCreateApi(APIView):
+class EventListCreateApi(CursorListApi):
     class EventCreateInputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=200)
         starts_at = serializers.DateTimeField()
@@ -76,7 +68,7 @@ class EventListCreateApi(APIView):
     @extend_schema(responses=EventOutput(many=True), operation_id="events_list")
     def get(self, request: Request) -> Response:
         events = selectors.event_list_for_host(host=_requester(request))
-        return _paginated(request, self, events, EventOutput)
+        return self.paginated_response(request, events, EventOutput)
 
     @extend_schema(request=EventCreateInputSerializer, responses={201: EventOutput})
     def post(self, request: Request) -> Response:
@@ -92,7 +84,7 @@ class EventDetailApi(APIView):
         return Response(EventOutput(_event_for(request, event_id)).data)
 
 
-class EventGuestsApi(APIView):
+class EventGuestsApi(CursorListApi):
     class GuestImportRowSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=200)
         phone = serializers.CharField(max_length=40)
@@ -100,7 +92,8 @@ class EventGuestsApi(APIView):
     @extend_schema(responses=GuestOutput(many=True), operation_id="event_guests_list")
     def get(self, request: Request, event_id: int) -> Response:
         event = _event_for(request, event_id)
-        return _paginated(request, self, selectors.guest_list_for_event(event=event), GuestOutput)
+        guests = selectors.guest_list_for_event(event=event)
+        return self.paginated_response(request, guests, GuestOutput)
 
     @extend_schema(
         request=inline_serializer(
@@ -195,7 +188,7 @@ class EventMessageOutput(serializers.Serializer):
     linked_count = serializers.IntegerField()
 
 
-class EventMessagesApi(APIView):
+class EventMessagesApi(CursorListApi):
     class MessageSendInputSerializer(serializers.Serializer):
         body = serializers.CharField(max_length=5000)
 
@@ -203,7 +196,7 @@ class EventMessagesApi(APIView):
     def get(self, request: Request, event_id: int) -> Response:
         event = _event_for(request, event_id)
         messages = selectors.message_list_for_event(event=event)
-        return _paginated(request, self, messages, EventMessageOutput)
+        return self.paginated_response(request, messages, EventMessageOutput)
 
     @extend_schema(request=MessageSendInputSerializer, responses={201: EventMessageOutput})
     def post(self, request: Request, event_id: int) -> Response:
@@ -236,7 +229,7 @@ class MyMessageOutput(serializers.ModelSerializer):
         fields = ["id", "message_id", "body", "sent_at", "status", "read_at", "event"]
 
 
-class MyMessagesApi(APIView):
+class MyMessagesApi(CursorListApi):
     @extend_schema(
         responses=MyMessageOutput(many=True),
         description="The messages delivered to the requesting user, newest first (D4).",
@@ -245,4 +238,4 @@ class MyMessagesApi(APIView):
         # Only the cursor and page size are read from the query string; nothing can widen
         # the filter, which is the requester's id.
         deliveries = selectors.deliveries_for_user(user=_requester(request))
-        return _paginated(request, self, deliveries, MyMessageOutput)
+        return self.paginated_response(request, deliveries, MyMessageOutput)

@@ -22,7 +22,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from evoflow.api.pagination import IdCursorPagination
+from evoflow.api.pagination import CursorListApi
 from journeys import selectors, services
 from journeys.jsonvalues import JSON_MAX_DEPTH, UnstorableJson, json_value_check
 from journeys.models import Journey, JourneySession, SessionStatus
@@ -149,14 +149,12 @@ class SessionDetailOutputSerializer(SessionOutputSerializer):
         return list(StepOutputSerializer(steps, many=True).data)
 
 
-class JourneyListCreateApi(APIView):
+class JourneyListCreateApi(CursorListApi):
     parser_classes = BODY_PARSERS
 
     @extend_schema(responses=JourneyOutputSerializer(many=True))
     def get(self, request: Request) -> Response:
-        paginator = IdCursorPagination()
-        page = paginator.paginate_queryset(selectors.journey_list(), request, view=self)
-        return paginator.get_paginated_response(JourneyOutputSerializer(page, many=True).data)
+        return self.paginated_response(request, selectors.journey_list(), JourneyOutputSerializer)
 
     @extend_schema(request=JourneyInputSerializer, responses={201: JourneyOutputSerializer})
     def post(self, request: Request) -> Response:
@@ -238,7 +236,7 @@ class ContactEventApi(APIView):
         return Response(self.OutputSerializer(result).data)
 
 
-class SessionListApi(APIView):
+class SessionListApi(CursorListApi):
     class FilterSerializer(serializers.Serializer):
         journey = serializers.IntegerField(required=False)
         contact = serializers.UUIDField(required=False)
@@ -260,9 +258,7 @@ class SessionListApi(APIView):
             contact_id=filters.validated_data.get("contact"),
             status=filters.validated_data.get("status"),
         )
-        paginator = IdCursorPagination()
-        page = paginator.paginate_queryset(sessions, request, view=self)
-        return paginator.get_paginated_response(SessionOutputSerializer(page, many=True).data)
+        return self.paginated_response(request, sessions, SessionOutputSerializer)
 
 
 def _session_or_404(session_id: int) -> JourneySession:
