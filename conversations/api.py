@@ -32,7 +32,7 @@ from drf_spectacular.utils import (
     extend_schema_field,
     inline_serializer,
 )
-from rest_framework import permissions, serializers, status
+from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ParseError
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
@@ -52,18 +52,14 @@ from conversations.models import (
 )
 from conversations.services.sync import SyncRunning, sync_request
 from evoflow.api.pagination import CursorListApi, cursor_pagination
+from evoflow.api.permissions import PermissionRequired
 
 logger = logging.getLogger(__name__)
 
 
-class CanViewConversations(permissions.BasePermission):
+class CanViewConversations(PermissionRequired):
+    permission = "conversations.view_conversation"
     message = "Reading conversations needs the conversations.view_conversation permission."
-
-    def has_permission(self, request: Request, view: APIView) -> bool:
-        user = request.user
-        return bool(
-            user and user.is_authenticated and user.has_perm("conversations.view_conversation")
-        )
 
 
 class ConversationOutput(serializers.ModelSerializer):
@@ -176,12 +172,9 @@ class ConversationMessageListApi(CursorListApi):
 # -- sync runs ----------------------------------------------------------------------------------
 
 
-class CanSyncPages(permissions.BasePermission):
+class CanSyncPages(PermissionRequired):
+    permission = "conversations.add_syncrun"
     message = "Syncing pages and reading sync runs needs the conversations.add_syncrun permission."
-
-    def has_permission(self, request: Request, view: APIView) -> bool:
-        user = request.user
-        return bool(user and user.is_authenticated and user.has_perm("conversations.add_syncrun"))
 
 
 # What a recorded failed batch may show: where it was and why it failed (never a URL, which

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from django.urls import path
 from drf_spectacular.utils import extend_schema
-from rest_framework import permissions, serializers
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from evoflow.api.permissions import PermissionRequired
 from evoflow.errors import DomainError
 from evoflow.integrity.runner import integrity_run_latest_finished, run_document
 
@@ -19,14 +20,11 @@ class NoIntegrityRun(DomainError):
     status = 404
 
 
-class CanViewIntegrityRuns(permissions.BasePermission):
+class CanViewIntegrityRuns(PermissionRequired):
     # The same permission the admin's runs and the dashboard ask for: staff status alone is not
     # enough there, so it is not here either.
+    permission = "evoflow.view_integrityrun"
     message = "Reading integrity runs needs the evoflow.view_integrityrun permission."
-
-    def has_permission(self, request: Request, view: APIView) -> bool:
-        user = request.user
-        return bool(user and user.is_authenticated and user.has_perm("evoflow.view_integrityrun"))
 
 
 class ThresholdsOutput(serializers.Serializer):
