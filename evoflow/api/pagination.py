@@ -146,12 +146,10 @@ def cursor_pagination(
     return type("CheckedCursorPagination", (CheckedCursorPagination,), attributes)
 
 
+# An API view whose GET answers a list, a page at a time with `pagination_class`. Every list
+# endpoint derives from it, which is how the tests find them all. (A comment, not a docstring:
+# the schema would show a docstring as the description of every list that has none.)
 class CursorListApi(APIView):
-    """An API view whose GET answers a list, a page at a time with `pagination_class`.
-
-    Every list endpoint derives from it, which is how the tests find them all.
-    """
-
     pagination_class: type[CheckedCursorPagination] = CheckedCursorPagination
 
     def paginated_response(
