@@ -22,7 +22,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
 from django.db.models import OuterRef, QuerySet, Subquery
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html
@@ -46,26 +46,15 @@ from conversations.services.sync import (
     sync_retry_failed_batches,
     sync_run_cancel,
 )
+from evoflow.admin_base import ObjectPageMixin, ReadOnlyAdmin
 from evoflow.admin_lists import (
     ChosenOnlyRelatedFilter,
-    HugeTablePaginator,
+    HugeTableMixin,
     QueryStringCheckedAdmin,
-    pk_or_none,
     since_filter,
 )
 
 MESSAGES_PER_PAGE = 50
-
-
-class ReadOnlyAdmin(QueryStringCheckedAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class FacebookPageForm(forms.ModelForm):
@@ -199,7 +188,7 @@ class DeletedFilter(admin.SimpleListFilter):
 
 
 @admin.register(Conversation)
-class ConversationAdmin(ReadOnlyAdmin):
+class ConversationAdmin(ObjectPageMixin, HugeTableMixin, ReadOnlyAdmin):
     list_display = [
         "id",
         "participant_name",
@@ -214,10 +203,6 @@ class ConversationAdmin(ReadOnlyAdmin):
     search_fields = ["participant_name", "psid", "=thread_id"]
     list_filter = [DeletedFilter, ("page", ChosenOnlyRelatedFilter)]
     ordering = ["-updated_at", "-id"]
-    paginator = HugeTablePaginator
-    # "Show counts" would count every filter choice over the whole table.
-    show_facets = admin.ShowFacets.NEVER
-    show_full_result_count = False
     change_form_template = "admin/conversations/conversation/change_form.html"
 
     @admin.display(description="last message")
@@ -225,26 +210,16 @@ class ConversationAdmin(ReadOnlyAdmin):
         text = conversation.last_message_text
         return text if len(text) <= 60 else text[:59] + "…"
 
-    def change_view(
-        self,
-        request: HttpRequest,
-        object_id: str,
-        form_url: str = "",
-        extra_context: dict[str, Any] | None = None,
-    ) -> HttpResponse:
-        pk = pk_or_none(object_id)
-        conversation = selectors.conversation_get(conversation_id=pk) if pk is not None else None
-        context = dict(extra_context or {})
-        if conversation is not None:
-            paginator = Paginator(
-                selectors.message_list(conversation=conversation), MESSAGES_PER_PAGE
-            )
-            context["message_page"] = paginator.get_page(request.GET.get("messages_page"))
-        return super().change_view(request, object_id, form_url, extra_context=context)
+    def change_page_object(self, request: HttpRequest, pk: int) -> Conversation | None:
+        return selectors.conversation_get(conversation_id=pk)
+
+    def change_page_context(self, request: HttpRequest, obj: Conversation) -> dict[str, Any]:
+        paginator = Paginator(selectors.message_list(conversation=obj), MESSAGES_PER_PAGE)
+        return {"message_page": paginator.get_page(request.GET.get("messages_page"))}
 
 
 @admin.register(Message)
-class MessageAdmin(ReadOnlyAdmin):
+class MessageAdmin(HugeTableMixin, ReadOnlyAdmin):
     list_display = ["mid", "conversation", "direction", "is_echo", "sent_at", "source", "read_at"]
     list_filter = ["direction", "source", "is_echo"]
     list_select_related = ["conversation"]
@@ -253,14 +228,10 @@ class MessageAdmin(ReadOnlyAdmin):
     # Newest stored first: the primary key serves it, where "-sent_at" over the whole table (no
     # index leads with it) would sort millions of rows for each page.
     ordering = ["-id"]
-    paginator = HugeTablePaginator
-    # "Show counts" would count every filter choice over the whole table.
-    show_facets = admin.ShowFacets.NEVER
-    show_full_result_count = False
 
 
 @admin.register(InteractionEvent)
-class InteractionEventAdmin(ReadOnlyAdmin):
+class InteractionEventAdmin(HugeTableMixin, ReadOnlyAdmin):
     list_display = ["kind", "conversation", "message", "occurred_at", "source", "dedupe_key"]
     list_filter = ["kind", "source"]
     # The message is optional: without naming it, select_related() would leave it to one query
@@ -269,14 +240,10 @@ class InteractionEventAdmin(ReadOnlyAdmin):
     search_fields = ["=dedupe_key", "conversation__psid"]
     raw_id_fields = ["conversation", "message", "page"]
     ordering = ["-id"]  # as messages: the primary key serves it
-    paginator = HugeTablePaginator
-    # "Show counts" would count every filter choice over the whole table.
-    show_facets = admin.ShowFacets.NEVER
-    show_full_result_count = False
 
 
 @admin.register(WebhookReceipt)
-class WebhookReceiptAdmin(ReadOnlyAdmin):
+class WebhookReceiptAdmin(HugeTableMixin, ReadOnlyAdmin):
     list_display = [
         "id",
         "status",
@@ -295,9 +262,6 @@ class WebhookReceiptAdmin(ReadOnlyAdmin):
     # Receipts are numbered as they arrive: newest first through the primary key (received_at has
     # no index of its own, on purpose: see the model).
     ordering = ["-id"]
-    paginator = HugeTablePaginator
-    # "Show counts" would count every filter choice over the whole table.
-    show_facets = admin.ShowFacets.NEVER
     actions = ["retry_receipts"]
     fields = readonly_fields = (
         "status",
@@ -314,7 +278,6 @@ class WebhookReceiptAdmin(ReadOnlyAdmin):
         "body_text",
         "updated_at",
     )
-    show_full_result_count = False
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # The retry action needs "change"; the detail page itself is never a form to save (a
@@ -407,7 +370,7 @@ class PrettyJsonMixin:
 
 
 @admin.register(SyncRun)
-class SyncRunAdmin(PrettyJsonMixin, ReadOnlyAdmin):
+class SyncRunAdmin(HugeTableMixin, PrettyJsonMixin, ReadOnlyAdmin):
     list_display = [
         "id",
         "page",
@@ -426,10 +389,6 @@ class SyncRunAdmin(PrettyJsonMixin, ReadOnlyAdmin):
     list_filter = ["status", "mode", ("page", ChosenOnlyRelatedFilter)]
     search_fields = ["=request_id"]
     ordering = ["-id"]
-    paginator = HugeTablePaginator
-    # "Show counts" would count every filter choice over the whole table.
-    show_facets = admin.ShowFacets.NEVER
-    show_full_result_count = False
     actions = ["retry_failed_batches", "cancel_runs"]
     fields = readonly_fields = (
         "page",

@@ -17,7 +17,6 @@ import logging
 import re
 from typing import Any
 
-from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import (
     OpenApiExample,
     OpenApiParameter,
@@ -26,9 +25,8 @@ from drf_spectacular.utils import (
     extend_schema_field,
     inline_serializer,
 )
-from rest_framework import permissions, serializers, status
+from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, ParseError
-from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -43,54 +41,16 @@ from conversations.models import (
     SyncRun,
     SyncStatus,
 )
-from conversations.services.sync import SyncRefused, sync_request
-from evoflow.api.errors import ApiError, Conflict
+from conversations.services.sync import SyncRunning, sync_request
+from evoflow.api.pagination import CursorListApi, cursor_pagination
+from evoflow.api.permissions import PermissionRequired
 
 logger = logging.getLogger(__name__)
 
-SYNC_RUNNING = "sync_running"
-REAUTHORIZATION_REQUIRED = "reauthorization_required"
 
-
-class CanViewConversations(permissions.BasePermission):
+class CanViewConversations(PermissionRequired):
+    permission = "conversations.view_conversation"
     message = "Reading conversations needs the conversations.view_conversation permission."
-
-    def has_permission(self, request: Request, view: APIView) -> bool:
-        user = request.user
-        return bool(
-            user and user.is_authenticated and user.has_perm("conversations.view_conversation")
-        )
-
-
-class _CheckedCursorPagination(CursorPagination):
-    """A cursor whose position is not a date-time is an invalid cursor (404, as DRF answers a
-    cursor it cannot decode), not an error when the query compares it to a date column."""
-
-    def decode_cursor(self, request: Request) -> Cursor | None:
-        cursor = super().decode_cursor(request)
-        if cursor is not None and cursor.position is not None:
-            try:
-                position = parse_datetime(str(cursor.position))
-            except ValueError:
-                position = None
-            if position is None:
-                raise NotFound(self.invalid_cursor_message)
-        return cursor
-
-
-class ConversationCursorPagination(_CheckedCursorPagination):
-    # Newest-updated first, like the Messenger inbox; the id breaks ties.
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 200
-    ordering = ("-updated_at", "-id")
-
-
-class MessageCursorPagination(_CheckedCursorPagination):
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 500
-    ordering = ("-sent_at", "-id")
 
 
 class ConversationOutput(serializers.ModelSerializer):
@@ -151,15 +111,10 @@ def _page_of(name: str, serializer: serializers.Serializer) -> serializers.Seria
     )
 
 
-def _paginated(
-    request: Request, view: APIView, queryset: Any, paginator: CursorPagination, serializer: type
-) -> Response:
-    page: list[Any] | None = paginator.paginate_queryset(queryset, request, view=view)
-    return paginator.get_paginated_response(serializer(page, many=True).data)
-
-
-class ConversationListApi(APIView):
+class ConversationListApi(CursorListApi):
     permission_classes = [CanViewConversations]
+    # Newest-updated first, like the Messenger inbox; the id breaks ties.
+    pagination_class = cursor_pagination(ordering=("-updated_at", "-id"), max_page_size=200)
 
     class FilterSerializer(serializers.Serializer):
         page = serializers.RegexField(r"^[0-9]{1,64}$", required=False)
@@ -185,13 +140,12 @@ class ConversationListApi(APIView):
             updated_since=filters.validated_data.get("updated_since"),
             include_deleted=filters.validated_data["include_deleted"],
         )
-        return _paginated(
-            request, self, queryset, ConversationCursorPagination(), ConversationOutput
-        )
+        return self.paginated_response(request, queryset, ConversationOutput)
 
 
-class ConversationMessageListApi(APIView):
+class ConversationMessageListApi(CursorListApi):
     permission_classes = [CanViewConversations]
+    pagination_class = cursor_pagination(ordering=("-sent_at", "-id"))
 
     @extend_schema(
         operation_id="conversations_messages_list",
@@ -203,18 +157,15 @@ class ConversationMessageListApi(APIView):
         if conversation is None:
             raise NotFound("No such conversation.")
         queryset = selectors.message_list(conversation=conversation)
-        return _paginated(request, self, queryset, MessageCursorPagination(), MessageOutput)
+        return self.paginated_response(request, queryset, MessageOutput)
 
 
 # -- sync runs ----------------------------------------------------------------------------------
 
 
-class CanSyncPages(permissions.BasePermission):
+class CanSyncPages(PermissionRequired):
+    permission = "conversations.add_syncrun"
     message = "Syncing pages and reading sync runs needs the conversations.add_syncrun permission."
-
-    def has_permission(self, request: Request, view: APIView) -> bool:
-        user = request.user
-        return bool(user and user.is_authenticated and user.has_perm("conversations.add_syncrun"))
 
 
 # What a recorded failed batch may show: where it was and why it failed (never a URL, which
@@ -315,24 +266,6 @@ def _sync_run_or_404(run_id: int) -> SyncRun:
     return run
 
 
-class SyncRunCursorPagination(CursorPagination):
-    """A cursor whose position is not a run id is an invalid cursor (404), not a query error."""
-
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 200
-    # Newest first; ids only grow, so the cursor is stable while runs are added.
-    ordering = "-id"
-
-    def decode_cursor(self, request: Request) -> Cursor | None:
-        cursor = super().decode_cursor(request)
-        if cursor is not None and cursor.position is not None:
-            position = str(cursor.position)
-            if not (position.isascii() and position.isdigit() and int(position) < 2**63):
-                raise NotFound(self.invalid_cursor_message)
-        return cursor
-
-
 class PageSyncApi(APIView):
     """Request a sync of one page: 202 with the new run, or 409 with the live one."""
 
@@ -373,7 +306,7 @@ class PageSyncApi(APIView):
                     OpenApiExample(
                         "sync_running",
                         value={
-                            "code": SYNC_RUNNING,
+                            "code": SyncRunning.code,
                             "detail": "A sync of page 123 is already queued or running.",
                             "sync_run_id": 42,
                         },
@@ -398,18 +331,13 @@ class PageSyncApi(APIView):
         )
         if page is None:
             raise NotFound("No such page.")
-        try:
-            run, created = sync_request(
-                page=page, mode=serializer.validated_data["mode"], trigger="api"
-            )
-        except SyncRefused as error:
-            raise ApiError(
-                str(error), code=REAUTHORIZATION_REQUIRED, status_code=status.HTTP_409_CONFLICT
-            ) from error
+        # A page that needs re-authorisation is SyncRefused: 409 reauthorization_required.
+        run, created = sync_request(
+            page=page, mode=serializer.validated_data["mode"], trigger="api"
+        )
         if not created:
-            raise Conflict(
+            raise SyncRunning(
                 f"A sync of page {page.page_id} is already {run.status} (run {run.pk}).",
-                code=SYNC_RUNNING,
                 extra={"sync_run_id": run.pk},
             )
         body = {
@@ -424,8 +352,10 @@ class PageSyncApi(APIView):
         return Response(body, status=status.HTTP_202_ACCEPTED)
 
 
-class SyncRunListApi(APIView):
+class SyncRunListApi(CursorListApi):
     permission_classes = [CanSyncPages]
+    # Newest first; ids only grow, so the cursor is stable while runs are added.
+    pagination_class = cursor_pagination(ordering="-id", max_page_size=200)
 
     class FilterSerializer(serializers.Serializer):
         page = serializers.RegexField(r"^[0-9]{1,64}$", required=False)
@@ -453,7 +383,7 @@ class SyncRunListApi(APIView):
             runs = runs.filter(status=filters.validated_data["status"])
         if "mode" in filters.validated_data:
             runs = runs.filter(mode=filters.validated_data["mode"])
-        return _paginated(request, self, runs, SyncRunCursorPagination(), SyncRunOutput)
+        return self.paginated_response(request, runs, SyncRunOutput)
 
 
 class SyncRunDetailApi(APIView):

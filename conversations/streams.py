@@ -44,7 +44,7 @@ from rest_framework.views import APIView
 
 from conversations.api import CanSyncPages, sync_run_counters
 from conversations.models import SYNC_LIVE_STATUSES, SyncRun
-from evoflow.api.errors import ApiError
+from evoflow.errors import DomainError
 
 # The stream's pace. Module constants so a test can make them short.
 STREAM_POLL_SECONDS = 0.5
@@ -58,12 +58,11 @@ STREAM_RETRY_AFTER_SECONDS = 30
 TOO_MANY_STREAMS = "too_many_streams"
 
 
-class TooManyStreams(ApiError):
-    status_code: int = status.HTTP_429_TOO_MANY_REQUESTS
-    default_code = TOO_MANY_STREAMS
+class TooManyStreams(DomainError):
+    code = TOO_MANY_STREAMS
+    status = status.HTTP_429_TOO_MANY_REQUESTS
     default_detail = "Too many progress streams are open on this server; retry later."
-    # DRF's exception handler turns `wait` into the Retry-After header.
-    wait = STREAM_RETRY_AFTER_SECONDS
+    retry_after = STREAM_RETRY_AFTER_SECONDS
 
 
 class StreamSlots:

@@ -26,7 +26,8 @@ from deliveries.models import (
     MessageDelivery,
     UserLinkAudit,
 )
-from evoflow.admin_lists import HugeTablePaginator, QueryStringCheckedAdmin, since_filter
+from evoflow.admin_base import NoAddMixin, NoDeleteMixin, ReadOnlyAdmin, model_page_response
+from evoflow.admin_lists import HugeTableMixin, QueryStringCheckedAdmin, since_filter
 from evoflow.models import User
 
 CONFIRM_TEMPLATE = "admin/deliveries/action_confirm.html"
@@ -43,18 +44,17 @@ def _confirmation_page(
     form: forms.Form | None = None,
 ) -> TemplateResponse:
     context = {
-        **model_admin.admin_site.each_context(request),
-        "title": title,
         "question": question,
         "objects": list(queryset[:100]),
         "object_count": queryset.count(),
         "selected_ids": [str(pk) for pk in queryset.values_list("pk", flat=True)],
         "action": action,
         "form": form,
-        "opts": model_admin.model._meta,
         "action_checkbox_name": ACTION_CHECKBOX_NAME,
     }
-    return TemplateResponse(request, CONFIRM_TEMPLATE, context)
+    return model_page_response(
+        model_admin, request, template=CONFIRM_TEMPLATE, title=title, context=context
+    )
 
 
 def _actor(request: HttpRequest) -> User | None:
@@ -64,16 +64,13 @@ def _actor(request: HttpRequest) -> User | None:
 # -- events ---------------------------------------------------------------------------------------
 
 
-class EventGuestInline(admin.TabularInline):
+class EventGuestInline(NoAddMixin, admin.TabularInline):
     model = EventGuest
     fields = ("name", "phone", "phone_e164", "user", "removed_at")
     readonly_fields = fields
     extra = 0
     can_delete = False
     show_change_link = True
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Event)
@@ -126,15 +123,11 @@ class GuestLinkForm(forms.Form):
 
 
 @admin.register(EventGuest)
-class EventGuestAdmin(QueryStringCheckedAdmin):
+class EventGuestAdmin(NoAddMixin, HugeTableMixin, QueryStringCheckedAdmin):
     list_display = ("id", "name", "phone", "phone_e164", "event", "user", "removed_at")
     list_filter = (GuestLinkStateFilter,)
     search_fields = ("name", "phone", "phone_e164", "event__name")
     list_select_related = ("event", "user")
-    paginator = HugeTablePaginator
-    # "Show counts" would count every filter choice over the whole table.
-    show_facets = admin.ShowFacets.NEVER
-    show_full_result_count = False
     # Read-only: guests change through the API and the actions here, which call the services
     # (the change form's own transaction could not hold their durable ones).
     readonly_fields = (
@@ -148,9 +141,6 @@ class EventGuestAdmin(QueryStringCheckedAdmin):
         "updated_at",
     )
     actions = ["link_to_user"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
 
     @admin.action(description="Link selected guests to a user", permissions=["change"])
     def link_to_user(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
@@ -193,18 +183,11 @@ class EventGuestAdmin(QueryStringCheckedAdmin):
 
 
 @admin.register(Message)
-class MessageAdmin(QueryStringCheckedAdmin):
+class MessageAdmin(NoAddMixin, HugeTableMixin, QueryStringCheckedAdmin):
     list_display = ("id", "event", "sender", "created_at")
     search_fields = ("body", "event__name")
     list_select_related = ("event", "sender")
-    paginator = HugeTablePaginator
-    # "Show counts" would count every filter choice over the whole table.
-    show_facets = admin.ShowFacets.NEVER
-    show_full_result_count = False
     readonly_fields = ("event", "sender", "body", "created_at")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
 
 
 class InconsistentFilter(admin.SimpleListFilter):
@@ -221,20 +204,13 @@ class InconsistentFilter(admin.SimpleListFilter):
 
 
 @admin.register(MessageDelivery)
-class MessageDeliveryAdmin(QueryStringCheckedAdmin):
+class MessageDeliveryAdmin(NoAddMixin, HugeTableMixin, QueryStringCheckedAdmin):
     list_display = ("id", "message", "guest", "user", "phone_e164", "status", "created_at")
     list_filter = (InconsistentFilter, "status")
     search_fields = ("phone_e164", "guest__name")
     list_select_related = ("message", "guest", "user")
     readonly_fields = [field.name for field in MessageDelivery._meta.fields]
-    paginator = HugeTablePaginator
-    # "Show counts" would count every filter choice over the whole table.
-    show_facets = admin.ShowFacets.NEVER
-    show_full_result_count = False
     actions = ["backfill_selected"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
 
     @admin.action(description="Backfill the user of selected deliveries", permissions=["change"])
     def backfill_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
@@ -253,7 +229,7 @@ class MessageDeliveryAdmin(QueryStringCheckedAdmin):
 
 
 @admin.register(UserLinkAudit)
-class UserLinkAuditAdmin(QueryStringCheckedAdmin):
+class UserLinkAuditAdmin(HugeTableMixin, ReadOnlyAdmin):
     list_display = ("id", "created_at", "outcome", "method", "delivery_id", "guest_id", "user_id")
     list_filter = (
         "outcome",
@@ -265,20 +241,7 @@ class UserLinkAuditAdmin(QueryStringCheckedAdmin):
     readonly_fields = [field.name for field in UserLinkAudit._meta.fields]
     # No date_hierarchy: on every page view it reads the min and max created_at and the distinct
     # years or months of the whole table, a scan of every row (a BRIN index cannot answer them).
-    paginator = HugeTablePaginator
-    # "Show counts" would count every filter choice over the whole table.
-    show_facets = admin.ShowFacets.NEVER
-    show_full_result_count = False
     change_list_template = "admin/deliveries/userlinkaudit/change_list.html"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
@@ -294,19 +257,13 @@ class UserLinkAuditAdmin(QueryStringCheckedAdmin):
 
 
 @admin.register(FeatureFlag)
-class FeatureFlagAdmin(QueryStringCheckedAdmin):
+class FeatureFlagAdmin(NoAddMixin, NoDeleteMixin, QueryStringCheckedAdmin):
     list_display = ("name", "enabled", "updated_by", "updated_at", "description")
     list_select_related = ("updated_by",)
     # Flags change only through the confirmed actions, which record who and when.
     readonly_fields = ("name", "enabled", "description", "updated_by", "updated_at")
     fields = readonly_fields
     actions = ["turn_on", "turn_off"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def _switch(self, request: HttpRequest, queryset: QuerySet, *, enabled: bool) -> Any:
         word = "on" if enabled else "off"

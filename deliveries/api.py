@@ -3,12 +3,11 @@
 Every view is thin: it parses input, asks a selector (which filters by the requesting user) or a
 service, and shapes the output. Another host's event or guest is a 404, never a 403, so its
 existence does not leak; `GET /me/messages/` reads only the requester's deliveries, whatever the
-query string says.
+query string says. Refusals are `DeliveriesError`s (domain errors), which the API's exception
+handler answers with their own code and status.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -19,14 +18,8 @@ from rest_framework.views import APIView
 
 from deliveries import selectors, services
 from deliveries.models import Event, EventGuest, MessageDelivery
-from evoflow.api.errors import ApiError, Conflict
-from evoflow.api.pagination import IdCursorPagination
+from evoflow.api.pagination import CursorListApi
 from evoflow.models import User
-
-INVALID_GUEST_ROWS = services.GuestImportInvalid.code
-GUEST_ALREADY_LINKED = services.GuestAlreadyLinked.code
-INVALID_PHONE = services.InvalidPhone.code
-UNKNOWN_USER = "unknown_user"
 
 
 def _requester(request: Request) -> User:
@@ -49,12 +42,6 @@ def _guest_for(request: Request, guest_id: int) -> EventGuest:
         raise NotFound("No such guest.") from None
 
 
-def _paginated(request: Request, view: APIView, queryset: Any, serializer: type) -> Response:
-    paginator = IdCursorPagination()
-    page: list[Any] | None = paginator.paginate_queryset(queryset, request, view=view)
-    return paginator.get_paginated_response(serializer(page, many=True).data)
-
-
 class EventOutput(serializers.ModelSerializer):
     class Meta:
         model = Event
@@ -73,7 +60,7 @@ class GuestOutput(serializers.ModelSerializer):
         return guest.removed_at is not None
 
 
-class EventListCreateApi(APIView):
+class EventListCreateApi(CursorListApi):
     class EventCreateInputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=200)
         starts_at = serializers.DateTimeField()
@@ -81,7 +68,7 @@ class EventListCreateApi(APIView):
     @extend_schema(responses=EventOutput(many=True), operation_id="events_list")
     def get(self, request: Request) -> Response:
         events = selectors.event_list_for_host(host=_requester(request))
-        return _paginated(request, self, events, EventOutput)
+        return self.paginated_response(request, events, EventOutput)
 
     @extend_schema(request=EventCreateInputSerializer, responses={201: EventOutput})
     def post(self, request: Request) -> Response:
@@ -97,7 +84,7 @@ class EventDetailApi(APIView):
         return Response(EventOutput(_event_for(request, event_id)).data)
 
 
-class EventGuestsApi(APIView):
+class EventGuestsApi(CursorListApi):
     class GuestImportRowSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=200)
         phone = serializers.CharField(max_length=40)
@@ -105,7 +92,8 @@ class EventGuestsApi(APIView):
     @extend_schema(responses=GuestOutput(many=True), operation_id="event_guests_list")
     def get(self, request: Request, event_id: int) -> Response:
         event = _event_for(request, event_id)
-        return _paginated(request, self, selectors.guest_list_for_event(event=event), GuestOutput)
+        guests = selectors.guest_list_for_event(event=event)
+        return self.paginated_response(request, guests, GuestOutput)
 
     @extend_schema(
         request=inline_serializer(
@@ -126,15 +114,11 @@ class EventGuestsApi(APIView):
         event = _event_for(request, event_id)
         rows = request.data.get("guests") if isinstance(request.data, dict) else None
         if not isinstance(rows, list) or not rows:
-            raise ApiError(
-                "`guests` must be a non-empty list of {name, phone} objects.",
-                code=INVALID_GUEST_ROWS,
-                extra={"errors": [{"index": None, "field": "guests", "reason": "required"}]},
+            raise services.GuestImportInvalid(
+                [{"index": None, "field": "guests", "reason": "required"}],
+                detail="`guests` must be a non-empty list of {name, phone} objects.",
             )
-        try:
-            guests = services.event_guests_import(event=event, rows=rows)
-        except services.GuestImportInvalid as exc:
-            raise ApiError(str(exc), code=exc.code, extra={"errors": exc.errors}) from None
+        guests = services.event_guests_import(event=event, rows=rows)
         return Response(
             {"created": len(guests), "guests": GuestOutput(guests, many=True).data},
             status=status.HTTP_201_CREATED,
@@ -173,30 +157,24 @@ class GuestDetailApi(APIView):
         if "user_id" in data:
             target = User.objects.filter(pk=data["user_id"], is_active=True).first()
             if target is None:
-                raise ApiError("No active user with that id.", code=UNKNOWN_USER)
+                raise services.UnknownUser("No active user with that id.")
             if guest.user_id not in (None, target.pk) and not data["relink"]:
-                raise Conflict(
+                raise services.GuestAlreadyLinked(
                     f"The guest is linked to another user; send relink: true to move it and "
-                    f"its deliveries to user {target.pk}.",
-                    code=GUEST_ALREADY_LINKED,
+                    f"its deliveries to user {target.pk}."
                 )
-        try:
-            guest = services.guest_update(
-                guest=guest,
-                name=data.get("name"),
-                phone=data.get("phone"),
-                is_removed=data.get("is_removed"),
-                actor=actor,
-            )
-            if target is not None:
-                if data["relink"]:
-                    services.guest_relink_user(guest=guest, user=target, actor=actor)
-                else:
-                    services.guest_link_user(guest=guest, user=target, actor=actor)
-        except services.InvalidPhone as exc:
-            raise ApiError(str(exc), code=exc.code) from None
-        except services.GuestAlreadyLinked as exc:
-            raise Conflict(str(exc), code=exc.code) from None
+        guest = services.guest_update(
+            guest=guest,
+            name=data.get("name"),
+            phone=data.get("phone"),
+            is_removed=data.get("is_removed"),
+            actor=actor,
+        )
+        if target is not None:
+            if data["relink"]:
+                services.guest_relink_user(guest=guest, user=target, actor=actor)
+            else:
+                services.guest_link_user(guest=guest, user=target, actor=actor)
         guest.refresh_from_db()
         return Response(GuestOutput(guest).data)
 
@@ -210,7 +188,7 @@ class EventMessageOutput(serializers.Serializer):
     linked_count = serializers.IntegerField()
 
 
-class EventMessagesApi(APIView):
+class EventMessagesApi(CursorListApi):
     class MessageSendInputSerializer(serializers.Serializer):
         body = serializers.CharField(max_length=5000)
 
@@ -218,7 +196,7 @@ class EventMessagesApi(APIView):
     def get(self, request: Request, event_id: int) -> Response:
         event = _event_for(request, event_id)
         messages = selectors.message_list_for_event(event=event)
-        return _paginated(request, self, messages, EventMessageOutput)
+        return self.paginated_response(request, messages, EventMessageOutput)
 
     @extend_schema(request=MessageSendInputSerializer, responses={201: EventMessageOutput})
     def post(self, request: Request, event_id: int) -> Response:
@@ -251,7 +229,7 @@ class MyMessageOutput(serializers.ModelSerializer):
         fields = ["id", "message_id", "body", "sent_at", "status", "read_at", "event"]
 
 
-class MyMessagesApi(APIView):
+class MyMessagesApi(CursorListApi):
     @extend_schema(
         responses=MyMessageOutput(many=True),
         description="The messages delivered to the requesting user, newest first (D4).",
@@ -260,4 +238,4 @@ class MyMessagesApi(APIView):
         # Only the cursor and page size are read from the query string; nothing can widen
         # the filter, which is the requester's id.
         deliveries = selectors.deliveries_for_user(user=_requester(request))
-        return _paginated(request, self, deliveries, MyMessageOutput)
+        return self.paginated_response(request, deliveries, MyMessageOutput)

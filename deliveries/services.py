@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from deliveries.locks import event_link_lock
 from deliveries.models import Event, EventGuest, FeatureFlag, Message, MessageDelivery
+from evoflow.errors import DomainError
 from evoflow.models import User
 from evoflow.phones import InvalidPhoneNumber, phone_to_e164
 from evoflow.requestid import NO_REQUEST_ID, get_request_id
@@ -31,30 +32,40 @@ MAX_GUESTS_PER_IMPORT = 10_000
 DEFAULT_BACKFILL_BATCH_SIZE = 50_000
 
 
-class DeliveriesError(Exception):
-    """A request the deliveries app refuses; `code` is stable, the message is for people."""
+class DeliveriesError(DomainError):
+    """A request the deliveries app refuses; `code` is stable, the detail is for people."""
 
     code = "deliveries_error"
 
 
 class GuestImportInvalid(DeliveriesError):
+    """Rows of a guest import that cannot be stored, as `errors`: `{index, field, reason}`."""
+
     code = "invalid_guest_rows"
 
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
+    def __init__(self, errors: list[dict[str, Any]], *, detail: str | None = None) -> None:
         self.errors = errors
-        first = errors[0]
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        super().__init__(
-            f"row {first['index']}: {first['field']}: {first['reason']}{more}; nothing was imported"
-        )
+        if detail is None:
+            first = errors[0]
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            detail = (
+                f"row {first['index']}: {first['field']}: {first['reason']}{more};"
+                " nothing was imported"
+            )
+        super().__init__(detail, extra={"errors": errors})
 
 
 class GuestAlreadyLinked(DeliveriesError):
     code = "guest_already_linked"
+    status = 409
 
 
 class InvalidPhone(DeliveriesError):
     code = "invalid_phone"
+
+
+class UnknownUser(DeliveriesError):
+    code = "unknown_user"
 
 
 class UnknownFeatureFlag(DeliveriesError):

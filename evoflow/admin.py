@@ -25,11 +25,11 @@ from django.http import (
     HttpResponseNotAllowed,
     HttpResponseRedirect,
 )
-from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
-from evoflow.admin_lists import QueryStringCheckedAdmin, pk_or_none
+from evoflow.admin_base import NoAddMixin, NoChangeMixin, ObjectPageMixin, model_page_response
+from evoflow.admin_lists import QueryStringCheckedAdmin
 from evoflow.admin_site import may_repair, may_run
 from evoflow.integrity.registry import IntegrityCheck, UnknownCheck, get_check
 from evoflow.integrity.runner import (
@@ -140,7 +140,7 @@ def _check_rows(run: IntegrityRun) -> list[CheckRow]:
 
 
 @admin.register(IntegrityRun)
-class IntegrityRunAdmin(QueryStringCheckedAdmin):
+class IntegrityRunAdmin(ObjectPageMixin, NoAddMixin, NoChangeMixin, QueryStringCheckedAdmin):
     list_display = (
         "id",
         "status_badge",
@@ -171,12 +171,6 @@ class IntegrityRunAdmin(QueryStringCheckedAdmin):
     show_full_result_count = False
     change_list_template = "admin/evoflow/integrityrun/change_list.html"
     change_form_template = "admin/evoflow/integrityrun/change_form.html"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[IntegrityRun]:
         # The checks' counts by status in the runs query itself: one query per list page.
@@ -241,16 +235,8 @@ class IntegrityRunAdmin(QueryStringCheckedAdmin):
         }
         return super().changelist_view(request, extra_context=context)
 
-    def change_view(
-        self,
-        request: HttpRequest,
-        object_id: str,
-        form_url: str = "",
-        extra_context: dict[str, Any] | None = None,
-    ) -> HttpResponse:
-        context = dict(extra_context or {})
-        pk = pk_or_none(object_id)
-        run = self.get_queryset(request).filter(pk=pk).first() if pk is not None else None
+    def change_page_object(self, request: HttpRequest, pk: int) -> IntegrityRun | None:
+        run = super().change_page_object(request, pk)
         # A live run nobody executes any more is failed here, so its page stops refreshing.
         if (
             run is not None
@@ -258,13 +244,14 @@ class IntegrityRunAdmin(QueryStringCheckedAdmin):
             and integrity_runs_fail_lost(runs=IntegrityRun.objects.filter(pk=run.pk))
         ):
             run = self.get_queryset(request).get(pk=run.pk)
-        if run is not None:
-            context.update(
-                check_rows=_check_rows(run),
-                is_live=not run.is_finished,
-                can_repair=may_repair(request.user),
-            )
-        return super().change_view(request, object_id, form_url, extra_context=context)
+        return run
+
+    def change_page_context(self, request: HttpRequest, obj: IntegrityRun) -> dict[str, Any]:
+        return {
+            "check_rows": _check_rows(obj),
+            "is_live": not obj.is_finished,
+            "can_repair": may_repair(request.user),
+        }
 
     def run_now_view(self, request: HttpRequest) -> HttpResponse:
         if not may_run(request.user):
@@ -324,9 +311,6 @@ class IntegrityRunAdmin(QueryStringCheckedAdmin):
             logger.exception("dry run of the repair of %s failed", check.id)
             preview_error = "The dry run failed; the logs have the details."
         context = {
-            **self.admin_site.each_context(request),
-            "title": f"Repair {check.id}",
-            "opts": self.opts,
             "check": check,
             "evaluation": evaluation,
             "badge": status_badge(evaluation.status),
@@ -339,7 +323,9 @@ class IntegrityRunAdmin(QueryStringCheckedAdmin):
             "is_preview_out_of_time": is_preview_out_of_time,
             "preview_seconds": REPAIR_PREVIEW_SECONDS,
         }
-        return TemplateResponse(request, REPAIR_TEMPLATE, context)
+        return model_page_response(
+            self, request, template=REPAIR_TEMPLATE, title=f"Repair {check.id}", context=context
+        )
 
 
 def _user(request: HttpRequest) -> User | None:

@@ -17,8 +17,8 @@
     stops at `EXACT_COUNT_LIMIT + 1` and shows as "10,000+". The pages then go as far as that
     number reaches: narrow the filter to see older rows.
 
-  Lists that use it also set `show_full_result_count = False`, so the unfiltered table is not
-  counted either.
+  Lists that use it (through `HugeTableMixin`) also set `show_full_result_count = False`, so
+  the unfiltered table is not counted either, and show no facet counts.
 
 Importing this module also re-registers the admins that other packages register (django-q2's
 tasks and schedules, Django's groups, DRF's tokens) on the base above, and django-q2's failed and
@@ -224,10 +224,20 @@ class HugeTablePaginator(Paginator):
         return counted
 
 
+class HugeTableMixin(admin.ModelAdmin):
+    """A changelist over a table that grows without bound: `HugeTablePaginator`, no full
+    count, no facet counts ("Show counts" would count every filter choice over the whole
+    table)."""
+
+    paginator = HugeTablePaginator
+    show_facets = admin.ShowFacets.NEVER
+    show_full_result_count = False
+
+
 # -- the admins other packages register ----------------------------------------------------------
 
 
-class FailureAdmin(QueryStringCheckedAdmin, django_q_admin.FailAdmin):
+class FailureAdmin(HugeTableMixin, QueryStringCheckedAdmin, django_q_admin.FailAdmin):
     """Failed tasks, with "stopped since" for the dashboard's "failed in 24 hours" link.
 
     django-q2's own "group" and "cluster" filters are left out: each lists its choices with a
@@ -235,19 +245,10 @@ class FailureAdmin(QueryStringCheckedAdmin, django_q_admin.FailAdmin):
     """
 
     list_filter = (since_filter(field_name="stopped", parameter_name="stopped_since"),)
-    paginator = HugeTablePaginator
-    # "Show counts" would count every filter choice over the whole table.
-    show_facets = admin.ShowFacets.NEVER
-    show_full_result_count = False
 
 
-class QueuedTaskAdmin(QueryStringCheckedAdmin, django_q_admin.QueueAdmin):
+class QueuedTaskAdmin(HugeTableMixin, QueryStringCheckedAdmin, django_q_admin.QueueAdmin):
     """Queued tasks of the ORM broker: a backlog can grow to millions while workers are down."""
-
-    paginator = HugeTablePaginator
-    # "Show counts" would count every filter choice over the whole table.
-    show_facets = admin.ShowFacets.NEVER
-    show_full_result_count = False
 
 
 class SuccessfulTaskAdmin(QueryStringCheckedAdmin, django_q_admin.TaskAdmin):

@@ -18,7 +18,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.utils import timezone
 
-from evoflow.admin_lists import HugeTablePaginator, QueryStringCheckedAdmin
+from evoflow.admin_base import NoAddMixin, NoChangeMixin, NoDeleteMixin
+from evoflow.admin_lists import HugeTableMixin, QueryStringCheckedAdmin
 from evoflow.jsonvalues import UnstorableJson, json_value_check
 from journeys import selectors, services
 from journeys.integrity import OVERDUE_MINUTES
@@ -88,7 +89,7 @@ def _storable(value: Any) -> Any:
 
 
 @admin.register(Journey)
-class JourneyAdmin(ServiceWritesAdmin):
+class JourneyAdmin(NoDeleteMixin, ServiceWritesAdmin):
     form = JourneyForm
     list_display = (
         "id",
@@ -131,11 +132,8 @@ class JourneyAdmin(ServiceWritesAdmin):
         obj.created_at = saved.created_at
         obj.updated_at = saved.updated_at
 
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
-
-class JourneyStepInline(admin.TabularInline):
+class JourneyStepInline(NoAddMixin, NoChangeMixin, admin.TabularInline):
     model = JourneyStep
     fields = (
         "step_number",
@@ -154,12 +152,6 @@ class JourneyStepInline(admin.TabularInline):
     ordering = ("step_number",)
     extra = 0
     can_delete = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class SessionStartForm(forms.ModelForm):
@@ -211,7 +203,7 @@ class OverdueFilter(admin.SimpleListFilter):
 
 
 @admin.register(JourneySession)
-class JourneySessionAdmin(ServiceWritesAdmin):
+class JourneySessionAdmin(NoDeleteMixin, HugeTableMixin, ServiceWritesAdmin):
     service_error_prefix = "Not started"
     list_display = (
         "id",
@@ -231,10 +223,6 @@ class JourneySessionAdmin(ServiceWritesAdmin):
     )
     search_fields = ("=contact__id", "=id")
     list_select_related = ("journey",)
-    paginator = HugeTablePaginator
-    # "Show counts" would count every filter choice over the whole table.
-    show_facets = admin.ShowFacets.NEVER
-    show_full_result_count = False
     inlines = (JourneyStepInline,)
     actions = ("retry_failed_sessions", "cancel_sessions")
     readonly_fields = (
@@ -287,9 +275,6 @@ class JourneySessionAdmin(ServiceWritesAdmin):
         )
         obj.pk = session_id
 
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
     # Actions run in the changelist view, which holds no transaction: each session is its own
     # durable service call, so one refusal does not undo the others.
     def _each(
@@ -337,14 +322,11 @@ class StubFilter(admin.SimpleListFilter):
 
 
 @admin.register(Contact)
-class ContactAdmin(QueryStringCheckedAdmin):
+class ContactAdmin(NoAddMixin, NoDeleteMixin, HugeTableMixin, QueryStringCheckedAdmin):
+    # Never added here: contacts come from the CRM, and the funnel creates stubs.
     list_display = ("id", "name", "email", "phone_e164", "crm_synced_at", "created_at")
     list_filter = (StubFilter, "is_blocked")
     search_fields = ("=id", "name", "email", "phone_e164")
-    paginator = HugeTablePaginator
-    # "Show counts" would count every filter choice over the whole table.
-    show_facets = admin.ShowFacets.NEVER
-    show_full_result_count = False
     actions = ("enrich_from_crm",)
     readonly_fields = (
         "id",
@@ -360,12 +342,6 @@ class ContactAdmin(QueryStringCheckedAdmin):
         "created_at",
         "updated_at",
     )
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # contacts come from the CRM; the funnel creates stubs
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.action(description="Enrich from the CRM now")
     def enrich_from_crm(self, request: HttpRequest, queryset: QuerySet[Contact]) -> None:

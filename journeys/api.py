@@ -1,9 +1,13 @@
-"""The journeys REST API (docs/journeys.md): thin views over services and selectors."""
+"""The journeys REST API (docs/journeys.md): thin views over services and selectors.
+
+Services' refusals are `JourneyError`s (domain errors): the API's exception handler answers
+them with their own code and status, so no view here catches one.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -18,33 +22,11 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from evoflow.api.errors import ApiError
-from evoflow.api.pagination import IdCursorPagination
+from evoflow.api.pagination import CursorListApi
 from evoflow.jsonvalues import JSON_MAX_DEPTH, UnstorableJson, json_value_check
 from journeys import selectors, services
 from journeys.models import Journey, JourneySession, SessionStatus
-from journeys.services import InvalidFlow, JourneyError
-
-T = TypeVar("T")
-
-
-def _call(function: Callable[..., T], **kwargs: Any) -> T:
-    """Run a service; its domain errors become API errors with their stable codes."""
-    try:
-        return function(**kwargs)
-    except InvalidFlow as error:
-        raise ApiError(
-            error.detail,
-            code=error.code,
-            status_code=400,
-            extra={"errors": {"flow": error.messages}},
-        ) from error
-    except JourneyError as error:
-        raise ApiError(error.detail, code=error.code, status_code=error.status_code) from error
-
-
-# How deeply a JSON value from a client may nest; far beyond any real flow or payload, far
-# below what would exhaust the stack when it is serialised again.
+from journeys.services import JourneyNotFound, SessionNotFound
 
 
 def json_value_validate(value: Any) -> None:
@@ -105,8 +87,7 @@ class JourneyInputSerializer(serializers.Serializer):
         # The same validator as the model and the services, so the API reports the same words.
         if "flow" in attrs or "triggers" in attrs or "default_variables" in attrs:
             instance = self.instance
-            _call(
-                services.journey_validate,
+            services.journey_validate(
                 flow=attrs.get("flow", instance.flow if instance else None),
                 triggers=attrs.get("triggers", instance.triggers if instance else []),
                 default_variables=attrs.get(
@@ -168,27 +149,25 @@ class SessionDetailOutputSerializer(SessionOutputSerializer):
         return list(StepOutputSerializer(steps, many=True).data)
 
 
-class JourneyListCreateApi(APIView):
+class JourneyListCreateApi(CursorListApi):
     parser_classes = BODY_PARSERS
 
     @extend_schema(responses=JourneyOutputSerializer(many=True))
     def get(self, request: Request) -> Response:
-        paginator = IdCursorPagination()
-        page = paginator.paginate_queryset(selectors.journey_list(), request, view=self)
-        return paginator.get_paginated_response(JourneyOutputSerializer(page, many=True).data)
+        return self.paginated_response(request, selectors.journey_list(), JourneyOutputSerializer)
 
     @extend_schema(request=JourneyInputSerializer, responses={201: JourneyOutputSerializer})
     def post(self, request: Request) -> Response:
         serializer = JourneyInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        journey = _call(services.journey_create, **serializer.validated_data)
+        journey = services.journey_create(**serializer.validated_data)
         return Response(JourneyOutputSerializer(journey).data, status=status.HTTP_201_CREATED)
 
 
 def _journey_or_404(journey_id: int) -> Journey:
     journey = selectors.journey_get(journey_id=journey_id)
     if journey is None:
-        raise ApiError("Journey not found.", code="journey_not_found", status_code=404)
+        raise JourneyNotFound("Journey not found.")
     return journey
 
 
@@ -204,7 +183,7 @@ class JourneyDetailApi(APIView):
         journey = _journey_or_404(journey_id)
         serializer = JourneyInputSerializer(journey, data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
-        journey = _call(services.journey_update, journey_id=journey.pk, **serializer.validated_data)
+        journey = services.journey_update(journey_id=journey.pk, **serializer.validated_data)
         return Response(JourneyOutputSerializer(journey).data)
 
 
@@ -226,8 +205,7 @@ class JourneyStartApi(APIView):
     def post(self, request: Request, journey_id: int) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        session_id = _call(
-            services.session_start,
+        session_id = services.session_start(
             journey_id=journey_id,
             contact_id=serializer.validated_data["contact_id"],
             variables=serializer.validated_data.get("variables"),
@@ -254,11 +232,11 @@ class ContactEventApi(APIView):
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        result = _call(services.contact_event_ingest, **serializer.validated_data)
+        result = services.contact_event_ingest(**serializer.validated_data)
         return Response(self.OutputSerializer(result).data)
 
 
-class SessionListApi(APIView):
+class SessionListApi(CursorListApi):
     class FilterSerializer(serializers.Serializer):
         journey = serializers.IntegerField(required=False)
         contact = serializers.UUIDField(required=False)
@@ -280,15 +258,13 @@ class SessionListApi(APIView):
             contact_id=filters.validated_data.get("contact"),
             status=filters.validated_data.get("status"),
         )
-        paginator = IdCursorPagination()
-        page = paginator.paginate_queryset(sessions, request, view=self)
-        return paginator.get_paginated_response(SessionOutputSerializer(page, many=True).data)
+        return self.paginated_response(request, sessions, SessionOutputSerializer)
 
 
 def _session_or_404(session_id: int) -> JourneySession:
     session = selectors.session_get(session_id=session_id)
     if session is None:
-        raise ApiError("Session not found.", code="session_not_found", status_code=404)
+        raise SessionNotFound("Session not found.")
     return session
 
 
@@ -306,7 +282,7 @@ class _SessionActionApi(APIView):
     @extend_schema(request=None, responses=SessionOutputSerializer)
     def post(self, request: Request, session_id: int) -> Response:
         _session_or_404(session_id)
-        session = _call(type(self).session_action, session_id=session_id)
+        session = type(self).session_action(session_id=session_id)
         return Response(SessionOutputSerializer(session).data)
 
 

@@ -1,7 +1,9 @@
 """One error format for the whole API: `{"code": "<stable code>", "detail": "<for humans>"}`.
 
 Validation errors add `"errors"` with the field messages. Codes are constants, so clients can
-branch on them; the detail may be reworded at any time.
+branch on them; the detail may be reworded at any time. A service's refusal is a
+`evoflow.errors.DomainError`: the handler below answers it with its own code, status and extra
+fields, so views never translate errors themselves.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
-from rest_framework import exceptions, status
+from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
+
+from evoflow.errors import DomainError
 
 logger = logging.getLogger(__name__)
 
@@ -49,34 +54,6 @@ CODE_BY_STATUS = {
 }
 
 
-class ApiError(exceptions.APIException):
-    """A domain error with its own stable code; services' errors are turned into these."""
-
-    status_code: int = status.HTTP_400_BAD_REQUEST
-    default_code = BAD_REQUEST
-    default_detail = "The request could not be processed."
-
-    def __init__(
-        self,
-        detail: str | None = None,
-        *,
-        code: str | None = None,
-        status_code: int | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(detail or self.default_detail, code or self.default_code)
-        if status_code is not None:
-            self.status_code = status_code
-        self.error_code = code or self.default_code
-        self.extra = extra or {}
-
-
-class Conflict(ApiError):
-    status_code: int = status.HTTP_409_CONFLICT
-    default_code = CONFLICT
-    default_detail = "The request conflicts with the current state."
-
-
 def error_body(code: str, detail: str, **extra: Any) -> dict[str, Any]:
     return {"code": code, "detail": detail, **extra}
 
@@ -93,6 +70,13 @@ def _flatten_detail(detail: Any) -> str:
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     """DRF's handler, re-shaped; anything unexpected becomes a logged, detail-free 500."""
+    if isinstance(exc, DomainError):
+        # As DRF does for its own exceptions: an atomic request's writes are rolled back.
+        set_rollback()
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return Response(
+            error_body(exc.code, exc.detail, **exc.extra), status=exc.status, headers=headers
+        )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
@@ -109,9 +93,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         logger.exception("unhandled error in %s", context.get("view").__class__.__name__)
         return Response(error_body(SERVER_ERROR, "Internal server error."), status=500)
 
-    if isinstance(exc, ApiError):
-        body = error_body(exc.error_code, str(exc.detail), **exc.extra)
-    elif isinstance(exc, exceptions.ValidationError):
+    if isinstance(exc, exceptions.ValidationError):
         body = error_body(VALIDATION_ERROR, _flatten_detail(exc.detail), errors=exc.detail)
     elif isinstance(exc, exceptions.AuthenticationFailed):
         body = error_body(AUTHENTICATION_FAILED, str(exc.detail))

@@ -5,25 +5,26 @@ from __future__ import annotations
 
 from django.urls import path
 from drf_spectacular.utils import extend_schema
-from rest_framework import permissions, serializers
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from evoflow.api.errors import ApiError
+from evoflow.api.permissions import PermissionRequired
+from evoflow.errors import DomainError
 from evoflow.integrity.runner import integrity_run_latest_finished, run_document
 
-NO_INTEGRITY_RUN = "no_integrity_run"
+
+class NoIntegrityRun(DomainError):
+    code = "no_integrity_run"
+    status = 404
 
 
-class CanViewIntegrityRuns(permissions.BasePermission):
+class CanViewIntegrityRuns(PermissionRequired):
     # The same permission the admin's runs and the dashboard ask for: staff status alone is not
     # enough there, so it is not here either.
+    permission = "evoflow.view_integrityrun"
     message = "Reading integrity runs needs the evoflow.view_integrityrun permission."
-
-    def has_permission(self, request: Request, view: APIView) -> bool:
-        user = request.user
-        return bool(user and user.is_authenticated and user.has_perm("evoflow.view_integrityrun"))
 
 
 class ThresholdsOutput(serializers.Serializer):
@@ -76,11 +77,7 @@ class IntegrityRunLatestApi(APIView):
     def get(self, request: Request) -> Response:
         run = integrity_run_latest_finished()
         if run is None:
-            raise ApiError(
-                "No integrity run of every check has finished yet.",
-                code=NO_INTEGRITY_RUN,
-                status_code=404,
-            )
+            raise NoIntegrityRun("No integrity run of every check has finished yet.")
         return Response(run_document(run))
 
 

@@ -22,20 +22,16 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
+from evoflow.errors import DomainError
 from evoflow.jsonvalues import NOT_FINITE, NUL, UnstorableJson, jsonb_text
 from evoflow.tasks import enqueue_after_commit
 from journeys.models import LIVE_STATUSES
 
 
-class JourneyError(Exception):
-    """A domain error of the journeys app, with a stable code for the API."""
+class JourneyError(DomainError):
+    """A domain error of the journeys app; each subclass has its stable code and status."""
 
     code = "journey_error"
-    status_code = 400
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
 
 
 class InvalidContactId(JourneyError):
@@ -44,17 +40,17 @@ class InvalidContactId(JourneyError):
 
 class SessionAlreadyLive(JourneyError):
     code = "session_already_live"
-    status_code = 409
+    status = 409
 
 
 class ReentryNotAllowed(JourneyError):
     code = "reentry_not_allowed"
-    status_code = 409
+    status = 409
 
 
 class JourneyInactive(JourneyError):
     code = "journey_inactive"
-    status_code = 409
+    status = 409
 
 
 class InvalidVariables(JourneyError):
@@ -63,19 +59,26 @@ class InvalidVariables(JourneyError):
 
 class InvalidSessionTransition(JourneyError):
     code = "invalid_session_transition"
-    status_code = 409
+    status = 409
 
 
 class JourneyNotFound(JourneyError):
     code = "journey_not_found"
-    status_code = 404
+    status = 404
+
+
+class SessionNotFound(JourneyError):
+    code = "session_not_found"
+    status = 404
 
 
 class InvalidFlow(JourneyError):
+    """The flow's every problem, in `messages`; the API answers them as `errors.flow`."""
+
     code = "invalid_flow"
 
     def __init__(self, detail: str, messages: list[str]) -> None:
-        super().__init__(detail)
+        super().__init__(detail, extra={"errors": {"flow": messages}})
         self.messages = messages
 
 

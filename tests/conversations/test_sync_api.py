@@ -409,14 +409,14 @@ def test_the_stream_keeps_alive_and_stops_at_its_maximum_duration(token_page):
     assert connection.is_usable()
 
 
-def test_a_tampered_run_list_cursor_is_a_404_not_a_500(syncer_client, token_page):
+def test_a_tampered_run_list_cursor_is_a_400_not_a_500(syncer_client, token_page):
     import base64
 
     for position in ["abc", "1\x00", "9" * 30]:
         cursor = base64.b64encode(f"p={position}".encode()).decode()
         response = syncer_client.get("/api/v1/sync-runs/", {"cursor": cursor})
-        assert response.status_code == 404
-        assert response.json()["code"] == "not_found"
+        assert response.status_code == 400
+        assert response.json()["code"] == "invalid_cursor"
 
 
 @pytest.mark.django_db(transaction=True)

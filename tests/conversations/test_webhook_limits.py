@@ -343,7 +343,7 @@ def test_a_page_id_cannot_change_once_created(admin_client):
 
 
 @pytest.mark.parametrize("path", ["/api/v1/conversations/", "messages"])
-def test_a_tampered_cursor_is_an_invalid_cursor_404(admin_user, api_client, page, path):
+def test_a_tampered_cursor_is_an_invalid_cursor_400(admin_user, api_client, page, path):
     # Given a cursor whose position is not a date-time
     conversation = ConversationFactory(page=page)
     if path == "messages":
@@ -354,9 +354,9 @@ def test_a_tampered_cursor_is_an_invalid_cursor_404(admin_user, api_client, page
     # When it is used
     response = api_client.get(path, {"cursor": cursor})
 
-    # Then it is DRF's invalid-cursor answer
-    assert response.status_code == 404
-    assert response.json() == {"code": "not_found", "detail": "Invalid cursor"}
+    # Then it is the client's error, with its own code
+    assert response.status_code == 400
+    assert response.json() == {"code": "invalid_cursor", "detail": "Invalid cursor."}
 
 
 # -- admin ------------------------------------------------------------------------------------

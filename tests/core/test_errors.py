@@ -3,6 +3,10 @@
 import pytest
 from django.test import Client
 
+import evoflow.api.pagination  # noqa: F401  (its errors are among those checked below)
+from evoflow.errors import DomainError
+from tests.core.factories import UserFactory
+
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.core.urls")]
 
 
@@ -92,3 +96,53 @@ def test_admin_keeps_html_errors(admin_client):
 
     assert response.status_code == 404
     assert response["Content-Type"].startswith("text/html")
+
+
+def _domain_errors() -> list[type[DomainError]]:
+    found: list[type[DomainError]] = []
+    pending = list(DomainError.__subclasses__())
+    while pending:
+        error = pending.pop()
+        found.append(error)
+        pending.extend(error.__subclasses__())
+    return found
+
+
+def test_every_domain_error_declares_its_own_code_and_an_error_status():
+    # Given every refusal of the project (the apps' modules are imported by Django's setup)
+    errors = _domain_errors()
+
+    # Then each names its own stable code, with a 4xx/5xx status, and no two share a code
+    assert {"JourneyError", "DeliveriesError", "SyncRefused", "InvalidCursor"} <= {
+        error.__name__ for error in errors
+    }
+    for error in errors:
+        assert "code" in vars(error), error
+        assert 400 <= error.status < 600, error
+    codes = [error.code for error in errors]
+    assert len(codes) == len(set(codes)), sorted(codes)
+
+
+def test_a_domain_error_raised_in_a_view_is_answered_with_its_code_status_and_extra(
+    api_client, monkeypatch
+):
+    # Given a service refusal with extra fields, raised where a view calls the service
+    from journeys import services
+
+    def refuse(**kwargs: object) -> None:
+        raise services.InvalidFlow("The flow is invalid.", ["node a: no edge"])
+
+    monkeypatch.setattr(services, "journey_validate", refuse)
+    user = UserFactory()
+    api_client.force_authenticate(user)
+
+    # When the API is asked
+    response = api_client.post("/api/v1/journeys/", {"name": "x", "flow": {}}, format="json")
+
+    # Then the one handler answers it: no view translated it
+    assert response.status_code == 400
+    assert response.json() == {
+        "code": "invalid_flow",
+        "detail": "The flow is invalid.",
+        "errors": {"flow": ["node a: no edge"]},
+    }

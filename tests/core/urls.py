@@ -9,7 +9,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from evoflow.api.errors import Conflict
+from evoflow.errors import DomainError
 from evoflow.models import User
 
 
@@ -54,10 +54,15 @@ def only_get(request: Request) -> Response:
     return Response({"ok": True})
 
 
+class SessionExists(DomainError):
+    code = "session_exists"
+    status = 409
+
+
 @api_view(["GET"])
 @permission_classes([AllowAny])
 def conflicting(request: Request) -> Response:
-    raise Conflict("A live session exists.", code="session_exists", extra={"session_id": 7})
+    raise SessionExists("A live session exists.", extra={"session_id": 7})
 
 
 @api_view(["GET"])

@@ -18,6 +18,7 @@ from conversations.models import (
     SyncRun,
     SyncStatus,
 )
+from evoflow.errors import DomainError
 from evoflow.requestid import get_request_id, new_request_id
 from evoflow.tasks import enqueue_after_commit
 
@@ -31,8 +32,18 @@ class LeaseLost(Exception):
     """The run is no longer this worker's: taken over after its lease expired, or cancelled."""
 
 
-class SyncRefused(Exception):
-    code = "sync_refused"
+class SyncRefused(DomainError):
+    """The page cannot be synced until it is authorised again (a new access token)."""
+
+    code = "reauthorization_required"
+    status = 409
+
+
+class SyncRunning(DomainError):
+    """A sync of the page is already queued or running; `sync_run_id` names the live run."""
+
+    code = "sync_running"
+    status = 409
 
 
 # -- requesting and claiming a run ---------------------------------------------------------------
