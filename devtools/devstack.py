@@ -19,6 +19,10 @@ each has its own ports.
 
 This module does not import Django: the children do, each with the settings of its own
 environment.
+
+It stays one module past ~500 lines: process specifications, the supervisor and the banner
+are read together when changing what `make run` starts, and it must stay importable with no
+Django and no other module of the project.
 """
 
 from __future__ import annotations

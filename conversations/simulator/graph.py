@@ -27,6 +27,11 @@ Control routes under `/_control/` (control.py) change the simulator while it run
 served Graph call is also recorded per page with its time (`pages` in `GET /_control/counters`),
 so tests can check a client's pace per page. Error bodies, cursors, query parameters, usage
 headers and drifted shapes are in wire.py.
+
+It stays one module a little past ~500 lines: what is left is the request routing and the
+handler of each served edge, which share the page lookup, the token check and the rate window;
+the control API (control.py), the answer shapes (wire.py, bodies.py) and the data (world.py)
+already live apart.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ in every process. Run-time changes (messages or conversations added, conversatio
 live in small overlays on top. `GraphSimulator` (graph.py) holds one `PageWorld` per page and
 routes requests to it; Meta's Business Use Case limits are per page, so the rate window,
 token and throttling settings are per page too.
+
+It stays one module past ~500 lines: `PageWorld` is one class whose generated data, overlays
+and rate window are read together under one lock; splitting it would only spread that lock.
 """
 
 from __future__ import annotations
