@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
 from deliveries import selectors as deliveries_selectors
+from deliveries.integrity import UNLINKED_DELIVERIES
 from deliveries.models import FeatureFlag, MessageDelivery, UserLinkAudit
 from evoflow.dashboard import (
     AreaHealth,
@@ -25,7 +26,7 @@ from evoflow.dashboard import (
 )
 
 AUDIT_WINDOW = timedelta(hours=24)
-RATE_CHECK_ID = "deliveries.unlinked_deliveries"
+RATE_CHECK_ID = UNLINKED_DELIVERIES.id
 
 
 @dataclass(frozen=True)

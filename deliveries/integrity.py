@@ -101,6 +101,7 @@ UNLINKED_DELIVERIES = register(
         repair=unlinked_deliveries_repair,
         repair_description="runs the historical backfill (method 'historical'), flags honoured",
         sample_admin_url_name="admin:deliveries_messagedelivery_change",
+        is_trend_rate=True,
     )
 )
 

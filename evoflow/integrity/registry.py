@@ -52,6 +52,9 @@ class IntegrityCheck:
     # Where a sample id leads in the admin, e.g. "admin:deliveries_messagedelivery_change".
     sample_admin_url_name: str | None = None
     tags: tuple[str, ...] = field(default_factory=tuple)
+    # The check whose ratio the dashboard's trend draws as "the inconsistency rate"; its app
+    # says so when it registers it (at most one check should).
+    is_trend_rate: bool = False
 
     def render_sql(self) -> str:
         return self.sql() if callable(self.sql) else self.sql

@@ -1,7 +1,8 @@
 """Trends of the stored integrity runs, and the inline SVG chart the dashboard draws of them.
 
 The series come from `IntegrityCheckResult` rows of finished runs: the inconsistency rate (the
-ratio of `deliveries.unlinked_deliveries`, as a percentage) and the failing count of every check
+ratio, as a percentage, of the check registered with `is_trend_rate`: deliveries' unlinked
+deliveries) and the failing count of every check
 that failed at least once in the window. The work is bounded: one query, at most one point per
 series per hour (the newest result of that hour), so a run every minute for 30 days still draws
 at most 720 points per series. The chart is drawn on the server (no script, no CDN), with a
@@ -22,7 +23,6 @@ from django.utils.safestring import SafeString, mark_safe
 from evoflow.integrity.registry import all_checks
 from evoflow.models import IntegrityCheckResult, IntegrityRun
 
-RATE_CHECK_ID = "deliveries.unlinked_deliveries"
 DEFAULT_DAYS = 30
 
 # Colour-blind-safe (the first four of Okabe-Ito), cycled when more checks fail than it has
@@ -94,6 +94,11 @@ _TREND_SQL = """
 """
 
 
+def trend_rate_check_id() -> str | None:
+    """The id of the check registered as the trend's inconsistency rate, if any."""
+    return next((check.id for check in all_checks() if check.is_trend_rate), None)
+
+
 def integrity_trend(*, days: int = DEFAULT_DAYS, now: datetime | None = None) -> IntegrityTrend:
     """The series of the last `days` days of stored results of finished runs: one query.
 
@@ -102,7 +107,8 @@ def integrity_trend(*, days: int = DEFAULT_DAYS, now: datetime | None = None) ->
     """
     until = (now or timezone.now()).astimezone(UTC)
     since = until - timedelta(days=days)
-    check_ids = sorted({check.id for check in all_checks()} | {RATE_CHECK_ID})
+    rate_check = trend_rate_check_id()
+    check_ids = sorted(check.id for check in all_checks())
     sql = _TREND_SQL.format(
         results=connection.ops.quote_name(IntegrityCheckResult._meta.db_table),
         runs=connection.ops.quote_name(IntegrityRun._meta.db_table),
@@ -114,15 +120,15 @@ def integrity_trend(*, days: int = DEFAULT_DAYS, now: datetime | None = None) ->
                 "check_ids": check_ids,
                 "since": since,
                 "until": until,
-                "rate_check_id": RATE_CHECK_ID,
+                "rate_check_id": rate_check,
             },
         )
         rows = cursor.fetchall()
-    rate = TrendSeries(RATE_CHECK_ID)
+    rate = TrendSeries(rate_check or "")
     failing: dict[str, TrendSeries] = {}
     failed_checks = {row[0] for row in rows if row[3] > 0}
     for check_id, run_id, created_at, failing_count, ratio in rows:
-        if check_id == RATE_CHECK_ID:
+        if check_id == rate_check:
             rate.points.append(TrendPoint(run_id, created_at, float(ratio) * 100))
         if check_id in failed_checks:
             series = failing.setdefault(check_id, TrendSeries(check_id))
@@ -159,10 +165,10 @@ def integrity_trend_svg(trend: IntegrityTrend | None = None) -> SafeString:
     parts += _panel(
         trend,
         top=PANEL_TOP[0],
-        heading="Inconsistency rate (deliveries.unlinked_deliveries), %",
+        heading=f"Inconsistency rate ({trend.rate.check_id or 'no check registered'}), %",
         series=[(trend.rate, RATE_COLOUR)] if trend.rate.points else [],
         unit="%",
-        empty="no result of deliveries.unlinked_deliveries in this window",
+        empty=f"no result of {trend.rate.check_id or 'a rate check'} in this window",
     )
     coloured = [
         (series, PALETTE[index % len(PALETTE)]) for index, series in enumerate(trend.failing)
