@@ -63,13 +63,20 @@ def qcluster(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield process
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        process_group_stop(process, signal.SIGINT, timeout=30)
+
+
+def process_group_stop(process: subprocess.Popen, stop_signal: int, *, timeout: float) -> None:
+    """Send `stop_signal` to the process group of `process` (started with a session of its
+    own) and wait for it; SIGKILL after `timeout` seconds. Nothing when it has ended already."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, stop_signal)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def bench_quick_records(

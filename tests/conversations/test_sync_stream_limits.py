@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from conversations.services.pages import page_upsert
 from conversations.services.sync import sync_request
 from tests.conversations.conftest import PAGE_ID
 from tests.core.factories import UserFactory
-from tests.helpers import PROJECT_ROOT, free_port, wait_for
+from tests.helpers import PROJECT_ROOT, free_port, process_group_stop, wait_for
 
 
 def _syncer_token() -> str:
@@ -131,13 +130,7 @@ def _gunicorn(env: dict[str, str], *, workers: int, threads: int) -> Iterator[in
             raise AssertionError(f"gunicorn did not start: {process.communicate()[1]!r}")
         yield port
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        process_group_stop(process, signal.SIGTERM, timeout=20)
 
 
 def _healthz_status(port: int, *, timeout: float) -> int | None:
