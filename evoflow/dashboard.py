@@ -41,6 +41,7 @@ from django_q.models import Failure, OrmQ
 from evoflow.db import table_row_estimate
 from evoflow.integrity.registry import all_checks
 from evoflow.models import IntegrityCheckResult, IntegrityRun
+from evoflow.registry import Registry
 
 EXACT_COUNT_LIMIT = 100_000
 FAILED_TASKS_WINDOW = timedelta(hours=24)
@@ -287,21 +288,17 @@ class TileSpec:
     build: Callable[[TileRequest], Tile]
 
 
-_tiles: dict[str, TileSpec] = {}
+_tiles: Registry[TileSpec] = Registry("dashboard tile", key=lambda spec: spec.area)
 
 
 def tile_register(spec: TileSpec) -> TileSpec:
     """Add an area's tile (from its app's `ready()`); registering the same tile again is a no-op."""
-    existing = _tiles.get(spec.area)
-    if existing is not None and existing != spec:
-        raise ValueError(f"dashboard tile {spec.area!r} is registered twice")
-    _tiles[spec.area] = spec
-    return spec
+    return _tiles.add(spec)
 
 
 def tile_specs() -> list[TileSpec]:
     """Every registered tile, in the dashboard's order."""
-    return sorted(_tiles.values(), key=lambda spec: (spec.order, spec.area))
+    return sorted(_tiles.items(), key=lambda spec: (spec.order, spec.area))
 
 
 def tile_areas() -> tuple[str, ...]:

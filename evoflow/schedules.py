@@ -17,6 +17,7 @@ from typing import Any
 from django.utils import timezone
 from django_q.models import Schedule
 
+from evoflow.registry import Registry
 from evoflow.tasks import schedule_ensure
 
 
@@ -36,21 +37,17 @@ class ScheduleSpec:
         return candidate if candidate > now else candidate + timedelta(days=1)
 
 
-_schedules: dict[str, ScheduleSpec] = {}
+_schedules: Registry[ScheduleSpec] = Registry("schedule", key=lambda spec: spec.name)
 
 
 def schedule_register(spec: ScheduleSpec) -> ScheduleSpec:
     """Add a recurring task (from its app's `ready()`); registering it again is a no-op."""
-    existing = _schedules.get(spec.name)
-    if existing is not None and existing != spec:
-        raise ValueError(f"schedule {spec.name!r} is registered twice")
-    _schedules[spec.name] = spec
-    return spec
+    return _schedules.add(spec)
 
 
 def registered_schedules() -> tuple[ScheduleSpec, ...]:
     """Every registered schedule, in registration order (the order of INSTALLED_APPS)."""
-    return tuple(_schedules.values())
+    return _schedules.items()
 
 
 def schedules_ensure() -> list[Schedule]:

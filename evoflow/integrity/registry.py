@@ -10,6 +10,8 @@ from importlib import import_module
 from django.apps import apps
 from django.utils.module_loading import module_has_submodule
 
+from evoflow.registry import Registry
+
 SAMPLE_LIMIT = 20
 
 # A repair gets `dry_run` and returns how many rows it changed (or would change).
@@ -83,7 +85,7 @@ class IntegrityCheck:
         }
 
 
-_registry: dict[str, IntegrityCheck] = {}
+_registry: Registry[IntegrityCheck] = Registry("integrity check", key=lambda check: check.id)
 
 
 class UnknownCheck(KeyError):
@@ -91,26 +93,22 @@ class UnknownCheck(KeyError):
 
 
 def register(check: IntegrityCheck) -> IntegrityCheck:
-    existing = _registry.get(check.id)
-    if existing is not None and existing != check:
-        raise ValueError(f"integrity check {check.id!r} is registered twice")
-    _registry[check.id] = check
-    return check
+    return _registry.add(check)
 
 
 def unregister(check_id: str) -> None:
-    _registry.pop(check_id, None)
+    _registry.remove(check_id)
 
 
 def get_check(check_id: str) -> IntegrityCheck:
-    try:
-        return _registry[check_id]
-    except KeyError:
-        raise UnknownCheck(check_id) from None
+    check = _registry.get(check_id)
+    if check is None:
+        raise UnknownCheck(check_id)
+    return check
 
 
 def all_checks() -> list[IntegrityCheck]:
-    return [_registry[key] for key in sorted(_registry)]
+    return sorted(_registry.items(), key=lambda check: check.id)
 
 
 @contextlib.contextmanager
