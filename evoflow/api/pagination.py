@@ -85,6 +85,14 @@ class CheckedCursorPagination(CursorPagination):
             return None
         return field if isinstance(field, models.Field) else None
 
+    def get_schema_operation_parameters(self, view: APIView) -> list[dict[str, Any]]:
+        """DRF's parameters, with `page_size` saying what it accepts: a whole number from 1."""
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"] = {"type": "integer", "minimum": 1}
+        return parameters
+
     def get_page_size(self, request: Request) -> int:
         assert self.page_size_query_param is not None
         raw = request.query_params.get(self.page_size_query_param)

@@ -179,3 +179,17 @@ def test_no_other_get_endpoint_answers_a_page(client, url_kwargs, name, paramete
     # Then it is not a list: a list would have to be a CursorListApi to be checked above
     assert response.status_code < 500
     assert not (isinstance(body, dict) and "results" in body and "next" in body), name
+
+
+def test_the_schema_says_every_list_takes_a_cursor_and_a_page_size_from_1(client):
+    schema = client.get("/api/schema/", {"format": "json"}).json()
+    lists = {
+        path: operation["get"]
+        for path, operation in schema["paths"].items()
+        if "cursor" in {p["name"] for p in operation.get("get", {}).get("parameters", [])}
+    }
+
+    assert len(lists) == len(LIST_ROUTES)
+    for path, operation in lists.items():
+        page_size = next(p for p in operation["parameters"] if p["name"] == "page_size")
+        assert page_size["schema"] == {"type": "integer", "minimum": 1}, path
