@@ -193,6 +193,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, so it sees the exceptions of the views themselves.
+    "evoflow.middleware.DatabaseUnavailableMiddleware",
 ]
 
 if not DEBUG:
@@ -274,6 +276,23 @@ if not DEBUG:
     CSRF_COOKIE_SECURE = True
     SECURE_CONTENT_TYPE_NOSNIFF = True
 
+
+def env_throttle_rate(name: str, default: str) -> str:
+    """A DRF rate, "<requests>/<second|minute|hour|day>" (DRF reads only the unit's first
+    letter), checked here so a typo stops the process instead of the first request."""
+    raw = os.environ.get(name, "").strip() or default
+    count, _, period = raw.partition("/")
+    if not (count.isdigit() and int(count) > 0 and period[:1] in {"s", "m", "h", "d"}):
+        raise ImproperlyConfigured(
+            f"{name} must be a rate like 120/min (requests per s, min, hour or day), got {raw!r}"
+        )
+    return raw
+
+
+API_THROTTLE_ANON_RATE = env_throttle_rate("API_THROTTLE_ANON_RATE", "120/min")
+API_THROTTLE_USER_RATE = env_throttle_rate("API_THROTTLE_USER_RATE", "1200/min")
+API_THROTTLE_NUM_PROXIES = env_int("API_THROTTLE_NUM_PROXIES", 0)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",
@@ -288,7 +307,16 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    "DEFAULT_THROTTLE_RATES": {"anon": "120/min", "user": "1200/min"},
+    # On by default: anonymous requests per client IP, authenticated ones per user. Meta's
+    # webhook is a plain Django view, outside DRF, so it is never throttled (Meta retries).
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {"anon": API_THROTTLE_ANON_RATE, "user": API_THROTTLE_USER_RATE},
+    # How many proxies in front of the web processes add to X-Forwarded-For: 0 takes the TCP
+    # peer's address, so a client cannot pick its own throttle bucket with a forged header.
+    "NUM_PROXIES": API_THROTTLE_NUM_PROXIES,
 }
 
 SPECTACULAR_SETTINGS = {

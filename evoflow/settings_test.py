@@ -8,6 +8,10 @@ import os
 
 os.environ.setdefault("DEBUG", "1")
 os.environ.setdefault("LOG_FORMAT", "text")
+# Throttling stays on, as in production, with rates no test reaches by accident; the throttling
+# tests lower them for their own requests.
+os.environ.setdefault("API_THROTTLE_ANON_RATE", "100000/min")
+os.environ.setdefault("API_THROTTLE_USER_RATE", "100000/min")
 
 from evoflow.settings import *  # noqa: E402, F403
 from evoflow.settings import Q_CLUSTER  # noqa: E402

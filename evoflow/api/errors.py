@@ -13,6 +13,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import InterfaceError, OperationalError, connections
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions
@@ -36,6 +37,10 @@ UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
 CONFLICT = "conflict"
 THROTTLED = "throttled"
 SERVER_ERROR = "server_error"
+DATABASE_UNAVAILABLE = "database_unavailable"
+
+# What a client may do while the database does not answer: try again shortly.
+DATABASE_RETRY_AFTER_SECONDS = 5
 
 # Outside DRF views, paths under these prefixes get JSON errors too; the admin keeps HTML.
 JSON_PATH_PREFIXES = ("/api/", "/webhooks/", "/healthz", "/metrics")
@@ -68,8 +73,33 @@ def _flatten_detail(detail: Any) -> str:
     return str(detail)
 
 
+def database_unavailable(request_label: str, exc: Exception) -> dict[str, Any]:
+    """The 503 body for a database that does not answer, logged once and without a traceback:
+    while the database is down every request fails the same way, and a traceback per request
+    would bury everything else in the log."""
+    logger.warning(
+        "database unavailable during %s: %s: %s",
+        request_label,
+        type(exc).__name__,
+        str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+    )
+    # A broken connection is dropped, so the next request connects afresh instead of reusing it.
+    for connection in connections.all(initialized_only=True):
+        connection.close_if_unusable_or_obsolete()
+    return error_body(DATABASE_UNAVAILABLE, "The database does not answer; try again shortly.")
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     """DRF's handler, re-shaped; anything unexpected becomes a logged, detail-free 500."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        request = context.get("request")
+        label = f"{request.method} {request.path}" if request is not None else "a request"
+        set_rollback()
+        return Response(
+            database_unavailable(label, exc),
+            status=503,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )
     if isinstance(exc, DomainError):
         # As DRF does for its own exceptions: an atomic request's writes are rolled back.
         set_rollback()
