@@ -26,6 +26,7 @@ from deliveries.models import (
     MessageDelivery,
     UserLinkAudit,
 )
+from deliveries.permissions import LINK_GUEST_PERMISSION
 from evoflow.admin_base import NoAddMixin, NoDeleteMixin, ReadOnlyAdmin, model_page_response
 from evoflow.admin_lists import HugeTableMixin, QueryStringCheckedAdmin, since_filter
 from evoflow.models import User
@@ -142,7 +143,13 @@ class EventGuestAdmin(NoAddMixin, HugeTableMixin, QueryStringCheckedAdmin):
     )
     actions = ["link_to_user"]
 
-    @admin.action(description="Link selected guests to a user", permissions=["change"])
+    def has_link_guest_to_any_user_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(LINK_GUEST_PERMISSION)
+
+    # Linking decides who reads the guests' messages: an operator permission of its own.
+    @admin.action(
+        description="Link selected guests to a user", permissions=["link_guest_to_any_user"]
+    )
     def link_to_user(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
         form = GuestLinkForm(request.POST if "confirm" in request.POST else None)
         if "confirm" not in request.POST or not form.is_valid():

@@ -3,7 +3,8 @@
 Every view is thin: it parses input, asks a selector (which filters by the requesting user) or a
 service, and shapes the output. Another host's event or guest is a 404, never a 403, so its
 existence does not leak; `GET /me/messages/` reads only the requester's deliveries, whatever the
-query string says. Refusals are `DeliveriesError`s (domain errors), which the API's exception
+query string says. Which role may call which view: deliveries/permissions.py and
+docs/permissions.md. Refusals are `DeliveriesError`s (domain errors), which the API's exception
 handler answers with their own code and status.
 """
 
@@ -16,7 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from deliveries import selectors, services
+from deliveries import permissions, selectors, services
 from deliveries.models import Event, EventGuest, MessageDelivery
 from evoflow.api.pagination import CursorListApi
 from evoflow.models import User
@@ -61,6 +62,8 @@ class GuestOutput(serializers.ModelSerializer):
 
 
 class EventListCreateApi(CursorListApi):
+    permission_classes = [permissions.EventsPermission]
+
     class EventCreateInputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=200)
         starts_at = serializers.DateTimeField()
@@ -79,12 +82,16 @@ class EventListCreateApi(CursorListApi):
 
 
 class EventDetailApi(APIView):
+    permission_classes = [permissions.EventPermission]
+
     @extend_schema(responses=EventOutput)
     def get(self, request: Request, event_id: int) -> Response:
         return Response(EventOutput(_event_for(request, event_id)).data)
 
 
 class EventGuestsApi(CursorListApi):
+    permission_classes = [permissions.EventGuestsPermission]
+
     class GuestImportRowSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=200)
         phone = serializers.CharField(max_length=40)
@@ -126,6 +133,8 @@ class EventGuestsApi(CursorListApi):
 
 
 class GuestDetailApi(APIView):
+    permission_classes = [permissions.GuestPermission]
+
     class GuestUpdateInputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=200, required=False)
         phone = serializers.CharField(max_length=40, required=False)
@@ -144,7 +153,9 @@ class GuestDetailApi(APIView):
         description=(
             "Linking an unlinked guest (`user_id`) gives every delivery of the guest without a "
             "user that user, in the same transaction. A guest linked to someone else needs "
-            "`relink: true` (409 `guest_already_linked` without it)."
+            "`relink: true` (409 `guest_already_linked` without it). Naming a `user_id` needs "
+            "the permission `deliveries.link_guest_to_any_user` (operators): without it every "
+            "`user_id`, existing or not, is 403 `guest_link_not_allowed`."
         ),
     )
     def patch(self, request: Request, guest_id: int) -> Response:
@@ -155,6 +166,10 @@ class GuestDetailApi(APIView):
         actor = _requester(request)
         target: User | None = None
         if "user_id" in data:
+            # Refused before the id is looked up: the answer is the same for every id, so a
+            # host cannot learn which user ids exist.
+            if not actor.has_perm(permissions.LINK_GUEST_PERMISSION):
+                raise permissions.GuestLinkNotAllowed()
             target = User.objects.filter(pk=data["user_id"], is_active=True).first()
             if target is None:
                 raise services.UnknownUser("No active user with that id.")
@@ -189,6 +204,8 @@ class EventMessageOutput(serializers.Serializer):
 
 
 class EventMessagesApi(CursorListApi):
+    permission_classes = [permissions.EventMessagesPermission]
+
     class MessageSendInputSerializer(serializers.Serializer):
         body = serializers.CharField(max_length=5000)
 

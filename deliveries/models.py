@@ -79,6 +79,12 @@ class EventGuest(models.Model):
 
     class Meta:
         ordering = ["id"]
+        permissions = [
+            (
+                "link_guest_to_any_user",
+                "Can link a guest to any user (its deliveries then reach that user)",
+            )
+        ]
         indexes = [
             # The phone fallback counts the event's active guests with a number.
             models.Index(

@@ -6,6 +6,11 @@ Operators may view everything of evoflow's apps and the task queue, and add or c
 records of evoflow's own apps; they may not delete, and they do not manage users or groups.
 Each app says that operators may use it from its `AppConfig.ready()` with
 `operator_app_register(label)`, so this module names no app.
+
+Other roles are groups an app defines (its data migration creates the group) with a fixed list
+of permissions, registered with `group_permissions_register(group, permissions)` and granted by
+the same hook after every `migrate`: the deliveries app's "hosts", for instance. What each role
+may do, endpoint by endpoint: docs/permissions.md.
 """
 
 from __future__ import annotations
@@ -23,6 +28,21 @@ OPERATOR_READ_ONLY_MODELS = {
     ("evoflow", "integrityrun"),
     ("evoflow", "integritycheckresult"),
 }
+
+
+# Other groups and the permissions ("app_label.codename") each is granted.
+_group_permissions: dict[str, set[str]] = {}
+
+
+def group_permissions_register(group: str, permissions: list[str]) -> None:
+    """The group (created by the registering app's migration) holds these permissions."""
+    if group == OPERATORS_GROUP:
+        raise ValueError("the operators group's permissions follow its rule, not a list")
+    _group_permissions.setdefault(group, set()).update(permissions)
+
+
+def group_permissions() -> dict[str, frozenset[str]]:
+    return {group: frozenset(names) for group, names in _group_permissions.items()}
 
 
 def operator_app_register(app_label: str) -> None:
@@ -47,17 +67,31 @@ def is_operator_permission(app_label: str, model: str, codename: str) -> bool:
 
 
 def grant_operator_permissions(sender: Any = None, using: str = "default", **kwargs: Any) -> None:
-    """Give the operators group every permission its rule allows (idempotent)."""
+    """Give the operators group every permission its rule allows, and every registered group
+    its list (idempotent; a group that does not exist yet is skipped)."""
     from django.contrib.auth.models import Group, Permission
 
+    everything = list(Permission.objects.using(using).select_related("content_type"))
     group = Group.objects.using(using).filter(name=OPERATORS_GROUP).first()
-    if group is None:
-        return
-    wanted = [
-        permission
-        for permission in Permission.objects.using(using).select_related("content_type")
-        if is_operator_permission(
-            permission.content_type.app_label, permission.content_type.model, permission.codename
+    if group is not None:
+        group.permissions.add(
+            *(
+                permission
+                for permission in everything
+                if is_operator_permission(
+                    permission.content_type.app_label,
+                    permission.content_type.model,
+                    permission.codename,
+                )
+            )
         )
-    ]
-    group.permissions.add(*wanted)
+    for name, wanted in group_permissions().items():
+        other = Group.objects.using(using).filter(name=name).first()
+        if other is not None:
+            other.permissions.add(
+                *(
+                    permission
+                    for permission in everything
+                    if f"{permission.content_type.app_label}.{permission.codename}" in wanted
+                )
+            )

@@ -24,6 +24,7 @@ from evoflow.jsonvalues import UnstorableJson, json_value_check
 from journeys import selectors, services
 from journeys.integrity import OVERDUE_MINUTES
 from journeys.models import Contact, Journey, JourneySession, JourneyStep, SessionStatus
+from journeys.permissions import HttpRequestNodePermissionRequired, http_request_nodes_check
 from journeys.services import JourneyError
 from journeys.services.journeys import EDITABLE_FIELDS as JOURNEY_EDITABLE_FIELDS
 
@@ -70,8 +71,21 @@ class JourneyForm(forms.ModelForm):
     # Validation happens in Journey.clean (the shared flow validator), which ModelForm runs:
     # its messages name the node and land on the "flow" field. What jsonb cannot store is
     # refused first, as in the API.
+    # Set by JourneyAdmin.get_form: whose edit this is (http_request nodes need a permission).
+    request_user: Any = None
+
     def clean_flow(self) -> Any:
-        return _storable(self.cleaned_data.get("flow"))
+        flow = _storable(self.cleaned_data.get("flow"))
+        if self.request_user is not None:
+            try:
+                http_request_nodes_check(
+                    user=self.request_user,
+                    flow=flow,
+                    previous_flow=self.instance.flow if self.instance.pk else None,
+                )
+            except HttpRequestNodePermissionRequired as error:
+                raise forms.ValidationError(error.detail) from error
+        return flow
 
     def clean_triggers(self) -> Any:
         return _storable(self.cleaned_data.get("triggers"))
@@ -103,6 +117,13 @@ class JourneyAdmin(NoDeleteMixin, ServiceWritesAdmin):
     list_filter = ("is_active", "allow_reentry")
     search_fields = ("name",)
     readonly_fields = ("version", "created_at", "updated_at", "session_counts")
+
+    def get_form(
+        self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        form.request_user = request.user
+        return form
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Journey]:
         # One query for the whole changelist page, not one count per row.
@@ -293,7 +314,11 @@ class JourneySessionAdmin(NoDeleteMixin, HugeTableMixin, ServiceWritesAdmin):
         for line in refused:
             self.message_user(request, line, messages.WARNING)
 
-    @admin.action(description="Retry failed sessions (a new session from the failed node)")
+    # Actions change sessions: the change permission, as the API's pause/resume/cancel.
+    @admin.action(
+        description="Retry failed sessions (a new session from the failed node)",
+        permissions=["change"],
+    )
     def retry_failed_sessions(
         self, request: HttpRequest, queryset: QuerySet[JourneySession]
     ) -> None:
@@ -301,7 +326,7 @@ class JourneySessionAdmin(NoDeleteMixin, HugeTableMixin, ServiceWritesAdmin):
             request, queryset.filter(status=SessionStatus.FAILED), services.session_retry, "Retried"
         )
 
-    @admin.action(description="Cancel sessions")
+    @admin.action(description="Cancel sessions", permissions=["change"])
     def cancel_sessions(self, request: HttpRequest, queryset: QuerySet[JourneySession]) -> None:
         self._each(request, queryset, services.session_cancel, "Cancelled")
 
@@ -343,7 +368,7 @@ class ContactAdmin(NoAddMixin, NoDeleteMixin, HugeTableMixin, QueryStringChecked
         "updated_at",
     )
 
-    @admin.action(description="Enrich from the CRM now")
+    @admin.action(description="Enrich from the CRM now", permissions=["change"])
     def enrich_from_crm(self, request: HttpRequest, queryset: QuerySet[Contact]) -> None:
         found = services.contacts_enrich(contact_ids=list(queryset.values_list("id", flat=True)))
         self.message_user(request, f"Enriched {found} contact(s) from the CRM.", messages.SUCCESS)

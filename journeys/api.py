@@ -24,7 +24,7 @@ from rest_framework.views import APIView
 
 from evoflow.api.pagination import CursorListApi
 from evoflow.jsonvalues import JSON_MAX_DEPTH, UnstorableJson, json_value_check
-from journeys import selectors, services
+from journeys import permissions, selectors, services
 from journeys.models import Journey, JourneySession, SessionStatus
 from journeys.services import JourneyNotFound, SessionNotFound
 
@@ -151,6 +151,7 @@ class SessionDetailOutputSerializer(SessionOutputSerializer):
 
 class JourneyListCreateApi(CursorListApi):
     parser_classes = BODY_PARSERS
+    permission_classes = [permissions.JourneysPermission]
 
     @extend_schema(responses=JourneyOutputSerializer(many=True))
     def get(self, request: Request) -> Response:
@@ -160,6 +161,9 @@ class JourneyListCreateApi(CursorListApi):
     def post(self, request: Request) -> Response:
         serializer = JourneyInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        permissions.http_request_nodes_check(
+            user=request.user, flow=serializer.validated_data["flow"]
+        )
         journey = services.journey_create(**serializer.validated_data)
         return Response(JourneyOutputSerializer(journey).data, status=status.HTTP_201_CREATED)
 
@@ -173,6 +177,7 @@ def _journey_or_404(journey_id: int) -> Journey:
 
 class JourneyDetailApi(APIView):
     parser_classes = BODY_PARSERS
+    permission_classes = [permissions.JourneyPermission]
 
     @extend_schema(responses=JourneyOutputSerializer)
     def get(self, request: Request, journey_id: int) -> Response:
@@ -183,12 +188,19 @@ class JourneyDetailApi(APIView):
         journey = _journey_or_404(journey_id)
         serializer = JourneyInputSerializer(journey, data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
+        if "flow" in serializer.validated_data:
+            permissions.http_request_nodes_check(
+                user=request.user,
+                flow=serializer.validated_data["flow"],
+                previous_flow=journey.flow,
+            )
         journey = services.journey_update(journey_id=journey.pk, **serializer.validated_data)
         return Response(JourneyOutputSerializer(journey).data)
 
 
 class JourneyStartApi(APIView):
     parser_classes = BODY_PARSERS
+    permission_classes = [permissions.SessionStartPermission]
 
     class InputSerializer(serializers.Serializer):
         # A plain string: the service decides what a valid contact id is (code
@@ -215,6 +227,7 @@ class JourneyStartApi(APIView):
 
 class ContactEventApi(APIView):
     parser_classes = BODY_PARSERS
+    permission_classes = [permissions.ContactEventPermission]
 
     class InputSerializer(serializers.Serializer):
         name = serializers.CharField(max_length=200)
@@ -237,6 +250,8 @@ class ContactEventApi(APIView):
 
 
 class SessionListApi(CursorListApi):
+    permission_classes = [permissions.SessionReadPermission]
+
     class FilterSerializer(serializers.Serializer):
         journey = serializers.IntegerField(required=False)
         contact = serializers.UUIDField(required=False)
@@ -269,6 +284,8 @@ def _session_or_404(session_id: int) -> JourneySession:
 
 
 class SessionDetailApi(APIView):
+    permission_classes = [permissions.SessionReadPermission]
+
     @extend_schema(responses=SessionDetailOutputSerializer)
     def get(self, request: Request, session_id: int) -> Response:
         return Response(SessionDetailOutputSerializer(_session_or_404(session_id)).data)
@@ -276,6 +293,7 @@ class SessionDetailApi(APIView):
 
 class _SessionActionApi(APIView):
     parser_classes = BODY_PARSERS
+    permission_classes = [permissions.SessionChangePermission]
 
     session_action: Callable[..., JourneySession]
 

@@ -76,6 +76,14 @@ class Journey(models.Model):
     created_at = models.DateTimeField(db_default=Now(), editable=False)
     updated_at = models.DateTimeField(db_default=Now(), editable=False)
 
+    class Meta:
+        permissions = [
+            (
+                "run_http_request_nodes",
+                "Can add and change http_request nodes (the server calls their URL)",
+            )
+        ]
+
     def __str__(self) -> str:
         return self.name
 

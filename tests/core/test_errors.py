@@ -5,7 +5,7 @@ from django.test import Client
 
 import evoflow.api.pagination  # noqa: F401  (its errors are among those checked below)
 from evoflow.errors import DomainError
-from tests.core.factories import UserFactory
+from tests.core.factories import role_user
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.core.urls")]
 
@@ -133,7 +133,7 @@ def test_a_domain_error_raised_in_a_view_is_answered_with_its_code_status_and_ex
         raise services.InvalidFlow("The flow is invalid.", ["node a: no edge"])
 
     monkeypatch.setattr(services, "journey_validate", refuse)
-    user = UserFactory()
+    user = role_user("operator")
     api_client.force_authenticate(user)
 
     # When the API is asked

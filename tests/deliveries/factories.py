@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import factory
 
 from deliveries.models import Event, EventGuest, Message, MessageDelivery
-from tests.core.factories import UserFactory
+from tests.core.factories import role_user
 
 
 class EventFactory(factory.django.DjangoModelFactory):
@@ -14,7 +14,7 @@ class EventFactory(factory.django.DjangoModelFactory):
 
     name = factory.Sequence(lambda n: f"Event {n}")
     starts_at = datetime(2026, 12, 31, 19, 0, tzinfo=UTC)
-    host = factory.SubFactory(UserFactory)
+    host = factory.LazyFunction(lambda: role_user("host"))
 
 
 class EventGuestFactory(factory.django.DjangoModelFactory):

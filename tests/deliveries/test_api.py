@@ -6,7 +6,8 @@ import pytest
 from rest_framework.test import APIClient
 
 from deliveries.models import EventGuest, MessageDelivery, UserLinkAudit
-from tests.core.factories import UserFactory
+from deliveries.permissions import LINK_GUEST_PERMISSION
+from tests.core.factories import UserFactory, permission_grant, role_user
 from tests.deliveries.factories import EventFactory, EventGuestFactory, MessageDeliveryFactory
 
 pytestmark = pytest.mark.django_db
@@ -19,7 +20,7 @@ def client_for(user) -> APIClient:
 
 
 def test_a_host_creates_and_lists_only_their_own_events():
-    host, other = UserFactory(), UserFactory()
+    host, other = role_user("host"), role_user("host")
     EventFactory(host=other, name="Not yours")
     client = client_for(host)
 
@@ -57,7 +58,7 @@ def test_an_anonymous_request_is_refused():
     ],
 )
 def test_a_host_cannot_read_or_touch_another_hosts_event(method, path, body):
-    owner, intruder = UserFactory(), UserFactory()
+    owner, intruder = role_user("host"), role_user("host")
     guest = EventGuestFactory(event=EventFactory(host=owner), name="Original")
     client = client_for(intruder)
 
@@ -195,8 +196,10 @@ def test_patching_a_guest_with_a_user_backfills_its_deliveries():
     guest = EventGuestFactory()
     deliveries = [MessageDeliveryFactory(guest=guest) for _ in range(3)]
     user = UserFactory()
+    # Linking names a user id: the permission operators have.
+    linker = permission_grant(guest.event.host, LINK_GUEST_PERMISSION)
 
-    response = client_for(guest.event.host).patch(
+    response = client_for(linker).patch(
         f"/api/v1/guests/{guest.pk}/", {"user_id": user.pk}, format="json"
     )
 
@@ -216,7 +219,7 @@ def test_relinking_through_the_api_needs_relink_true():
     old, new = UserFactory(), UserFactory()
     guest = EventGuestFactory(user=old)
     delivery = MessageDeliveryFactory(guest=guest)
-    client = client_for(guest.event.host)
+    client = client_for(permission_grant(guest.event.host, LINK_GUEST_PERMISSION))
 
     refused = client.patch(f"/api/v1/guests/{guest.pk}/", {"user_id": new.pk}, format="json")
     moved = client.patch(
@@ -232,7 +235,7 @@ def test_relinking_through_the_api_needs_relink_true():
 
 def test_patching_with_an_unknown_user_or_bad_phone_is_a_400():
     guest = EventGuestFactory()
-    client = client_for(guest.event.host)
+    client = client_for(permission_grant(guest.event.host, LINK_GUEST_PERMISSION))
 
     unknown = client.patch(f"/api/v1/guests/{guest.pk}/", {"user_id": 999_999}, format="json")
     bad_phone = client.patch(f"/api/v1/guests/{guest.pk}/", {"phone": "12"}, format="json")
@@ -295,14 +298,19 @@ def test_me_messages_shows_the_message_and_its_event():
 
 
 def test_a_guest_cannot_read_messages_through_the_hosts_endpoints():
-    host, guest_user = UserFactory(), UserFactory()
+    host, guest_user = role_user("host"), UserFactory()
     guest = EventGuestFactory(event=EventFactory(host=host), user=guest_user)
     MessageDeliveryFactory(guest=guest)
     client = client_for(guest_user)
 
-    assert client.get(f"/api/v1/events/{guest.event_id}/messages/").status_code == 404
-    assert client.get(f"/api/v1/events/{guest.event_id}/guests/").status_code == 404
-    assert client.get("/api/v1/events/").json()["results"] == []
+    # A guest holds no permission: the hosts' endpoints refuse it whatever the event.
+    for path in (
+        f"/api/v1/events/{guest.event_id}/messages/",
+        f"/api/v1/events/{guest.event_id}/guests/",
+        "/api/v1/events/",
+    ):
+        response = client.get(path)
+        assert (response.status_code, response.json()["code"]) == (403, "permission_denied")
 
 
 def test_me_messages_follows_a_guest_link():
@@ -312,7 +320,7 @@ def test_me_messages_follows_a_guest_link():
     client = client_for(alice)
     assert client.get("/api/v1/me/messages/").json()["results"] == []
 
-    client_for(guest.event.host).patch(
+    client_for(permission_grant(guest.event.host, LINK_GUEST_PERMISSION)).patch(
         f"/api/v1/guests/{guest.pk}/", {"user_id": alice.pk}, format="json"
     )
 

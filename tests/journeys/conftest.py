@@ -10,6 +10,7 @@ from journeys import crm
 from journeys.models import JourneySession, SessionStatus
 from journeys.services import sessions_advance
 from journeys.simulator import CrmSimulator
+from tests.core.factories import role_user
 
 
 @pytest.fixture
@@ -21,6 +22,14 @@ def crm_simulator(settings) -> Iterator[CrmSimulator]:
         crm._client_for.cache_clear()
         yield simulator
     crm._client_for.cache_clear()
+
+
+@pytest.fixture
+def user(db):
+    """The journeys tests' API user: an operator, who may view, add and change journeys and
+    sessions, http_request nodes included (what other roles may: tests/core/
+    test_permission_matrix.py and tests/journeys/test_permissions.py)."""
+    return role_user("operator")
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ from rest_framework.test import APIClient
 from journeys.flows.flow import FlowInvalid, flow_validate, http_url_refusal
 from journeys.models import Journey, JourneySession, JourneyStep, SessionStatus
 from journeys.services import InvalidFlow, journey_create, journey_update, session_start
-from tests.core.factories import UserFactory
+from tests.core.factories import role_user
 from tests.helpers import PROJECT_ROOT
 from tests.journeys.conftest import advance_all
 from tests.journeys.factories import JourneyFactory, linear_flow
@@ -142,7 +142,7 @@ def test_a_journey_saved_before_the_list_narrowed_can_be_renamed_but_not_given_a
 def test_the_api_refuses_a_flow_with_a_host_not_allowed(settings):
     settings.JOURNEYS_HTTP_ALLOWED_HOSTS = ["127.0.0.1"]
     client = APIClient()
-    client.force_authenticate(UserFactory())
+    client.force_authenticate(role_user("operator"))
 
     response = client.post(
         "/api/v1/journeys/",
