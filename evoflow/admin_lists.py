@@ -23,7 +23,8 @@
 Importing this module also re-registers the admins that other packages register (django-q2's
 tasks and schedules, Django's groups, DRF's tokens) on the base above, and django-q2's failed and
 queued tasks with a `stopped_since` filter and the paginator above; the rest of their behaviour
-is their package's.
+is their package's, except that their task actions need the matching change and delete
+permissions (`evoflow.admin_tasks`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from django.utils.functional import cached_property
 from django_q.models import Failure, OrmQ, Schedule, Success
 from rest_framework.authtoken.models import TokenProxy
 
+from evoflow.admin_tasks import FailedTaskActions, SuccessfulTaskActions
 from evoflow.db import table_row_estimate
 
 EXACT_COUNT_LIMIT = 10_000
@@ -237,7 +239,9 @@ class HugeTableMixin(admin.ModelAdmin):
 # -- the admins other packages register ----------------------------------------------------------
 
 
-class FailureAdmin(HugeTableMixin, QueryStringCheckedAdmin, django_q_admin.FailAdmin):
+class FailureAdmin(
+    FailedTaskActions, HugeTableMixin, QueryStringCheckedAdmin, django_q_admin.FailAdmin
+):
     """Failed tasks, with "stopped since" for the dashboard's "failed in 24 hours" link.
 
     django-q2's own "group" and "cluster" filters are left out: each lists its choices with a
@@ -251,7 +255,7 @@ class QueuedTaskAdmin(HugeTableMixin, QueryStringCheckedAdmin, django_q_admin.Qu
     """Queued tasks of the ORM broker: a backlog can grow to millions while workers are down."""
 
 
-class SuccessfulTaskAdmin(QueryStringCheckedAdmin, django_q_admin.TaskAdmin):
+class SuccessfulTaskAdmin(SuccessfulTaskActions, QueryStringCheckedAdmin, django_q_admin.TaskAdmin):
     pass
 
 
