@@ -7,6 +7,9 @@ a whole process. Every process keeps at most SSE_MAX_STREAMS_PER_PROCESS streams
 stay below its threads, so the other requests (`/healthz`, the admin, the API) always find a free
 thread; a worker refuses to start otherwise. Command-line options override these values
 (`--workers` sets the processes: about two per core).
+
+The access and error logs go through `RedactingLogger`: Meta sends the webhook's verify token in
+the query string of its verification request, and the access log prints request lines whole.
 """
 
 from __future__ import annotations
@@ -14,6 +17,23 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from gunicorn.glogging import Logger
+
+from evoflow.logging import RedactSecretsFilter
+
+
+class RedactingLogger(Logger):
+    """gunicorn's logger, with the verify token's value replaced in every access and error line
+    (the request line, the query string, a failed request's URI)."""
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        for log in (self.error_log, self.access_log):
+            if not any(isinstance(each, RedactSecretsFilter) for each in log.filters):
+                log.addFilter(RedactSecretsFilter())
+
+
+logger_class = RedactingLogger
 worker_class = "gthread"
 threads = 4
 

@@ -32,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from cryptography.fernet import Fernet
 from django.conf import settings
 from django.db import connection, transaction
+from django.test import override_settings
 
 from bench import Context, Result, Target
 from bench.processes import database_url, free_port
@@ -42,6 +44,9 @@ from bench.reference import reference_results
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CHANGED_CONVERSATIONS = 10
 LIFTED_RATE = "10000"
+# Production mode refuses the local placeholder key, so the run has a key of its own: the page's
+# token is encrypted with it here and decrypted with it by the worker.
+BENCH_ENCRYPTION_KEY = Fernet.generate_key().decode()
 
 
 def _child_env(graph_base_url: str) -> dict[str, str]:
@@ -53,8 +58,8 @@ def _child_env(graph_base_url: str) -> dict[str, str]:
         "SECRET_KEY": secrets.token_hex(32),
         "FB_APP_SECRET": secrets.token_hex(16),
         "FB_VERIFY_TOKEN": secrets.token_hex(8),
-        "FIELD_ENCRYPTION_KEY": settings.FIELD_ENCRYPTION_KEY,
-        "CRM_API_TOKEN": "unused",
+        "FIELD_ENCRYPTION_KEY": BENCH_ENCRYPTION_KEY,
+        "CRM_API_TOKEN": secrets.token_hex(16),
         "ALLOWED_HOSTS": "127.0.0.1",
         "DJANGO_SETTINGS_MODULE": "evoflow.settings",
         "DATABASE_URL": database_url(),
@@ -268,7 +273,8 @@ def run(ctx: Context) -> list[Result]:
         page_id=page_id, conversations=conversations, messages=messages, seed=seed
     )
     env = _child_env(f"{simulator.base}/v21.0")
-    page = page_upsert(page_id=page_id, name="bench sync page", access_token="sim-page-token")
+    with override_settings(FIELD_ENCRYPTION_KEY=BENCH_ENCRYPTION_KEY):
+        page = page_upsert(page_id=page_id, name="bench sync page", access_token="sim-page-token")
     naive_page = page_upsert(page_id=f"{page_id}-naive", name="bench naive sync page")
     results: list[Result] = []
     try:

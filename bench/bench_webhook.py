@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
+from cryptography.fernet import Fernet
 from django.db import connection, transaction
 from django.db.models import F
 
@@ -67,8 +67,9 @@ class Server:
             "SECRET_KEY": secrets.token_hex(32),
             "FB_APP_SECRET": BENCH_SECRET,
             "FB_VERIFY_TOKEN": secrets.token_hex(8),
-            "FIELD_ENCRYPTION_KEY": settings.FIELD_ENCRYPTION_KEY,
-            "CRM_API_TOKEN": "unused",
+            # Production mode refuses the local placeholders: secrets of the run's own.
+            "FIELD_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+            "CRM_API_TOKEN": secrets.token_hex(16),
             "ALLOWED_HOSTS": "127.0.0.1",
             "LOG_LEVEL": "WARNING",
             "DJANGO_SETTINGS_MODULE": "evoflow.settings",

@@ -4,11 +4,17 @@ The JSON comes from python-json-logger; this module only adds what it cannot kno
 id (or sync run's request id) bound where a line was logged. A line's fields: `time` (ISO 8601,
 UTC), `level`, `logger`, `message`, `request_id`, every field passed with `extra=` (e.g.
 `sync_run_id`), and `exception` (the formatted traceback) when there is one.
+
+`RedactSecretsFilter` keeps secrets that arrive in URLs out of every line: Meta sends the
+webhook's verify token in the verification request's query string, which request and access
+logs print (gunicorn's access log, Django's development server), so its value is replaced by
+`[redacted]` on every handler of the project and in gunicorn's own logs (gunicorn.conf.py).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from pythonjsonlogger.core import RESERVED_ATTRS
@@ -50,3 +56,45 @@ class JsonFormatter(BaseJsonFormatter):
         super().add_fields(log_data, record, message_dict)
         # A handler without RequestIdFilter still gets the id bound in this context.
         log_data["request_id"] = getattr(record, "request_id", None) or get_request_id()
+
+
+REDACTED = "[redacted]"
+# Query parameters whose value is a secret, written plainly or percent-encoded ("hub%2Everify_token"
+# when a client encodes the dot).
+_SECRET_QUERY_VALUE = re.compile(r"(hub(?:\.|%2[eE])verify_token=)[^&\s\"']*")
+# A configured secret shorter than this is not searched for as such (it would match too much).
+_MIN_LITERAL_LENGTH = 8
+
+
+def redact_secrets(text: str) -> str:
+    """`text` with the verify token's value replaced, whether it appears as a query parameter
+    or, once Django's settings are loaded, as the configured token itself."""
+    text = _SECRET_QUERY_VALUE.sub(rf"\g<1>{REDACTED}", text)
+    token = _configured_verify_token()
+    if token and token in text:
+        text = text.replace(token, REDACTED)
+    return text
+
+
+def _configured_verify_token() -> str:
+    from django.conf import settings
+
+    if not settings.configured:
+        return ""  # gunicorn's master process, before Django
+    token = str(getattr(settings, "FB_VERIFY_TOKEN", "") or "")
+    return token if len(token) >= _MIN_LITERAL_LENGTH else ""
+
+
+class RedactSecretsFilter(logging.Filter):
+    """Rewrites a record whose message holds a secret: the message is formatted once, redacted,
+    and kept without its arguments, so no formatter can print the secret again."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is the handler's to report, not ours
+            return True
+        redacted = redact_secrets(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True

@@ -14,7 +14,7 @@ from typing import Any
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from evoflow import local_database
+from evoflow import local_database, secret_checks
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -91,6 +91,8 @@ LOCAL_SECRETS = {
     "FIELD_ENCRYPTION_KEY": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
     "CRM_API_TOKEN": "local-crm-token",
 }
+# The demo accounts' local password (evoflow.demo), public as well.
+LOCAL_DEMO_PASSWORD = "evoflow-local-demo"
 missing_secrets = [name for name in LOCAL_SECRETS if not os.environ.get(name, "").strip()]
 if not DEBUG:
     missing = list(missing_secrets)
@@ -101,6 +103,17 @@ if not DEBUG:
             "Production mode (DEBUG is off) needs these environment variables: "
             + ", ".join(sorted(missing))
             + ". For local use run `make run`, or set DEBUG=1."
+        )
+    # Set is not enough: a public placeholder, a short secret or a key Fernet refuses would
+    # only fail at first use (or never, while anyone could forge with it).
+    secret_problems = secret_checks.secret_problems(
+        {name: os.environ[name].strip() for name in LOCAL_SECRETS},
+        placeholders={*LOCAL_SECRETS.values(), LOCAL_DEMO_PASSWORD},
+    )
+    if secret_problems:
+        raise ImproperlyConfigured(
+            "Production mode (DEBUG is off) refuses these secrets:\n- "
+            + "\n- ".join(secret_problems)
         )
 
 
@@ -366,7 +379,10 @@ LOG_FORMAT = os.environ.get("LOG_FORMAT", "text" if DEBUG else "json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "evoflow.logging.RequestIdFilter"}},
+    "filters": {
+        "request_id": {"()": "evoflow.logging.RequestIdFilter"},
+        "redact_secrets": {"()": "evoflow.logging.RedactSecretsFilter"},
+    },
     "formatters": {
         "json": {"()": "evoflow.logging.JsonFormatter"},
         "text": {
@@ -376,13 +392,16 @@ LOGGING = {
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
-            "filters": ["request_id"],
+            "filters": ["request_id", "redact_secrets"],
             "formatter": LOG_FORMAT,
         },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
+        # The development server's request lines (query strings included) through the project's
+        # handler, so they carry the request id and pass the secret redaction.
+        "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
         # django-q2 logs under "django-q" (with a dash).
         "django-q": {"level": os.environ.get("Q_LOG_LEVEL", "INFO").upper()},
     },

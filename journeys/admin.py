@@ -122,7 +122,7 @@ class JourneyAdmin(NoDeleteMixin, ServiceWritesAdmin):
         self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
     ) -> Any:
         form = super().get_form(request, obj, change=change, **kwargs)
-        form.request_user = request.user
+        form.request_user = request.user  # type: ignore[attr-defined]
         return form
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Journey]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -14,6 +15,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def production_secrets() -> dict[str, str]:
+    """Secrets production mode accepts (random, long enough), fresh for each call."""
+    from cryptography.fernet import Fernet
+
+    return {
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "FB_APP_SECRET": secrets.token_hex(16),
+        "FB_VERIFY_TOKEN": secrets.token_urlsafe(24),
+        "FIELD_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "CRM_API_TOKEN": secrets.token_urlsafe(24),
+    }
 
 
 def free_port() -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from django.utils.module_loading import import_string
 
-from tests.helpers import PROJECT_ROOT, run_python
+from tests.helpers import PROJECT_ROOT, production_secrets, run_python
 
 CORE = "evoflow"
 APPS = ("journeys", "conversations", "deliveries")
@@ -276,11 +276,7 @@ def test_the_wsgi_application_loads_no_devtools_module():
             "DJANGO_SETTINGS_MODULE": "evoflow.settings",
             "DEBUG": "false",
             "DATABASE_URL": "postgres://app@db.internal:5432/evoflow",
-            "SECRET_KEY": "prod-secret-key",
-            "FB_APP_SECRET": "prod-fb-app-secret",
-            "FB_VERIFY_TOKEN": "prod-fb-verify-token",
-            "FIELD_ENCRYPTION_KEY": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
-            "CRM_API_TOKEN": "prod-crm-api-token",
+            **production_secrets(),
         }
     )
     # When a fresh interpreter loads the WSGI application and every URL pattern (the views,

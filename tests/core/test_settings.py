@@ -3,7 +3,10 @@
 import os
 import subprocess
 
-from tests.helpers import run_python
+import pytest
+
+from evoflow.settings import LOCAL_SECRETS
+from tests.helpers import production_secrets, run_python
 
 SECRETS = [
     "SECRET_KEY",
@@ -12,6 +15,9 @@ SECRETS = [
     "FIELD_ENCRYPTION_KEY",
     "CRM_API_TOKEN",
 ]
+
+
+PRODUCTION = {"DEBUG": "0", "DATABASE_URL": "postgres://app@db.internal:5432/evoflow"}
 
 
 def run_settings(env_overrides: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -35,11 +41,7 @@ def test_production_refuses_to_start_without_secrets():
 
 
 def test_production_starts_with_every_secret():
-    secrets = {name: f"prod-{name.lower()}" for name in SECRETS}
-    secrets["FIELD_ENCRYPTION_KEY"] = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
-    result = run_settings(
-        {"DEBUG": "false", "DATABASE_URL": "postgres://app@db.internal:5432/evoflow", **secrets}
-    )
+    result = run_settings({"DEBUG": "false", **PRODUCTION, **production_secrets()})
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
@@ -104,3 +106,74 @@ def test_a_task_timeout_not_below_retry_is_refused():
 
     assert result.returncode != 0
     assert "Q_TIMEOUT must be below Q_RETRY" in result.stderr
+
+
+@pytest.mark.parametrize("name", SECRETS)
+def test_production_refuses_each_placeholder_the_repository_ships(name):
+    # Given good secrets, but one of them the local placeholder
+    secrets = {**production_secrets(), name: LOCAL_SECRETS[name]}
+
+    result = run_settings({**PRODUCTION, **secrets})
+
+    # Then the process stops, naming that variable, and shows no secret's value
+    assert result.returncode != 0
+    assert f"{name} is a placeholder the repository ships for local runs" in result.stderr
+    for other, value in secrets.items():
+        if other != name:
+            assert value not in result.stderr
+
+
+def test_production_names_every_weak_secret_at_once():
+    # Given short, repetitive and malformed secrets
+    secrets = {
+        "SECRET_KEY": "django-insecure-" + "ab12cd34ef" * 5,
+        "FB_APP_SECRET": "short",
+        "FB_VERIFY_TOKEN": "aaaaaaaaaaaaaaaaaaaa",
+        "FIELD_ENCRYPTION_KEY": "not-a-fernet-key",
+        "CRM_API_TOKEN": "evoflow-local-demo",
+    }
+
+    result = run_settings({**PRODUCTION, **secrets})
+
+    # Then one line names each problem
+    assert result.returncode != 0
+    for line in (
+        "SECRET_KEY is one of Django's generated development keys",
+        "FB_APP_SECRET is 5 characters long; it needs at least 32",
+        "FB_VERIFY_TOKEN has fewer than 5 distinct characters",
+        "FIELD_ENCRYPTION_KEY is not a Fernet key",
+        "CRM_API_TOKEN is a placeholder the repository ships for local runs",
+    ):
+        assert line in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("keys", "problem"),
+    [
+        # 32 bytes of one value, other than the shipped zeros: a made-up key
+        ("ERERERERERERERERERERERERERERERERERERERERERE=", "FIELD_ENCRYPTION_KEY is not random"),
+        # rotation: a good first key and the shipped one to decrypt with
+        (
+            "{good},AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            "FIELD_ENCRYPTION_KEY key 2 of 2 is the placeholder",
+        ),
+        ("{good},c2hvcnQ=", "FIELD_ENCRYPTION_KEY key 2 of 2 is not a Fernet key"),
+    ],
+)
+def test_production_checks_every_fernet_key(keys, problem):
+    secrets = production_secrets()
+    secrets["FIELD_ENCRYPTION_KEY"] = keys.format(good=secrets["FIELD_ENCRYPTION_KEY"])
+
+    result = run_settings({**PRODUCTION, **secrets})
+
+    assert result.returncode != 0
+    assert problem in result.stderr
+
+
+def test_production_accepts_rotated_fernet_keys():
+    secrets, other = production_secrets(), production_secrets()
+    secrets["FIELD_ENCRYPTION_KEY"] += "," + other["FIELD_ENCRYPTION_KEY"]
+
+    result = run_settings({**PRODUCTION, **secrets})
+
+    assert result.returncode == 0, result.stderr

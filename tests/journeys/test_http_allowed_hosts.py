@@ -19,7 +19,7 @@ from journeys.flows.flow import FlowInvalid, flow_validate, http_url_refusal
 from journeys.models import Journey, JourneySession, JourneyStep, SessionStatus
 from journeys.services import InvalidFlow, journey_create, journey_update, session_start
 from tests.core.factories import role_user
-from tests.helpers import PROJECT_ROOT
+from tests.helpers import PROJECT_ROOT, production_secrets
 from tests.journeys.conftest import advance_all
 from tests.journeys.factories import JourneyFactory, linear_flow
 
@@ -271,11 +271,7 @@ def test_the_default_allow_list_depends_on_debug(debug, expected):
         "DJANGO_SETTINGS_MODULE": "evoflow.settings",
         "DEBUG": debug,
         "DATABASE_URL": "postgres://nobody@127.0.0.1:1/none",
-        "SECRET_KEY": "x" * 50,
-        "FB_APP_SECRET": "x",
-        "FB_VERIFY_TOKEN": "x",
-        "FIELD_ENCRYPTION_KEY": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-        "CRM_API_TOKEN": "x",
+        **production_secrets(),
         "CRM_BASE_URL": "https://crm.example.com",
     }
 
