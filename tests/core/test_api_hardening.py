@@ -138,6 +138,11 @@ def test_the_api_answers_503_while_the_database_is_down():
         for path in ("/api/v1/journeys/", "/api/v1/me/messages/"):
             response = client.get(path, HTTP_AUTHORIZATION="Token " + "a" * 40)
             answers.append([response.status_code, response.json(), response.get("Retry-After")])
+        # and a view outside DRF under /api/ that reads the database
+        from django.test import override_settings
+        with override_settings(ROOT_URLCONF="tests.core.urls"):
+            response = client.get("/api/test/plain-database-read/")
+            answers.append([response.status_code, response.json(), response.get("Retry-After")])
         print(json.dumps(answers))
         """
     )
@@ -147,7 +152,7 @@ def test_the_api_answers_503_while_the_database_is_down():
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:{free_port()}/nothing",
     }
 
-    # When it asks two API endpoints
+    # When it asks two API endpoints and a view outside DRF
     result = run_python("-c", script, env=env)
 
     # Then each is 503 `database_unavailable`, logged once per request without a traceback
@@ -157,5 +162,6 @@ def test_the_api_answers_503_while_the_database_is_down():
         assert status == 503
         assert body["code"] == "database_unavailable"
         assert retry_after == "5"
-    assert result.stderr.count("database unavailable during GET /api/") == 2
+    assert len(answers) == 3
+    assert result.stderr.count("database unavailable during GET /api/") == 3
     assert "Traceback" not in result.stderr

@@ -1,7 +1,7 @@
 """Routes that raise each kind of error, mounted beside the real ones for the error tests."""
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.urls import include, path
 from rest_framework import exceptions, generics, serializers
 from rest_framework.decorators import api_view, permission_classes
@@ -95,6 +95,11 @@ def broken_plain(request: HttpRequest) -> HttpResponse:
     raise RuntimeError("plain view failure")
 
 
+def plain_database_read(request: HttpRequest) -> HttpResponse:
+    """A view outside DRF that reads the database."""
+    return JsonResponse({"users": User.objects.count()})
+
+
 urlpatterns = [
     path("api/test/bad-input/", bad_input),
     path("api/test/django-field-error/", django_field_error),
@@ -107,6 +112,7 @@ urlpatterns = [
     path("api/test/throttled/", throttled),
     path("api/test/broken/", broken),
     path("api/test/broken-plain/", broken_plain),
+    path("api/test/plain-database-read/", plain_database_read),
     path("api/test/users/", UserList.as_view()),
     path("", include("evoflow.urls")),
 ]
