@@ -124,3 +124,22 @@ def test_the_admin_link_action_needs_the_link_permission():
         },
     )
     assert EventGuest.objects.get(pk=guest.pk).user_id is None
+
+
+def test_migrate_creates_the_hosts_group_and_grants_the_roles_their_permissions():
+    # The groups as `migrate` left them (no test helper creates them here)
+    from django.contrib.auth.models import Group
+
+    from deliveries.permissions import HOST_PERMISSIONS, HOSTS_GROUP
+    from journeys.permissions import HTTP_REQUEST_NODE_PERMISSION
+
+    def names(group: str) -> set[str]:
+        return {
+            f"{app_label}.{codename}"
+            for app_label, codename in Group.objects.get(name=group).permissions.values_list(
+                "content_type__app_label", "codename"
+            )
+        }
+
+    assert names(HOSTS_GROUP) == set(HOST_PERMISSIONS)
+    assert {LINK_GUEST_PERMISSION, HTTP_REQUEST_NODE_PERMISSION} <= names("operators")
