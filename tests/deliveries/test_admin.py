@@ -148,7 +148,6 @@ def test_the_audit_log_is_read_only_and_counts_outcomes_of_the_last_24_hours(adm
     assert page.context["outcome_counts_24h"] == {
         "linked": 2,
         "no_match": 1,
-        "ambiguous": 0,
         "skipped": 0,
         "already_linked": 0,
     }
