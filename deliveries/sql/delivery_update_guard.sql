@@ -16,11 +16,12 @@
 --
 -- trigger: deliveries_messagedelivery.delivery_update_guard
 
+    -- EXCEPT rather than a join of the two transition tables: they have no index, and a
+    -- nested loop over them would grow with the square of the rows a statement updates.
     IF EXISTS (
-        SELECT 1
-        FROM new_rows JOIN old_rows ON old_rows.id = new_rows.id
-        WHERE new_rows.guest_id <> old_rows.guest_id
-           OR new_rows.message_id <> old_rows.message_id
+        SELECT id, guest_id, message_id FROM new_rows
+        EXCEPT
+        SELECT id, guest_id, message_id FROM old_rows
     ) THEN
         RAISE EXCEPTION 'a delivery''s guest and message never change'
             USING ERRCODE = 'check_violation',
@@ -28,12 +29,14 @@
     END IF;
     IF EXISTS (
         SELECT 1
-        FROM new_rows
-        JOIN old_rows ON old_rows.id = new_rows.id
-        JOIN deliveries_eventguest AS guest ON guest.id = new_rows.guest_id
-        WHERE new_rows.user_id IS DISTINCT FROM old_rows.user_id
-          AND guest.user_id IS NOT NULL AND guest.removed_at IS NULL
-          AND new_rows.user_id IS DISTINCT FROM guest.user_id
+        FROM (
+            SELECT id, guest_id, user_id FROM new_rows
+            EXCEPT
+            SELECT id, guest_id, user_id FROM old_rows
+        ) AS changed
+        JOIN deliveries_eventguest AS guest ON guest.id = changed.guest_id
+        WHERE guest.user_id IS NOT NULL AND guest.removed_at IS NULL
+          AND changed.user_id IS DISTINCT FROM guest.user_id
     ) THEN
         RAISE EXCEPTION 'a delivery of an active, linked guest carries that guest''s user'
             USING ERRCODE = 'check_violation',
