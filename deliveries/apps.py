@@ -7,9 +7,11 @@ class DeliveriesConfig(AppConfig):
 
     def ready(self) -> None:
         from deliveries import dashboard, signals  # noqa: F401 - signals connects the receivers
+        from deliveries.metrics import LINK_ACTIVITY
         from evoflow.dashboard import tile_register
         from evoflow.demo import demo_seeder_register
         from evoflow.integrity.required_sql import required_sql_register
+        from evoflow.metrics import scrape_collector_register
         from evoflow.permissions import operator_app_register
 
         operator_app_register(self.label)
@@ -28,3 +30,4 @@ class DeliveriesConfig(AppConfig):
         )
         demo_seeder_register("deliveries.demo.seed")
         tile_register(dashboard.tile_spec())
+        scrape_collector_register("deliveries.link_activity", LINK_ACTIVITY)

@@ -20,6 +20,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from deliveries.locks import event_link_lock
+from deliveries.metrics import deliveries_created_count
 from deliveries.models import Event, EventGuest, FeatureFlag, Message, MessageDelivery
 from evoflow.errors import DomainError
 from evoflow.models import User
@@ -323,6 +324,7 @@ def message_send(*, event: Event, sender: User | None, body: str) -> MessageSend
         )
         row = cursor.fetchone()
     delivery_count, linked_count = (int(row[0]), int(row[1])) if row else (0, 0)
+    deliveries_created_count(linked=linked_count, unlinked=delivery_count - linked_count)
     logger.info(
         "message %s sent to %d guests, %d linked",
         message.pk,
