@@ -36,6 +36,9 @@ from bench.reference import reference_results
 MESSAGES = 100  # every guest of the backfill event gets one delivery per message
 INSERT_TRIGGER = "deliveries.MessageDelivery:delivery_link_on_insert"
 AUDIT_PROTECT = "deliveries.UserLinkAudit:link_audit_append_only"
+# The guard refuses clearing the user of a linked guest's delivery: the benchmark does it on
+# purpose, to rebuild the inconsistent backlog for the reference figures.
+UPDATE_GUARD = "deliveries.MessageDelivery:delivery_update_guard"
 
 
 def _execute(sql: str, params: dict | list | None = None) -> list[tuple]:
@@ -178,6 +181,12 @@ def _inconsistent(event: int) -> int:
 
 
 def _unlink_every_tenth(event: int) -> None:
+    with transaction.atomic(), pgtrigger.ignore(UPDATE_GUARD):
+        _unlink_every_tenth_unguarded(event)
+    _execute("VACUUM ANALYZE deliveries_messagedelivery")
+
+
+def _unlink_every_tenth_unguarded(event: int) -> None:
     _execute(
         """
         UPDATE deliveries_messagedelivery AS delivery SET user_id = NULL
@@ -187,7 +196,6 @@ def _unlink_every_tenth(event: int) -> None:
         """,
         [event],
     )
-    _execute("VACUUM ANALYZE deliveries_messagedelivery")
 
 
 def _naive_loop(event: int, sample: int) -> float:

@@ -22,6 +22,7 @@ class ConversationsConfig(AppConfig):
         )
         from evoflow.dashboard import tile_register
         from evoflow.demo import demo_seeder_register
+        from evoflow.integrity.required_sql import required_sql_register
         from evoflow.permissions import operator_app_register
         from evoflow.schedules import ScheduleSpec, schedule_register
 
@@ -34,6 +35,20 @@ class ConversationsConfig(AppConfig):
         )
 
         operator_app_register(self.label)
+        # C4 (counters, forward-only last message), the fixed page id and message conversation,
+        # the sync status machine: `core.required_triggers` reports any missing or disabled.
+        required_sql_register(
+            app_label=self.label,
+            triggers=(
+                "conversations.FacebookPage:facebookpage_page_id_fixed",
+                "conversations.Conversation:conversation_last_message_forward_only",
+                "conversations.Conversation:conversation_version_bump",
+                "conversations.Message:message_count_and_last_on_insert",
+                "conversations.Message:message_count_on_delete",
+                "conversations.Message:message_conversation_fixed",
+                "conversations.SyncRun:syncrun_status_fsm",
+            ),
+        )
         # Failed webhook receipts are re-applied once their backoff (1 min doubling to 6 h) is
         # due.
         schedule_register(

@@ -19,6 +19,7 @@ from django.template.response import TemplateResponse
 
 from deliveries import selectors, services
 from deliveries.models import (
+    LINK_REASONS,
     Event,
     EventGuest,
     FeatureFlag,
@@ -238,11 +239,37 @@ class MessageDeliveryAdmin(NoAddMixin, HugeTableMixin, QueryStringCheckedAdmin):
 # -- the audit log --------------------------------------------------------------------------------
 
 
+class LinkReasonFilter(admin.SimpleListFilter):
+    """The audit's `details.reason` (why `no_match`, why `skipped`...), the names the
+    requirements' runbook searches for (`?reason=ambiguous_users`)."""
+
+    title = "reason"
+    parameter_name = "reason"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [(reason, reason.replace("_", " ")) for reason in LINK_REASONS]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() in LINK_REASONS:
+            return queryset.filter(details__reason=self.value())
+        return queryset
+
+
 @admin.register(UserLinkAudit)
 class UserLinkAuditAdmin(HugeTableMixin, ReadOnlyAdmin):
-    list_display = ("id", "created_at", "outcome", "method", "delivery_id", "guest_id", "user_id")
+    list_display = (
+        "id",
+        "created_at",
+        "outcome",
+        "reason",
+        "method",
+        "delivery_id",
+        "guest_id",
+        "user_id",
+    )
     list_filter = (
         "outcome",
+        LinkReasonFilter,
         "method",
         ("created_at", admin.DateFieldListFilter),
         since_filter(field_name="created_at", parameter_name="created_since"),
@@ -252,6 +279,10 @@ class UserLinkAuditAdmin(HugeTableMixin, ReadOnlyAdmin):
     # No date_hierarchy: on every page view it reads the min and max created_at and the distinct
     # years or months of the whole table, a scan of every row (a BRIN index cannot answer them).
     change_list_template = "admin/deliveries/userlinkaudit/change_list.html"
+
+    @admin.display(description="reason")
+    def reason(self, audit: UserLinkAudit) -> str:
+        return str(audit.details.get("reason", "")) if isinstance(audit.details, dict) else ""
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None

@@ -2,8 +2,8 @@
 
 Each is one set-based query returning the failing count, the population and up to
 `sample_limit` sample ids. Rows that break D1 or D3 can only appear when the triggers were
-bypassed (a restore, `session_replication_role = replica`, a trigger dropped by hand) or when a
-linked guest was moved to another user without `guest_relink_user`; these checks find them.
+bypassed (a restore, `session_replication_role = replica`, a trigger dropped or disabled by hand,
+which `core.required_triggers` reports); these checks find them.
 """
 
 from __future__ import annotations
@@ -109,8 +109,8 @@ USER_MISMATCH = register(
     IntegrityCheck(
         id="deliveries.user_mismatch",
         description=(
-            "Deliveries whose user differs from their active guest's user (a guest moved to "
-            "another user without guest_relink_user): the old user still reads them. Any is an "
+            "Deliveries whose user differs from their active guest's user (written around the "
+            "triggers: a restore, a trigger disabled): the old user still reads them. Any is an "
             "error; fix with the guest's 'relink' in the admin or the API."
         ),
         sql=USER_MISMATCH_SQL,

@@ -11,7 +11,10 @@ live in PostgreSQL, so that every write path obeys them (ORM, `bulk_create`,
   transaction; it is the only writer of audit rows;
 * the statement-level triggers declared below call it: after every INSERT of deliveries, and
   after every UPDATE of guests that links an active guest (NULL -> user, or a linked guest
-  restored); the historical backfill calls it per id-range batch, a manual relink once.
+  restored) or moves a linked guest to another user or to none; the historical backfill calls
+  it per id-range batch;
+* a guard after every UPDATE of deliveries refuses a changed guest or message, and a user other
+  than the one of the delivery's active, linked guest, whatever path wrote it.
 
 Both triggers are statement-level with transition tables, so inserting 100,000 deliveries
 costs one set-based pass rather than 100,000 trigger calls.
@@ -34,6 +37,7 @@ from evoflow.sqlfiles import trigger_body
 # exclusively, both for the rest of the transaction.
 DELIVERY_INSERTED_SQL = trigger_body(__file__, "delivery_link_on_insert.sql")
 GUEST_UPDATED_SQL = trigger_body(__file__, "guest_link_backfill.sql")
+DELIVERY_UPDATED_SQL = trigger_body(__file__, "delivery_update_guard.sql")
 
 
 class Event(models.Model):
@@ -109,6 +113,7 @@ class EventGuest(models.Model):
                 when=pgtrigger.After,
                 operation=pgtrigger.Update,
                 referencing=pgtrigger.Referencing(old="old_rows", new="new_rows"),
+                declare=[("moved", "record")],
                 func=GUEST_UPDATED_SQL,
             )
         ]
@@ -212,7 +217,15 @@ class MessageDelivery(models.Model):
                 operation=pgtrigger.Insert,
                 referencing=pgtrigger.Referencing(new="new_rows"),
                 func=DELIVERY_INSERTED_SQL,
-            )
+            ),
+            pgtrigger.Trigger(
+                name="delivery_update_guard",
+                level=pgtrigger.Statement,
+                when=pgtrigger.After,
+                operation=pgtrigger.Update,
+                referencing=pgtrigger.Referencing(old="old_rows", new="new_rows"),
+                func=DELIVERY_UPDATED_SQL,
+            ),
         ]
 
     def __str__(self) -> str:
@@ -229,11 +242,32 @@ class MessageDelivery(models.Model):
 
 
 class LinkOutcome(models.TextChoices):
+    """The outcomes of docs/invariants.md (D3); the audit's `details.reason` says why."""
+
     LINKED = "linked"
+    # Nobody to link, or more than one candidate (reason `ambiguous_guests`, `ambiguous_users`).
     NO_MATCH = "no_match"
-    AMBIGUOUS = "ambiguous"
+    # A feature flag is off (reason `flag_off`).
     SKIPPED = "skipped"
     ALREADY_LINKED = "already_linked"
+
+
+# Every `details.reason` the link rule writes (deliveries/sql/link_rule.sql), for the admin's
+# filter and the docs; tests/deliveries/test_linking.py checks the rule writes no other.
+LINK_REASONS: tuple[str, ...] = (
+    "guest_user",
+    "user_given",
+    "unique_user_with_phone",
+    "guest_relinked",
+    "guest_unlinked",
+    "guest_removed",
+    "guest_not_linked",
+    "no_phone",
+    "no_user_with_phone",
+    "ambiguous_guests",
+    "ambiguous_users",
+    "flag_off",
+)
 
 
 class LinkMethod(models.TextChoices):
@@ -245,7 +279,8 @@ class LinkMethod(models.TextChoices):
 
 
 class UserLinkAudit(models.Model):
-    """One row per link attempt (D3). Append-only: the database refuses UPDATE and DELETE.
+    """One row per link attempt (D3). Append-only: the database refuses UPDATE, DELETE and
+    TRUNCATE.
 
     The references are plain ids without foreign-key constraints on purpose: the history must
     outlive the deliveries, guests and users it talks about.
@@ -305,7 +340,15 @@ class UserLinkAudit(models.Model):
         triggers = [
             pgtrigger.Protect(
                 name="link_audit_append_only", operation=pgtrigger.Update | pgtrigger.Delete
-            )
+            ),
+            # TRUNCATE fires no row trigger: a statement-level one refuses it.
+            pgtrigger.Trigger(
+                name="link_audit_no_truncate",
+                level=pgtrigger.Statement,
+                when=pgtrigger.Before,
+                operation=pgtrigger.Truncate,
+                func="RAISE EXCEPTION 'pgtrigger: Cannot truncate % table', TG_TABLE_NAME;",
+            ),
         ]
 
     def __str__(self) -> str:

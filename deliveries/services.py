@@ -20,6 +20,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from deliveries.locks import event_link_lock
+from deliveries.metrics import deliveries_created_count
 from deliveries.models import Event, EventGuest, FeatureFlag, Message, MessageDelivery
 from evoflow.errors import DomainError
 from evoflow.models import User
@@ -209,18 +210,11 @@ def _guest_link_user(*, guest: EventGuest, user: User, actor: User | None) -> Ev
 
 
 # The guest's deliveries that follow it to its new user: those on the previous user, or on none.
-# `deliveries_link_apply` moves them and writes their `manual` audit rows.
-RELINK_SQL = """
-SELECT link_outcome, delivery_count FROM deliveries_link_apply(
-    ARRAY(
-        SELECT id FROM deliveries_messagedelivery
-        WHERE guest_id = %(guest)s AND (user_id IS NULL OR user_id = %(old_user)s)
-        ORDER BY id
-    ),
-    'manual',
-    true,
-    %(old_user)s
-)
+# The guest trigger (deliveries/sql/guest_link_backfill.sql) moves them and writes their
+# `manual` audit rows, as it does for a guest moved by any other path.
+DELIVERIES_TO_MOVE_SQL = """
+SELECT count(*) FROM deliveries_messagedelivery
+WHERE guest_id = %(guest)s AND (user_id IS NULL OR user_id = %(old_user)s)
 """
 
 
@@ -229,8 +223,9 @@ def guest_relink_user(*, guest: EventGuest, user: User, actor: User | None = Non
     """Move a guest, and every delivery of it, from its current user to `user`.
 
     The guest's deliveries that carried the old user (or none) now carry `user`, each with a
-    `manual` audit row naming the previous user. Returns how many deliveries moved. An
-    unlinked guest is simply linked (the database backfills and audits it).
+    `manual` audit row naming the previous user: the guest trigger moves them, as it would
+    after any other write of the guest's user. Returns how many deliveries moved. An unlinked
+    guest is simply linked (the database backfills and audits it).
     """
     locked = _guest_locked(guest)
     old_user_id = locked.user_id
@@ -239,16 +234,17 @@ def guest_relink_user(*, guest: EventGuest, user: User, actor: User | None = Non
         return MessageDelivery.objects.filter(guest=locked, user=user).count()
     if old_user_id == user.pk:
         return 0
-    # Deliveries being inserted for this guest right now either commit first (and are moved
-    # below) or wait and then see the new user.
+    # Taken before counting: no delivery of the guest can be inserted between the count and the
+    # move (the trigger takes the same lock, which this transaction then already holds).
     event_link_lock(locked.event_id)
+    with connection.cursor() as cursor:
+        cursor.execute(DELIVERIES_TO_MOVE_SQL, {"old_user": old_user_id, "guest": locked.pk})
+        row = cursor.fetchone()
+    moved = int(row[0]) if row else 0
     link_audit_context_set(actor=actor)
     locked.user = user
     locked.updated_at = timezone.now()
     locked.save(update_fields=["user", "updated_at"])
-    with connection.cursor() as cursor:
-        cursor.execute(RELINK_SQL, {"old_user": old_user_id, "guest": locked.pk})
-        moved = sum(int(count) for _outcome, count in cursor.fetchall())
     logger.info(
         "guest %s relinked from user %s to %s, %d deliveries moved",
         locked.pk,
@@ -328,6 +324,7 @@ def message_send(*, event: Event, sender: User | None, body: str) -> MessageSend
         )
         row = cursor.fetchone()
     delivery_count, linked_count = (int(row[0]), int(row[1])) if row else (0, 0)
+    deliveries_created_count(linked=linked_count, unlinked=delivery_count - linked_count)
     logger.info(
         "message %s sent to %d guests, %d linked",
         message.pk,
@@ -373,9 +370,10 @@ def deliveries_backfill(
     """Historical backfill (method `historical`) of every unlinked delivery, by id range.
 
     Each batch of `batch_size` ids is one transaction: one `UPDATE ... FROM` through the same
-    SQL rule as the triggers, and one `INSERT ... SELECT` of audit rows for the deliveries it
-    links (attempts that link nothing are counted, not audited, so a second run writes
-    nothing). Flags are honoured. `progress(n)` is told how many ids each batch covered.
+    SQL rule as the triggers, and one `INSERT ... SELECT` of an audit row for every delivery it
+    looked at, in the same statement: every attempt is logged, those that link nothing too
+    (`no_match` or `skipped`, with the reason). A second run links nothing more, and logs its
+    attempts again. Flags are honoured. `progress(n)` is told how many ids each batch covered.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
@@ -410,7 +408,7 @@ def _backfill_batch(*, low: int, high: int, dry_run: bool, actor: User | None) -
     function = "deliveries_link_resolve" if dry_run else "deliveries_link_apply"
     column = "outcome" if dry_run else "link_outcome"
     aggregate = "count(*)" if dry_run else "sum(delivery_count)"
-    extra_args = "" if dry_run else ", 'historical', false"
+    extra_args = "" if dry_run else ", 'historical', true"
     statement = (
         f"SELECT {column}, {aggregate} FROM {function}(ARRAY({BATCH_IDS_SQL}){extra_args})"
         f" GROUP BY {column}"

@@ -3,7 +3,8 @@
 The link itself is made by the database triggers on every path (see `deliveries.models`); a
 signal never decides it. On `save()` the trigger runs after Django's INSERT returned, so the
 instance in memory does not know the user the database just gave it: the signal reads it back,
-so code holding the instance sees what is stored, and counts the outcome for /metrics.
+so code holding the instance sees what is stored, and counts the outcome for /metrics
+(once the transaction commits).
 """
 
 from __future__ import annotations
@@ -12,15 +13,9 @@ from typing import Any
 
 from django.db.models.signals import post_save
 from django.dispatch import receiver
-from prometheus_client import Counter
 
+from deliveries.metrics import deliveries_created_count
 from deliveries.models import MessageDelivery
-
-DELIVERIES_CREATED = Counter(
-    "evoflow_deliveries_saved_total",
-    "Deliveries created through the ORM's save(), by whether the database linked them",
-    ["linked"],
-)
 
 
 @receiver(post_save, sender=MessageDelivery, dispatch_uid="deliveries.delivery_saved")
@@ -30,4 +25,4 @@ def delivery_saved(sender: Any, instance: MessageDelivery, created: bool, **kwar
     instance.user_id = (
         MessageDelivery.objects.filter(pk=instance.pk).values_list("user_id", flat=True).first()
     )
-    DELIVERIES_CREATED.labels("yes" if instance.user_id else "no").inc()
+    deliveries_created_count(linked=int(bool(instance.user_id)), unlinked=int(not instance.user_id))

@@ -2,6 +2,9 @@
 
 With several gunicorn workers, set PROMETHEUS_MULTIPROC_DIR so every worker's samples are
 collected (prometheus-client's multiprocess mode); a single process needs nothing.
+
+Apps may also register scrape-time collectors (`scrape_collector_register`): figures computed
+from the database when /metrics is read, so they are the same whichever process serves it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+from prometheus_client.registry import Collector
+
+from evoflow.registry import Registry
 
 HTTP_REQUESTS = Counter(
     "evoflow_http_requests_total",
@@ -49,10 +55,28 @@ INTEGRITY_ALERTS = Counter(
 TASKS_ENQUEUED = Counter("evoflow_tasks_enqueued_total", "Background tasks enqueued", ["task"])
 
 
+_scrape_collectors: Registry[tuple[str, Collector]] = Registry(
+    "scrape-time collector", key=lambda item: item[0]
+)
+
+
+def scrape_collector_register(name: str, collector: Collector) -> None:
+    """Add a collector that /metrics runs on every scrape (an app's `ready()` calls this)."""
+    _scrape_collectors.add((name, collector))
+
+
+def _scrape_time() -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    for _name, collector in _scrape_collectors.items():
+        registry.register(collector)
+    return generate_latest(registry)
+
+
 def render_latest() -> tuple[bytes, str]:
-    """The exposition text for this process (or every worker, in multiprocess mode)."""
+    """The exposition text for this process (or every worker, in multiprocess mode), followed
+    by the scrape-time collectors' figures."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(DEFAULT_REGISTRY), CONTENT_TYPE_LATEST
+        return generate_latest(registry) + _scrape_time(), CONTENT_TYPE_LATEST
+    return generate_latest(DEFAULT_REGISTRY) + _scrape_time(), CONTENT_TYPE_LATEST

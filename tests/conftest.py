@@ -3,13 +3,32 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from urllib.parse import quote
 
+import pgtrigger
 import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
 from tests.core.factories import UserFactory
+
+
+@pytest.fixture(autouse=True, scope="session")
+def flush_may_truncate_the_link_audit() -> Iterator[None]:
+    """A transactional test's flush TRUNCATEs every table; the link audit refuses TRUNCATE (D3),
+    so the flush, and only it, ignores that trigger (pgtrigger's transaction-local setting)."""
+    from django.db.backends.postgresql.operations import DatabaseOperations
+
+    original = DatabaseOperations.execute_sql_flush
+
+    def execute_sql_flush(self: DatabaseOperations, sql_list: list[str]) -> None:
+        with pgtrigger.ignore("deliveries.UserLinkAudit:link_audit_no_truncate"):
+            original(self, sql_list)
+
+    DatabaseOperations.execute_sql_flush = execute_sql_flush  # type: ignore[method-assign]
+    yield
+    DatabaseOperations.execute_sql_flush = original  # type: ignore[method-assign]
 
 
 @pytest.fixture

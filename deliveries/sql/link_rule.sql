@@ -12,10 +12,16 @@
 --   the links and one INSERT ... SELECT writing the audit rows (all attempts, or only the links
 --   when audit_all is false), in the caller's transaction. `method` NULL means "as created": the
 --   audit method is then `guest` or `phone_fallback`, whichever rule decided. Method `manual` is
---   a person moving a guest to another user: every given delivery moves to its guest's user,
---   whatever the flags, audited with `previous_user_id`. The audit details carry the actor and
---   request id services set for the transaction (set_config('deliveries.actor_id', ..., true)).
---   Every audit row of the app is written here.
+--   a guest moved to another user, or unlinked (by the service, the admin or any UPDATE of the
+--   guest, through the guest trigger): every given delivery moves to its guest's user (`linked`),
+--   or to no user when the guest has none (`no_match`, reason `guest_unlinked`), whatever the
+--   flags, audited with `previous_user_id`. The audit details carry the actor and request id
+--   services set for the transaction (set_config('deliveries.actor_id', ..., true)). Every audit
+--   row of the app is written here.
+--
+-- Outcomes are the requirements' (docs/invariants.md, D3): `linked`, `no_match` (nobody, or
+-- more than one candidate: the reason says which), `skipped` (a flag is off: reason `flag_off`)
+-- and `already_linked`.
 --
 -- Why plain functions and not pgtrigger declarations: the rule is shared by two triggers (both
 -- declared through pgtrigger in deliveries/models.py, bodies in this folder), the historical
@@ -111,7 +117,7 @@ LANGUAGE sql STABLE AS $$
                         THEN 'already_linked' ELSE 'linked' END
                WHEN decided.user_id IS NOT NULL THEN 'already_linked'
                WHEN NOT decided.fallback OR decided.phone_e164 IS NULL THEN 'no_match'
-               WHEN decided.guest_count > 1 OR decided.user_count > 1 THEN 'ambiguous'
+               WHEN decided.guest_count > 1 OR decided.user_count > 1 THEN 'no_match'
                WHEN decided.user_count = 1 THEN 'linked'
                ELSE 'no_match'
            END,
@@ -119,14 +125,14 @@ LANGUAGE sql STABLE AS $$
            jsonb_strip_nulls(jsonb_build_object(
                'reason',
                CASE
-                   WHEN NOT decided.linking THEN 'linking_disabled'
+                   WHEN NOT decided.linking THEN 'flag_off'
                    WHEN NOT decided.guest_active THEN 'guest_removed'
                    WHEN decided.guest_user_id IS NOT NULL THEN 'guest_user'
                    WHEN decided.user_id IS NOT NULL THEN 'user_given'
                    WHEN NOT decided.fallback THEN 'guest_not_linked'
                    WHEN decided.phone_e164 IS NULL THEN 'no_phone'
-                   WHEN decided.guest_count > 1 THEN 'several_guests_with_phone'
-                   WHEN decided.user_count > 1 THEN 'several_users_with_phone'
+                   WHEN decided.guest_count > 1 THEN 'ambiguous_guests'
+                   WHEN decided.user_count > 1 THEN 'ambiguous_users'
                    WHEN decided.user_count = 1 THEN 'unique_user_with_phone'
                    ELSE 'no_user_with_phone'
                END,
@@ -173,10 +179,11 @@ BEGIN
                delivery.guest_id,
                delivery.user_id,
                guest.user_id,
-               'linked',
+               CASE WHEN guest.user_id IS NULL THEN 'no_match' ELSE 'linked' END,
                'guest',
                jsonb_strip_nulls(jsonb_build_object(
-                   'reason', 'guest_relinked',
+                   'reason', CASE WHEN guest.user_id IS NULL THEN 'guest_unlinked'
+                                  ELSE 'guest_relinked' END,
                    'previous_user_id', p_previous_user_id
                ))
         FROM deliveries_messagedelivery AS delivery
@@ -187,14 +194,18 @@ BEGIN
         UPDATE deliveries_messagedelivery AS delivery
         SET user_id = resolved.target_user_id, updated_at = now()
         FROM resolved
-        WHERE delivery.id = resolved.delivery_id AND resolved.outcome = 'linked'
+        WHERE delivery.id = resolved.delivery_id
+          AND (resolved.outcome = 'linked' OR p_method = 'manual')
+          AND delivery.user_id IS DISTINCT FROM resolved.target_user_id
     ),
     audited AS (
         INSERT INTO deliveries_userlinkaudit
             (delivery_id, guest_id, user_id, outcome, method, details, created_at)
         SELECT resolved.delivery_id,
                resolved.guest_id,
-               coalesce(resolved.target_user_id, resolved.current_user_id),
+               -- The user the delivery carries after the attempt (none once unlinked).
+               CASE WHEN p_method = 'manual' THEN resolved.target_user_id
+                    ELSE coalesce(resolved.target_user_id, resolved.current_user_id) END,
                resolved.outcome,
                coalesce(p_method,
                         CASE resolved.rule WHEN 'phone' THEN 'phone_fallback' ELSE 'guest' END),

@@ -1,6 +1,7 @@
 """The project's own integrity checks."""
 
 from evoflow.integrity.registry import IntegrityCheck, register
+from evoflow.integrity.required_sql import required_triggers_sql
 
 register(
     IntegrityCheck(
@@ -23,5 +24,20 @@ register(
         warning_count=1,
         error_ratio=0.10,
         sample_admin_url_name="admin:django_q_failure_change",
+    )
+)
+
+register(
+    IntegrityCheck(
+        id="core.required_triggers",
+        description=(
+            "Triggers and SQL functions the invariants rest on (D1, D3, J3, C4, the conversation "
+            "counters, every pgtrigger trigger): each must exist, be enabled, and have the body "
+            "the code declares (its versioned SQL file). Any problem is an error; samples name "
+            "each trigger or function and what is wrong."
+        ),
+        sql=required_triggers_sql,
+        warning_count=1,
+        error_count=1,
     )
 )

@@ -25,7 +25,8 @@ def _is_empty(value: Any) -> bool:
 
 def contact_changes_from_crm(contact: Contact, crm: CrmContact) -> dict[str, Any]:
     """The fields to change: empty local fields are filled; a filled one is replaced only when
-    the CRM's copy changed after the local row did."""
+    the CRM's copy changed after the local row did. A stub (never enriched) takes the CRM's
+    block whatever its age."""
     is_crm_newer = crm.updated_at is not None and crm.updated_at > contact.updated_at
     changes: dict[str, Any] = {}
     for local_field, value in (
@@ -51,7 +52,11 @@ def contact_changes_from_crm(contact: Contact, crm: CrmContact) -> dict[str, Any
             changes[local_field] = merged
     if crm.labels and (_is_empty(contact.labels) or is_crm_newer) and crm.labels != contact.labels:
         changes["labels"] = crm.labels
-    if is_crm_newer and crm.blocked != contact.is_blocked:
+    # A stub's `is_blocked` is its column default, not something known here: a block made in
+    # the CRM before the stub existed (so "older" than the stub's row) still applies. Only a
+    # newer CRM copy lifts a block, or sets one on a contact already enriched.
+    is_block_unknown_here = contact.is_stub and not contact.is_blocked
+    if crm.blocked != contact.is_blocked and (is_crm_newer or is_block_unknown_here):
         changes["is_blocked"] = crm.blocked
     return changes
 

@@ -10,7 +10,7 @@ from django.test import Client
 from deliveries.models import EventGuest, FeatureFlag, MessageDelivery, UserLinkAudit
 from evoflow.permissions import OPERATORS_GROUP
 from tests.core.factories import UserFactory
-from tests.deliveries.conftest import LINKING, triggers_bypassed
+from tests.deliveries.conftest import FALLBACK, LINKING, flag_set, triggers_bypassed
 from tests.deliveries.factories import (
     EventFactory,
     EventGuestFactory,
@@ -148,7 +148,6 @@ def test_the_audit_log_is_read_only_and_counts_outcomes_of_the_last_24_hours(adm
     assert page.context["outcome_counts_24h"] == {
         "linked": 2,
         "no_match": 1,
-        "ambiguous": 0,
         "skipped": 0,
         "already_linked": 0,
     }
@@ -192,3 +191,20 @@ def test_a_guest_cannot_be_edited_around_the_services_in_the_admin(admin_client)
     admin_client.post(f"/admin/deliveries/eventguest/{guest.pk}/change/", {"name": "New"})
 
     assert EventGuest.objects.get(pk=guest.pk).name == "Old"
+
+
+def test_the_audit_log_filters_by_the_reason_an_operator_searches_for(admin_client):
+    flag_set(FALLBACK, True)
+    UserFactory(phone="+14155550101")
+    UserFactory(phone="+1 415 555 0101")
+    ambiguous = MessageDeliveryFactory(guest=EventGuestFactory(phone="+14155550101"))
+    MessageDeliveryFactory(guest=EventGuestFactory(user=UserFactory()))
+
+    page = admin_client.get("/admin/deliveries/userlinkaudit/?reason=ambiguous_users")
+    everything = admin_client.get("/admin/deliveries/userlinkaudit/?reason=not_a_reason")
+
+    assert page.status_code == 200
+    assert [audit.delivery_id for audit in page.context["cl"].result_list] == [ambiguous.pk]
+    assert b"ambiguous_users" in page.content
+    assert everything.status_code == 200
+    assert everything.context["cl"].result_count == 2

@@ -99,7 +99,7 @@ def test_backfill_dry_run_changes_nothing():
     assert UserLinkAudit.objects.count() == 0
 
 
-def test_backfill_counts_what_it_cannot_link_without_auditing_it_twice():
+def test_backfill_audits_every_attempt_those_that_link_nothing_too():
     broken, _ = build_backlog(consistent=0, inconsistent=2)
     with triggers_bypassed():
         orphan_guest = EventGuestFactory()
@@ -114,7 +114,45 @@ def test_backfill_counts_what_it_cannot_link_without_auditing_it_twice():
     assert "  no_match: 1" in first
     assert "linked 0 of 1" in second
     assert MessageDelivery.objects.get(pk=orphan.pk).user_id is None
-    assert UserLinkAudit.objects.count() == 2
+    # Every attempt is logged (seed 002): the two links once, the orphan once per run.
+    assert sorted(
+        UserLinkAudit.objects.values_list("delivery_id", "outcome", "method", "details__reason")
+    ) == sorted(
+        [
+            (broken[0], "linked", "historical", "guest_user"),
+            (broken[1], "linked", "historical", "guest_user"),
+            (orphan.pk, "no_match", "historical", "guest_not_linked"),
+            (orphan.pk, "no_match", "historical", "guest_not_linked"),
+        ]
+    )
+
+
+def test_the_integrity_repair_audits_the_attempts_that_link_nothing():
+    broken, _ = build_backlog(consistent=0, inconsistent=1)
+    with triggers_bypassed():
+        orphan_guest = EventGuestFactory()
+        orphan = MessageDelivery.objects.create(
+            message=MessageFactory(event=orphan_guest.event), guest=orphan_guest
+        )
+
+    code, _ = run_command("integrity", "--check", UNLINKED, "--fix")
+
+    assert code == 0
+    assert sorted(UserLinkAudit.objects.values_list("delivery_id", "outcome", "method")) == sorted(
+        [(broken[0], "linked", "historical"), (orphan.pk, "no_match", "historical")]
+    )
+
+
+def test_the_backfill_with_linking_off_audits_each_attempt_skipped_with_its_reason():
+    build_backlog(consistent=0, inconsistent=2)
+    flag_set(LINKING, False)
+
+    run_command("backfill_deliveries", "--no-progress")
+
+    assert list(UserLinkAudit.objects.values_list("outcome", "method", "details__reason")) == [
+        ("skipped", "historical", "flag_off"),
+        ("skipped", "historical", "flag_off"),
+    ]
 
 
 def test_backfill_honours_the_flags():
@@ -148,8 +186,13 @@ def test_backfill_uses_the_phone_fallback_only_when_its_flag_is_on():
     run_command("backfill_deliveries", "--no-progress")
 
     assert MessageDelivery.objects.get(pk=delivery.pk).user_id == user.pk
-    assert list(UserLinkAudit.objects.values_list("outcome", "method", "user_id")) == [
-        ("linked", "historical", user.pk)
+    assert list(
+        UserLinkAudit.objects.order_by("id").values_list(
+            "outcome", "method", "user_id", "details__reason"
+        )
+    ) == [
+        ("no_match", "historical", None, "guest_not_linked"),
+        ("linked", "historical", user.pk, "unique_user_with_phone"),
     ]
 
 
@@ -242,11 +285,12 @@ def test_integrity_is_healthy_on_data_written_through_the_triggers():
     assert [check["failing_count"] for check in document["checks"]] == [0, 0, 0, 0]
 
 
-def test_a_raw_relink_leaving_deliveries_on_the_old_user_is_caught():
+def test_a_delivery_left_on_the_old_user_around_the_triggers_is_caught():
     old, new = UserFactory(), UserFactory()
     guest = EventGuestFactory(user=old)
     result = services.message_send(event=guest.event, sender=guest.event.host, body="hi")
-    EventGuest.objects.filter(pk=guest.pk).update(user=new)
+    with triggers_bypassed():
+        EventGuest.objects.filter(pk=guest.pk).update(user=new)
 
     code, document = integrity_json("--check", "deliveries.user_mismatch")
 

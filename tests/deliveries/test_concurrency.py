@@ -184,3 +184,26 @@ def test_the_python_event_lock_is_the_one_the_insert_trigger_waits_for():
 
     assert len(results) == 1
     assert MessageDelivery.objects.get(pk=results[0]).user_id == guest.user_id
+
+
+def test_a_delivery_inserted_while_a_guest_is_moved_by_raw_sql_ends_on_the_new_user():
+    old, new = UserFactory(), UserFactory()
+    guest = EventGuestFactory(user=old)
+    message = MessageFactory(event=guest.event)
+    inserter = "deliveries-test-inserter-move"
+
+    with psycopg.connect(psycopg_conninfo()) as mover:
+        # Given a guest moved from `old` to `new` by raw SQL, not committed
+        mover.execute(LINK_GUEST, [new.pk, guest.pk])
+        # When another connection inserts a delivery for the guest meanwhile
+        thread, results = run_in_thread(
+            psycopg_conninfo(application_name=inserter), INSERT_DELIVERY, [message.pk, guest.pk]
+        )
+        assert wait_for(lambda: waiting_on_a_lock(psycopg_conninfo(), inserter), timeout=10)
+        mover.commit()
+    thread.join(timeout=10)
+
+    # Then the insert waited for the move and the old user never reads it
+    (delivery_id,) = results
+    assert MessageDelivery.objects.get(pk=delivery_id).user_id == new.pk
+    assert not MessageDelivery.objects.filter(user=old).exists()

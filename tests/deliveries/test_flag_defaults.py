@@ -43,7 +43,7 @@ def test_the_link_rule_assumes_the_defaults_for_missing_rows() -> None:
     outcome, reason = _resolved(delivery.pk)
 
     if not FeatureFlag.DEFAULTS[FeatureFlag.LINK_USER_BY_PHONE]:
-        assert (outcome, reason) == ("skipped", "linking_disabled")
+        assert (outcome, reason) == ("skipped", "flag_off")
     elif FeatureFlag.DEFAULTS[FeatureFlag.LINK_USER_BY_PHONE_FALLBACK_TO_USERS]:
         assert (outcome, reason) == ("linked", "unique_user_with_phone")
     else:

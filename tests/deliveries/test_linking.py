@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from deliveries import services
-from deliveries.models import EventGuest, Message, MessageDelivery, UserLinkAudit
+from deliveries.models import (
+    LINK_REASONS,
+    EventGuest,
+    LinkMethod,
+    LinkOutcome,
+    Message,
+    MessageDelivery,
+    UserLinkAudit,
+)
 from tests.core.factories import UserFactory
 from tests.deliveries.conftest import FALLBACK, LINKING, audit_rows, flag_set
 from tests.deliveries.factories import (
@@ -320,7 +331,7 @@ def test_fallback_flag_on_links_the_single_user_with_the_phone():
     }
 
 
-def test_fallback_with_two_users_with_the_phone_is_ambiguous():
+def test_fallback_with_two_users_with_the_phone_is_no_match_ambiguous_users():
     flag_set(FALLBACK, True)
     UserFactory(phone="+14155550101")
     UserFactory(phone="(415) 555-0101")
@@ -330,12 +341,12 @@ def test_fallback_with_two_users_with_the_phone_is_ambiguous():
 
     assert stored_user_id(delivery.pk) is None
     audit = UserLinkAudit.objects.get()
-    assert (audit.outcome, audit.method, audit.user_id) == ("ambiguous", "phone_fallback", None)
-    assert audit.details["reason"] == "several_users_with_phone"
+    assert (audit.outcome, audit.method, audit.user_id) == ("no_match", "phone_fallback", None)
+    assert audit.details["reason"] == "ambiguous_users"
     assert audit.details["users_with_phone"] == 2
 
 
-def test_fallback_with_two_active_guests_with_the_phone_is_ambiguous():
+def test_fallback_with_two_active_guests_with_the_phone_is_no_match_ambiguous_guests():
     flag_set(FALLBACK, True)
     UserFactory(phone="+14155550101")
     event = EventFactory()
@@ -347,8 +358,8 @@ def test_fallback_with_two_active_guests_with_the_phone_is_ambiguous():
     assert stored_user_id(delivery.pk) is None
     audit = UserLinkAudit.objects.get()
     assert (audit.outcome, audit.details["reason"], audit.details["guests_with_phone"]) == (
-        "ambiguous",
-        "several_guests_with_phone",
+        "no_match",
+        "ambiguous_guests",
         2,
     )
 
@@ -390,7 +401,7 @@ def test_linking_flag_off_skips_every_attempt():
 
     assert [stored_user_id(delivery.pk) for delivery in created] == [None, None]
     assert sorted(outcome for _, outcome, _ in audit_rows()) == ["skipped", "skipped"]
-    assert {row.details["reason"] for row in UserLinkAudit.objects.all()} == {"linking_disabled"}
+    assert {row.details["reason"] for row in UserLinkAudit.objects.all()} == {"flag_off"}
 
 
 def test_linking_a_guest_with_the_linking_flag_off_backfills_nothing():
@@ -441,11 +452,11 @@ def test_exactly_one_audit_row_per_delivery_attempted():
     assert sorted(audits.values_list("delivery_id", flat=True)) == sorted(
         deliveries.values_list("id", flat=True)
     )
-    assert sorted(audits.values_list("outcome", "method")) == [
-        ("ambiguous", "phone_fallback"),
-        ("linked", "guest"),
-        ("linked", "phone_fallback"),
-        ("no_match", "phone_fallback"),
+    assert sorted(audits.values_list("outcome", "method", "details__reason")) == [
+        ("linked", "guest", "guest_user"),
+        ("linked", "phone_fallback", "unique_user_with_phone"),
+        ("no_match", "phone_fallback", "ambiguous_users"),
+        ("no_match", "phone_fallback", "no_user_with_phone"),
     ]
     assert set(deliveries.exclude(user=None).values_list("user_id", flat=True)) == {
         linked_user.pk,
@@ -473,6 +484,45 @@ def test_the_audit_table_refuses_update_and_delete():
         audit.delete()
 
     assert UserLinkAudit.objects.values_list("outcome", flat=True).get(pk=audit.pk) == "linked"
+
+
+def test_the_audit_table_refuses_truncate():
+    MessageDeliveryFactory(guest=EventGuestFactory(user=UserFactory()))
+
+    for statement in (
+        "TRUNCATE deliveries_userlinkaudit",
+        "TRUNCATE deliveries_userlinkaudit RESTART IDENTITY CASCADE",
+    ):
+        with (
+            pytest.raises(DatabaseError, match="Cannot truncate deliveries_userlinkaudit"),
+            transaction.atomic(),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(statement)
+
+    assert UserLinkAudit.objects.count() == 1
+
+
+def test_the_rule_writes_only_the_documented_outcomes_and_reasons():
+    sql = (Path(__file__).resolve().parents[2] / "deliveries/sql/link_rule.sql").read_text()
+    written = set(re.findall(r"'([a-z_]+)'", sql))
+    outcome_literals = written & {"linked", "no_match", "skipped", "already_linked", "ambiguous"}
+
+    assert outcome_literals == set(LinkOutcome.values)
+    reasons = written - set(LinkOutcome.values) - set(LinkMethod.values)
+    reasons -= {
+        "phone",
+        "reason",
+        "phone_e164",
+        "guests_with_phone",
+        "users_with_phone",
+        "previous_user_id",
+        "actor_id",
+        "request_id",
+        "link_user_by_phone",
+        "link_user_by_phone_fallback_to_users",
+    }
+    assert reasons == set(LINK_REASONS)
 
 
 def test_the_audit_outlives_the_delivery_it_describes():

@@ -6,6 +6,8 @@ import uuid
 from datetime import timedelta
 
 import pytest
+import requests
+from django.conf import settings as django_settings
 from django.utils import timezone
 
 from journeys import crm
@@ -229,3 +231,50 @@ def test_one_contact_failing_does_not_stop_the_others_enrichment(crm_simulator):
     assert found == 1
     assert Contact.objects.get(pk=broken.pk).crm_synced_at is None
     assert Contact.objects.get(pk=fine.pk).crm_synced_at is not None
+
+
+def crm_contact_put(simulator, contact_id: str, fields: dict) -> None:
+    """Set a contact's fields in the running CRM simulator (its control API, real HTTP)."""
+    response = requests.put(
+        f"{django_settings.CRM_BASE_URL}/_control/contacts/{contact_id}", json=fields, timeout=5
+    )
+    assert response.status_code == 200
+
+
+def test_a_contact_blocked_in_the_crm_before_its_stub_existed_is_marked_blocked(
+    authenticated_client, crm_simulator
+):
+    journey = JourneyFactory()
+    contact_id = str(uuid.uuid4())
+    # Blocked in the CRM a day ago: older than the stub the session start is about to create.
+    crm_contact_put(
+        crm_simulator,
+        contact_id,
+        {"blocked": True, "updated_at": (timezone.now() - timedelta(days=1)).isoformat()},
+    )
+    response = authenticated_client.post(
+        f"/api/v1/journeys/{journey.pk}/start/", {"contact_id": contact_id}, format="json"
+    )
+    assert response.status_code == 201
+    stub = Contact.objects.get(pk=contact_id)
+    assert (stub.is_stub, stub.is_blocked) == (True, False)
+
+    assert contact_enrich(contact_id=contact_id) is True
+
+    enriched = Contact.objects.get(pk=contact_id)
+    assert (enriched.is_stub, enriched.is_blocked) == (False, True)
+
+
+def test_an_older_crm_copy_never_unblocks_a_contact_nor_blocks_an_enriched_one(crm_simulator):
+    blocked_stub = ContactFactory(is_blocked=True)
+    enriched = ContactFactory(crm_synced_at=timezone.now())
+    for contact, blocked in ((blocked_stub, False), (enriched, True)):
+        crm_contact_put(
+            crm_simulator,
+            str(contact.pk),
+            {"blocked": blocked, "updated_at": (timezone.now() - timedelta(days=1)).isoformat()},
+        )
+
+        assert contact_enrich(contact_id=contact.pk) is True
+
+        assert Contact.objects.get(pk=contact.pk).is_blocked is not blocked
