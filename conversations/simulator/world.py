@@ -463,7 +463,10 @@ class PageWorld:
             in_window = len(self._calls)
             oldest = self._calls[0] if self._calls else now
         over = bool(self.rate_limit) and in_window > self.rate_limit
-        regain_minutes = math.ceil(max(0.0, oldest + self.rate_window_s - now) / 60) if over else 0
+        # Meta's estimate is in whole minutes: a window shorter than half a minute says 0
+        # ("no estimate"), as the tests' one-second windows need.
+        remaining = max(0.0, oldest + self.rate_window_s - now)
+        regain_minutes = round(remaining / 60) if over else 0
         return in_window, regain_minutes, over
 
     def rate_window_clear(self) -> None:
