@@ -406,3 +406,65 @@ def test_a_graph_error_that_cannot_change_is_not_retried(settings):
     assert (run.status, run.error_code) == ("partial", "graph_error")
     assert run.api_calls == 1
     assert "code 100" in run.error
+
+
+def test_the_schedule_continues_an_unfinished_full_chain_until_it_completes(settings):
+    from conversations.models import SyncRun
+    from conversations.services.sync import sync_pages_scheduled, sync_run_execute
+
+    # Given a page fully synced, two conversations deleted on Facebook, and a full run that
+    # stopped after its first batch (time budget)
+    sim = GraphSimulator(conversations=230, messages=2_300, seed=33)
+    with simulator_serving(sim, settings):
+        page = sim_page(sim)
+        assert sync_now(page, "full").status == "succeeded"
+        gone = [sim.generated_conversation(index).key for index in (120, 228)]
+        for key in gone:
+            assert sim.page().conversation_delete(key)
+        _stop_after_one_batch(sim, settings)
+        stopped = sync_now(page, "full")
+        assert (stopped.status, stopped.error_code) == ("partial", "time_budget")
+
+        # When the schedule comes round, twice (each run of the chain stopping after a batch)
+        scheduled = []
+        for _ in range(2):
+            assert sync_pages_scheduled(trigger="schedule") == 1
+            run = SyncRun.objects.get(page=page, status="queued")
+            scheduled.append(sync_run_execute(run_id=run.pk))
+        _unlimited(sim, settings)
+        assert sync_pages_scheduled(trigger="schedule") == 1
+        last = sync_run_execute(run_id=SyncRun.objects.get(page=page, status="queued").pk)
+
+        # Then every scheduled run was a full one resuming the chain, the last completing it
+        runs = [*scheduled, last]
+        assert [(run.mode, run.trigger) for run in runs] == [("full", "schedule")] * 3
+        assert [run.resumed_from_id for run in runs] == [stopped.pk, runs[0].pk, runs[1].pk]
+        assert {run.chain_id for run in runs} == {stopped.pk}
+        assert [run.status for run in runs] == ["partial", "partial", "succeeded"]
+        assert last.conversations_soft_deleted == 2
+        deleted = Conversation.objects.filter(page=page, deleted_at__isnull=False)
+        assert sorted(deleted.values_list("thread_id", flat=True)) == sorted(gone)
+
+        # When the schedule comes round once the chain is complete
+        assert sync_pages_scheduled(trigger="schedule") == 1
+        after = SyncRun.objects.get(page=page, status="queued")
+
+    # Then it is back to incremental runs
+    assert after.mode == "incremental"
+    assert_equal_to_truth(page, sim)
+
+
+def test_the_schedule_does_not_restart_a_full_run_an_operator_cancelled(settings):
+    from conversations.models import SyncRun
+    from conversations.services.sync import sync_pages_scheduled, sync_request, sync_run_cancel
+
+    sim = GraphSimulator(conversations=5, messages=10, seed=34)
+    with simulator_serving(sim, settings):
+        page = sim_page(sim)
+        run, _ = sync_request(page=page, mode="full", enqueue=False)
+        SyncRun.objects.filter(pk=run.pk).update(cursor={"folder": "inbox", "after": "x"})
+        assert sync_run_cancel(run_id=run.pk)
+
+        assert sync_pages_scheduled(trigger="schedule") == 1
+
+    assert SyncRun.objects.get(page=page, status="queued").mode == "incremental"
