@@ -108,7 +108,9 @@ def evaluate_check(check: IntegrityCheck) -> Evaluation:
         with transaction.atomic(), connection.cursor() as cursor:
             set_local_statement_timeout(settings.INTEGRITY_STATEMENT_TIMEOUT_MS)
             cursor.execute(check.render_sql(), {"sample_limit": SAMPLE_LIMIT})
-            failing, population, samples = cursor.fetchone()
+            row = cursor.fetchone()
+        failing, population, samples = row[:3]
+        severe = row[3] if len(row) > 3 else 0
     except DatabaseError as exc:
         duration = (time.perf_counter() - started) * 1000
         logger.exception("integrity check %s could not run", check.id, extra={"check_id": check.id})
@@ -120,6 +122,7 @@ def evaluate_check(check: IntegrityCheck) -> Evaluation:
         failing_count=int(failing or 0),
         population=int(population or 0),
         sample_ids=[str(sample) for sample in (samples or [])][:SAMPLE_LIMIT],
+        severe_count=int(severe or 0),
     )
     return Evaluation(check, check.status_for(outcome), outcome, duration)
 
