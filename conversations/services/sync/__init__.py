@@ -47,6 +47,7 @@ from conversations.services.sync.engine import sync_run_execute
 from conversations.services.sync.lease import (
     SYNC_RUN_TASK,
     LeaseLost,
+    PageRemoved,
     SyncRefused,
     SyncRunning,
     stale_run_condition,
@@ -61,6 +62,7 @@ from conversations.services.sync.lease import (
 __all__ = [
     "SYNC_RUN_TASK",
     "LeaseLost",
+    "PageRemoved",
     "SyncRefused",
     "SyncRunning",
     "stale_run_condition",

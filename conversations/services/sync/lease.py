@@ -39,6 +39,13 @@ class SyncRefused(DomainError):
     status = 409
 
 
+class PageRemoved(SyncRefused):
+    """The page was removed by an operator: it is not read from Facebook any more."""
+
+    code = "page_removed"
+    status = 409
+
+
 class SyncRunning(DomainError):
     """A sync of the page is already queued or running; `sync_run_id` names the live run."""
 
@@ -92,6 +99,8 @@ def sync_request(
     page's lease: `(run, created)`. A live run whose heartbeat expired is failed first."""
     if mode not in SyncMode.values:
         raise ValueError(f"unknown sync mode {mode!r}")
+    if page.removed_at is not None:
+        raise PageRemoved(f"page {page.page_id} was removed; restore it in the admin first")
     if page.is_reauthorization_required or not page.has_access_token:
         raise SyncRefused(f"page {page.page_id} needs re-authorisation (a new access token)")
     request_id = get_request_id()
@@ -160,9 +169,9 @@ def sync_pages_scheduled(*, trigger: str = "schedule") -> int:
     Returns how many runs were started."""
     started = 0
     unfinished = sync_pages_unfinished_full_chain()
-    pages = FacebookPage.objects.filter(is_reauthorization_required=False).exclude(
-        access_token_encrypted=""
-    )
+    pages = FacebookPage.objects.filter(
+        is_reauthorization_required=False, removed_at__isnull=True
+    ).exclude(access_token_encrypted="")
     for page in pages.order_by("pk").iterator():
         mode = SyncMode.FULL if page.pk in unfinished else SyncMode.INCREMENTAL
         _, created = sync_request(page=page, mode=mode, trigger=trigger)
