@@ -12,7 +12,7 @@ class ConversationsConfig(AppConfig):
         from django.db.models.signals import post_delete, post_save
         from django_q.models import Schedule
 
-        from conversations import dashboard
+        from conversations import dashboard, metrics
         from conversations.models import FacebookPage
         from conversations.services.pages import page_pk_cache_invalidate
         from conversations.tasks import (
@@ -22,6 +22,7 @@ class ConversationsConfig(AppConfig):
         )
         from evoflow.dashboard import tile_register
         from evoflow.demo import demo_seeder_register
+        from evoflow.metrics import scrape_collector_register
         from evoflow.permissions import operator_app_register
         from evoflow.schedules import ScheduleSpec, schedule_register
 
@@ -63,5 +64,7 @@ class ConversationsConfig(AppConfig):
                 minutes=settings.SYNC_SCHEDULE_MINUTES,
             )
         )
+        # Every page's sync state on every scrape, from the database (F18).
+        scrape_collector_register("conversations.sync", metrics.sync_state_families)
         demo_seeder_register("conversations.demo.seed")
         tile_register(dashboard.tile_spec())
