@@ -140,7 +140,7 @@ class _DatabaseStateCollector:
 
 
 _STATE_REGISTRY = CollectorRegistry(auto_describe=False)
-_STATE_REGISTRY.register(_DatabaseStateCollector())  # type: ignore[arg-type]
+_STATE_REGISTRY.register(_DatabaseStateCollector())
 
 
 def render_latest() -> tuple[bytes, str]:
