@@ -294,3 +294,21 @@ def test_every_required_trigger_is_installed_and_enabled_and_a_disabled_one_is_n
             "conversations_message.message_protect_delete: disabled"
         ]
         transaction.set_rollback(True)
+
+
+def test_the_sync_api_answers_409_page_removed_for_a_removed_page(api_client, stocked_page):
+    from django.contrib.auth.models import Permission
+
+    syncer = UserFactory()
+    syncer.user_permissions.add(Permission.objects.get(codename="add_syncrun"))
+    api_client.force_authenticate(user=syncer)
+    page_remove(page=stocked_page)
+    runs_before = SyncRun.objects.count()
+
+    response = api_client.post(
+        f"/api/v1/pages/{stocked_page.page_id}/sync/", {"mode": "full"}, format="json"
+    )
+
+    assert response.status_code == 409
+    assert response.json()["code"] == "page_removed"
+    assert SyncRun.objects.count() == runs_before
