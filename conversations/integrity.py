@@ -201,7 +201,7 @@ def _sync_failing_sql() -> str:
                    COALESCE(success_finished, pages.created_at) AS healthy_since,
                    (SELECT count(*) FROM conversations_syncrun AS r
                     WHERE r.page_id = pages.id AND r.status IN ('partial', 'failed')
-                      AND (success_created IS NULL OR r.created_at > success_created))
+                      AND r.created_at > COALESCE(success_created, '-infinity'))
                    AS unsuccessful
             FROM pages),
         failing AS (

@@ -133,7 +133,7 @@ _PAGE_SYNC_HEALTH = """
 SELECT p.page_id, success.finished_at,
        (SELECT count(*) FROM conversations_syncrun AS r
         WHERE r.page_id = p.id AND r.status IN ('partial', 'failed')
-          AND (success.created_at IS NULL OR r.created_at > success.created_at))
+          AND r.created_at > COALESCE(success.created_at, '-infinity'))
 FROM conversations_facebookpage AS p
 LEFT JOIN LATERAL (
     SELECT r.created_at, r.finished_at FROM conversations_syncrun AS r
