@@ -195,7 +195,8 @@ def _sync_failing_sql() -> str:
                 SELECT r.created_at, r.finished_at FROM conversations_syncrun AS r
                 WHERE r.page_id = p.id AND r.status = 'succeeded'
                 ORDER BY r.created_at DESC LIMIT 1) AS success ON true
-            WHERE NOT p.is_reauthorization_required AND p.access_token_encrypted <> ''),
+            WHERE NOT p.is_reauthorization_required AND p.access_token_encrypted <> ''
+              AND p.removed_at IS NULL),
         streaks AS (
             SELECT pages.id,
                    COALESCE(success_finished, pages.created_at) AS healthy_since,
@@ -224,7 +225,8 @@ register(
     IntegrityCheck(
         id="conversations.sync_failing",
         description=(
-            "Pages (with a token, not flagged for re-authorisation) whose Graph syncs keep"
+            "Pages in use (with a token, not removed, not flagged for re-authorisation) whose"
+            " Graph syncs keep"
             " ending partial or failed: SYNC_FAILING_WARNING_RUNS such runs since the last"
             " success, or no success for SYNC_FAILING_WARNING_HOURS (counted from the page's"
             " creation when it never synced); an error past SYNC_FAILING_ERROR_RUNS or"

@@ -256,6 +256,12 @@ def test_sync_failing_reports_a_page_without_a_success_for_hours(token_page, fai
     )
     assert _failing() == (2, "error", 1, [str(token_page.pk)])
 
+    # A removed page is not synced any more, and is left out (even with a token)
+    FacebookPage.objects.filter(pk=token_page.pk).update(removed_at=datetime.now(UTC))
+    assert _failing() == (0, "ok", 0, [])
+    FacebookPage.objects.filter(pk=token_page.pk).update(removed_at=None)
+    assert _failing()[1] == "error"
+
     # A page flagged for re-authorisation has a check of its own, and is left out here
     FacebookPage.objects.filter(pk=token_page.pk).update(is_reauthorization_required=True)
     assert _failing() == (0, "ok", 0, [])
