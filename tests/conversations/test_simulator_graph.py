@@ -910,3 +910,44 @@ def test_the_control_api_serves_a_threads_participants_wrong_and_right_again():
     assert restored.status_code == 200
     assert after == normal
     assert [answer.status_code for answer in refusals] == [400, 400, 404]
+
+
+def test_the_management_command_serves_the_newest_threads_with_bad_participants():
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "manage.py", "graph_simulator", "--port", str(port)),
+            *("--conversations", "6", "--messages", "12", "--bad-participants", "5"),
+        ],
+        cwd=PROJECT_ROOT,
+        env={**__import__("os").environ, "DEBUG": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def answers() -> bool:
+            try:
+                return requests.get(f"{base}/_control/state", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        assert wait_for(answers, timeout=30)
+        served = get(base, f"/{PAGE}/conversations", fields="id,participants", limit=10).json()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+    people = [
+        [participant.get("id") for participant in conversation["participants"]["data"]]
+        for conversation in served["data"]
+    ]
+    # Newest first: no id, the page alone, not a PSID, two people, no id again; then a good one
+    assert people[0] == [None, PAGE]
+    assert people[1] == [PAGE]
+    assert not people[2][0].isdigit()
+    assert len(people[3]) == 3
+    assert people[4] == [None, PAGE]
+    assert people[5][0].isdigit()
+    assert people[5][1] == PAGE
