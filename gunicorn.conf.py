@@ -54,3 +54,14 @@ def post_worker_init(worker: Any) -> None:
             worker.cfg.threads,
         )
         sys.exit(_WORKER_BOOT_ERROR)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """In multiprocess metrics mode, a worker that exited no longer counts in the gauges of
+    live processes (its counters stay: what it counted happened)."""
+    import os
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -35,6 +35,7 @@ from conversations.models import (
     FacebookPage,
     InteractionEvent,
     Message,
+    PurgeRecord,
     SyncMode,
     SyncRun,
     SyncStatus,
@@ -46,7 +47,7 @@ from conversations.services.sync import (
     sync_retry_failed_batches,
     sync_run_cancel,
 )
-from evoflow.admin_base import ObjectPageMixin, ReadOnlyAdmin
+from evoflow.admin_base import NoDeleteMixin, ObjectPageMixin, ReadOnlyAdmin
 from evoflow.admin_lists import (
     ChosenOnlyRelatedFilter,
     HugeTableMixin,
@@ -55,6 +56,21 @@ from evoflow.admin_lists import (
 )
 
 MESSAGES_PER_PAGE = 50
+
+
+class RemovedFilter(admin.SimpleListFilter):
+    title = "removed"
+    parameter_name = "removed"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("no", "in use"), ("yes", "removed")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == "yes":
+            return queryset.filter(removed_at__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(removed_at__isnull=True)
+        return queryset
 
 
 class FacebookPageForm(forms.ModelForm):
@@ -74,7 +90,9 @@ class FacebookPageForm(forms.ModelForm):
 @admin.register(FacebookPage)
 @method_decorator(sensitive_post_parameters("new_access_token"), name="add_view")
 @method_decorator(sensitive_post_parameters("new_access_token"), name="change_view")
-class FacebookPageAdmin(QueryStringCheckedAdmin):
+class FacebookPageAdmin(NoDeleteMixin, QueryStringCheckedAdmin):
+    # No delete (C8): conversations are never removed, so neither is a page with them. "Remove"
+    # is soft; the data goes only through the audited `conversations_purge` command.
     form = FacebookPageForm
     list_display = [
         "page_id",
@@ -83,20 +101,28 @@ class FacebookPageAdmin(QueryStringCheckedAdmin):
         "reauthorization_badge",
         "sync_watermark",
         "latest_sync",
+        "removed_at",
     ]
     search_fields = ["page_id", "name"]
-    list_filter = ["is_reauthorization_required"]
+    list_filter = ["is_reauthorization_required", RemovedFilter]
     readonly_fields = [
         "token_status",
         "reauthorization_badge",
         "latest_sync",
+        "removed_at",
         # Moved by completed sync runs only: an edited watermark would make incremental runs
         # skip conversations and still report success.
         "sync_watermark",
         "created_at",
         "updated_at",
     ]
-    actions = ["sync_incremental_now", "sync_full_now", "retry_failed_batches"]
+    actions = [
+        "sync_incremental_now",
+        "sync_full_now",
+        "retry_failed_batches",
+        "remove_pages",
+        "restore_pages",
+    ]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         # The latest run's id and status in the page query itself: one query per list page. In
@@ -137,6 +163,36 @@ class FacebookPageAdmin(QueryStringCheckedAdmin):
     @admin.action(description="Retry failed batches of the last sync", permissions=["sync"])
     def retry_failed_batches(self, request: HttpRequest, queryset: QuerySet) -> None:
         _request_syncs(self, request, queryset.order_by("pk"), None)
+
+    @admin.action(
+        description="Remove the selected pages (keeps their conversations; stops syncing)",
+        permissions=["change"],
+    )
+    def remove_pages(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for page in queryset.order_by("pk"):
+            if services.page_remove(page=page):
+                self.message_user(
+                    request,
+                    f"Page {page.page_id} removed: its token is gone and its live syncs are"
+                    " cancelled; every conversation is kept (purging is a separate command).",
+                    messages.SUCCESS,
+                )
+            else:
+                self.message_user(
+                    request, f"Page {page.page_id} was removed already.", messages.WARNING
+                )
+
+    @admin.action(description="Restore the selected removed pages", permissions=["change"])
+    def restore_pages(self, request: HttpRequest, queryset: QuerySet) -> None:
+        for page in queryset.order_by("pk"):
+            if services.page_restore(page=page):
+                self.message_user(
+                    request,
+                    f"Page {page.page_id} restored: set a new access token to sync it again.",
+                    messages.SUCCESS,
+                )
+            else:
+                self.message_user(request, f"Page {page.page_id} is not removed.", messages.WARNING)
 
     @admin.display(description="token")
     def token_status(self, page: FacebookPage) -> str:
@@ -466,3 +522,24 @@ class SyncRunAdmin(HugeTableMixin, PrettyJsonMixin, ReadOnlyAdmin):
                 f"Not live (left as they were): run(s) {', '.join(not_live)}.",
                 messages.WARNING,
             )
+
+
+@admin.register(PurgeRecord)
+class PurgeRecordAdmin(ReadOnlyAdmin):
+    """The audit of `manage.py conversations_purge`: every purge, never edited."""
+
+    list_display = [
+        "purged_at",
+        "scope",
+        "page_id",
+        "psid",
+        "conversations",
+        "messages",
+        "events",
+        "sync_runs",
+        "requested_by",
+        "reason",
+    ]
+    list_filter = ["scope"]
+    search_fields = ["=page_id", "=psid", "requested_by"]
+    ordering = ["-purged_at", "-id"]

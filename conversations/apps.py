@@ -12,7 +12,7 @@ class ConversationsConfig(AppConfig):
         from django.db.models.signals import post_delete, post_save
         from django_q.models import Schedule
 
-        from conversations import dashboard
+        from conversations import dashboard, metrics
         from conversations.models import FacebookPage
         from conversations.services.pages import page_pk_cache_invalidate
         from conversations.tasks import (
@@ -23,6 +23,7 @@ class ConversationsConfig(AppConfig):
         from evoflow.dashboard import tile_register
         from evoflow.demo import demo_seeder_register
         from evoflow.integrity.required_sql import required_sql_register
+        from evoflow.metrics import scrape_collector_register
         from evoflow.permissions import operator_app_register
         from evoflow.schedules import ScheduleSpec, schedule_register
 
@@ -35,8 +36,9 @@ class ConversationsConfig(AppConfig):
         )
 
         operator_app_register(self.label)
-        # C4 (counters, forward-only last message), the fixed page id and message conversation,
-        # the sync status machine: `core.required_triggers` reports any missing or disabled.
+        # C4 (counters, forward-only last message), C8 (no DELETE outside the audited purge), the
+        # fixed page id and message conversation, the sync status machine: `core.required_triggers`
+        # reports any missing or disabled.
         required_sql_register(
             app_label=self.label,
             triggers=(
@@ -46,6 +48,9 @@ class ConversationsConfig(AppConfig):
                 "conversations.Message:message_count_and_last_on_insert",
                 "conversations.Message:message_count_on_delete",
                 "conversations.Message:message_conversation_fixed",
+                "conversations.Conversation:conversation_protect_delete",
+                "conversations.Message:message_protect_delete",
+                "conversations.PurgeRecord:purgerecord_append_only",
                 "conversations.SyncRun:syncrun_status_fsm",
             ),
         )
@@ -78,5 +83,7 @@ class ConversationsConfig(AppConfig):
                 minutes=settings.SYNC_SCHEDULE_MINUTES,
             )
         )
+        # Every page's sync state on every scrape, from the database (F18).
+        scrape_collector_register("conversations.sync", metrics.sync_state_families)
         demo_seeder_register("conversations.demo.seed")
         tile_register(dashboard.tile_spec())

@@ -6,8 +6,9 @@
   bucket per page and one for the app, kept in PostgreSQL so that every worker on every host
   waits its turn. The usage headers feed the limiter back: past 75% the buckets slow down, at
   100% they block until the regain time Meta gives.
-- Errors are classified: throttling codes block the bucket for the regain time (or an
-  exponentially growing pause when Meta gives none) and try again; 5xx and timeouts are retried
+- Errors are classified: throttling codes block the bucket for the whole regain time Meta
+  gives (or, when it gives none, an exponentially growing pause capped by
+  GRAPH_THROTTLE_MAX_WAIT_SECONDS) and try again; 5xx and timeouts are retried
   by the base client with exponential backoff and full jitter (F22); 190 raises `TokenInvalid` at
   once; any other 4xx raises `GraphError` with Meta's code and message.
 - The token travels in the Authorization header, never in a URL, so no log line can carry it.
@@ -267,11 +268,8 @@ class GraphClient(HttpClient):
                 self.limiter.report_usage(key, min(percent, 100.0))
                 self._reported[key] = percent
             if percent >= 100 and regain_minutes > 0:
-                self.limiter.block(key, self._capped(timedelta(minutes=regain_minutes)))
-
-    @staticmethod
-    def _capped(duration: timedelta) -> timedelta:
-        return min(duration, timedelta(seconds=settings.GRAPH_THROTTLE_MAX_WAIT_SECONDS))
+                # Meta's own estimate, whole: calling before it only extends the block.
+                self.limiter.block(key, timedelta(minutes=regain_minutes))
 
     # -- calls -----------------------------------------------------------------------------------
 
@@ -301,20 +299,22 @@ class GraphClient(HttpClient):
     def _block_after_throttling(
         self, response: requests.Response, code: int | None, attempt: int
     ) -> None:
-        """Stop calling through the throttled bucket: for the regain time Meta names, else for
-        an exponentially growing pause (Meta: more calls while limited extend the block)."""
+        """Stop calling through the throttled bucket: for the whole regain time Meta names, else
+        for an exponentially growing pause capped by GRAPH_THROTTLE_MAX_WAIT_SECONDS (Meta: more
+        calls while limited extend the block)."""
         key = self.app_key if code in APP_THROTTLE_CODES else self.page_key
         header = "X-App-Usage" if key == self.app_key else "X-Business-Use-Case-Usage"
         usage = _usage_percent(
             response.headers.get(header), None if key == self.app_key else self.page_id
         )
         regain_minutes = usage[1] if usage else 0
-        pause = (
-            timedelta(minutes=regain_minutes)
-            if regain_minutes
-            else timedelta(seconds=min(60.0, 2.0**attempt))
-        )
-        self.limiter.block(key, self._capped(pause))
+        if regain_minutes:
+            # Honoured in full: Meta keeps refusing (and may extend the block) until then.
+            self.limiter.block(key, timedelta(minutes=regain_minutes))
+            return
+        # No estimate: a growing pause, bounded by the operator's setting.
+        pause = min(60.0, 2.0**attempt, float(settings.GRAPH_THROTTLE_MAX_WAIT_SECONDS))
+        self.limiter.block(key, timedelta(seconds=pause))
 
     def conversations(
         self, *, folder: str, after: str | None, limit: int = 100, message_limit: int = 100

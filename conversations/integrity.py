@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from django.conf import settings
+
 from conversations.services.repairs import (
     LAST_MESSAGE_BEHIND_SELECT,
     conversation_message_counts_repair,
@@ -172,6 +174,68 @@ register(
         repair=sync_runs_stale_repair,
         repair_description="mark them failed with error_code lease_expired (the next run resumes)",
         sample_admin_url_name="admin:conversations_syncrun_change",
+    )
+)
+
+
+def _sync_failing_sql() -> str:
+    # The limits come from the settings at run time. Per page, the newest successful run is
+    # found walking the (page, created_at) index backwards, and only the runs after it are
+    # counted: the cost follows the failing streaks, not the history.
+    warning_runs = int(settings.SYNC_FAILING_WARNING_RUNS)
+    error_runs = int(settings.SYNC_FAILING_ERROR_RUNS)
+    warning_hours = float(settings.SYNC_FAILING_WARNING_HOURS)
+    error_hours = float(settings.SYNC_FAILING_ERROR_HOURS)
+    return f"""
+        WITH pages AS (
+            SELECT p.id, p.created_at,
+                   success.created_at AS success_created, success.finished_at AS success_finished
+            FROM conversations_facebookpage AS p
+            LEFT JOIN LATERAL (
+                SELECT r.created_at, r.finished_at FROM conversations_syncrun AS r
+                WHERE r.page_id = p.id AND r.status = 'succeeded'
+                ORDER BY r.created_at DESC LIMIT 1) AS success ON true
+            WHERE NOT p.is_reauthorization_required AND p.access_token_encrypted <> ''
+              AND p.removed_at IS NULL),
+        streaks AS (
+            SELECT pages.id,
+                   COALESCE(success_finished, pages.created_at) AS healthy_since,
+                   (SELECT count(*) FROM conversations_syncrun AS r
+                    WHERE r.page_id = pages.id AND r.status IN ('partial', 'failed')
+                      AND r.created_at > COALESCE(success_created, '-infinity'))
+                   AS unsuccessful
+            FROM pages),
+        failing AS (
+            SELECT id,
+                   (unsuccessful >= {error_runs}
+                    OR healthy_since < now() - make_interval(secs => {error_hours} * 3600))
+                   AS severe
+            FROM streaks
+            WHERE unsuccessful >= {warning_runs}
+               OR healthy_since < now() - make_interval(secs => {warning_hours} * 3600))
+        SELECT (SELECT count(*) FROM failing),
+               (SELECT count(*) FROM pages),
+               ARRAY(SELECT id::text FROM failing ORDER BY severe DESC, id
+                     LIMIT %(sample_limit)s),
+               (SELECT count(*) FROM failing WHERE severe)
+    """
+
+
+register(
+    IntegrityCheck(
+        id="conversations.sync_failing",
+        description=(
+            "Pages in use (with a token, not removed, not flagged for re-authorisation) whose"
+            " Graph syncs keep"
+            " ending partial or failed: SYNC_FAILING_WARNING_RUNS such runs since the last"
+            " success, or no success for SYNC_FAILING_WARNING_HOURS (counted from the page's"
+            " creation when it never synced); an error past SYNC_FAILING_ERROR_RUNS or"
+            " SYNC_FAILING_ERROR_HOURS. Cancelled runs neither count nor end a streak. See"
+            " each run's error and failed batches."
+        ),
+        sql=_sync_failing_sql,
+        warning_count=1,
+        sample_admin_url_name="admin:conversations_facebookpage_change",
     )
 )
 

@@ -11,7 +11,12 @@ the coming Graph sync, the admin, raw SQL) obeys them:
   rows really inserted into (or deleted from) the message table, so the count follows the stored
   messages on every path (F19) and the last message only ever moves forward (F1); a second
   trigger refuses any update that would move `last_message_at` backwards, and bumps `version`
-  on every change so a writer can make a version-checked update.
+  on every change so a writer can make a version-checked update;
+- C8 conversations and messages are never removed: a row-level trigger refuses every DELETE of
+  either table, whatever path issues it (the ORM, a cascade from a page, raw SQL). Removing a
+  page is a soft operation (`removed_at`); data leaves only through the audited purge
+  (`manage.py conversations_purge`, `services/purge.py`), which lifts the two triggers for its
+  own transaction and writes a `PurgeRecord` in it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ class FacebookPage(models.Model):
     # The newest conversation `updated_time` a completed sync has seen (the incremental sync
     # walks back to it, with a safety overlap).
     sync_watermark = models.DateTimeField(null=True, blank=True)
+    # Removed by an operator (C8: soft): no token, no sync, every conversation kept. Purging its
+    # data is a separate, audited command.
+    removed_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(db_default=Now(), editable=False)
     updated_at = models.DateTimeField(db_default=Now(), auto_now=True)
 
@@ -130,6 +138,8 @@ class Conversation(models.Model):
                     "USING ERRCODE = 'check_violation'; RETURN NULL;"
                 ),
             ),
+            # C8: never removed, on any path; the audited purge alone lifts it.
+            pgtrigger.Protect(name="conversation_protect_delete", operation=pgtrigger.Delete),
             pgtrigger.Trigger(
                 name="conversation_version_bump",
                 when=pgtrigger.Before,
@@ -221,6 +231,8 @@ class Message(models.Model):
             ),
             # Moving a message to another conversation would silently break both counts.
             pgtrigger.ReadOnly(name="message_conversation_fixed", fields=["conversation", "page"]),
+            # C8: never removed, on any path; the audited purge alone lifts it.
+            pgtrigger.Protect(name="message_protect_delete", operation=pgtrigger.Delete),
         ]
 
     def __str__(self) -> str:
@@ -464,3 +476,37 @@ class SyncRun(models.Model):
     @property
     def is_live(self) -> bool:
         return self.status in SYNC_LIVE_STATUSES
+
+
+class PurgeScope(models.TextChoices):
+    PAGE = "page", "A removed page with all of its data"
+    CONVERSATION = "conversation", "One conversation with its messages and events"
+
+
+class PurgeRecord(models.Model):
+    """One purge of stored conversation data: what went, why and on whose word (C8). Written in
+    the purge's own transaction; append-only (a trigger refuses UPDATE and DELETE)."""
+
+    purged_at = models.DateTimeField(db_default=Now(), editable=False)
+    scope = models.CharField(max_length=16, choices=PurgeScope.choices)
+    # The Facebook page id (the page row itself may be gone), and the person for one
+    # conversation.
+    page_id = models.CharField(max_length=64)
+    psid = models.CharField("participant PSID", max_length=64, blank=True, default="")
+    conversations = models.IntegerField()
+    messages = models.IntegerField()
+    events = models.IntegerField()
+    sync_runs = models.IntegerField()
+    reason = models.TextField()
+    requested_by = models.CharField(max_length=150)
+
+    class Meta:
+        indexes = [models.Index(fields=["page_id", "-purged_at"], name="purgerecord_page")]
+        triggers = [
+            pgtrigger.Protect(
+                name="purgerecord_append_only", operation=pgtrigger.Update | pgtrigger.Delete
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"purge of {self.scope} {self.page_id}{'/' + self.psid if self.psid else ''}"

@@ -120,3 +120,45 @@ def webhook_receipt_counts_since(*, since: datetime) -> dict[str, int]:
     return counts_by_value(
         WebhookReceipt.objects.filter(received_at__gte=since), "status", ReceiptStatus.values
     )
+
+
+@dataclass(frozen=True)
+class PageSyncHealth:
+    page_id: str  # the Facebook page id
+    last_success_at: datetime | None
+    unsuccessful_since_success: int  # runs ended partial or failed since (cancelled left out)
+
+
+_PAGE_SYNC_HEALTH = """
+SELECT p.page_id, success.finished_at,
+       (SELECT count(*) FROM conversations_syncrun AS r
+        WHERE r.page_id = p.id AND r.status IN ('partial', 'failed')
+          AND r.created_at > COALESCE(success.created_at, '-infinity'))
+FROM conversations_facebookpage AS p
+LEFT JOIN LATERAL (
+    SELECT r.created_at, r.finished_at FROM conversations_syncrun AS r
+    WHERE r.page_id = p.id AND r.status = 'succeeded'
+    ORDER BY r.created_at DESC LIMIT 1) AS success ON true
+WHERE p.removed_at IS NULL
+ORDER BY p.page_id
+"""
+
+
+def sync_page_health() -> list[PageSyncHealth]:
+    """Each page in use: its last successful sync and the failing streak since (the figures of
+    the `conversations.sync_failing` check, per page). Per page, the newest success comes from
+    the (page, created_at) index, and only the runs after it are counted."""
+    with connection.cursor() as cursor:
+        cursor.execute(_PAGE_SYNC_HEALTH)
+        return [PageSyncHealth(*row) for row in cursor.fetchall()]
+
+
+def sync_runs_live_counts() -> dict[str, int]:
+    """Queued and running sync runs, by status (the partial unique index's rows)."""
+    counts = dict(
+        SyncRun.objects.filter(status__in=[SyncStatus.QUEUED, SyncStatus.RUNNING])
+        .values_list("status")
+        .annotate(n=Count("id"))
+        .values_list("status", "n")
+    )
+    return {str(status): int(counts.get(status, 0)) for status in ("queued", "running")}

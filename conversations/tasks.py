@@ -9,7 +9,7 @@ from conversations.services import (
     webhook_receipts_prune,
     webhook_receipts_retry_due,
 )
-from conversations.services.sync import sync_pages_incremental, sync_run_execute
+from conversations.services.sync import sync_pages_scheduled, sync_run_execute
 
 logger = logging.getLogger(__name__)
 
@@ -41,5 +41,6 @@ def sync_run_task(run_id: int) -> str:
 
 
 def sync_active_pages_scheduled() -> int:
-    """Every SYNC_SCHEDULE_MINUTES: an incremental sync of every page with a usable token."""
-    return sync_pages_incremental(trigger="schedule")
+    """Every SYNC_SCHEDULE_MINUTES: a sync of every page with a usable token (incremental, or
+    the continuation of an unfinished full chain)."""
+    return sync_pages_scheduled(trigger="schedule")

@@ -32,4 +32,4 @@ class DeliveriesConfig(AppConfig):
         )
         demo_seeder_register("deliveries.demo.seed")
         tile_register(dashboard.tile_spec())
-        scrape_collector_register("deliveries.link_activity", LINK_ACTIVITY)
+        scrape_collector_register("deliveries.link_activity", LINK_ACTIVITY.collect)

@@ -15,7 +15,9 @@ The database is whatever the settings point at: `DATABASE_URL`, or the embedded 
 127.0.0.1:`EVOFLOW_WEB_PORT` (default 8000), the CRM and Graph API simulators on
 `EVOFLOW_CRM_PORT` (8011) and `EVOFLOW_GRAPH_PORT` (8012), and the children are told where the
 simulators are (`CRM_BASE_URL`, `GRAPH_API_BASE_URL`), so two checkouts run side by side when
-each has its own ports.
+each has its own ports. Every child writes its Prometheus samples into one directory,
+`.local/prometheus` (emptied at start; `PROMETHEUS_MULTIPROC_DIR` names another), so the web
+server's /metrics shows the worker's syncs and integrity runs too.
 
 This module does not import Django: the children do, each with the settings of its own
 environment.
@@ -194,6 +196,25 @@ def child_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
     # Children write into pipes; without this their lines would arrive in late bursts.
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+# Where every child of the stack writes its Prometheus samples, so that the web server's
+# /metrics adds up the worker's too (prometheus-client's multiprocess mode; evoflow/metrics.py).
+METRICS_DIR = PROJECT_ROOT / ".local" / "prometheus"
+
+
+def metrics_directory_prepare(env: dict[str, str], directory: Path = METRICS_DIR) -> Path:
+    """Point every child at one multiprocess metrics directory, emptied first (samples of an
+    earlier run's processes would be added to this run's). A directory the environment names
+    already (PROMETHEUS_MULTIPROC_DIR) is used as it is: it is someone else's to empty."""
+    named = env.get("PROMETHEUS_MULTIPROC_DIR")
+    if named:
+        return Path(named)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    return directory
 
 
 # -- errors that end the run ------------------------------------------------------------------
@@ -557,6 +578,7 @@ def parse_seed_output(lines: Sequence[str]) -> dict[str, Any]:
 def run(config: DevstackConfig, console: Console) -> int:
     """Start the stack and supervise it until it is stopped; returns the exit status."""
     env = {**child_environment(), **config.service_environment()}
+    metrics_directory_prepare(env)
     supervisor = Supervisor(console=console, env=env)
     supervisor.install_signal_handlers()
     services = service_processes(config)

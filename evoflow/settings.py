@@ -152,6 +152,12 @@ SYNC_INCREMENTAL_OVERLAP_SECONDS = env_int("SYNC_INCREMENTAL_OVERLAP_SECONDS", 3
 SYNC_FOLDERS = env_list("SYNC_FOLDERS", ["inbox", "other", "page_done", "spam"])
 SYNC_BATCH_ATTEMPTS = env_int("SYNC_BATCH_ATTEMPTS", 3)
 SYNC_SCHEDULE_MINUTES = env_int("SYNC_SCHEDULE_MINUTES", 15)
+# conversations.sync_failing: a page whose syncs keep ending partial or failed (or that has not
+# synced successfully for hours) is a warning, and past the second pair of limits an error.
+SYNC_FAILING_WARNING_RUNS = env_int("SYNC_FAILING_WARNING_RUNS", 3)
+SYNC_FAILING_ERROR_RUNS = env_int("SYNC_FAILING_ERROR_RUNS", 8)
+SYNC_FAILING_WARNING_HOURS = env_float("SYNC_FAILING_WARNING_HOURS", 6.0)
+SYNC_FAILING_ERROR_HOURS = env_float("SYNC_FAILING_ERROR_HOURS", 24.0)
 # Progress streams (conversations/streams.py): how many one web process keeps open at once.
 # Below the process's request threads (gunicorn.conf.py checks it), so others always get one.
 SSE_MAX_STREAMS_PER_PROCESS = env_int("SSE_MAX_STREAMS_PER_PROCESS", 2)

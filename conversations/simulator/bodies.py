@@ -12,7 +12,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 from conversations.simulator.fields import FieldSpec
-from conversations.simulator.render import MessageRenderer, Participant, json_object
+from conversations.simulator.render import (
+    MessageRenderer,
+    Participant,
+    json_compact,
+    json_object,
+)
 from conversations.simulator.wire import DEFAULT_LIMIT, MAX_LIMIT, encode_cursor
 from conversations.simulator.world import PageWorld, SimConversation, SimMessage, graph_time
 from devtools.simulator import SimRequest
@@ -61,8 +66,7 @@ def conversation_json(
             newest, _ = world.message_window(conversation, skip_newest=0, limit=1)
             rendered["snippet"] = newest[0].text[:100] if newest else ""
         elif name == "participants":
-            person = Participant(participant_id=conversation.psid, name=conversation.name)
-            raw_members["participants"] = f'{{"data":[{person.json},{page.json}]}}'
+            raw_members["participants"] = _participants_json(world, page, conversation)
         elif name == "messages":
             sub = spec.subfields or {"id": FieldSpec(), "created_time": FieldSpec()}
             limit = min(spec.limit or DEFAULT_LIMIT, MAX_LIMIT)
@@ -71,6 +75,23 @@ def conversation_json(
                 world, page, conversation, window, count, 0, sub, request, nested=True
             )
     return json_object(rendered, raw_members)
+
+
+def _participants_json(world: PageWorld, page: Participant, conversation: SimConversation) -> str:
+    """The person and the page, or one of the wrong shapes a test asked for (F7)."""
+    person = Participant(participant_id=conversation.psid, name=conversation.name)
+    kind = world.bad_participants_of(conversation.key)
+    if kind is None:
+        return f'{{"data":[{person.json},{page.json}]}}'
+    if kind == "no_id":  # a deleted account: a name, no id
+        return f'{{"data":[{json_compact({"name": "Facebook user"})},{page.json}]}}'
+    if kind == "page_only":
+        return f'{{"data":[{page.json}]}}'
+    if kind == "not_psid":
+        odd = {"id": f"user.{conversation.psid}", "name": conversation.name}
+        return f'{{"data":[{json_compact(odd)},{page.json}]}}'
+    second = Participant(participant_id=f"{conversation.psid}9", name="Second Person")
+    return f'{{"data":[{person.json},{second.json},{page.json}]}}'
 
 
 def message_page_json(

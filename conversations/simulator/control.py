@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from conversations.simulator.wire import THROTTLE_MESSAGES
-from conversations.simulator.world import FOLDER_INBOX, FOLDERS, PageWorld
+from conversations.simulator.world import BAD_PARTICIPANT_KINDS, FOLDER_INBOX, FOLDERS, PageWorld
 from devtools.simulator import SimRequest, SimResponse, SimulatorError
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ class GraphControl:
         add_route("POST", r"/_control/token", "control.token", self._token)
         add_route("POST", r"/_control/rate", "control.rate", self._rate)
         add_route("POST", r"/_control/webhook", "control.webhook", self._webhook)
+        add_route("POST", r"/_control/participants", "control.participants", self._participants)
 
     # -- what a call names -----------------------------------------------------------------------
 
@@ -197,3 +198,18 @@ class GraphControl:
         if isinstance(values.get("app_secret"), str):
             simulator.app_secret = values["app_secret"]
         return SimResponse(200, {"target_url": simulator.webhook_target})
+
+    def _participants(self, request: SimRequest) -> SimResponse:
+        """`{"conversation": "t_...", "kind": "no_id" | "page_only" | "not_psid" |
+        "two_people" | null}`: serve that thread's participants wrong (or right again)."""
+        values = self._values(request)
+        key = values.get("conversation")
+        if not isinstance(key, str):
+            raise SimulatorError(400, {"error": "conversation (a thread id) is required"})
+        kind = values.get("kind")
+        if kind is not None and kind not in BAD_PARTICIPANT_KINDS:
+            raise SimulatorError(400, {"error": f"kind must be one of {BAD_PARTICIPANT_KINDS}"})
+        world = self._thread(request, values, key)
+        if not world.participants_break(key, kind):
+            raise SimulatorError(404, {"error": f"no conversation {key}"})
+        return SimResponse(200, {"conversation": key, "kind": kind, "page_id": world.page_id})

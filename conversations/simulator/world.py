@@ -125,6 +125,11 @@ class SimConversation:
     generated_until: float | None = None
 
 
+# The ways a thread's participants can be unusable (F7), as Meta sends them: a deleted account
+# without an id, the page alone, an id that is not a page-scoped id, two people besides the page.
+BAD_PARTICIPANT_KINDS = ("no_id", "page_only", "not_psid", "two_people")
+
+
 class PageWorld:
     """One page: generation, overlays, ordering, truth, and its rate window.
 
@@ -169,6 +174,8 @@ class PageWorld:
         self._added_messages: dict[str, list[SimMessage]] = {}
         self._bumped: dict[str, float] = {}  # thread id -> new updated time
         self._added_conversations: dict[str, SimConversation] = {}
+        # Threads whose participants are served wrong, by kind (BAD_PARTICIPANT_KINDS).
+        self._bad_participants: dict[str, str] = {}
         self._clock = GENERATED_UNTIL
         self._sequence = 0
         self._key_prefix = f"t_{seed}"
@@ -463,8 +470,29 @@ class PageWorld:
             in_window = len(self._calls)
             oldest = self._calls[0] if self._calls else now
         over = bool(self.rate_limit) and in_window > self.rate_limit
-        regain_minutes = math.ceil(max(0.0, oldest + self.rate_window_s - now) / 60) if over else 0
+        # Meta's estimate is in whole minutes: a window shorter than half a minute says 0
+        # ("no estimate"), as the tests' one-second windows need.
+        remaining = max(0.0, oldest + self.rate_window_s - now)
+        regain_minutes = round(remaining / 60) if over else 0
         return in_window, regain_minutes, over
+
+    def participants_break(self, thread_id: str, kind: str | None) -> bool:
+        """Serve the thread's participants wrong from now on (`kind` of
+        BAD_PARTICIPANT_KINDS), or right again (None); False when there is no such thread."""
+        if kind is not None and kind not in BAD_PARTICIPANT_KINDS:
+            raise ValueError(f"kind must be one of {BAD_PARTICIPANT_KINDS} or None")
+        with self.lock:
+            if self.conversation(thread_id) is None:
+                return False
+            if kind is None:
+                self._bad_participants.pop(thread_id, None)
+            else:
+                self._bad_participants[thread_id] = kind
+            return True
+
+    def bad_participants_of(self, thread_id: str) -> str | None:
+        """How the thread's participants are served wrong, or None."""
+        return self._bad_participants.get(thread_id)
 
     def rate_window_clear(self) -> None:
         with self.lock:

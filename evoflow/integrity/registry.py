@@ -23,6 +23,8 @@ class CheckOutcome:
     failing_count: int
     population: int
     sample_ids: list[str]
+    # Failing rows that are errors by themselves, from the check's optional fourth column.
+    severe_count: int = 0
 
     @property
     def ratio(self) -> float:
@@ -40,6 +42,10 @@ class IntegrityCheck:
     Status: no failing rows is `ok`; otherwise `error` when the count reaches `error_count` or the
     ratio exceeds `error_ratio`, else `warning` when the count reaches `warning_count` or the
     ratio exceeds `warning_ratio`; a failing count below every threshold is still `ok`.
+
+    A check whose rows each have a severity of their own (a page failing for hours is worse
+    than one failing for minutes) returns a fourth column: how many failing rows are errors by
+    themselves. Any such row makes the check an `error`, whatever the thresholds say.
     """
 
     id: str
@@ -65,6 +71,8 @@ class IntegrityCheck:
         count, ratio = outcome.failing_count, outcome.ratio
         if count <= 0:
             return "ok"
+        if outcome.severe_count > 0:
+            return "error"
         if (self.error_count is not None and count >= self.error_count) or (
             self.error_ratio is not None and ratio > self.error_ratio
         ):

@@ -20,7 +20,6 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from evoflow import metrics
 from evoflow.db import advisory_xact_lock, set_local_statement_timeout
 from evoflow.integrity.alerts import (
     check_is_entering,
@@ -108,7 +107,9 @@ def evaluate_check(check: IntegrityCheck) -> Evaluation:
         with transaction.atomic(), connection.cursor() as cursor:
             set_local_statement_timeout(settings.INTEGRITY_STATEMENT_TIMEOUT_MS)
             cursor.execute(check.render_sql(), {"sample_limit": SAMPLE_LIMIT})
-            failing, population, samples = cursor.fetchone()
+            row = cursor.fetchone()
+        failing, population, samples = row[:3]
+        severe = row[3] if len(row) > 3 else 0
     except DatabaseError as exc:
         duration = (time.perf_counter() - started) * 1000
         logger.exception("integrity check %s could not run", check.id, extra={"check_id": check.id})
@@ -120,6 +121,7 @@ def evaluate_check(check: IntegrityCheck) -> Evaluation:
         failing_count=int(failing or 0),
         population=int(population or 0),
         sample_ids=[str(sample) for sample in (samples or [])][:SAMPLE_LIMIT],
+        severe_count=int(severe or 0),
     )
     return Evaluation(check, check.status_for(outcome), outcome, duration)
 
@@ -232,12 +234,9 @@ def _run_one(run: IntegrityRun, check: IntegrityCheck, *, fix: bool, dry_run: bo
         repaired = integrity_repair_apply(check=check, dry_run=dry_run)
         if not dry_run:
             evaluation = evaluate_check(check)
+    # (The status and failing gauges are read from the stored results at scrape time, so every
+    # web process shows what this process stored: evoflow/metrics.py.)
     outcome = evaluation.outcome or CheckOutcome(0, 0, [])
-    if evaluation.outcome is not None:
-        metrics.INTEGRITY_CHECK_FAILING.labels(check.id).set(outcome.failing_count)
-    metrics.INTEGRITY_CHECK_STATUS.labels(check.id).set(
-        metrics.INTEGRITY_STATUS_VALUES[evaluation.status]
-    )
     with transaction.atomic():
         # Per check, reading the previous result and storing this one is serialised, so of two
         # runs at the same time (cron and the admin) only the first sees the transition: the

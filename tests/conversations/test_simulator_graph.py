@@ -873,3 +873,81 @@ def test_a_new_message_does_not_move_the_older_messages_in_time():
     times = {m["id"]: m["created_time"] for m in after["messages"]}
     assert {mid: times[mid] for mid in before} == before
     assert len(times) == len(before) + 1
+
+
+def test_the_control_api_serves_a_threads_participants_wrong_and_right_again():
+    simulator = GraphSimulator(conversations=3, messages=6)
+    thread = simulator.generated_conversation(1).key
+
+    def participants(base: str) -> list[dict]:
+        body = get(base, f"/{PAGE}/conversations", fields="id,participants").json()
+        return next(c for c in body["data"] if c["id"] == thread)["participants"]["data"]
+
+    with simulator.running() as base:
+        control = f"{base}/_control/participants"
+        normal = participants(base)
+        shapes = {}
+        for kind in ("no_id", "page_only", "not_psid", "two_people"):
+            answer = requests.post(control, json={"conversation": thread, "kind": kind}, timeout=5)
+            assert answer.status_code == 200
+            shapes[kind] = participants(base)
+        restored = requests.post(control, json={"conversation": thread, "kind": None}, timeout=5)
+        after = participants(base)
+        refusals = [
+            requests.post(control, json={"conversation": thread, "kind": "odd"}, timeout=5),
+            requests.post(control, json={"kind": "no_id"}, timeout=5),
+            requests.post(
+                control, json={"conversation": "t_1999999999", "kind": "no_id"}, timeout=5
+            ),
+        ]
+
+    assert [p["id"] for p in normal] == [simulator.generated_conversation(1).psid, PAGE]
+    assert "id" not in shapes["no_id"][0]
+    assert shapes["no_id"][1]["id"] == PAGE
+    assert [p["id"] for p in shapes["page_only"]] == [PAGE]
+    assert not shapes["not_psid"][0]["id"].isdigit()
+    assert len(shapes["two_people"]) == 3
+    assert restored.status_code == 200
+    assert after == normal
+    assert [answer.status_code for answer in refusals] == [400, 400, 404]
+
+
+def test_the_management_command_serves_the_newest_threads_with_bad_participants():
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "manage.py", "graph_simulator", "--port", str(port)),
+            *("--conversations", "6", "--messages", "12", "--bad-participants", "5"),
+        ],
+        cwd=PROJECT_ROOT,
+        env={**__import__("os").environ, "DEBUG": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def answers() -> bool:
+            try:
+                return requests.get(f"{base}/_control/state", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        assert wait_for(answers, timeout=30)
+        served = get(base, f"/{PAGE}/conversations", fields="id,participants", limit=10).json()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+    people = [
+        [participant.get("id") for participant in conversation["participants"]["data"]]
+        for conversation in served["data"]
+    ]
+    # Newest first: no id, the page alone, not a PSID, two people, no id again; then a good one
+    assert people[0] == [None, PAGE]
+    assert people[1] == [PAGE]
+    assert not people[2][0].isdigit()
+    assert len(people[3]) == 3
+    assert people[4] == [None, PAGE]
+    assert people[5][0].isdigit()
+    assert people[5][1] == PAGE

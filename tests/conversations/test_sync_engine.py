@@ -5,9 +5,11 @@ after a complete run, and a run stopped by its time budget resumes where it stop
 from __future__ import annotations
 
 import pytest
+import requests
 
 from conversations.models import Conversation, InteractionEvent, Message
 from conversations.simulator.graph import GraphSimulator
+from conversations.simulator.world import BAD_PARTICIPANT_KINDS
 from tests.conversations.sync_helpers import (
     assert_equal_to_truth,
     assert_subset_of_truth,
@@ -20,6 +22,14 @@ from tests.conversations.sync_helpers import (
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+# What the sync records for each wrong shape the simulator serves (F7).
+EXPECTED_REASONS = {
+    "no_id": "participant without an id (deleted account)",
+    "page_only": "no participant besides the page",
+    "not_psid": "participant id is not a page-scoped id",
+    "two_people": "more than one participant besides the page",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -329,31 +339,57 @@ def test_a_chain_whose_batches_do_not_fit_the_budget_still_progresses(settings):
     assert_equal_to_truth(page, sim)
 
 
-def test_a_thread_skipped_for_its_participants_is_not_soft_deleted(settings, monkeypatch):
-    """F7 skips a thread whose participant is unusable (a deleted account has no id); the
-    conversation stored for it earlier is still on Facebook and must stay live."""
-    from conversations.services.sync import engine
-
+def test_threads_with_unusable_participants_are_skipped_with_their_reason(settings):
+    """F7 through the real client and planner: the simulator serves four threads' participants
+    wrong (over its control API, as Meta sends them); the sync skips exactly those, records
+    why, stores everything else, and never soft-deletes a skipped thread stored earlier."""
     sim = GraphSimulator(conversations=30, messages=300, seed=29)
-    with simulator_serving(sim, settings):
+    with simulator_serving(sim, settings) as base:
         page = sim_page(sim)
+        # Given thread 7 stored by a first sync, then four threads served wrong
         assert sync_now(page, "full").status == "succeeded"
-        unusable = sim.generated_conversation(7).key
-        participant = engine._Sync._participant
-
-        def without_id(self, conversation):
-            if conversation.id == unusable:
-                return "participant without an id (deleted account)"
-            return participant(self, conversation)
-
-        monkeypatch.setattr(engine._Sync, "_participant", without_id)
+        broken = {
+            sim.generated_conversation(index).key: kind
+            for index, kind in zip((3, 7, 12, 25), BAD_PARTICIPANT_KINDS, strict=True)
+        }
+        for thread, kind in broken.items():
+            answer = requests.post(
+                f"{base}/_control/participants",
+                json={"conversation": thread, "kind": kind},
+                timeout=5,
+            )
+            assert answer.status_code == 200, answer.text
+        # When a full sync reads the page
         second = sync_now(page, "full")
 
+    # Then each broken thread is skipped with the reason for its kind, and only those
     assert second.status == "succeeded", second.error
-    assert second.conversations_skipped == 1
-    assert second.skipped[0]["thread_id"] == unusable
+    assert second.conversations_skipped == 4
+    assert {item["thread_id"]: item["reason"] for item in second.skipped} == {
+        thread: EXPECTED_REASONS[kind] for thread, kind in broken.items()
+    }
+    assert second.conversations_seen == 30 - 4
+    # ...and a skipped thread stored earlier stays live (it is still on Facebook)
     assert second.conversations_soft_deleted == 0
-    assert Conversation.objects.get(page=page, thread_id=unusable).deleted_at is None
+    assert not Conversation.objects.filter(page=page, deleted_at__isnull=False).exists()
+
+
+def test_a_thread_first_seen_with_unusable_participants_is_not_stored(settings):
+    sim = GraphSimulator(conversations=12, messages=60, seed=30)
+    with simulator_serving(sim, settings):
+        page = sim_page(sim)
+        unusable = sim.generated_conversation(5).key
+        assert sim.page().participants_break(unusable, "no_id")
+
+        run = sync_now(page, "full")
+
+    assert run.status == "succeeded", run.error
+    assert run.skipped == [
+        {"thread_id": unusable, "reason": "participant without an id (deleted account)"}
+    ]
+    assert not Conversation.objects.filter(page=page, thread_id=unusable).exists()
+    assert Conversation.objects.filter(page=page).count() == 11
+    assert Message.objects.filter(page=page).count() == 60 - sim.generated_message_count(5)
 
 
 def test_a_graph_error_that_cannot_change_is_not_retried(settings):
@@ -370,3 +406,65 @@ def test_a_graph_error_that_cannot_change_is_not_retried(settings):
     assert (run.status, run.error_code) == ("partial", "graph_error")
     assert run.api_calls == 1
     assert "code 100" in run.error
+
+
+def test_the_schedule_continues_an_unfinished_full_chain_until_it_completes(settings):
+    from conversations.models import SyncRun
+    from conversations.services.sync import sync_pages_scheduled, sync_run_execute
+
+    # Given a page fully synced, two conversations deleted on Facebook, and a full run that
+    # stopped after its first batch (time budget)
+    sim = GraphSimulator(conversations=230, messages=2_300, seed=33)
+    with simulator_serving(sim, settings):
+        page = sim_page(sim)
+        assert sync_now(page, "full").status == "succeeded"
+        gone = [sim.generated_conversation(index).key for index in (120, 228)]
+        for key in gone:
+            assert sim.page().conversation_delete(key)
+        _stop_after_one_batch(sim, settings)
+        stopped = sync_now(page, "full")
+        assert (stopped.status, stopped.error_code) == ("partial", "time_budget")
+
+        # When the schedule comes round, twice (each run of the chain stopping after a batch)
+        scheduled = []
+        for _ in range(2):
+            assert sync_pages_scheduled(trigger="schedule") == 1
+            run = SyncRun.objects.get(page=page, status="queued")
+            scheduled.append(sync_run_execute(run_id=run.pk))
+        _unlimited(sim, settings)
+        assert sync_pages_scheduled(trigger="schedule") == 1
+        last = sync_run_execute(run_id=SyncRun.objects.get(page=page, status="queued").pk)
+
+        # Then every scheduled run was a full one resuming the chain, the last completing it
+        runs = [*scheduled, last]
+        assert [(run.mode, run.trigger) for run in runs] == [("full", "schedule")] * 3
+        assert [run.resumed_from_id for run in runs] == [stopped.pk, runs[0].pk, runs[1].pk]
+        assert {run.chain_id for run in runs} == {stopped.pk}
+        assert [run.status for run in runs] == ["partial", "partial", "succeeded"]
+        assert last.conversations_soft_deleted == 2
+        deleted = Conversation.objects.filter(page=page, deleted_at__isnull=False)
+        assert sorted(deleted.values_list("thread_id", flat=True)) == sorted(gone)
+
+        # When the schedule comes round once the chain is complete
+        assert sync_pages_scheduled(trigger="schedule") == 1
+        after = SyncRun.objects.get(page=page, status="queued")
+
+    # Then it is back to incremental runs
+    assert after.mode == "incremental"
+    assert_equal_to_truth(page, sim)
+
+
+def test_the_schedule_does_not_restart_a_full_run_an_operator_cancelled(settings):
+    from conversations.models import SyncRun
+    from conversations.services.sync import sync_pages_scheduled, sync_request, sync_run_cancel
+
+    sim = GraphSimulator(conversations=5, messages=10, seed=34)
+    with simulator_serving(sim, settings):
+        page = sim_page(sim)
+        run, _ = sync_request(page=page, mode="full", enqueue=False)
+        SyncRun.objects.filter(pk=run.pk).update(cursor={"folder": "inbox", "after": "x"})
+        assert sync_run_cancel(run_id=run.pk)
+
+        assert sync_pages_scheduled(trigger="schedule") == 1
+
+    assert SyncRun.objects.get(page=page, status="queued").mode == "incremental"

@@ -370,3 +370,96 @@ def test_a_recorded_batch_whose_cursor_expired_is_covered_by_a_walk_from_the_top
     assert resumed.conversations_seen == 210
     assert resumed.conversations_soft_deleted == 0
     assert_equal_to_truth(page, sim)
+
+
+# -- a database error while writing a batch ----------------------------------------------------
+
+_FAIL_BATCH_WRITES = """
+CREATE SEQUENCE test_batch_write_attempts;
+CREATE FUNCTION test_fail_batch_writes() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- A sequence is not rolled back with the failed statement: the first %(failures)s row
+    -- inserts fail, whatever transaction they were in, and every later one passes.
+    IF nextval('test_batch_write_attempts') <= %(failures)s THEN
+        RAISE EXCEPTION 'injected failure of a batch write' USING ERRCODE = 'serialization_failure';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER test_fail_batch_writes BEFORE INSERT ON conversations_message
+    FOR EACH ROW EXECUTE FUNCTION test_fail_batch_writes();
+"""
+
+_HEAL_BATCH_WRITES = """
+DROP TRIGGER IF EXISTS test_fail_batch_writes ON conversations_message;
+DROP FUNCTION IF EXISTS test_fail_batch_writes();
+DROP SEQUENCE IF EXISTS test_batch_write_attempts;
+"""
+
+
+@pytest.fixture
+def failing_batch_writes():
+    """`fail(n)`: the next n message inserts fail with a real PostgreSQL error."""
+    from django.db import connection
+
+    def fail(failures: int) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(_HEAL_BATCH_WRITES)
+            cursor.execute(_FAIL_BATCH_WRITES % {"failures": int(failures)})
+
+    yield fail
+    with connection.cursor() as cursor:
+        cursor.execute(_HEAL_BATCH_WRITES)
+
+
+def test_a_batch_whose_write_fails_once_is_retried_and_the_run_succeeds(
+    settings, failing_batch_writes, caplog
+):
+    # Given a database that refuses the first batch write once
+    sim = GraphSimulator(conversations=30, messages=300, seed=61)
+    with simulator_serving(sim, settings):
+        page = sim_page(sim)
+        failing_batch_writes(1)
+
+        # When a full sync runs
+        with caplog.at_level("WARNING", logger="conversations.services.sync.engine"):
+            run = sync_now(page, "full")
+
+    # Then the batch was retried in a new transaction and nothing is missing or doubled
+    assert (run.status, run.error_code) == ("succeeded", ""), run.error
+    assert run.failed_batches == []
+    assert run.messages_inserted == 300
+    assert any(
+        "database_error" in record.getMessage() and "attempt 1 of 2" in record.getMessage()
+        for record in caplog.records
+    )
+    assert_equal_to_truth(page, sim)
+
+
+def test_a_batch_whose_write_keeps_failing_is_recorded_and_the_next_run_writes_it(
+    settings, failing_batch_writes
+):
+    # Given a database that refuses every attempt of the first batch write
+    sim = GraphSimulator(conversations=30, messages=300, seed=62)
+    with simulator_serving(sim, settings):
+        page = sim_page(sim)
+        failing_batch_writes(django_settings.SYNC_BATCH_ATTEMPTS)
+
+        # When a full sync runs
+        failed = sync_now(page, "full")
+
+        # Then the run is partial with the batch recorded, and nothing of it half-written
+        assert (failed.status, failed.error_code) == ("partial", "failed_batches")
+        assert [batch["error_code"] for batch in failed.failed_batches] == ["database_error"]
+        assert failed.failed_batches[0]["folder"] == "inbox"
+        assert "injected failure" in failed.failed_batches[0]["detail"]
+        assert Message.objects.filter(page=page).count() == 0
+        assert Conversation.objects.filter(page=page).count() == 0
+
+        # When the next run comes (the database answers again)
+        second = sync_now(page, "full")
+
+    # Then it retried the recorded batch first and the page equals the truth
+    assert (second.status, second.error_code) == ("succeeded", ""), second.error
+    assert second.failed_batches == []
+    assert second.messages_inserted == 300
+    assert_equal_to_truth(page, sim)

@@ -184,3 +184,129 @@ def test_a_last_message_behind_the_newest_stored_one_is_an_error_repaired_forwar
     assert rows[behind.pk] == (base + timedelta(hours=1), "m_new", "new")
     assert rows[never_set.pk] == (base, "m_only", "only")
     assert rows[level.pk][1] == "m_level"
+
+
+# -- conversations.sync_failing (F18: a page whose syncs keep failing alerts) -------------------
+
+FAILING = "conversations.sync_failing"
+
+
+def _finished_run(page: FacebookPage, status: str, *, hours_ago: float) -> SyncRun:
+    """A run that ended `hours_ago` (inserted finished: the status trigger guards updates)."""
+    at = datetime.now(UTC) - timedelta(hours=hours_ago)
+    run = SyncRun.objects.create(page=page, mode="incremental", status=status)
+    SyncRun.objects.filter(pk=run.pk).update(created_at=at, started_at=at, finished_at=at)
+    return run
+
+
+def _failing() -> tuple[int, str, int, list[str]]:
+    code, results = _results(FAILING)
+    result = results[FAILING]
+    return code, result["status"], result["failing_count"], result["sample_ids"]
+
+
+@pytest.fixture
+def failing_limits(settings):
+    settings.SYNC_FAILING_WARNING_RUNS = 3
+    settings.SYNC_FAILING_ERROR_RUNS = 5
+    settings.SYNC_FAILING_WARNING_HOURS = 6
+    settings.SYNC_FAILING_ERROR_HOURS = 24
+
+
+def test_sync_failing_counts_the_unsuccessful_runs_since_the_last_success(
+    token_page, failing_limits
+):
+    # Given a success, then two partial runs and a cancelled one
+    _finished_run(token_page, "succeeded", hours_ago=1)
+    _finished_run(token_page, "partial", hours_ago=0.8)
+    _finished_run(token_page, "cancelled", hours_ago=0.7)
+    _finished_run(token_page, "failed", hours_ago=0.6)
+    # Then two is below the warning (a cancelled run does not count)
+    assert _failing() == (0, "ok", 0, [])
+
+    # When a third one fails
+    _finished_run(token_page, "partial", hours_ago=0.5)
+    # Then the page is a warning, named by its id
+    assert _failing() == (1, "warning", 1, [str(token_page.pk)])
+
+    # When two more do (five since the success)
+    _finished_run(token_page, "partial", hours_ago=0.4)
+    _finished_run(token_page, "failed", hours_ago=0.3)
+    # Then it is an error
+    assert _failing() == (2, "error", 1, [str(token_page.pk)])
+
+    # When a run succeeds again
+    _finished_run(token_page, "succeeded", hours_ago=0.1)
+    # Then the streak is over
+    assert _failing() == (0, "ok", 0, [])
+
+
+def test_sync_failing_reports_a_page_without_a_success_for_hours(token_page, failing_limits):
+    other = page_upsert(page_id="999000111", name="Other", access_token="token-2")
+    # Given one page whose last success is 7 hours old, with one failure since
+    _finished_run(token_page, "succeeded", hours_ago=7)
+    _finished_run(token_page, "failed", hours_ago=2)
+    # ...and a healthy page
+    _finished_run(other, "succeeded", hours_ago=0.2)
+    assert _failing() == (1, "warning", 1, [str(token_page.pk)])
+
+    # When the success is 25 hours old
+    SyncRun.objects.filter(page=token_page, status="succeeded").update(
+        finished_at=datetime.now(UTC) - timedelta(hours=25)
+    )
+    assert _failing() == (2, "error", 1, [str(token_page.pk)])
+
+    # A removed page is not synced any more, and is left out (even with a token)
+    FacebookPage.objects.filter(pk=token_page.pk).update(removed_at=datetime.now(UTC))
+    assert _failing() == (0, "ok", 0, [])
+    FacebookPage.objects.filter(pk=token_page.pk).update(removed_at=None)
+    assert _failing()[1] == "error"
+
+    # A page flagged for re-authorisation has a check of its own, and is left out here
+    FacebookPage.objects.filter(pk=token_page.pk).update(is_reauthorization_required=True)
+    assert _failing() == (0, "ok", 0, [])
+
+
+def test_sync_failing_is_quiet_for_a_new_page_and_counts_hours_from_its_creation(
+    token_page, failing_limits
+):
+    # A page created now that has not synced yet is not failing
+    assert _failing() == (0, "ok", 0, [])
+    # A page that never synced successfully in 7 hours is
+    FacebookPage.objects.filter(pk=token_page.pk).update(
+        created_at=datetime.now(UTC) - timedelta(hours=7)
+    )
+    assert _failing() == (1, "warning", 1, [str(token_page.pk)])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sync_failing_enters_warning_and_the_alert_is_posted(token_page, failing_limits, settings):
+    """The existing alert path fires for it: one post when the check enters warning."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[dict] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings.ALERT_WEBHOOK_URL = f"http://127.0.0.1:{server.server_address[1]}/alerts"
+    try:
+        assert _failing()[1] == "ok"
+        for hours in (0.5, 0.4, 0.3):
+            _finished_run(token_page, "partial", hours_ago=hours)
+        assert _failing()[1] == "warning"
+        assert _failing()[1] == "warning"  # still warning: no second alert
+    finally:
+        server.shutdown()
+
+    assert [(alert["check_id"], alert["status"]) for alert in received] == [(FAILING, "warning")]
+    assert received[0]["sample_ids"] == [str(token_page.pk)]

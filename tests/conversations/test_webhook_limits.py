@@ -276,14 +276,23 @@ def _post_message(mid: str, page_id: str = PAGE_ID):
     )
 
 
+def _purge_page(page_id: str) -> None:
+    from conversations.services import page_purge, page_remove
+
+    page = FacebookPage.objects.get(page_id=page_id)
+    page_remove(page=page)
+    page_purge(page=page, confirm=page_id, reason="test", requested_by="test")
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_page_deleted_in_this_process_is_forgotten_by_the_cache():
     # Given a page whose primary key the webhook cached
     FacebookPageFactory(page_id=PAGE_ID)
     assert _post_message("m_1").json()["status"] == ReceiptStatus.PROCESSED
 
-    # When the page is deleted (as the admin does) and a message for it arrives
-    FacebookPage.objects.all().delete()
+    # When the page is purged (removed, then purged: the only way a page row goes) and a
+    # message for it arrives
+    _purge_page(PAGE_ID)
     response = _post_message("m_2")
 
     # Then the message is stored under a new page row
@@ -299,7 +308,7 @@ def test_a_page_deleted_by_another_process_is_retried_once_with_fresh_ids():
     # (the delete's signal cleared only the deleting process's cache)
     stale_pk = FacebookPageFactory(page_id=PAGE_ID).pk
     assert _post_message("m_1").json()["status"] == ReceiptStatus.PROCESSED
-    FacebookPage.objects.all().delete()
+    _purge_page(PAGE_ID)
     page_pk_cache_remember({PAGE_ID: stale_pk})
 
     # When a message for it arrives

@@ -295,3 +295,24 @@ def test_devstack_stops_the_others_and_fails_when_a_child_dies(devstack):
     devstack.wait_for_output("every process it started has stopped", 5)
     assert "web exited unexpectedly with signal SIGKILL; stopping the others" in devstack.output
     assert live_processes_in_group(children["worker"]) == []
+
+
+def test_the_stack_shares_one_emptied_metrics_directory_unless_one_is_named(tmp_path):
+    from devtools.devstack import metrics_directory_prepare
+
+    directory = tmp_path / "prometheus"
+    directory.mkdir()
+    (directory / "counter_123.db").write_bytes(b"stale")
+    (directory / "keep.txt").write_text("not a sample file")
+    env: dict[str, str] = {}
+
+    assert metrics_directory_prepare(env, directory) == directory
+    assert env["PROMETHEUS_MULTIPROC_DIR"] == str(directory)
+    assert sorted(path.name for path in directory.iterdir()) == ["keep.txt"]
+
+    named = tmp_path / "theirs"
+    named.mkdir()
+    (named / "counter_9.db").write_bytes(b"theirs")
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(named)}
+    assert metrics_directory_prepare(env, directory) == named
+    assert (named / "counter_9.db").exists()

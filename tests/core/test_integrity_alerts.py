@@ -355,7 +355,16 @@ def test_a_receiver_that_refuses_the_connection_is_tried_twice(
 
 
 def gauge(name: str, check_id: str) -> float | None:
-    return REGISTRY.get_sample_value(name, {"check_id": check_id})
+    """The gauge as a scrape shows it (read from the stored results at scrape time)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from evoflow.metrics import render_latest
+
+    for family in text_string_to_metric_families(render_latest()[0].decode()):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == {"check_id": check_id}:
+                return sample.value
+    return None
 
 
 @pytest.mark.django_db
@@ -412,11 +421,16 @@ def test_a_run_sets_the_status_and_failing_gauges(client, django_capture_on_comm
         healthy_status = gauge("evoflow_integrity_check_status", warning.id)
         warning.failing = 7
         run_probes(warning, capture=django_capture_on_commit_callbacks)
+        # (Read while the checks are registered: a scrape shows the registered checks.)
+        statuses = [
+            gauge("evoflow_integrity_check_status", warning.id),
+            gauge("evoflow_integrity_failing", warning.id),
+            gauge("evoflow_integrity_check_status", failing_query.id),
+            gauge("evoflow_integrity_failing", failing_query.id),
+        ]
+        metrics_text = client.get("/metrics").content.decode()
 
     assert healthy_status == 0
-    assert gauge("evoflow_integrity_check_status", warning.id) == 2
-    assert gauge("evoflow_integrity_failing", warning.id) == 7
-    assert gauge("evoflow_integrity_check_status", failing_query.id) == 3
-    metrics_text = client.get("/metrics").content.decode()
+    assert statuses == [2, 7, 3, None]
     assert f'evoflow_integrity_check_status{{check_id="{warning.id}"}} 2.0' in metrics_text
     assert f'evoflow_integrity_failing{{check_id="{warning.id}"}} 7.0' in metrics_text

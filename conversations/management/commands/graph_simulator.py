@@ -13,6 +13,7 @@ from conversations.simulator.graph import (
     THROTTLE_MESSAGES,
     GraphSimulator,
 )
+from conversations.simulator.world import BAD_PARTICIPANT_KINDS
 from devtools.simulator import (
     add_simulator_arguments,
     faults_from_options,
@@ -58,6 +59,13 @@ class Command(BaseCommand):
             help='share of generated conversations in the "other" folder (the rest: inbox)',
         )
         parser.add_argument(
+            "--bad-participants",
+            type=int,
+            default=0,
+            help="the N newest generated threads of each page are served with unusable"
+            " participants (F7), the kinds in turn: no_id, page_only, not_psid, two_people",
+        )
+        parser.add_argument(
             "--webhook-target",
             default=None,
             help="URL receiving signed webhook POSTs for messages added through the control API",
@@ -68,6 +76,8 @@ class Command(BaseCommand):
             raise CommandError("--conversations and --messages must not be negative")
         if options["extra_pages"] < 0:
             raise CommandError("--extra-pages must not be negative")
+        if options["bad_participants"] < 0:
+            raise CommandError("--bad-participants must not be negative")
         if options["extra_pages"] and not options["page_id"].isdigit():
             raise CommandError("--extra-pages needs a --page-id of digits (the next ids follow it)")
         simulator = GraphSimulator(
@@ -89,6 +99,9 @@ class Command(BaseCommand):
             extra_pages=options["extra_pages"],
         )
         for world in simulator.pages.values():
+            for index in range(min(options["bad_participants"], world.conversation_total)):
+                kind = BAD_PARTICIPANT_KINDS[index % len(BAD_PARTICIPANT_KINDS)]
+                world.participants_break(world.generated_key(index), kind)
             self.stdout.write(
                 f"graph simulator: page {world.page_id}, {world.conversation_total} conversations,"
                 f" {world.message_total} messages, seed {world.seed}"

@@ -38,17 +38,21 @@ changed conversations, not with the page. The watermark moves only when a run su
 
 Soft deletes (C8, F20). A full sync marks every conversation it sees with its chain id; when the
 chain completes (the whole walk, no failed batch), the page's live conversations it did not see,
-older than the chain and without a message since it started, are soft-deleted.
+older than the chain and without a message since it started, are soft-deleted. The schedule
+continues a full chain that stopped before its end (a full run instead of an incremental one),
+so a large page's chain completes without an operator.
 """
 
 from conversations.services.sync.engine import sync_run_execute
 from conversations.services.sync.lease import (
     SYNC_RUN_TASK,
     LeaseLost,
+    PageRemoved,
     SyncRefused,
     SyncRunning,
     stale_run_condition,
-    sync_pages_incremental,
+    sync_pages_scheduled,
+    sync_pages_unfinished_full_chain,
     sync_request,
     sync_retry_failed_batches,
     sync_run_cancel,
@@ -58,10 +62,12 @@ from conversations.services.sync.lease import (
 __all__ = [
     "SYNC_RUN_TASK",
     "LeaseLost",
+    "PageRemoved",
     "SyncRefused",
     "SyncRunning",
     "stale_run_condition",
-    "sync_pages_incremental",
+    "sync_pages_scheduled",
+    "sync_pages_unfinished_full_chain",
     "sync_request",
     "sync_retry_failed_batches",
     "sync_run_cancel",

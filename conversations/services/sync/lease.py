@@ -39,6 +39,13 @@ class SyncRefused(DomainError):
     status = 409
 
 
+class PageRemoved(SyncRefused):
+    """The page was removed by an operator: it is not read from Facebook any more."""
+
+    code = "page_removed"
+    status = 409
+
+
 class SyncRunning(DomainError):
     """A sync of the page is already queued or running; `sync_run_id` names the live run."""
 
@@ -92,6 +99,8 @@ def sync_request(
     page's lease: `(run, created)`. A live run whose heartbeat expired is failed first."""
     if mode not in SyncMode.values:
         raise ValueError(f"unknown sync mode {mode!r}")
+    if page.removed_at is not None:
+        raise PageRemoved(f"page {page.page_id} was removed; restore it in the admin first")
     if page.is_reauthorization_required or not page.has_access_token:
         raise SyncRefused(f"page {page.page_id} needs re-authorisation (a new access token)")
     request_id = get_request_id()
@@ -134,15 +143,40 @@ def sync_runs_expire_stale(*, page_pk: int | None = None) -> list[int]:
     return [run_id for run_id, _ in expired]
 
 
-def sync_pages_incremental(*, trigger: str = "schedule") -> int:
-    """Request an incremental run of every page with a usable token; pages with a live run
-    keep it. Returns how many runs were started."""
+# Pages whose newest finished full run stopped with a cursor to resume from (time budget, a
+# page of conversations it could not read, a worker that died): their full chain is unfinished.
+# A run an operator cancelled is theirs to restart.
+_UNFINISHED_FULL_CHAINS = """
+SELECT page_id FROM (
+    SELECT DISTINCT ON (page_id) page_id, status, cursor FROM conversations_syncrun
+    WHERE mode = 'full' AND status NOT IN ('queued', 'running')
+    ORDER BY page_id, id DESC) AS newest_full
+WHERE status IN ('partial', 'failed') AND cursor IS NOT NULL
+"""
+
+
+def sync_pages_unfinished_full_chain() -> set[int]:
+    """Primary keys of the pages whose full sync chain stopped before its end."""
+    with connection.cursor() as cursor:
+        cursor.execute(_UNFINISHED_FULL_CHAINS)
+        return {row[0] for row in cursor.fetchall()}
+
+
+def sync_pages_scheduled(*, trigger: str = "schedule") -> int:
+    """Request a run of every page with a usable token: incremental, or a full one where the
+    page's full chain stopped before its end, which resumes it from its cursor (so a large
+    page's soft deletes need no repeated manual full syncs). Pages with a live run keep it.
+    Returns how many runs were started."""
     started = 0
-    pages = FacebookPage.objects.filter(is_reauthorization_required=False).exclude(
-        access_token_encrypted=""
-    )
+    unfinished = sync_pages_unfinished_full_chain()
+    pages = FacebookPage.objects.filter(
+        is_reauthorization_required=False, removed_at__isnull=True
+    ).exclude(access_token_encrypted="")
     for page in pages.order_by("pk").iterator():
-        _, created = sync_request(page=page, mode=SyncMode.INCREMENTAL, trigger=trigger)
+        mode = SyncMode.FULL if page.pk in unfinished else SyncMode.INCREMENTAL
+        _, created = sync_request(page=page, mode=mode, trigger=trigger)
+        if created and mode == SyncMode.FULL:
+            logger.info("page %s: the schedule continues its unfinished full sync", page.page_id)
         started += created
     return started
 
