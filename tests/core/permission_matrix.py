@@ -213,7 +213,11 @@ ADMIN_MODELS: tuple[AdminModel, ...] = (
     AdminModel("journeys.journey", operator="view add change", superuser="view add change"),
     AdminModel("journeys.journeysession", operator="view add change", superuser="view add change"),
     AdminModel("journeys.contact", operator="view change", superuser="view change"),
-    AdminModel("conversations.facebookpage", operator="view add change"),
+    # A page is removed softly (an action), never deleted: its conversations stay.
+    AdminModel(
+        "conversations.facebookpage", operator="view add change", superuser="view add change"
+    ),
+    AdminModel("conversations.purgerecord", operator="view", superuser="view"),
     AdminModel("conversations.conversation", operator="view", superuser="view"),
     AdminModel("conversations.message", operator="view", superuser="view"),
     AdminModel("conversations.interactionevent", operator="view", superuser="view"),
@@ -245,7 +249,9 @@ ADMIN_ACTIONS: dict[tuple[str, str], str] = {
     ("journeys.journeysession", "retry_failed_sessions"): "operator superuser",
     ("journeys.journeysession", "cancel_sessions"): "operator superuser",
     ("journeys.contact", "enrich_from_crm"): "operator superuser",
-    ("conversations.facebookpage", "delete_selected"): "superuser",
+    ("conversations.facebookpage", "delete_selected"): "",
+    ("conversations.facebookpage", "remove_pages"): "operator superuser",
+    ("conversations.facebookpage", "restore_pages"): "operator superuser",
     ("conversations.facebookpage", "sync_incremental_now"): "operator superuser",
     ("conversations.facebookpage", "sync_full_now"): "operator superuser",
     ("conversations.facebookpage", "retry_failed_batches"): "operator superuser",
@@ -264,6 +270,7 @@ ADMIN_ACTIONS: dict[tuple[str, str], str] = {
     ("conversations.conversation", "delete_selected"): "",
     ("conversations.interactionevent", "delete_selected"): "",
     ("conversations.message", "delete_selected"): "",
+    ("conversations.purgerecord", "delete_selected"): "",
     ("conversations.syncrun", "delete_selected"): "",
     ("conversations.webhookreceipt", "delete_selected"): "",
     ("deliveries.featureflag", "delete_selected"): "",

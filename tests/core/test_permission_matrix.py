@@ -202,6 +202,7 @@ def _admin_object(world: World, model_label: str) -> Any:
     from django_q.models import OrmQ, Schedule, Task
     from rest_framework.authtoken.models import Token, TokenProxy
 
+    from conversations.models import PurgeRecord, PurgeScope
     from evoflow.models import IntegrityRun
 
     app_label, model_name = model_label.split(".")
@@ -238,6 +239,16 @@ def _admin_object(world: World, model_label: str) -> Any:
         "conversations.interactionevent": lambda: _interaction_event(world),
         "conversations.webhookreceipt": _webhook_receipt,
         "conversations.syncrun": lambda: world.get("sync_run"),
+        "conversations.purgerecord": lambda: PurgeRecord.objects.create(
+            scope=PurgeScope.PAGE,
+            page_id="1" * 15,
+            conversations=0,
+            messages=0,
+            events=0,
+            sync_runs=0,
+            reason="matrix",
+            requested_by="ops",
+        ),
         "deliveries.event": lambda: world.get("event"),
         "deliveries.eventguest": lambda: world.get("guest"),
         "deliveries.message": lambda: world.get("guest").deliveries.get().message,
