@@ -9,13 +9,18 @@ deliveries and the audit grow without bound: their lists count with the huge-tab
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.widgets import AutocompleteSelect
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html
 
 from deliveries import selectors, services
 from deliveries.models import (
@@ -27,10 +32,15 @@ from deliveries.models import (
     UserLinkAudit,
 )
 from evoflow.admin_base import NoAddMixin, NoDeleteMixin, ReadOnlyAdmin, model_page_response
+from evoflow.admin_display import admin_time, plural, status_badge
 from evoflow.admin_lists import HugeTableMixin, QueryStringCheckedAdmin, since_filter
 from evoflow.models import User
 
 CONFIRM_TEMPLATE = "admin/deliveries/action_confirm.html"
+# Linking a guest to a user lets that user read the guest's messages. Until a permission of its
+# own exists, it is the guests' change permission.
+LINK_GUEST_PERMISSION = "deliveries.change_eventguest"
+BACKFILL_PREVIEW_ROWS = 20
 
 
 def _confirmation_page(
@@ -42,8 +52,10 @@ def _confirmation_page(
     title: str,
     question: str,
     form: forms.Form | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> TemplateResponse:
     context = {
+        **(extra or {}),
         "question": question,
         "objects": list(queryset[:100]),
         "object_count": queryset.count(),
@@ -111,8 +123,10 @@ class GuestLinkStateFilter(admin.SimpleListFilter):
 class GuestLinkForm(forms.Form):
     user = forms.ModelChoiceField(
         queryset=User.objects.filter(is_active=True),
-        widget=forms.NumberInput,
-        help_text="id of the user to link the selected guests to",
+        # Searched by username, name, email or phone (the users admin's search fields).
+        widget=AutocompleteSelect(EventGuest._meta.get_field("user"), admin.site),
+        help_text="type a name, username, email or phone number to find the user",
+        error_messages={"invalid_choice": "That user does not exist or is not active."},
     )
     relink = forms.BooleanField(
         required=False,
@@ -124,7 +138,7 @@ class GuestLinkForm(forms.Form):
 
 @admin.register(EventGuest)
 class EventGuestAdmin(NoAddMixin, HugeTableMixin, QueryStringCheckedAdmin):
-    list_display = ("id", "name", "phone", "phone_e164", "event", "user", "removed_at")
+    list_display = ("id", "name", "phone_e164", "event", "user", "removed")
     list_filter = (GuestLinkStateFilter,)
     search_fields = ("name", "phone", "phone_e164", "event__name")
     list_select_related = ("event", "user")
@@ -142,10 +156,21 @@ class EventGuestAdmin(NoAddMixin, HugeTableMixin, QueryStringCheckedAdmin):
     )
     actions = ["link_to_user"]
 
-    @admin.action(description="Link selected guests to a user", permissions=["change"])
+    @admin.display(description="removed", ordering="removed_at")
+    def removed(self, guest: EventGuest) -> str:
+        return admin_time(guest.removed_at)
+
+    def has_link_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(LINK_GUEST_PERMISSION)
+
+    @admin.action(
+        description="Link selected guests to a user (asks to confirm)", permissions=["link"]
+    )
     def link_to_user(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
         form = GuestLinkForm(request.POST if "confirm" in request.POST else None)
         if "confirm" not in request.POST or not form.is_valid():
+            guest_ids = list(queryset.values_list("pk", flat=True))
+            backfill = selectors.deliveries_to_backfill_for_guests(guest_ids=guest_ids)
             return _confirmation_page(
                 request,
                 self,
@@ -156,8 +181,17 @@ class EventGuestAdmin(NoAddMixin, HugeTableMixin, QueryStringCheckedAdmin):
                     "Their deliveries without a user get that user, and the user can read them."
                 ),
                 form=form,
+                extra={
+                    "backfill_count": backfill.count(),
+                    "backfill_rows": list(backfill[:BACKFILL_PREVIEW_ROWS]),
+                    "already_linked": list(
+                        queryset.filter(user__isnull=False).select_related("user")[:100]
+                    ),
+                },
             )
         user, relink = form.cleaned_data["user"], form.cleaned_data["relink"]
+        started = timezone.now().replace(microsecond=0)
+        guest_ids = []
         linked = skipped = 0
         for guest in queryset.order_by("pk"):
             if guest.user_id is not None and guest.user_id != user.pk and not relink:
@@ -167,13 +201,36 @@ class EventGuestAdmin(NoAddMixin, HugeTableMixin, QueryStringCheckedAdmin):
                 services.guest_relink_user(guest=guest, user=user, actor=_actor(request))
             else:
                 services.guest_link_user(guest=guest, user=user, actor=_actor(request))
+            guest_ids.append(guest.pk)
             linked += 1
-        self.message_user(request, f"{linked} guest(s) linked to {user}.", messages.SUCCESS)
+        if linked:
+            audit = (
+                reverse("admin:deliveries_userlinkaudit_changelist")
+                + "?"
+                + urlencode(
+                    {
+                        "guest__id__in": ",".join(str(pk) for pk in guest_ids),
+                        "created_since": started.isoformat(),
+                    }
+                )
+            )
+            self.message_user(
+                request,
+                format_html(
+                    '{} linked to {} (user {}). <a href="{}" data-testid="link-audit">'
+                    "See the audit rows of this link</a>.",
+                    plural(linked, "guest"),
+                    user,
+                    user.pk,
+                    audit,
+                ),
+                messages.SUCCESS,
+            )
         if skipped:
             self.message_user(
                 request,
-                f"{skipped} guest(s) already linked to another user were left alone "
-                "(tick 'relink' to move them).",
+                f"{plural(skipped, 'guest')} already linked to another user "
+                f"{'was' if skipped == 1 else 'were'} left alone (tick 'relink' to move them).",
                 messages.WARNING,
             )
         return None
@@ -208,22 +265,33 @@ class InconsistentFilter(admin.SimpleListFilter):
 
 @admin.register(MessageDelivery)
 class MessageDeliveryAdmin(NoAddMixin, HugeTableMixin, QueryStringCheckedAdmin):
-    list_display = ("id", "message", "guest", "user", "phone_e164", "status", "created_at")
+    list_display = ("id", "message", "guest", "user", "phone_e164", "status_badge", "created")
     list_filter = (InconsistentFilter, "status")
     search_fields = ("phone_e164", "guest__name")
     list_select_related = ("message", "guest", "user")
     readonly_fields = [field.name for field in MessageDelivery._meta.fields]
     actions = ["backfill_selected"]
 
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, delivery: MessageDelivery) -> str:
+        return status_badge(delivery.status)
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, delivery: MessageDelivery) -> str:
+        return admin_time(delivery.created_at)
+
     @admin.action(description="Backfill the user of selected deliveries", permissions=["change"])
     def backfill_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
         outcomes = services.deliveries_backfill_selected(
             delivery_ids=list(queryset.values_list("pk", flat=True)), actor=_actor(request)
         )
-        summary = ", ".join(f"{outcome}: {count}" for outcome, count in sorted(outcomes.items()))
+        summary = ", ".join(
+            f"{plural(count, 'delivery', 'deliveries')} {outcome}"
+            for outcome, count in sorted(outcomes.items())
+        )
         self.message_user(
             request,
-            f"Backfill: {summary}" if summary else "Every selected delivery already has a user.",
+            f"Backfill: {summary}." if summary else "Every selected delivery already has a user.",
             messages.SUCCESS,
         )
 
@@ -233,7 +301,15 @@ class MessageDeliveryAdmin(NoAddMixin, HugeTableMixin, QueryStringCheckedAdmin):
 
 @admin.register(UserLinkAudit)
 class UserLinkAuditAdmin(HugeTableMixin, ReadOnlyAdmin):
-    list_display = ("id", "created_at", "outcome", "method", "delivery_id", "guest_id", "user_id")
+    list_display = (
+        "id",
+        "created",
+        "outcome_badge",
+        "method",
+        "delivery_id",
+        "guest_id",
+        "user_id",
+    )
     list_filter = (
         "outcome",
         "method",
@@ -245,6 +321,14 @@ class UserLinkAuditAdmin(HugeTableMixin, ReadOnlyAdmin):
     # No date_hierarchy: on every page view it reads the min and max created_at and the distinct
     # years or months of the whole table, a scan of every row (a BRIN index cannot answer them).
     change_list_template = "admin/deliveries/userlinkaudit/change_list.html"
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, audit: UserLinkAudit) -> str:
+        return admin_time(audit.created_at)
+
+    @admin.display(description="outcome", ordering="outcome")
+    def outcome_badge(self, audit: UserLinkAudit) -> str:
+        return status_badge(audit.outcome)
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
@@ -284,7 +368,9 @@ class FeatureFlagAdmin(NoAddMixin, NoDeleteMixin, QueryStringCheckedAdmin):
             )
         for flag in queryset.order_by("name"):
             services.feature_flag_set(name=flag.name, enabled=enabled, actor=_actor(request))
-        self.message_user(request, f"{queryset.count()} flag(s) turned {word}.", messages.SUCCESS)
+        self.message_user(
+            request, f"{plural(queryset.count(), 'flag')} turned {word}.", messages.SUCCESS
+        )
         return None
 
     @admin.action(description="Turn selected flags on (asks to confirm)", permissions=["change"])

@@ -74,6 +74,7 @@ def delivery_consistency(*, can_repair: bool) -> DeliveryConsistency:
             label="inconsistent deliveries",
             value=failing,
             url=changelist_url("deliveries", "messagedelivery", consistency="inconsistent"),
+            is_problem=True,
         ),
         deliveries=Figure(
             key="deliveries-total",
@@ -83,7 +84,8 @@ def delivery_consistency(*, can_repair: bool) -> DeliveryConsistency:
             is_estimate=population.is_estimate,
         ),
         rate=f"~{rate}" if population.is_estimate and failing else rate,
-        repair_url=repair_url(RATE_CHECK_ID) if can_repair else "",
+        # Offered only when there is something to repair.
+        repair_url=repair_url(RATE_CHECK_ID) if can_repair and failing > 0 else "",
     )
 
 

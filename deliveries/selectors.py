@@ -7,6 +7,7 @@ deliveries that carry their id (D4).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from django.db.models import Count, Q, QuerySet
@@ -71,3 +72,12 @@ def link_audit_outcome_counts(*, since: datetime | None = None) -> dict[str, int
 
 def feature_flag_list() -> QuerySet[FeatureFlag]:
     return FeatureFlag.objects.order_by("name")
+
+
+def deliveries_to_backfill_for_guests(*, guest_ids: Iterable[int]) -> QuerySet[MessageDelivery]:
+    """The deliveries of these guests that have no user yet: what linking them fills in."""
+    return (
+        MessageDelivery.objects.filter(guest_id__in=list(guest_ids), user__isnull=True)
+        .select_related("message", "guest")
+        .order_by("id")
+    )

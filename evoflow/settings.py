@@ -250,6 +250,8 @@ AUTH_PASSWORD_VALIDATORS = [
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
+# One time format in the admin (`2026-12-01 21:00:38 UTC`): evoflow/formats/.
+FORMAT_MODULE_PATH = ["evoflow.formats"]
 USE_I18N = True
 USE_TZ = True
 

@@ -9,23 +9,117 @@ rows with the huge-table paginator (evoflow.admin_lists): both tables grow witho
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
-from evoflow.admin_base import NoAddMixin, NoChangeMixin, NoDeleteMixin
-from evoflow.admin_lists import HugeTableMixin, QueryStringCheckedAdmin
+from evoflow.admin_base import NoAddMixin, NoChangeMixin, NoDeleteMixin, model_page_response
+from evoflow.admin_display import (
+    admin_duration_ms,
+    admin_time,
+    plural,
+    pretty_json,
+    short_id,
+    status_badge,
+    truncated,
+)
+from evoflow.admin_lists import HugeTableMixin, QueryStringCheckedAdmin, pk_or_none
 from evoflow.jsonvalues import UnstorableJson, json_value_check
 from journeys import selectors, services
+from journeys.flow_diagram import NodeCounts, flow_diagram_svg
+from journeys.flows.flow import FlowInvalid
 from journeys.integrity import OVERDUE_MINUTES
-from journeys.models import Contact, Journey, JourneySession, JourneyStep, SessionStatus
+from journeys.models import (
+    LIVE_STATUSES,
+    Contact,
+    Journey,
+    JourneySession,
+    JourneyStep,
+    SessionStatus,
+)
 from journeys.services import JourneyError
 from journeys.services.journeys import EDITABLE_FIELDS as JOURNEY_EDITABLE_FIELDS
+
+BULK_CONFIRM_TEMPLATE = "admin/journeys/journeysession/bulk_confirm.html"
+SESSION_CONFIRM_TEMPLATE = "admin/journeys/journeysession/action_confirm.html"
+
+
+@dataclass(frozen=True)
+class SessionAction:
+    """A button of the session page: the statuses it applies to, the service it calls, and
+    the message it leaves."""
+
+    label: str
+    past: str
+    question: str
+    statuses: tuple[str, ...]
+    run: Callable[[int], Any]
+    done: Callable[[int, Any], str]
+
+
+def _retried(old_id: int, new_id: Any) -> str:
+    return format_html(
+        'Session {} retried as <a href="{}" data-testid="retried-session">session {}</a>, '
+        "from the node where it failed.",
+        old_id,
+        reverse("admin:journeys_journeysession_change", args=[new_id]),
+        new_id,
+    )
+
+
+SESSION_ACTIONS: dict[str, SessionAction] = {
+    "retry": SessionAction(
+        label="Retry",
+        past="retried",
+        question="Start a new session of this journey for this contact, from the node where "
+        "this one failed, with its variables? This failed session stays as it is.",
+        statuses=(SessionStatus.FAILED,),
+        run=lambda pk: services.session_retry(session_id=pk),
+        done=_retried,
+    ),
+    "pause": SessionAction(
+        label="Pause",
+        past="paused",
+        question="Pause this session? It stops where it is until it is resumed; a wait that "
+        "ends meanwhile is taken up on resume.",
+        statuses=(SessionStatus.ACTIVE, SessionStatus.WAITING),
+        run=lambda pk: services.session_pause(session_id=pk),
+        done=lambda pk, _: f"Session {pk} paused.",
+    ),
+    "resume": SessionAction(
+        label="Resume",
+        past="resumed",
+        question="Resume this session? It goes back to its wait, or on to its next node.",
+        statuses=(SessionStatus.PAUSED,),
+        run=lambda pk: services.session_resume(session_id=pk),
+        done=lambda pk, session: f"Session {pk} resumed ({session.status}).",
+    ),
+    "cancel": SessionAction(
+        label="Cancel",
+        past="cancelled",
+        question="Cancel this session? A cancelled session is final: it never runs again.",
+        statuses=LIVE_STATUSES,
+        run=lambda pk: services.session_cancel(session_id=pk),
+        done=lambda pk, _: f"Session {pk} cancelled.",
+    ),
+}
+
+
+def session_actions_for(session: JourneySession) -> list[str]:
+    """The buttons that apply to the session's status, in the order they are shown."""
+    return [name for name, spec in SESSION_ACTIONS.items() if session.status in spec.statuses]
 
 
 class ServiceWritesAdmin(QueryStringCheckedAdmin):
@@ -56,14 +150,35 @@ class ServiceWritesAdmin(QueryStringCheckedAdmin):
             return redirect(request.get_full_path())
 
 
+class PrettyJSONField(forms.JSONField):
+    """A JSON field shown indented, one key per line, so a flow can be read and edited."""
+
+    def prepare_value(self, value: Any) -> str:
+        if isinstance(value, forms.fields.InvalidJSONInput):
+            return value
+        return json.dumps(value, ensure_ascii=False, indent=2, cls=self.encoder)
+
+
+JSON_TEXTAREA = forms.Textarea(
+    attrs={"rows": 24, "style": "font-family: monospace; width: 100%; box-sizing: border-box"}
+)
+
+
 class JourneyForm(forms.ModelForm):
     class Meta:
         model = Journey
         # Exactly what the journey services accept.
         fields = JOURNEY_EDITABLE_FIELDS
+        field_classes = {
+            "flow": PrettyJSONField,
+            "triggers": PrettyJSONField,
+            "default_variables": PrettyJSONField,
+        }
         widgets = {
-            "flow": forms.Textarea(
-                attrs={"rows": 24, "cols": 100, "style": "font-family: monospace"}
+            "flow": JSON_TEXTAREA,
+            "triggers": forms.Textarea(attrs={"rows": 6, "style": "font-family: monospace"}),
+            "default_variables": forms.Textarea(
+                attrs={"rows": 6, "style": "font-family: monospace"}
             ),
         }
 
@@ -88,6 +203,30 @@ def _storable(value: Any) -> Any:
     return value
 
 
+def svg_safe(svg: str) -> Any:
+    # flow_diagram_svg escapes every text it writes (node ids, types, handles, links).
+    from django.utils.safestring import mark_safe
+
+    return mark_safe(svg)  # noqa: S308 - built from escaped parts only
+
+
+def node_sessions_link(*, journey_id: int, failed_since: Any) -> Callable[[str, str], str]:
+    """The admin list of a node's live sessions, or of those that failed there since
+    `failed_since`: what the diagram counts."""
+    base = reverse("admin:journeys_journeysession_changelist")
+
+    def link(node_id: str, which: str) -> str:
+        query: dict[str, str] = {"journey__id__exact": str(journey_id), "current_node_id": node_id}
+        if which == "live":
+            query["status__in"] = ",".join(LIVE_STATUSES)
+        else:
+            query["status__exact"] = SessionStatus.FAILED
+            query["finished_at__gte"] = failed_since.isoformat()
+        return f"{base}?{urlencode(query)}"
+
+    return link
+
+
 @admin.register(Journey)
 class JourneyAdmin(NoDeleteMixin, ServiceWritesAdmin):
     form = JourneyForm
@@ -98,11 +237,38 @@ class JourneyAdmin(NoDeleteMixin, ServiceWritesAdmin):
         "allow_reentry",
         "version",
         "live_sessions",
-        "updated_at",
+        "updated",
     )
     list_filter = ("is_active", "allow_reentry")
     search_fields = ("name",)
-    readonly_fields = ("version", "created_at", "updated_at", "session_counts")
+    readonly_fields = ("flow_diagram", "version", "created_at", "updated_at", "session_counts")
+
+    @admin.display(description="updated", ordering="updated_at")
+    def updated(self, journey: Journey) -> str:
+        return admin_time(journey.updated_at)
+
+    @admin.display(description="flow diagram")
+    def flow_diagram(self, journey: Journey) -> str:
+        if journey.pk is None:
+            return "-"
+        now = timezone.now().replace(microsecond=0)
+        since = now - timedelta(hours=24)
+        counts = {
+            node_id: NodeCounts(live=live, failed_24h=failed)
+            for node_id, (live, failed) in selectors.session_counts_by_node(
+                journey_id=journey.pk, failed_since=since
+            ).items()
+        }
+        try:
+            svg = flow_diagram_svg(
+                flow=journey.flow,
+                counts=counts,
+                links=node_sessions_link(journey_id=journey.pk, failed_since=since),
+                title=f"Flow of {journey.name}",
+            )
+        except FlowInvalid as error:
+            return format_html('<p class="errornote">The stored flow is invalid: {}</p>', error)
+        return format_html('<div style="overflow-x:auto">{}</div>', svg_safe(svg))
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Journey]:
         # One query for the whole changelist page, not one count per row.
@@ -116,7 +282,20 @@ class JourneyAdmin(NoDeleteMixin, ServiceWritesAdmin):
     def session_counts(self, journey: Journey) -> str:
         if journey.pk is None:
             return "-"
-        return json.dumps(selectors.session_status_counts(journey_id=journey.pk))
+        counts = selectors.session_status_counts(journey_id=journey.pk)
+        sessions = reverse("admin:journeys_journeysession_changelist")
+        return (
+            format_html_join(
+                " ",
+                '<a href="{}?journey__id__exact={}&status__exact={}" data-status="{}">{} {}</a>',
+                (
+                    (sessions, journey.pk, status, status, status_badge(status), count)
+                    for status, count in counts.items()
+                    if count
+                ),
+            )
+            or "no sessions yet"
+        )
 
     def save_model(
         self, request: HttpRequest, obj: Journey, form: forms.ModelForm, change: bool
@@ -134,21 +313,49 @@ class JourneyAdmin(NoDeleteMixin, ServiceWritesAdmin):
 
 
 class JourneyStepInline(NoAddMixin, NoChangeMixin, admin.TabularInline):
+    """The session's timeline: one row per step, read-only."""
+
     model = JourneyStep
+    verbose_name = "step"
+    verbose_name_plural = "timeline"
     fields = (
         "step_number",
         "node_id",
         "node_type",
-        "status",
+        "status_badge",
         "attempt",
-        "started_at",
-        "finished_at",
-        "duration_ms",
-        "result",
-        "error",
-        "idempotency_key",
+        "started",
+        "duration",
+        "result_pretty",
+        "error_pretty",
+        "key",
     )
     readonly_fields = fields
+
+    @admin.display(description="status")
+    def status_badge(self, step: JourneyStep) -> str:
+        return status_badge(step.status)
+
+    @admin.display(description="started")
+    def started(self, step: JourneyStep) -> str:
+        return admin_time(step.started_at)
+
+    @admin.display(description="duration")
+    def duration(self, step: JourneyStep) -> str:
+        return admin_duration_ms(step.duration_ms)
+
+    @admin.display(description="result")
+    def result_pretty(self, step: JourneyStep) -> str:
+        return pretty_json(step.result)
+
+    @admin.display(description="error")
+    def error_pretty(self, step: JourneyStep) -> str:
+        return pretty_json(step.error)
+
+    @admin.display(description="idempotency key")
+    def key(self, step: JourneyStep) -> str:
+        return truncated(step.idempotency_key, length=24)
+
     ordering = ("step_number",)
     extra = 0
     can_delete = False
@@ -208,12 +415,12 @@ class JourneySessionAdmin(NoDeleteMixin, HugeTableMixin, ServiceWritesAdmin):
     list_display = (
         "id",
         "journey",
-        "contact_id",
-        "status",
+        "contact_short",
+        "status_badge",
         "current_node_id",
         "step_count",
-        "wait_until",
-        "updated_at",
+        "wait_until_time",
+        "updated",
     )
     list_filter = (
         "status",
@@ -225,24 +432,57 @@ class JourneySessionAdmin(NoDeleteMixin, HugeTableMixin, ServiceWritesAdmin):
     list_select_related = ("journey",)
     inlines = (JourneyStepInline,)
     actions = ("retry_failed_sessions", "cancel_sessions")
+    change_form_template = "admin/journeys/journeysession/change_form.html"
     readonly_fields = (
         "journey",
         "contact",
-        "status",
+        "status_badge",
         "current_node_id",
         "step_count",
-        "variables",
-        "context",
+        "variables_pretty",
+        "context_pretty",
         "wait_event",
-        "wait_filters",
+        "wait_filters_pretty",
         "wait_until",
         "lease_until",
-        "error",
+        "error_pretty",
         "ended_reason",
         "created_at",
         "updated_at",
         "finished_at",
     )
+
+    @admin.display(description="contact", ordering="contact_id")
+    def contact_short(self, session: JourneySession) -> str:
+        return short_id(session.contact_id)
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, session: JourneySession) -> str:
+        return status_badge(session.status)
+
+    @admin.display(description="wait until", ordering="wait_until")
+    def wait_until_time(self, session: JourneySession) -> str:
+        return admin_time(session.wait_until)
+
+    @admin.display(description="updated", ordering="updated_at")
+    def updated(self, session: JourneySession) -> str:
+        return admin_time(session.updated_at)
+
+    @admin.display(description="variables")
+    def variables_pretty(self, session: JourneySession) -> str:
+        return pretty_json(session.variables)
+
+    @admin.display(description="context")
+    def context_pretty(self, session: JourneySession) -> str:
+        return pretty_json(session.context)
+
+    @admin.display(description="wait filters")
+    def wait_filters_pretty(self, session: JourneySession) -> str:
+        return pretty_json(session.wait_filters)
+
+    @admin.display(description="error")
+    def error_pretty(self, session: JourneySession) -> str:
+        return pretty_json(session.error)
 
     def get_form(
         self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
@@ -278,32 +518,178 @@ class JourneySessionAdmin(NoDeleteMixin, HugeTableMixin, ServiceWritesAdmin):
     # Actions run in the changelist view, which holds no transaction: each session is its own
     # durable service call, so one refusal does not undo the others.
     def _each(
-        self, request: HttpRequest, sessions: QuerySet[JourneySession], action: Any, verb: str
-    ) -> None:
-        done, refused = 0, []
+        self,
+        request: HttpRequest,
+        sessions: QuerySet[JourneySession],
+        action: Any,
+        verb: str,
+        *,
+        reason_if_none: str = "no session was selected.",
+    ) -> list[Any]:
+        done, refused, results = 0, [], []
         for session_id in sessions.order_by("id").values_list("id", flat=True):
             try:
-                action(session_id=session_id)
+                results.append((session_id, action(session_id=session_id)))
             except JourneyError as error:
-                refused.append(f"{session_id}: {error.detail}")
+                refused.append(f"Session {session_id}: {error.detail}")
             else:
                 done += 1
         if done:
-            self.message_user(request, f"{verb} {done} session(s).", messages.SUCCESS)
+            self.message_user(request, f"{verb} {plural(done, 'session')}.", messages.SUCCESS)
         for line in refused:
             self.message_user(request, line, messages.WARNING)
+        if not done and not refused:
+            self.message_user(request, f"{verb} nothing: {reason_if_none}", messages.WARNING)
+        return results
 
-    @admin.action(description="Retry failed sessions (a new session from the failed node)")
+    @admin.action(
+        description="Retry failed sessions (a new session from the failed node; asks to confirm)"
+    )
     def retry_failed_sessions(
         self, request: HttpRequest, queryset: QuerySet[JourneySession]
-    ) -> None:
-        self._each(
-            request, queryset.filter(status=SessionStatus.FAILED), services.session_retry, "Retried"
+    ) -> HttpResponse | None:
+        failed = queryset.filter(status=SessionStatus.FAILED)
+        skipped = queryset.count() - failed.count()
+        if "confirm" not in request.POST:
+            left_alone = f" {plural(skipped, 'selected session')} not failed: left alone."
+            return self._bulk_confirmation(
+                request,
+                queryset,
+                action="retry_failed_sessions",
+                title="Retry failed sessions",
+                question=(
+                    f"Start {plural(failed.count(), 'new session')} from the node where each "
+                    "failed session stopped?" + (left_alone if skipped else "")
+                ),
+            )
+        results = self._each(
+            request,
+            failed,
+            services.session_retry,
+            "Retried",
+            reason_if_none="none of the selected sessions has failed (only a failed session "
+            "can be retried).",
+        )
+        for old_id, new_id in results:
+            self.message_user(
+                request,
+                format_html(
+                    'Session {} retried as <a href="{}">session {}</a>.',
+                    old_id,
+                    reverse("admin:journeys_journeysession_change", args=[new_id]),
+                    new_id,
+                ),
+                messages.SUCCESS,
+            )
+        if skipped and results:
+            self.message_user(
+                request,
+                f"{plural(skipped, 'selected session')} not failed: left alone.",
+                messages.WARNING,
+            )
+        return None
+
+    @admin.action(description="Cancel sessions (asks to confirm)")
+    def cancel_sessions(
+        self, request: HttpRequest, queryset: QuerySet[JourneySession]
+    ) -> HttpResponse | None:
+        if "confirm" not in request.POST:
+            return self._bulk_confirmation(
+                request,
+                queryset,
+                action="cancel_sessions",
+                title="Cancel sessions",
+                question="Cancel these sessions? A cancelled session is final: it never runs "
+                "again (a finished one is left as it is).",
+            )
+        self._each(request, queryset, services.session_cancel, "Cancelled")
+        return None
+
+    def _bulk_confirmation(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[JourneySession],
+        *,
+        action: str,
+        title: str,
+        question: str,
+    ) -> HttpResponse:
+        return model_page_response(
+            self,
+            request,
+            template=BULK_CONFIRM_TEMPLATE,
+            title=title,
+            context={
+                "question": question,
+                "objects": list(queryset.select_related("journey").order_by("id")[:100]),
+                "object_count": queryset.count(),
+                "selected_ids": [str(pk) for pk in queryset.values_list("pk", flat=True)],
+                "action": action,
+                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            },
         )
 
-    @admin.action(description="Cancel sessions")
-    def cancel_sessions(self, request: HttpRequest, queryset: QuerySet[JourneySession]) -> None:
-        self._each(request, queryset, services.session_cancel, "Cancelled")
+    # -- the session page's buttons ----------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        own = [
+            path(
+                "<str:object_id>/do/<str:action>/",
+                self.admin_site.admin_view(self.session_action_view),
+                name="journeys_journeysession_do",
+            )
+        ]
+        return own + super().get_urls()
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        pk = pk_or_none(object_id)
+        session = self.get_queryset(request).filter(pk=pk).first() if pk is not None else None
+        context = dict(extra_context or {})
+        if session is not None and self.has_change_permission(request, session):
+            context["session_actions"] = [
+                (name, SESSION_ACTIONS[name].label) for name in session_actions_for(session)
+            ]
+        return super().change_view(request, object_id, form_url, extra_context=context)
+
+    def session_action_view(
+        self, request: HttpRequest, object_id: str, action: str
+    ) -> HttpResponse:
+        spec = SESSION_ACTIONS.get(action)
+        pk = pk_or_none(object_id)
+        session = self.get_queryset(request).filter(pk=pk).first() if pk is not None else None
+        if spec is None or session is None:
+            raise Http404("No such session or action.")
+        if not self.has_change_permission(request, session):
+            raise PermissionDenied
+        page = reverse("admin:journeys_journeysession_change", args=[session.pk])
+        if request.method == "POST":
+            try:
+                result = spec.run(session.pk)
+            except JourneyError as error:
+                self.message_user(request, f"Not done: {error.detail}", messages.WARNING)
+            else:
+                self.message_user(request, spec.done(session.pk, result), messages.SUCCESS)
+            return HttpResponseRedirect(page)
+        if action not in session_actions_for(session):
+            self.message_user(
+                request,
+                f"Session {session.pk} is {session.status}: it cannot be {spec.past}.",
+                messages.WARNING,
+            )
+            return HttpResponseRedirect(page)
+        return model_page_response(
+            self,
+            request,
+            template=SESSION_CONFIRM_TEMPLATE,
+            title=f"{spec.label} session {session.pk}",
+            context={"session": session, "spec": spec, "session_url": page},
+        )
 
 
 class StubFilter(admin.SimpleListFilter):
@@ -324,7 +710,7 @@ class StubFilter(admin.SimpleListFilter):
 @admin.register(Contact)
 class ContactAdmin(NoAddMixin, NoDeleteMixin, HugeTableMixin, QueryStringCheckedAdmin):
     # Never added here: contacts come from the CRM, and the funnel creates stubs.
-    list_display = ("id", "name", "email", "phone_e164", "crm_synced_at", "created_at")
+    list_display = ("id_short", "name", "email", "phone_e164", "enriched", "created")
     list_filter = (StubFilter, "is_blocked")
     search_fields = ("=id", "name", "email", "phone_e164")
     actions = ("enrich_from_crm",)
@@ -343,7 +729,27 @@ class ContactAdmin(NoAddMixin, NoDeleteMixin, HugeTableMixin, QueryStringChecked
         "updated_at",
     )
 
+    @admin.display(description="id", ordering="id")
+    def id_short(self, contact: Contact) -> str:
+        return short_id(contact.id)
+
+    @admin.display(description="CRM data", ordering="crm_synced_at")
+    def enriched(self, contact: Contact) -> str:
+        return admin_time(contact.crm_synced_at) if contact.crm_synced_at else "stub, not yet"
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, contact: Contact) -> str:
+        return admin_time(contact.created_at)
+
     @admin.action(description="Enrich from the CRM now")
     def enrich_from_crm(self, request: HttpRequest, queryset: QuerySet[Contact]) -> None:
+        asked = queryset.count()
         found = services.contacts_enrich(contact_ids=list(queryset.values_list("id", flat=True)))
-        self.message_user(request, f"Enriched {found} contact(s) from the CRM.", messages.SUCCESS)
+        level = messages.SUCCESS if found == asked else messages.WARNING
+        missing = asked - found
+        self.message_user(
+            request,
+            f"Enriched {plural(found, 'contact')} from the CRM"
+            + (f"; the CRM did not answer for {plural(missing, 'contact')}." if missing else "."),
+            level,
+        )

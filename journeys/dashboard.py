@@ -70,6 +70,7 @@ def sessions_by_status() -> tuple[Figure, ...]:
             url=f"{sessions}?{urlencode({'status__exact': status})}",
             is_estimate=status in estimated,
             is_capped=status in capped,
+            is_problem=status == SessionStatus.FAILED,
         )
         for status, label in SessionStatus.choices
         if counts.get(status)
@@ -88,6 +89,7 @@ def journeys_tile(
             label="overdue waits",
             value=journeys_selectors.sessions_overdue(now=now).count(),
             url=changelist_url("journeys", "journeysession", overdue="yes"),
+            is_problem=True,
         )
         if sees_sessions
         else None,
