@@ -81,3 +81,16 @@ def deliveries_to_backfill_for_guests(*, guest_ids: Iterable[int]) -> QuerySet[M
         .select_related("message", "guest")
         .order_by("id")
     )
+
+
+def linking_off_reason() -> str | None:
+    """Why linking links nothing right now, or None: the LINK_USER_BY_PHONE flag is off."""
+    name = FeatureFlag.LINK_USER_BY_PHONE
+    row = FeatureFlag.objects.filter(name=name).values_list("enabled", flat=True).first()
+    enabled = FeatureFlag.DEFAULTS[name] if row is None else row
+    if enabled:
+        return None
+    return (
+        f"the feature flag {name} is off, so no delivery is linked "
+        "(turn it on in the admin's feature flags first)"
+    )

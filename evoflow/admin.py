@@ -334,6 +334,12 @@ class IntegrityRunAdmin(ObjectPageMixin, NoAddMixin, NoChangeMixin, QueryStringC
             "preview_error": preview_error,
             "is_preview_out_of_time": is_preview_out_of_time,
             "preview_seconds": REPAIR_PREVIEW_SECONDS,
+            # Why a preview of 0 is 0, when the check's app can tell (a flag off).
+            "blocked_reason": (
+                check.repair_blocked_reason()
+                if check.repair_blocked_reason and not preview
+                else None
+            ),
         }
         return model_page_response(
             self, request, template=REPAIR_TEMPLATE, title=f"Repair {check.id}", context=context
