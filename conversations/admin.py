@@ -216,7 +216,7 @@ class ConversationAdmin(ObjectPageMixin, HugeTableMixin, ReadOnlyAdmin):
 
     @admin.display(description="last message")
     def last_message_text_short(self, conversation: Conversation) -> str:
-        return truncated(conversation.last_message_text, length=48)
+        return truncated(conversation.last_message_text, length=32)
 
     @admin.display(description="deleted", ordering="deleted_at")
     def deleted(self, conversation: Conversation) -> str:
@@ -380,7 +380,8 @@ def _request_syncs(
             model_admin.message_user(
                 request,
                 format_html(
-                    'Page {}: a sync is already {} (<a href="{}">run {}</a>); '
+                    'Page {}: a sync is already {} (<a href="{}" data-testid="sync-run-link">'
+                    "run {}</a>); "
                     "nothing new was started.",
                     page.page_id,
                     run.status,

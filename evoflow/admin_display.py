@@ -151,8 +151,10 @@ def plural(count: int, singular: str, plural_form: str | None = None) -> str:
 
 def pretty_json(value: Any) -> SafeString:
     """JSON indented for reading, in a `<pre>` that wraps long strings."""
-    if value in (None, {}, []):
+    if value in (None, {}, [], ""):
         return SafeString(EMPTY)
+    if isinstance(value, str):  # a text column (a step's error): shown as it is
+        return format_html('<pre class="ev-json">{}</pre>', value)
     return format_html(
         '<pre class="ev-json">{}</pre>',
         json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str),

@@ -270,6 +270,25 @@ class JourneyAdmin(NoDeleteMixin, ServiceWritesAdmin):
             return format_html('<p class="errornote">The stored flow is invalid: {}</p>', error)
         return format_html('<div style="overflow-x:auto">{}</div>', svg_safe(svg))
 
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        # The diagram and the sessions above the JSON they are drawn from.
+        if obj is None:
+            return JourneyForm.Meta.fields
+        return (
+            "name",
+            "description",
+            "is_active",
+            "allow_reentry",
+            "flow_diagram",
+            "session_counts",
+            "flow",
+            "triggers",
+            "default_variables",
+            "version",
+            "created_at",
+            "updated_at",
+        )
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[Journey]:
         # One query for the whole changelist page, not one count per row.
         return selectors.journeys_with_live_session_count(super().get_queryset(request))

@@ -21,9 +21,9 @@ from django.utils.html import escape
 
 from journeys.flows.flow import Flow, flow_parse
 
-NODE_WIDTH = 168
+NODE_WIDTH = 156
 NODE_HEIGHT = 64
-COLUMN_GAP = 72
+COLUMN_GAP = 56
 ROW_GAP = 28
 MARGIN = 16
 
@@ -111,7 +111,8 @@ def flow_diagram_svg(
     columns = max(p.column for p in placed.values()) + 1
     rows = max(p.row for p in placed.values()) + 1
     width = MARGIN * 2 + columns * NODE_WIDTH + (columns - 1) * COLUMN_GAP
-    height = MARGIN * 2 + rows * NODE_HEIGHT + (rows - 1) * ROW_GAP + 12
+    # Room under the last row for the loops drawn below the boxes.
+    height = MARGIN * 2 + rows * NODE_HEIGHT + rows * ROW_GAP
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" role="img" class="journey-flow" '
         f'data-testid="flow-diagram" viewBox="0 0 {width} {height}" width="{width}" '
@@ -144,9 +145,17 @@ def _edge(source: Placed, target: Placed, handle: str | None) -> str:
             f"M {x1:.0f} {y1:.0f} C {middle:.0f} {y1:.0f}, {middle:.0f} {y2:.0f}, {x2:.0f} {y2:.0f}"
         )
         label_x, label_y = middle, (y1 + y2) / 2 - 4
+    elif target.column == source.column:
+        # Within a column: straight down (or up) between the facing edges of the two boxes.
+        x = source.x + NODE_WIDTH / 2
+        down = target.row > source.row
+        y1 = source.y + (NODE_HEIGHT if down else 0)
+        y2 = target.y + (0 if down else NODE_HEIGHT)
+        path = f"M {x:.0f} {y1:.0f} L {x:.0f} {y2:.0f}"
+        label_x, label_y = x + 6, (y1 + y2) / 2
     else:
-        # A loop back (or an edge within a column): under the boxes, from the bottom of the
-        # source to the bottom of the target, so it never crosses a box.
+        # A loop back to an earlier column: under the boxes, from the bottom of the source to
+        # the bottom of the target.
         sx, sy = source.x + NODE_WIDTH / 2, source.y + NODE_HEIGHT
         tx, ty = target.x + NODE_WIDTH / 2, target.y + NODE_HEIGHT
         low = max(sy, ty) + ROW_GAP * 0.8
