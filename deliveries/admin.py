@@ -19,7 +19,6 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.html import format_html
 
 from deliveries import selectors, services
@@ -190,7 +189,9 @@ class EventGuestAdmin(NoAddMixin, HugeTableMixin, QueryStringCheckedAdmin):
                 },
             )
         user, relink = form.cleaned_data["user"], form.cleaned_data["relink"]
-        started = timezone.now().replace(microsecond=0)
+        # The audit rows of this link are those of these guests after the newest row now (ids,
+        # not times: the rows carry the database's transaction time, not this server's clock).
+        audit_before = UserLinkAudit.objects.order_by("-id").values_list("id", flat=True).first()
         guest_ids = []
         linked = skipped = 0
         for guest in queryset.order_by("pk"):
@@ -210,7 +211,7 @@ class EventGuestAdmin(NoAddMixin, HugeTableMixin, QueryStringCheckedAdmin):
                 + urlencode(
                     {
                         "guest__id__in": ",".join(str(pk) for pk in guest_ids),
-                        "created_since": started.isoformat(),
+                        "id__gt": audit_before or 0,
                     }
                 )
             )

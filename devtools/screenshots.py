@@ -21,12 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page, ViewportSize, sync_playwright
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = PROJECT_ROOT / "docs" / "images"
 CHROMIUM = os.environ.get("EVOFLOW_CHROMIUM", "/usr/bin/chromium")
-VIEWPORT = {"width": 1440, "height": 900}
+VIEWPORT: ViewportSize = {"width": 1440, "height": 900}
 DEMO_USERNAME = "operator"
 DEMO_PASSWORD = "evoflow-local-demo"  # noqa: S105 - the documented local demo password
 
@@ -36,7 +36,7 @@ class Shot:
     """One image: its file name and how to reach the page from a logged-in admin."""
 
     name: str
-    open: Callable[[Page], None]
+    open: Callable[[Page], object]
 
 
 def _first_row(page: Page, list_path: str, *fallbacks: str) -> None:

@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
@@ -644,7 +645,7 @@ class JourneySessionAdmin(NoDeleteMixin, HugeTableMixin, ServiceWritesAdmin):
                 "object_count": queryset.count(),
                 "selected_ids": [str(pk) for pk in queryset.values_list("pk", flat=True)],
                 "action": action,
-                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+                "action_checkbox_name": ACTION_CHECKBOX_NAME,
             },
         )
 

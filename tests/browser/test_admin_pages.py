@@ -161,7 +161,8 @@ def test_the_operator_jobs_through_the_pages(
     assert JourneySession.objects.count() == 5  # the confirmation page changed nothing
     page.get_by_test_id("session-action-confirm").click()
     new_session = JourneySession.objects.exclude(pk__lte=paused.pk).order_by("-id").first()
-    assert new_session is not None and new_session.context["retry_of"] == failed.pk
+    assert new_session is not None
+    assert new_session.context["retry_of"] == failed.pk
     link = page.get_by_test_id("retried-session")
     expect(link).to_have_text(f"session {new_session.pk}")
     link.click()
