@@ -44,7 +44,12 @@ from conversations.services.sync import (
     sync_retry_failed_batches,
     sync_run_cancel,
 )
-from evoflow.admin_base import ObjectPageMixin, ReadOnlyAdmin
+from evoflow.admin_base import (
+    ObjectPageMixin,
+    ReadOnlyAdmin,
+    action_confirmation,
+    is_action_confirmed,
+)
 from evoflow.admin_display import admin_duration, admin_time, short_id, truncated
 from evoflow.admin_display import status_badge as display_badge
 from evoflow.admin_lists import (
@@ -127,17 +132,52 @@ class FacebookPageAdmin(QueryStringCheckedAdmin):
     def has_sync_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("conversations.add_syncrun")
 
-    @admin.action(description="Sync now (incremental)", permissions=["sync"])
-    def sync_incremental_now(self, request: HttpRequest, queryset: QuerySet) -> None:
+    @admin.action(description="Sync now (incremental; asks to confirm)", permissions=["sync"])
+    def sync_incremental_now(self, request: HttpRequest, queryset: QuerySet) -> Any:
+        if not is_action_confirmed(request):
+            return action_confirmation(
+                self,
+                request,
+                queryset,
+                action="sync_incremental_now",
+                title="Sync pages now",
+                question="Start an incremental sync of these pages from the Graph API now? "
+                "It calls Meta for each page and writes what changed since the last sync.",
+            )
         _request_syncs(self, request, queryset.order_by("pk"), SyncMode.INCREMENTAL)
+        return None
 
-    @admin.action(description="Full sync now", permissions=["sync"])
-    def sync_full_now(self, request: HttpRequest, queryset: QuerySet) -> None:
+    @admin.action(description="Full sync now (asks to confirm)", permissions=["sync"])
+    def sync_full_now(self, request: HttpRequest, queryset: QuerySet) -> Any:
+        if not is_action_confirmed(request):
+            return action_confirmation(
+                self,
+                request,
+                queryset,
+                action="sync_full_now",
+                title="Full sync of pages",
+                question="Start a full sync of these pages now? It walks every conversation "
+                "of each page through the Graph API, which takes many calls on a big page.",
+            )
         _request_syncs(self, request, queryset.order_by("pk"), SyncMode.FULL)
+        return None
 
-    @admin.action(description="Retry failed batches of the last sync", permissions=["sync"])
-    def retry_failed_batches(self, request: HttpRequest, queryset: QuerySet) -> None:
+    @admin.action(
+        description="Retry failed batches of the last sync (asks to confirm)", permissions=["sync"]
+    )
+    def retry_failed_batches(self, request: HttpRequest, queryset: QuerySet) -> Any:
+        if not is_action_confirmed(request):
+            return action_confirmation(
+                self,
+                request,
+                queryset,
+                action="retry_failed_batches",
+                title="Retry failed batches",
+                question="Start a run of each page that takes over the failed batches of its "
+                "last sync?",
+            )
         _request_syncs(self, request, queryset.order_by("pk"), None)
+        return None
 
     @admin.display(description="token")
     def token_status(self, page: FacebookPage) -> str:
@@ -493,14 +533,40 @@ class SyncRunAdmin(HugeTableMixin, PrettyJsonMixin, ReadOnlyAdmin):
     def has_sync_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("conversations.add_syncrun")
 
-    @admin.action(description="Retry failed batches (a new run of each page)", permissions=["sync"])
-    def retry_failed_batches(self, request: HttpRequest, queryset: QuerySet) -> None:
+    @admin.action(
+        description="Retry failed batches (a new run of each page; asks to confirm)",
+        permissions=["sync"],
+    )
+    def retry_failed_batches(self, request: HttpRequest, queryset: QuerySet) -> Any:
+        if not is_action_confirmed(request):
+            return action_confirmation(
+                self,
+                request,
+                queryset,
+                action="retry_failed_batches",
+                title="Retry failed batches",
+                question="Start, for the page of each selected run, a run that takes over the "
+                "failed batches of that page's last sync?",
+            )
         page_ids = queryset.values_list("page_id", flat=True).distinct()
         pages = FacebookPage.objects.filter(pk__in=page_ids).order_by("pk")
         _request_syncs(self, request, pages, None)
+        return None
 
-    @admin.action(description="Cancel the selected live runs", permissions=["sync"])
-    def cancel_runs(self, request: HttpRequest, queryset: QuerySet) -> None:
+    @admin.action(
+        description="Cancel the selected live runs (asks to confirm)", permissions=["sync"]
+    )
+    def cancel_runs(self, request: HttpRequest, queryset: QuerySet) -> Any:
+        if not is_action_confirmed(request):
+            return action_confirmation(
+                self,
+                request,
+                queryset,
+                action="cancel_runs",
+                title="Cancel sync runs",
+                question="Cancel these runs? A live run stops after its current batch and "
+                "keeps its cursor for the next run; a finished run is left as it is.",
+            )
         cancelled: list[str] = []
         not_live: list[str] = []
         for run_id in queryset.order_by("id").values_list("id", flat=True):
@@ -518,3 +584,4 @@ class SyncRunAdmin(HugeTableMixin, PrettyJsonMixin, ReadOnlyAdmin):
                 f"{runs} {', '.join(not_live)}.",
                 messages.WARNING,
             )
+        return None

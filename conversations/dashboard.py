@@ -90,6 +90,7 @@ def syncs_overview(*, may_view_pages: bool) -> SyncsOverview:
         running_syncs=Figure(
             key="syncs-running",
             label="running syncs",
+            label_one="running sync",
             value=running_total,
             url=changelist_url("conversations", "syncrun", status__exact=SyncStatus.RUNNING),
         ),
@@ -152,6 +153,7 @@ def conversations_tile(
         pages_needing_reauthorization=Figure(
             key="pages-reauthorization",
             label="pages needing re-authorisation",
+            label_one="page needing re-authorisation",
             value=conversations_selectors.pages_needing_reauthorization().count(),
             url=changelist_url(
                 "conversations", "facebookpage", is_reauthorization_required__exact=1

@@ -281,8 +281,22 @@ class MessageDeliveryAdmin(NoAddMixin, HugeTableMixin, QueryStringCheckedAdmin):
     def created(self, delivery: MessageDelivery) -> str:
         return admin_time(delivery.created_at)
 
-    @admin.action(description="Backfill the user of selected deliveries", permissions=["change"])
-    def backfill_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+    @admin.action(
+        description="Backfill the user of selected deliveries (asks to confirm)",
+        permissions=["change"],
+    )
+    def backfill_selected(self, request: HttpRequest, queryset: QuerySet) -> Any:
+        if "confirm" not in request.POST:
+            return _confirmation_page(
+                request,
+                self,
+                queryset,
+                action="backfill_selected",
+                title="Backfill deliveries",
+                question="Give each selected delivery without a user its guest's user (or its "
+                "phone's single user, where the fallback flag allows), audited? That user can "
+                "then read the message.",
+            )
         outcomes = services.deliveries_backfill_selected(
             delivery_ids=list(queryset.values_list("pk", flat=True)), actor=_actor(request)
         )
@@ -295,6 +309,7 @@ class MessageDeliveryAdmin(NoAddMixin, HugeTableMixin, QueryStringCheckedAdmin):
             f"Backfill: {summary}." if summary else "Every selected delivery already has a user.",
             messages.SUCCESS,
         )
+        return None
 
 
 # -- the audit log --------------------------------------------------------------------------------

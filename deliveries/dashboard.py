@@ -72,6 +72,7 @@ def delivery_consistency(*, can_repair: bool) -> DeliveryConsistency:
         inconsistent=Figure(
             key="inconsistent-count",
             label="inconsistent deliveries",
+            label_one="inconsistent delivery",
             value=failing,
             url=changelist_url("deliveries", "messagedelivery", consistency="inconsistent"),
             is_problem=True,
@@ -79,6 +80,7 @@ def delivery_consistency(*, can_repair: bool) -> DeliveryConsistency:
         deliveries=Figure(
             key="deliveries-total",
             label="deliveries",
+            label_one="delivery",
             value=population.value,
             url=changelist_url("deliveries", "messagedelivery"),
             is_estimate=population.is_estimate,

@@ -80,6 +80,12 @@ class Figure:
     # A number that is bad news when above zero (failures, overdue waits): it makes its tile's
     # badge at least a warning, whatever the stored integrity results say.
     is_problem: bool = False
+    # The label when the value is exactly 1 ("1 stub contact"), when it differs from `label`.
+    label_one: str = ""
+
+    @property
+    def display_label(self) -> str:
+        return self.label_one if self.value == 1 and self.label_one else self.label
 
     @property
     def display(self) -> str:

@@ -87,6 +87,7 @@ def journeys_tile(
         overdue=Figure(
             key="sessions-overdue",
             label="overdue waits",
+            label_one="overdue wait",
             value=journeys_selectors.sessions_overdue(now=now).count(),
             url=changelist_url("journeys", "journeysession", overdue="yes"),
             is_problem=True,
@@ -96,6 +97,7 @@ def journeys_tile(
         stub_contacts=Figure(
             key="stub-contacts",
             label="stub contacts, not yet enriched",
+            label_one="stub contact, not yet enriched",
             value=journeys_selectors.contacts_not_enriched().count(),
             url=changelist_url("journeys", "contact", enrichment="stub"),
         )

@@ -217,6 +217,7 @@ def test_the_operator_jobs_through_the_pages(
         page.locator(f"input.action-select[value='{facebook_page.pk}']").check()
         page.select_option("select[name=action]", "sync_full_now")
         page.click("button[name=index]")
+        page.get_by_test_id("action-confirm").click()
         run_link = page.get_by_test_id("sync-run-link")
         run = SyncRun.objects.order_by("-id").first()
         assert run is not None
