@@ -1,19 +1,11 @@
-"""The journeys admin: thin, every write through the services.
-
-Journeys are edited as JSON with the flow validator's messages shown on the field; sessions
-are read-only with their step timeline inline and actions that call the services; contacts
-are read-only with a "stub, not yet enriched" filter. The session and contact lists count their
-rows with the huge-table paginator (evoflow.admin_lists): both tables grow without bound.
-"""
+"""The sessions' pages: the list, the timeline, and the actions of a session's status as
+buttons (each confirmed) and as list actions."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
-from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
@@ -21,10 +13,9 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import redirect
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html
 
 from evoflow.admin_base import NoAddMixin, NoChangeMixin, NoDeleteMixin, model_page_response
 from evoflow.admin_display import (
@@ -36,22 +27,17 @@ from evoflow.admin_display import (
     status_badge,
     truncated,
 )
-from evoflow.admin_lists import HugeTableMixin, QueryStringCheckedAdmin, pk_or_none
-from evoflow.jsonvalues import UnstorableJson, json_value_check
+from evoflow.admin_lists import HugeTableMixin, pk_or_none
 from journeys import selectors, services
-from journeys.flow_diagram import NodeCounts, flow_diagram_svg
-from journeys.flows.flow import FlowInvalid
+from journeys.admin.base import ServiceWritesAdmin, storable
 from journeys.integrity import OVERDUE_MINUTES
 from journeys.models import (
     LIVE_STATUSES,
-    Contact,
-    Journey,
     JourneySession,
     JourneyStep,
     SessionStatus,
 )
 from journeys.services import JourneyError
-from journeys.services.journeys import EDITABLE_FIELDS as JOURNEY_EDITABLE_FIELDS
 
 BULK_CONFIRM_TEMPLATE = "admin/journeys/journeysession/bulk_confirm.html"
 SESSION_CONFIRM_TEMPLATE = "admin/journeys/journeysession/action_confirm.html"
@@ -121,215 +107,6 @@ SESSION_ACTIONS: dict[str, SessionAction] = {
 def session_actions_for(session: JourneySession) -> list[str]:
     """The buttons that apply to the session's status, in the order they are shown."""
     return [name for name, spec in SESSION_ACTIONS.items() if session.status in spec.statuses]
-
-
-class ServiceWritesAdmin(QueryStringCheckedAdmin):
-    """Every write goes through a service, inside the change form's own atomic block.
-
-    That block is the admin's transaction, so `save_model` calls the services'
-    `*_in_transaction` variants (their durable entry points refuse to run nested) and the
-    enqueued tasks commit or roll back with it. A domain error the form could not foresee
-    (a race: the contact got a live session meanwhile) rolls the block back and is shown as
-    a message instead of a server error.
-    """
-
-    service_error_prefix = "Not saved"
-
-    def changeform_view(
-        self,
-        request: HttpRequest,
-        object_id: str | None = None,
-        form_url: str = "",
-        extra_context: dict[str, Any] | None = None,
-    ) -> HttpResponse:
-        try:
-            return super().changeform_view(request, object_id, form_url, extra_context)
-        except JourneyError as error:
-            self.message_user(
-                request, f"{self.service_error_prefix}: {error.detail}", messages.ERROR
-            )
-            return redirect(request.get_full_path())
-
-
-class PrettyJSONField(forms.JSONField):
-    """A JSON field shown indented, one key per line, so a flow can be read and edited."""
-
-    def prepare_value(self, value: Any) -> str:
-        if isinstance(value, forms.fields.InvalidJSONInput):
-            return value
-        return json.dumps(value, ensure_ascii=False, indent=2, cls=self.encoder)
-
-
-JSON_TEXTAREA = forms.Textarea(
-    attrs={"rows": 24, "style": "font-family: monospace; width: 100%; box-sizing: border-box"}
-)
-
-
-class JourneyForm(forms.ModelForm):
-    class Meta:
-        model = Journey
-        # Exactly what the journey services accept.
-        fields = JOURNEY_EDITABLE_FIELDS
-        field_classes = {
-            "flow": PrettyJSONField,
-            "triggers": PrettyJSONField,
-            "default_variables": PrettyJSONField,
-        }
-        widgets = {
-            "flow": JSON_TEXTAREA,
-            "triggers": forms.Textarea(attrs={"rows": 6, "style": "font-family: monospace"}),
-            "default_variables": forms.Textarea(
-                attrs={"rows": 6, "style": "font-family: monospace"}
-            ),
-        }
-
-    # Validation happens in Journey.clean (the shared flow validator), which ModelForm runs:
-    # its messages name the node and land on the "flow" field. What jsonb cannot store is
-    # refused first, as in the API.
-    def clean_flow(self) -> Any:
-        return _storable(self.cleaned_data.get("flow"))
-
-    def clean_triggers(self) -> Any:
-        return _storable(self.cleaned_data.get("triggers"))
-
-    def clean_default_variables(self) -> Any:
-        return _storable(self.cleaned_data.get("default_variables"))
-
-
-def _storable(value: Any) -> Any:
-    try:
-        json_value_check(value)
-    except UnstorableJson as error:
-        raise forms.ValidationError(str(error)) from error
-    return value
-
-
-def svg_safe(svg: str) -> Any:
-    # flow_diagram_svg escapes every text it writes (node ids, types, handles, links).
-    from django.utils.safestring import mark_safe
-
-    return mark_safe(svg)  # noqa: S308 - built from escaped parts only
-
-
-def node_sessions_link(*, journey_id: int, failed_since: Any) -> Callable[[str, str], str]:
-    """The admin list of a node's live sessions, or of those that failed there since
-    `failed_since`: what the diagram counts."""
-    base = reverse("admin:journeys_journeysession_changelist")
-
-    def link(node_id: str, which: str) -> str:
-        query: dict[str, str] = {"journey__id__exact": str(journey_id), "current_node_id": node_id}
-        if which == "live":
-            query["status__in"] = ",".join(LIVE_STATUSES)
-        else:
-            query["status__exact"] = SessionStatus.FAILED
-            query["finished_at__gte"] = failed_since.isoformat()
-        return f"{base}?{urlencode(query)}"
-
-    return link
-
-
-@admin.register(Journey)
-class JourneyAdmin(NoDeleteMixin, ServiceWritesAdmin):
-    form = JourneyForm
-    list_display = (
-        "id",
-        "name",
-        "is_active",
-        "allow_reentry",
-        "version",
-        "live_sessions",
-        "updated",
-    )
-    list_filter = ("is_active", "allow_reentry")
-    search_fields = ("name",)
-    readonly_fields = ("flow_diagram", "version", "created_at", "updated_at", "session_counts")
-
-    @admin.display(description="updated", ordering="updated_at")
-    def updated(self, journey: Journey) -> str:
-        return admin_time(journey.updated_at)
-
-    @admin.display(description="flow diagram")
-    def flow_diagram(self, journey: Journey) -> str:
-        if journey.pk is None:
-            return "-"
-        now = timezone.now().replace(microsecond=0)
-        since = now - timedelta(hours=24)
-        counts = {
-            node_id: NodeCounts(live=live, failed_24h=failed)
-            for node_id, (live, failed) in selectors.session_counts_by_node(
-                journey_id=journey.pk, failed_since=since
-            ).items()
-        }
-        try:
-            svg = flow_diagram_svg(
-                flow=journey.flow,
-                counts=counts,
-                links=node_sessions_link(journey_id=journey.pk, failed_since=since),
-                title=f"Flow of {journey.name}",
-            )
-        except FlowInvalid as error:
-            return format_html('<p class="errornote">The stored flow is invalid: {}</p>', error)
-        return format_html('<div style="overflow-x:auto">{}</div>', svg_safe(svg))
-
-    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        # The diagram and the sessions above the JSON they are drawn from.
-        if obj is None:
-            return JourneyForm.Meta.fields
-        return (
-            "name",
-            "description",
-            "is_active",
-            "allow_reentry",
-            "flow_diagram",
-            "session_counts",
-            "flow",
-            "triggers",
-            "default_variables",
-            "version",
-            "created_at",
-            "updated_at",
-        )
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Journey]:
-        # One query for the whole changelist page, not one count per row.
-        return selectors.journeys_with_live_session_count(super().get_queryset(request))
-
-    @admin.display(description="live sessions", ordering="live_session_count")
-    def live_sessions(self, journey: Journey) -> int:
-        return journey.live_session_count  # type: ignore[attr-defined]
-
-    @admin.display(description="sessions by status")
-    def session_counts(self, journey: Journey) -> str:
-        if journey.pk is None:
-            return "-"
-        counts = selectors.session_status_counts(journey_id=journey.pk)
-        sessions = reverse("admin:journeys_journeysession_changelist")
-        return (
-            format_html_join(
-                " ",
-                '<a href="{}?journey__id__exact={}&status__exact={}" data-status="{}">{} {}</a>',
-                (
-                    (sessions, journey.pk, status, status, status_badge(status), count)
-                    for status, count in counts.items()
-                    if count
-                ),
-            )
-            or "no sessions yet"
-        )
-
-    def save_model(
-        self, request: HttpRequest, obj: Journey, form: forms.ModelForm, change: bool
-    ) -> None:
-        fields = {name: form.cleaned_data[name] for name in JourneyForm.Meta.fields}
-        if change:
-            changed = {name: value for name, value in fields.items() if name in form.changed_data}
-            saved = services.journey_update_in_transaction(journey_id=obj.pk, **changed)
-        else:
-            saved = services.journey_create_in_transaction(**fields)
-        obj.pk = saved.pk
-        obj.version = saved.version
-        obj.created_at = saved.created_at
-        obj.updated_at = saved.updated_at
 
 
 class JourneyStepInline(NoAddMixin, NoChangeMixin, admin.TabularInline):
@@ -403,7 +180,7 @@ class SessionStartForm(forms.ModelForm):
         value = self.cleaned_data.get("start_variables") or {}
         if not isinstance(value, dict):
             raise forms.ValidationError("Variables must be a JSON object.")
-        return _storable(value)
+        return storable(value)
 
     def _post_clean(self) -> None:
         # The session is created by the service, not by validating a model instance here.
@@ -709,67 +486,4 @@ class JourneySessionAdmin(NoDeleteMixin, HugeTableMixin, ServiceWritesAdmin):
             template=SESSION_CONFIRM_TEMPLATE,
             title=f"{spec.label} session {session.pk}",
             context={"session": session, "spec": spec, "session_url": page},
-        )
-
-
-class StubFilter(admin.SimpleListFilter):
-    title = "enrichment"
-    parameter_name = "enrichment"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("stub", "stub, not yet enriched"), ("enriched", "enriched from the CRM")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Contact]) -> QuerySet[Contact]:
-        if self.value() == "stub":
-            return queryset.filter(crm_synced_at__isnull=True)
-        if self.value() == "enriched":
-            return queryset.filter(crm_synced_at__isnull=False)
-        return queryset
-
-
-@admin.register(Contact)
-class ContactAdmin(NoAddMixin, NoDeleteMixin, HugeTableMixin, QueryStringCheckedAdmin):
-    # Never added here: contacts come from the CRM, and the funnel creates stubs.
-    list_display = ("id_short", "name", "email", "phone_e164", "enriched", "created")
-    list_filter = (StubFilter, "is_blocked")
-    search_fields = ("=id", "name", "email", "phone_e164")
-    actions = ("enrich_from_crm",)
-    readonly_fields = (
-        "id",
-        "name",
-        "email",
-        "phone",
-        "phone_e164",
-        "custom_attributes",
-        "additional_attributes",
-        "labels",
-        "is_blocked",
-        "crm_synced_at",
-        "created_at",
-        "updated_at",
-    )
-
-    @admin.display(description="id", ordering="id")
-    def id_short(self, contact: Contact) -> str:
-        return short_id(contact.id)
-
-    @admin.display(description="CRM data", ordering="crm_synced_at")
-    def enriched(self, contact: Contact) -> str:
-        return admin_time(contact.crm_synced_at) if contact.crm_synced_at else "stub, not yet"
-
-    @admin.display(description="created", ordering="created_at")
-    def created(self, contact: Contact) -> str:
-        return admin_time(contact.created_at)
-
-    @admin.action(description="Enrich from the CRM now")
-    def enrich_from_crm(self, request: HttpRequest, queryset: QuerySet[Contact]) -> None:
-        asked = queryset.count()
-        found = services.contacts_enrich(contact_ids=list(queryset.values_list("id", flat=True)))
-        level = messages.SUCCESS if found == asked else messages.WARNING
-        missing = asked - found
-        self.message_user(
-            request,
-            f"Enriched {plural(found, 'contact')} from the CRM"
-            + (f"; the CRM did not answer for {plural(missing, 'contact')}." if missing else "."),
-            level,
         )
