@@ -200,7 +200,7 @@ class AssetReferences(HTMLParser):
 
 
 def test_devstack_serves_the_site_and_stops_everything_on_ctrl_c(
-    devstack, web_port, simulator_ports
+    devstack, web_port, simulator_ports, local_env
 ):
     base = f"http://127.0.0.1:{web_port}"
 
