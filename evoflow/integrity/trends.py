@@ -204,13 +204,15 @@ def _description(trend: IntegrityTrend) -> str:
     rate = f"latest inconsistency rate {latest:.2f}%" if latest is not None else "no rate"
     failing = ", ".join(series.check_id for series in trend.failing) or "none"
     return (
-        f"From {_when(trend.since)} to {_when(trend.until)}, one point per hour: {rate}; "
+        f"From {_when(trend.since)} to {_when(trend.until)}, a point per result in the last "
+        f"24 hours and per hour before: {rate}; "
         f"checks that failed: {failing}."
     )
 
 
 def _when(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    # The admin's one time format (evoflow.admin_display.TIME_FORMAT).
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _panel(

@@ -153,9 +153,11 @@ def test_the_svg_parses_as_xml_with_one_point_per_bucket_and_the_newest_run():
         (OVERDUE, str(first)),
         (OVERDUE, str(second)),
     ]
-    assert circles[0].find(f"{SVG}title").text == (f"{RATE}, run {first}, 2026-11-18 12:00 UTC: 1%")
+    assert circles[0].find(f"{SVG}title").text == (
+        f"{RATE}, run {first}, 2026-11-18 12:00:00 UTC: 1%"
+    )
     assert circles[4].find(f"{SVG}title").text == (
-        f"{OVERDUE}, run {first}, 2026-11-18 12:00 UTC: 3"
+        f"{OVERDUE}, run {first}, 2026-11-18 12:00:00 UTC: 3"
     )
     legend = [text.text for text in svg.findall(f"{SVG}text")]
     assert RATE in legend
