@@ -8,7 +8,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from evoflow.admin_base import NoAddMixin, NoDeleteMixin
+from evoflow.admin_base import NoAddMixin, NoDeleteMixin, action_confirmation, is_action_confirmed
 from evoflow.admin_display import (
     admin_time,
     plural,
@@ -70,8 +70,18 @@ class ContactAdmin(NoAddMixin, NoDeleteMixin, HugeTableMixin, QueryStringChecked
     def created(self, contact: Contact) -> str:
         return admin_time(contact.created_at)
 
-    @admin.action(description="Enrich from the CRM now")
-    def enrich_from_crm(self, request: HttpRequest, queryset: QuerySet[Contact]) -> None:
+    @admin.action(description="Enrich from the CRM now (asks to confirm)")
+    def enrich_from_crm(self, request: HttpRequest, queryset: QuerySet[Contact]) -> Any:
+        if not is_action_confirmed(request):
+            return action_confirmation(
+                self,
+                request,
+                queryset,
+                action="enrich_from_crm",
+                title="Enrich contacts from the CRM",
+                question="Read these contacts from the CRM now and update them here with what "
+                "it answers?",
+            )
         asked = queryset.count()
         found = services.contacts_enrich(contact_ids=list(queryset.values_list("id", flat=True)))
         level = messages.SUCCESS if found == asked else messages.WARNING
@@ -82,3 +92,4 @@ class ContactAdmin(NoAddMixin, NoDeleteMixin, HugeTableMixin, QueryStringChecked
             + (f"; the CRM did not answer for {plural(missing, 'contact')}." if missing else "."),
             level,
         )
+        return None

@@ -17,7 +17,7 @@ from journeys import services
 from journeys.models import JourneySession, JourneyStep, SessionStatus
 from tests.core.factories import UserFactory
 from tests.journeys.conftest import advance_all
-from tests.journeys.factories import JourneyFactory, linear_flow
+from tests.journeys.factories import ContactFactory, JourneyFactory, linear_flow
 
 pytestmark = pytest.mark.django_db
 
@@ -134,3 +134,17 @@ def test_a_viewer_without_the_change_permission_gets_no_buttons_and_a_403():
     assert refused.status_code == 403
     session.refresh_from_db()
     assert session.status == SessionStatus.WAITING
+
+
+def test_enriching_contacts_from_the_crm_asks_first(operator_web):
+    contact = ContactFactory(name="Stubby", crm_synced_at=None)
+
+    asked = operator_web.post(
+        "/admin/journeys/contact/",
+        {"action": "enrich_from_crm", "_selected_action": [str(contact.pk)]},
+    )
+
+    assert asked.status_code == 200
+    assert "Read these contacts from the CRM now" in asked.content.decode()
+    contact.refresh_from_db()
+    assert contact.crm_synced_at is None
