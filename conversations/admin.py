@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import timedelta
 from typing import Any
 
 from django import forms
@@ -38,7 +37,6 @@ from conversations.models import (
     PurgeRecord,
     SyncMode,
     SyncRun,
-    SyncStatus,
     WebhookReceipt,
 )
 from conversations.services.sync import (
@@ -47,11 +45,20 @@ from conversations.services.sync import (
     sync_retry_failed_batches,
     sync_run_cancel,
 )
-from evoflow.admin_base import NoDeleteMixin, ObjectPageMixin, ReadOnlyAdmin
+from evoflow.admin_base import (
+    NoDeleteMixin,
+    ObjectPageMixin,
+    ReadOnlyAdmin,
+    action_confirmation,
+    is_action_confirmed,
+)
+from evoflow.admin_display import admin_duration, admin_time, short_id, truncated
+from evoflow.admin_display import status_badge as display_badge
 from evoflow.admin_lists import (
     ChosenOnlyRelatedFilter,
     HugeTableMixin,
     QueryStringCheckedAdmin,
+    pk_or_none,
     since_filter,
 )
 
@@ -101,7 +108,7 @@ class FacebookPageAdmin(NoDeleteMixin, QueryStringCheckedAdmin):
         "reauthorization_badge",
         "sync_watermark",
         "latest_sync",
-        "removed_at",
+        "removed",
     ]
     search_fields = ["page_id", "name"]
     list_filter = ["is_reauthorization_required", RemovedFilter]
@@ -152,23 +159,70 @@ class FacebookPageAdmin(NoDeleteMixin, QueryStringCheckedAdmin):
     def has_sync_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("conversations.add_syncrun")
 
-    @admin.action(description="Sync now (incremental)", permissions=["sync"])
-    def sync_incremental_now(self, request: HttpRequest, queryset: QuerySet) -> None:
+    @admin.action(description="Sync now (incremental; asks to confirm)", permissions=["sync"])
+    def sync_incremental_now(self, request: HttpRequest, queryset: QuerySet) -> Any:
+        if not is_action_confirmed(request):
+            return action_confirmation(
+                self,
+                request,
+                queryset,
+                action="sync_incremental_now",
+                title="Sync pages now",
+                question="Start an incremental sync of these pages from the Graph API now? "
+                "It calls Meta for each page and writes what changed since the last sync.",
+            )
         _request_syncs(self, request, queryset.order_by("pk"), SyncMode.INCREMENTAL)
+        return None
 
-    @admin.action(description="Full sync now", permissions=["sync"])
-    def sync_full_now(self, request: HttpRequest, queryset: QuerySet) -> None:
+    @admin.action(description="Full sync now (asks to confirm)", permissions=["sync"])
+    def sync_full_now(self, request: HttpRequest, queryset: QuerySet) -> Any:
+        if not is_action_confirmed(request):
+            return action_confirmation(
+                self,
+                request,
+                queryset,
+                action="sync_full_now",
+                title="Full sync of pages",
+                question="Start a full sync of these pages now? It walks every conversation "
+                "of each page through the Graph API, which takes many calls on a big page.",
+            )
         _request_syncs(self, request, queryset.order_by("pk"), SyncMode.FULL)
-
-    @admin.action(description="Retry failed batches of the last sync", permissions=["sync"])
-    def retry_failed_batches(self, request: HttpRequest, queryset: QuerySet) -> None:
-        _request_syncs(self, request, queryset.order_by("pk"), None)
+        return None
 
     @admin.action(
-        description="Remove the selected pages (keeps their conversations; stops syncing)",
+        description="Retry failed batches of the last sync (asks to confirm)", permissions=["sync"]
+    )
+    def retry_failed_batches(self, request: HttpRequest, queryset: QuerySet) -> Any:
+        if not is_action_confirmed(request):
+            return action_confirmation(
+                self,
+                request,
+                queryset,
+                action="retry_failed_batches",
+                title="Retry failed batches",
+                question="Start a run of each page that takes over the failed batches of its "
+                "last sync?",
+            )
+        _request_syncs(self, request, queryset.order_by("pk"), None)
+        return None
+
+    @admin.action(
+        description="Remove the selected pages (keeps their conversations; stops syncing; "
+        "asks to confirm)",
         permissions=["change"],
     )
-    def remove_pages(self, request: HttpRequest, queryset: QuerySet) -> None:
+    def remove_pages(self, request: HttpRequest, queryset: QuerySet) -> Any:
+        if not is_action_confirmed(request):
+            return action_confirmation(
+                self,
+                request,
+                queryset,
+                action="remove_pages",
+                title="Remove pages",
+                question="Remove these pages? Their access tokens are deleted and their live "
+                "syncs cancelled; every conversation and message is kept, and a removed page "
+                "can be restored.",
+            )
         for page in queryset.order_by("pk"):
             if services.page_remove(page=page):
                 self.message_user(
@@ -181,9 +235,22 @@ class FacebookPageAdmin(NoDeleteMixin, QueryStringCheckedAdmin):
                 self.message_user(
                     request, f"Page {page.page_id} was removed already.", messages.WARNING
                 )
+        return None
 
-    @admin.action(description="Restore the selected removed pages", permissions=["change"])
-    def restore_pages(self, request: HttpRequest, queryset: QuerySet) -> None:
+    @admin.action(
+        description="Restore the selected removed pages (asks to confirm)", permissions=["change"]
+    )
+    def restore_pages(self, request: HttpRequest, queryset: QuerySet) -> Any:
+        if not is_action_confirmed(request):
+            return action_confirmation(
+                self,
+                request,
+                queryset,
+                action="restore_pages",
+                title="Restore pages",
+                question="Restore these removed pages? They sync again once given a new access "
+                "token.",
+            )
         for page in queryset.order_by("pk"):
             if services.page_restore(page=page):
                 self.message_user(
@@ -193,6 +260,11 @@ class FacebookPageAdmin(NoDeleteMixin, QueryStringCheckedAdmin):
                 )
             else:
                 self.message_user(request, f"Page {page.page_id} is not removed.", messages.WARNING)
+        return None
+
+    @admin.display(description="removed", ordering="removed_at")
+    def removed(self, page: FacebookPage) -> str:
+        return admin_time(page.removed_at) if page.removed_at else "-"
 
     @admin.display(description="token")
     def token_status(self, page: FacebookPage) -> str:
@@ -248,12 +320,12 @@ class ConversationAdmin(ObjectPageMixin, HugeTableMixin, ReadOnlyAdmin):
     list_display = [
         "id",
         "participant_name",
-        "psid",
+        "psid_short",
         "page",
         "message_count",
-        "last_message_at",
+        "last_message",
         "last_message_text_short",
-        "deleted_at",
+        "deleted",
     ]
     list_select_related = ["page"]
     search_fields = ["participant_name", "psid", "=thread_id"]
@@ -261,10 +333,21 @@ class ConversationAdmin(ObjectPageMixin, HugeTableMixin, ReadOnlyAdmin):
     ordering = ["-updated_at", "-id"]
     change_form_template = "admin/conversations/conversation/change_form.html"
 
+    @admin.display(description="PSID", ordering="psid")
+    def psid_short(self, conversation: Conversation) -> str:
+        return short_id(conversation.psid)
+
+    @admin.display(description="last message at", ordering="last_message_at")
+    def last_message(self, conversation: Conversation) -> str:
+        return admin_time(conversation.last_message_at)
+
     @admin.display(description="last message")
     def last_message_text_short(self, conversation: Conversation) -> str:
-        text = conversation.last_message_text
-        return text if len(text) <= 60 else text[:59] + "…"
+        return truncated(conversation.last_message_text, length=32)
+
+    @admin.display(description="deleted", ordering="deleted_at")
+    def deleted(self, conversation: Conversation) -> str:
+        return admin_time(conversation.deleted_at)
 
     def change_page_object(self, request: HttpRequest, pk: int) -> Conversation | None:
         return selectors.conversation_get(conversation_id=pk)
@@ -302,13 +385,13 @@ class InteractionEventAdmin(HugeTableMixin, ReadOnlyAdmin):
 class WebhookReceiptAdmin(HugeTableMixin, ReadOnlyAdmin):
     list_display = [
         "id",
-        "status",
+        "status_badge",
         "attempts",
         "event_count",
         "unknown_event_count",
-        "received_at",
-        "processed_at",
-        "next_attempt_at",
+        "received",
+        "processed",
+        "next_attempt",
         "error_short",
     ]
     list_filter = [
@@ -346,9 +429,25 @@ class WebhookReceiptAdmin(HugeTableMixin, ReadOnlyAdmin):
         # The raw body can be large and no list column shows it; the detail page loads it.
         return super().get_queryset(request).defer("body", "skipped_events")
 
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, receipt: WebhookReceipt) -> str:
+        return display_badge(receipt.status)
+
+    @admin.display(description="received", ordering="received_at")
+    def received(self, receipt: WebhookReceipt) -> str:
+        return admin_time(receipt.received_at)
+
+    @admin.display(description="processed", ordering="processed_at")
+    def processed(self, receipt: WebhookReceipt) -> str:
+        return admin_time(receipt.processed_at)
+
+    @admin.display(description="next attempt", ordering="next_attempt_at")
+    def next_attempt(self, receipt: WebhookReceipt) -> str:
+        return admin_time(receipt.next_attempt_at)
+
     @admin.display(description="error")
     def error_short(self, receipt: WebhookReceipt) -> str:
-        return receipt.error[:80]
+        return truncated(receipt.error, length=40)
 
     @admin.display(description="body (as received)")
     def body_text(self, receipt: WebhookReceipt) -> str:
@@ -367,22 +466,9 @@ class WebhookReceiptAdmin(HugeTableMixin, ReadOnlyAdmin):
 
 # -- sync runs ------------------------------------------------------------------------------------
 
-SYNC_STATUS_COLOURS: dict[str, str] = {
-    SyncStatus.QUEUED: "#666",
-    SyncStatus.RUNNING: "#1f6fb2",
-    SyncStatus.SUCCEEDED: "#287d28",
-    SyncStatus.PARTIAL: "#b27b00",
-    SyncStatus.FAILED: "#ba2121",
-    SyncStatus.CANCELLED: "#555",
-}
-
 
 def sync_status_badge(status: str) -> str:
-    return format_html(
-        '<span style="background:{};color:#fff;padding:2px 6px;border-radius:4px">{}</span>',
-        SYNC_STATUS_COLOURS.get(status, "#666"),
-        status,
-    )
+    return display_badge(status)
 
 
 def _request_syncs(
@@ -402,16 +488,33 @@ def _request_syncs(
         except SyncRefused as error:
             model_admin.message_user(request, f"Page {page.page_id}: {error}.", messages.ERROR)
             continue
+        run_url = reverse("admin:conversations_syncrun_change", args=[run.pk])
         if created:
             what = "retry of failed batches" if mode is None else f"{run.mode} sync"
             model_admin.message_user(
-                request, f"Page {page.page_id}: {what} queued (run {run.pk}).", messages.SUCCESS
+                request,
+                format_html(
+                    'Page {}: {} queued as <a href="{}" data-testid="sync-run-link">run {}</a> '
+                    "(its page follows it as it runs).",
+                    page.page_id,
+                    what,
+                    run_url,
+                    run.pk,
+                ),
+                messages.SUCCESS,
             )
         else:
             model_admin.message_user(
                 request,
-                f"Page {page.page_id}: a sync is already {run.status} (run {run.pk}); "
-                "nothing new was started.",
+                format_html(
+                    'Page {}: a sync is already {} (<a href="{}" data-testid="sync-run-link">'
+                    "run {}</a>); "
+                    "nothing new was started.",
+                    page.page_id,
+                    run.status,
+                    run_url,
+                    run.pk,
+                ),
                 messages.WARNING,
             )
 
@@ -433,8 +536,7 @@ class SyncRunAdmin(HugeTableMixin, PrettyJsonMixin, ReadOnlyAdmin):
         "mode",
         "status_badge",
         "trigger",
-        "started_at",
-        "finished_at",
+        "started",
         "duration",
         "api_calls",
         "messages_inserted",
@@ -446,6 +548,7 @@ class SyncRunAdmin(HugeTableMixin, PrettyJsonMixin, ReadOnlyAdmin):
     search_fields = ["=request_id"]
     ordering = ["-id"]
     actions = ["retry_failed_batches", "cancel_runs"]
+    change_form_template = "admin/conversations/syncrun/change_form.html"
     fields = readonly_fields = (
         "page",
         "mode",
@@ -473,13 +576,30 @@ class SyncRunAdmin(HugeTableMixin, PrettyJsonMixin, ReadOnlyAdmin):
     def status_badge(self, run: SyncRun) -> str:
         return sync_status_badge(run.status)
 
+    @admin.display(description="started", ordering="started_at")
+    def started(self, run: SyncRun) -> str:
+        return admin_time(run.started_at)
+
     @admin.display(description="duration")
     def duration(self, run: SyncRun) -> str:
         if run.started_at is None:
             return "-"
         if run.finished_at is None:
             return "running" if run.is_live else "-"
-        return str(timedelta(seconds=round((run.finished_at - run.started_at).total_seconds())))
+        return admin_duration(run.finished_at - run.started_at)
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> Any:
+        # A queued or running run's page follows it (the template polls while this is set).
+        pk = pk_or_none(object_id)
+        run = SyncRun.objects.filter(pk=pk).only("status").first() if pk is not None else None
+        context = {**(extra_context or {}), "is_live": bool(run and run.is_live)}
+        return super().change_view(request, object_id, form_url, extra_context=context)
 
     @admin.display(description="failed batches")
     def failed_batch_count(self, run: SyncRun) -> int:
@@ -500,28 +620,58 @@ class SyncRunAdmin(HugeTableMixin, PrettyJsonMixin, ReadOnlyAdmin):
     def has_sync_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("conversations.add_syncrun")
 
-    @admin.action(description="Retry failed batches (a new run of each page)", permissions=["sync"])
-    def retry_failed_batches(self, request: HttpRequest, queryset: QuerySet) -> None:
+    @admin.action(
+        description="Retry failed batches (a new run of each page; asks to confirm)",
+        permissions=["sync"],
+    )
+    def retry_failed_batches(self, request: HttpRequest, queryset: QuerySet) -> Any:
+        if not is_action_confirmed(request):
+            return action_confirmation(
+                self,
+                request,
+                queryset,
+                action="retry_failed_batches",
+                title="Retry failed batches",
+                question="Start, for the page of each selected run, a run that takes over the "
+                "failed batches of that page's last sync?",
+            )
         page_ids = queryset.values_list("page_id", flat=True).distinct()
         pages = FacebookPage.objects.filter(pk__in=page_ids).order_by("pk")
         _request_syncs(self, request, pages, None)
+        return None
 
-    @admin.action(description="Cancel the selected live runs", permissions=["sync"])
-    def cancel_runs(self, request: HttpRequest, queryset: QuerySet) -> None:
+    @admin.action(
+        description="Cancel the selected live runs (asks to confirm)", permissions=["sync"]
+    )
+    def cancel_runs(self, request: HttpRequest, queryset: QuerySet) -> Any:
+        if not is_action_confirmed(request):
+            return action_confirmation(
+                self,
+                request,
+                queryset,
+                action="cancel_runs",
+                title="Cancel sync runs",
+                question="Cancel these runs? A live run stops after its current batch and "
+                "keeps its cursor for the next run; a finished run is left as it is.",
+            )
         cancelled: list[str] = []
         not_live: list[str] = []
         for run_id in queryset.order_by("id").values_list("id", flat=True):
             (cancelled if sync_run_cancel(run_id=run_id) else not_live).append(str(run_id))
         if cancelled:
+            runs = "run" if len(cancelled) == 1 else "runs"
             self.message_user(
-                request, f"Cancelled run(s) {', '.join(cancelled)}.", messages.SUCCESS
+                request, f"Cancelled {runs} {', '.join(cancelled)}.", messages.SUCCESS
             )
         if not_live:
+            runs = "run" if len(not_live) == 1 else "runs"
             self.message_user(
                 request,
-                f"Not live (left as they were): run(s) {', '.join(not_live)}.",
+                f"Not live, so left as {'it was' if len(not_live) == 1 else 'they were'}: "
+                f"{runs} {', '.join(not_live)}.",
                 messages.WARNING,
             )
+        return None
 
 
 @admin.register(PurgeRecord)

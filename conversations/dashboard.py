@@ -12,6 +12,7 @@ from conversations import selectors as conversations_selectors
 from conversations.models import (
     SYNC_RUN_COUNTERS,
     FacebookPage,
+    ReceiptStatus,
     SyncRun,
     SyncStatus,
     WebhookReceipt,
@@ -31,6 +32,8 @@ from evoflow.dashboard import (
 RUNNING_SYNCS_SHOWN = 10
 LAST_SYNCS_SHOWN = 10
 RECEIPTS_WINDOW = timedelta(hours=1)
+# Receipts in these statuses are failures of the last hour: the tile shows at least a warning.
+RECEIPT_PROBLEM_STATUSES = (ReceiptStatus.FAILED, ReceiptStatus.REJECTED)
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ def syncs_overview(*, may_view_pages: bool) -> SyncsOverview:
         running_syncs=Figure(
             key="syncs-running",
             label="running syncs",
+            label_one="running sync",
             value=running_total,
             url=changelist_url("conversations", "syncrun", status__exact=SyncStatus.RUNNING),
         ),
@@ -131,6 +135,7 @@ def webhook_receipt_figures(*, since: datetime) -> tuple[Figure, ...]:
             value=count,
             url=f"{receipts_url}?"
             + urlencode({"status__exact": status, "received_since": iso_seconds(since)}),
+            is_problem=status in RECEIPT_PROBLEM_STATUSES,
         )
         for status, count in conversations_selectors.webhook_receipt_counts_since(
             since=since
@@ -148,10 +153,12 @@ def conversations_tile(
         pages_needing_reauthorization=Figure(
             key="pages-reauthorization",
             label="pages needing re-authorisation",
+            label_one="page needing re-authorisation",
             value=conversations_selectors.pages_needing_reauthorization().count(),
             url=changelist_url(
                 "conversations", "facebookpage", is_reauthorization_required__exact=1
             ),
+            is_problem=True,
         )
         if sees_pages
         else None,

@@ -9,13 +9,17 @@ deliveries and the audit grow without bound: their lists count with the huge-tab
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.widgets import AutocompleteSelect
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
 
 from deliveries import selectors, services
 from deliveries.models import (
@@ -29,10 +33,12 @@ from deliveries.models import (
 )
 from deliveries.permissions import LINK_GUEST_PERMISSION
 from evoflow.admin_base import NoAddMixin, NoDeleteMixin, ReadOnlyAdmin, model_page_response
+from evoflow.admin_display import admin_time, plural, status_badge
 from evoflow.admin_lists import HugeTableMixin, QueryStringCheckedAdmin, since_filter
 from evoflow.models import User
 
 CONFIRM_TEMPLATE = "admin/deliveries/action_confirm.html"
+BACKFILL_PREVIEW_ROWS = 20
 
 
 def _confirmation_page(
@@ -44,8 +50,10 @@ def _confirmation_page(
     title: str,
     question: str,
     form: forms.Form | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> TemplateResponse:
     context = {
+        **(extra or {}),
         "question": question,
         "objects": list(queryset[:100]),
         "object_count": queryset.count(),
@@ -113,8 +121,10 @@ class GuestLinkStateFilter(admin.SimpleListFilter):
 class GuestLinkForm(forms.Form):
     user = forms.ModelChoiceField(
         queryset=User.objects.filter(is_active=True),
-        widget=forms.NumberInput,
-        help_text="id of the user to link the selected guests to",
+        # Searched by username, name, email or phone (the users admin's search fields).
+        widget=AutocompleteSelect(EventGuest._meta.get_field("user"), admin.site),
+        help_text="type a name, username, email or phone number to find the user",
+        error_messages={"invalid_choice": "That user does not exist or is not active."},
     )
     relink = forms.BooleanField(
         required=False,
@@ -126,7 +136,7 @@ class GuestLinkForm(forms.Form):
 
 @admin.register(EventGuest)
 class EventGuestAdmin(NoAddMixin, HugeTableMixin, QueryStringCheckedAdmin):
-    list_display = ("id", "name", "phone", "phone_e164", "event", "user", "removed_at")
+    list_display = ("id", "name", "phone_e164", "event", "user", "removed")
     list_filter = (GuestLinkStateFilter,)
     search_fields = ("name", "phone", "phone_e164", "event__name")
     list_select_related = ("event", "user")
@@ -144,16 +154,23 @@ class EventGuestAdmin(NoAddMixin, HugeTableMixin, QueryStringCheckedAdmin):
     )
     actions = ["link_to_user"]
 
+    @admin.display(description="removed", ordering="removed_at")
+    def removed(self, guest: EventGuest) -> str:
+        return admin_time(guest.removed_at)
+
     def has_link_guest_to_any_user_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(LINK_GUEST_PERMISSION)
 
     # Linking decides who reads the guests' messages: an operator permission of its own.
     @admin.action(
-        description="Link selected guests to a user", permissions=["link_guest_to_any_user"]
+        description="Link selected guests to a user (asks to confirm)",
+        permissions=["link_guest_to_any_user"],
     )
     def link_to_user(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
         form = GuestLinkForm(request.POST if "confirm" in request.POST else None)
         if "confirm" not in request.POST or not form.is_valid():
+            guest_ids = list(queryset.values_list("pk", flat=True))
+            backfill = selectors.deliveries_to_backfill_for_guests(guest_ids=guest_ids)
             return _confirmation_page(
                 request,
                 self,
@@ -164,8 +181,19 @@ class EventGuestAdmin(NoAddMixin, HugeTableMixin, QueryStringCheckedAdmin):
                     "Their deliveries without a user get that user, and the user can read them."
                 ),
                 form=form,
+                extra={
+                    "backfill_count": backfill.count(),
+                    "backfill_rows": list(backfill[:BACKFILL_PREVIEW_ROWS]),
+                    "already_linked": list(
+                        queryset.filter(user__isnull=False).select_related("user")[:100]
+                    ),
+                },
             )
         user, relink = form.cleaned_data["user"], form.cleaned_data["relink"]
+        # The audit rows of this link are those of these guests after the newest row now (ids,
+        # not times: the rows carry the database's transaction time, not this server's clock).
+        audit_before = UserLinkAudit.objects.order_by("-id").values_list("id", flat=True).first()
+        guest_ids = []
         linked = skipped = 0
         for guest in queryset.order_by("pk"):
             if guest.user_id is not None and guest.user_id != user.pk and not relink:
@@ -175,13 +203,36 @@ class EventGuestAdmin(NoAddMixin, HugeTableMixin, QueryStringCheckedAdmin):
                 services.guest_relink_user(guest=guest, user=user, actor=_actor(request))
             else:
                 services.guest_link_user(guest=guest, user=user, actor=_actor(request))
+            guest_ids.append(guest.pk)
             linked += 1
-        self.message_user(request, f"{linked} guest(s) linked to {user}.", messages.SUCCESS)
+        if linked:
+            audit = (
+                reverse("admin:deliveries_userlinkaudit_changelist")
+                + "?"
+                + urlencode(
+                    {
+                        "guest__id__in": ",".join(str(pk) for pk in guest_ids),
+                        "id__gt": audit_before or 0,
+                    }
+                )
+            )
+            self.message_user(
+                request,
+                format_html(
+                    '{} linked to {} (user {}). <a href="{}" data-testid="link-audit">'
+                    "See the audit rows of this link</a>.",
+                    plural(linked, "guest"),
+                    user,
+                    user.pk,
+                    audit,
+                ),
+                messages.SUCCESS,
+            )
         if skipped:
             self.message_user(
                 request,
-                f"{skipped} guest(s) already linked to another user were left alone "
-                "(tick 'relink' to move them).",
+                f"{plural(skipped, 'guest')} already linked to another user "
+                f"{'was' if skipped == 1 else 'were'} left alone (tick 'relink' to move them).",
                 messages.WARNING,
             )
         return None
@@ -216,24 +267,50 @@ class InconsistentFilter(admin.SimpleListFilter):
 
 @admin.register(MessageDelivery)
 class MessageDeliveryAdmin(NoAddMixin, HugeTableMixin, QueryStringCheckedAdmin):
-    list_display = ("id", "message", "guest", "user", "phone_e164", "status", "created_at")
+    list_display = ("id", "message", "guest", "user", "phone_e164", "status_badge", "created")
     list_filter = (InconsistentFilter, "status")
     search_fields = ("phone_e164", "guest__name")
     list_select_related = ("message", "guest", "user")
     readonly_fields = [field.name for field in MessageDelivery._meta.fields]
     actions = ["backfill_selected"]
 
-    @admin.action(description="Backfill the user of selected deliveries", permissions=["change"])
-    def backfill_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, delivery: MessageDelivery) -> str:
+        return status_badge(delivery.status)
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, delivery: MessageDelivery) -> str:
+        return admin_time(delivery.created_at)
+
+    @admin.action(
+        description="Backfill the user of selected deliveries (asks to confirm)",
+        permissions=["change"],
+    )
+    def backfill_selected(self, request: HttpRequest, queryset: QuerySet) -> Any:
+        if "confirm" not in request.POST:
+            return _confirmation_page(
+                request,
+                self,
+                queryset,
+                action="backfill_selected",
+                title="Backfill deliveries",
+                question="Give each selected delivery without a user its guest's user (or its "
+                "phone's single user, where the fallback flag allows), audited? That user can "
+                "then read the message.",
+            )
         outcomes = services.deliveries_backfill_selected(
             delivery_ids=list(queryset.values_list("pk", flat=True)), actor=_actor(request)
         )
-        summary = ", ".join(f"{outcome}: {count}" for outcome, count in sorted(outcomes.items()))
+        summary = ", ".join(
+            f"{plural(count, 'delivery', 'deliveries')} {outcome}"
+            for outcome, count in sorted(outcomes.items())
+        )
         self.message_user(
             request,
-            f"Backfill: {summary}" if summary else "Every selected delivery already has a user.",
+            f"Backfill: {summary}." if summary else "Every selected delivery already has a user.",
             messages.SUCCESS,
         )
+        return None
 
 
 # -- the audit log --------------------------------------------------------------------------------
@@ -259,8 +336,8 @@ class LinkReasonFilter(admin.SimpleListFilter):
 class UserLinkAuditAdmin(HugeTableMixin, ReadOnlyAdmin):
     list_display = (
         "id",
-        "created_at",
-        "outcome",
+        "created",
+        "outcome_badge",
         "reason",
         "method",
         "delivery_id",
@@ -279,6 +356,14 @@ class UserLinkAuditAdmin(HugeTableMixin, ReadOnlyAdmin):
     # No date_hierarchy: on every page view it reads the min and max created_at and the distinct
     # years or months of the whole table, a scan of every row (a BRIN index cannot answer them).
     change_list_template = "admin/deliveries/userlinkaudit/change_list.html"
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, audit: UserLinkAudit) -> str:
+        return admin_time(audit.created_at)
+
+    @admin.display(description="outcome", ordering="outcome")
+    def outcome_badge(self, audit: UserLinkAudit) -> str:
+        return status_badge(audit.outcome)
 
     @admin.display(description="reason")
     def reason(self, audit: UserLinkAudit) -> str:
@@ -322,7 +407,9 @@ class FeatureFlagAdmin(NoAddMixin, NoDeleteMixin, QueryStringCheckedAdmin):
             )
         for flag in queryset.order_by("name"):
             services.feature_flag_set(name=flag.name, enabled=enabled, actor=_actor(request))
-        self.message_user(request, f"{queryset.count()} flag(s) turned {word}.", messages.SUCCESS)
+        self.message_user(
+            request, f"{plural(queryset.count(), 'flag')} turned {word}.", messages.SUCCESS
+        )
         return None
 
     @admin.action(description="Turn selected flags on (asks to confirm)", permissions=["change"])

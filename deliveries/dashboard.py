@@ -72,18 +72,22 @@ def delivery_consistency(*, can_repair: bool) -> DeliveryConsistency:
         inconsistent=Figure(
             key="inconsistent-count",
             label="inconsistent deliveries",
+            label_one="inconsistent delivery",
             value=failing,
             url=changelist_url("deliveries", "messagedelivery", consistency="inconsistent"),
+            is_problem=True,
         ),
         deliveries=Figure(
             key="deliveries-total",
             label="deliveries",
+            label_one="delivery",
             value=population.value,
             url=changelist_url("deliveries", "messagedelivery"),
             is_estimate=population.is_estimate,
         ),
         rate=f"~{rate}" if population.is_estimate and failing else rate,
-        repair_url=repair_url(RATE_CHECK_ID) if can_repair else "",
+        # Offered only when there is something to repair.
+        repair_url=repair_url(RATE_CHECK_ID) if can_repair and failing > 0 else "",
     )
 
 

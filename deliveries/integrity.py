@@ -99,6 +99,7 @@ UNLINKED_DELIVERIES = register(
         warning_count=1,
         error_ratio=0.01,
         repair=unlinked_deliveries_repair,
+        repair_blocked_reason=selectors.linking_off_reason,
         repair_description="runs the historical backfill (method 'historical'), flags honoured",
         sample_admin_url_name="admin:deliveries_messagedelivery_change",
         is_trend_rate=True,

@@ -7,6 +7,7 @@ deliveries that carry their id (D4).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from django.db.models import Count, Q, QuerySet
@@ -71,3 +72,25 @@ def link_audit_outcome_counts(*, since: datetime | None = None) -> dict[str, int
 
 def feature_flag_list() -> QuerySet[FeatureFlag]:
     return FeatureFlag.objects.order_by("name")
+
+
+def deliveries_to_backfill_for_guests(*, guest_ids: Iterable[int]) -> QuerySet[MessageDelivery]:
+    """The deliveries of these guests that have no user yet: what linking them fills in."""
+    return (
+        MessageDelivery.objects.filter(guest_id__in=list(guest_ids), user__isnull=True)
+        .select_related("message", "guest")
+        .order_by("id")
+    )
+
+
+def linking_off_reason() -> str | None:
+    """Why linking links nothing right now, or None: the LINK_USER_BY_PHONE flag is off."""
+    name = FeatureFlag.LINK_USER_BY_PHONE
+    row = FeatureFlag.objects.filter(name=name).values_list("enabled", flat=True).first()
+    enabled = FeatureFlag.DEFAULTS[name] if row is None else row
+    if enabled:
+        return None
+    return (
+        f"the feature flag {name} is off, so no delivery is linked "
+        "(turn it on in the admin's feature flags first)"
+    )

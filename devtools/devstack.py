@@ -50,6 +50,10 @@ from urllib.parse import urlsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MANAGE_PY = PROJECT_ROOT / "manage.py"
+# The checkout's local settings file, which the settings read (real environment variables
+# win); EVOFLOW_LOCAL_ENV names another one (the tests' throwaway stacks use that).
+LOCAL_ENV_DEFAULT = PROJECT_ROOT / ".local" / "env"
+LOCAL_ENV_NOTE = "# Written by make run: where its simulators listen (see README, Settings)."
 HOST = "127.0.0.1"
 DEFAULT_WEB_PORT = 8000
 # The settings' local defaults for CRM_BASE_URL and GRAPH_API_BASE_URL point at these.
@@ -185,6 +189,28 @@ def service_processes(config: DevstackConfig) -> list[ProcessSpec]:
             ready_url=f"{config.base_url}/healthz",
         ),
     ]
+
+
+def local_env_path(environ: Mapping[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    return Path(environ.get("EVOFLOW_LOCAL_ENV", "").strip() or LOCAL_ENV_DEFAULT)
+
+
+def local_env_update(path: Path, values: Mapping[str, str]) -> None:
+    """Set `values` in the KEY=VALUE file at `path`, keeping its other lines.
+
+    So that a management command run in this checkout while the stack runs (`sync_page`,
+    `integrity --fix`) reaches the simulators this stack started, not the default ports.
+    """
+    lines = path.read_text().splitlines() if path.is_file() else []
+    kept = [
+        line
+        for line in lines
+        if line.strip() != LOCAL_ENV_NOTE and line.partition("=")[0].strip() not in values
+    ]
+    added = [LOCAL_ENV_NOTE, *(f"{name}={value}" for name, value in values.items())]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([*kept, *added]) + "\n")
 
 
 def child_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -586,6 +612,7 @@ def run(config: DevstackConfig, console: Console) -> int:
     try:
         try:
             ensure_ports_free(services)
+            local_env_update(local_env_path(env), config.service_environment())
             supervisor.run_step(MIGRATE)
             for spec in services:
                 supervisor.start_service(spec)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin, messages
@@ -29,6 +28,7 @@ from django.urls import NoReverseMatch, URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
 from evoflow.admin_base import NoAddMixin, NoChangeMixin, ObjectPageMixin, model_page_response
+from evoflow.admin_display import admin_duration, admin_duration_ms, admin_time
 from evoflow.admin_lists import QueryStringCheckedAdmin
 from evoflow.admin_site import may_repair, may_run
 from evoflow.integrity.registry import IntegrityCheck, UnknownCheck, get_check
@@ -62,7 +62,13 @@ FAILING_STATUSES = (IntegrityCheckResult.Status.WARNING, IntegrityCheckResult.St
 class UserAdmin(QueryStringCheckedAdmin, DjangoUserAdmin):
     fieldsets = (*(DjangoUserAdmin.fieldsets or ()), ("Phone", {"fields": ("phone", "phone_e164")}))
     readonly_fields = ("phone_e164",)
-    list_display = ("username", "email", "phone_e164", "is_staff", "is_active")
+    list_display = ("id", "username", "full_name", "email", "phone_e164", "is_staff", "is_active")
+    list_display_links = ("id", "username")
+
+    @admin.display(description="name", ordering="last_name")
+    def full_name(self, user: User) -> str:
+        return user.get_full_name() or "-"
+
     search_fields = ("username", "email", "first_name", "last_name", "phone_e164")
 
 
@@ -114,6 +120,10 @@ class CheckRow:
     def badge(self) -> str:
         return status_badge(self.result.status)
 
+    @property
+    def duration(self) -> str:
+        return admin_duration_ms(self.result.duration_ms)
+
 
 def _check_rows(run: IntegrityRun) -> list[CheckRow]:
     rows = []
@@ -145,8 +155,7 @@ class IntegrityRunAdmin(ObjectPageMixin, NoAddMixin, NoChangeMixin, QueryStringC
         "id",
         "status_badge",
         "trigger",
-        "started_at",
-        "finished_at",
+        "started",
         "duration",
         "check_counts",
         "requested_by",
@@ -184,12 +193,15 @@ class IntegrityRunAdmin(ObjectPageMixin, NoAddMixin, NoChangeMixin, QueryStringC
     def status_badge(self, run: IntegrityRun) -> str:
         return status_badge(run.status)
 
+    @admin.display(description="started", ordering="started_at")
+    def started(self, run: IntegrityRun) -> str:
+        return admin_time(run.started_at)
+
     @admin.display(description="duration")
     def duration(self, run: IntegrityRun) -> str:
         if run.finished_at is None or run.started_at is None:
             return "-"
-        seconds = (run.finished_at - run.started_at).total_seconds()
-        return f"{seconds:.1f} s" if seconds < 60 else str(timedelta(seconds=round(seconds)))
+        return admin_duration(run.finished_at - run.started_at)
 
     @admin.display(description="checks")
     def check_counts(self, run: IntegrityRun) -> str:
@@ -322,6 +334,12 @@ class IntegrityRunAdmin(ObjectPageMixin, NoAddMixin, NoChangeMixin, QueryStringC
             "preview_error": preview_error,
             "is_preview_out_of_time": is_preview_out_of_time,
             "preview_seconds": REPAIR_PREVIEW_SECONDS,
+            # Why a preview of 0 is 0, when the check's app can tell (a flag off).
+            "blocked_reason": (
+                check.repair_blocked_reason()
+                if check.repair_blocked_reason and not preview
+                else None
+            ),
         }
         return model_page_response(
             self, request, template=REPAIR_TEMPLATE, title=f"Repair {check.id}", context=context

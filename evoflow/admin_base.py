@@ -9,6 +9,8 @@
 - `model_page_response(...)`: a page of the admin's own under a model (a confirmation, a
   repair preview). Its template extends `admin/evoflow/model_page.html`, which draws the
   breadcrumbs from the `opts` and `title` given here.
+- `action_confirmation(...)`: the page a state-changing changelist action shows first; the
+  action runs when that page's form posts back with `confirm`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.options import BaseModelAdmin
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
@@ -93,5 +97,39 @@ def model_page_response(
             "title": title,
             "opts": model_admin.opts,
             **context,
+        },
+    )
+
+
+ACTION_CONFIRM_TEMPLATE = "admin/evoflow/action_confirm.html"
+
+
+def is_action_confirmed(request: HttpRequest) -> bool:
+    return "confirm" in request.POST
+
+
+def action_confirmation(
+    model_admin: admin.ModelAdmin,
+    request: HttpRequest,
+    queryset: QuerySet,
+    *,
+    action: str,
+    title: str,
+    question: str,
+) -> TemplateResponse:
+    """The page a changelist action shows before it changes anything: what it will do, the
+    rows it will do it to, and a form that posts the same action back confirmed."""
+    return model_page_response(
+        model_admin,
+        request,
+        template=ACTION_CONFIRM_TEMPLATE,
+        title=title,
+        context={
+            "question": question,
+            "objects": list(queryset[:100]),
+            "object_count": queryset.count(),
+            "selected_ids": [str(pk) for pk in queryset.values_list("pk", flat=True)],
+            "action": action,
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
         },
     )

@@ -2,7 +2,8 @@
 
 - `QueryStringCheckedAdmin`: the base of every ModelAdmin of the project. A changelist query
   string with a NUL character (which no PostgreSQL text value can hold) is the admin's "?e=1"
-  error page, whatever filter or search box it was typed into, never a server error.
+  error page, whatever filter or search box it was typed into, never a server error. A change
+  page with nothing editable shows no "Save" buttons.
 - `since_filter(...)`: a list filter "<time field> >= an ISO 8601 timestamp" (the dashboard's
   "in the last hour / 24 hours" links). A value that is not a timestamp is the admin's usual
   "?e=1" error page, never a server error.
@@ -71,6 +72,35 @@ class QueryStringCheckedAdmin(admin.ModelAdmin):
             if "\x00" in name or any("\x00" in value for value in values):
                 raise IncorrectLookupParameters("a NUL character in the query string")
         return super().get_changelist_instance(request)
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Any = None,
+    ) -> Any:
+        # A page with nothing to edit (every field read-only, no inline row to change) offers
+        # no "Save" buttons: saving it would do nothing, and "Save and add another" would offer
+        # to add what is never added here.
+        if change and not _has_editable_field(context):
+            context.update(
+                show_save=False, show_save_and_continue=False, show_save_and_add_another=False
+            )
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+
+def _has_editable_field(context: dict[str, Any]) -> bool:
+    adminform = context.get("adminform")
+    if adminform is not None and adminform.form.visible_fields():
+        return True
+    for inline in context.get("inline_admin_formsets", ()):
+        formset = inline.formset
+        if inline.has_add_permission or any(form.visible_fields() for form in formset.forms):
+            return True
+    return False
 
 
 # -- the "since" filter --------------------------------------------------------------------------

@@ -27,7 +27,7 @@ integrity check of its area (check ids start with the area's name).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 from urllib.parse import urlencode
@@ -77,6 +77,15 @@ class Figure:
     url: str = ""
     is_estimate: bool = False
     is_capped: bool = False  # counting stopped at `value`: there are at least that many
+    # A number that is bad news when above zero (failures, overdue waits): it makes its tile's
+    # badge at least a warning, whatever the stored integrity results say.
+    is_problem: bool = False
+    # The label when the value is exactly 1 ("1 stub contact"), when it differs from `label`.
+    label_one: str = ""
+
+    @property
+    def display_label(self) -> str:
+        return self.label_one if self.value == 1 and self.label_one else self.label
 
     @property
     def display(self) -> str:
@@ -232,8 +241,11 @@ class LastRun:
 
 
 def integrity_last_run() -> LastRun | None:
+    """The newest full run: every check, not a dry run. A repair or `integrity --check` of
+    some checks says nothing about the others, so it is never "the last integrity run"."""
     run = (
-        IntegrityRun.objects.order_by("-started_at", "-id")
+        IntegrityRun.objects.filter(requested_checks=[], dry_run=False)
+        .order_by("-started_at", "-id")
         .only("id", "status", "started_at", "finished_at")
         .first()
     )
@@ -357,6 +369,7 @@ def tasks_tile(
             label="failed in the last 24 hours",
             value=Failure.objects.filter(stopped__gte=since).order_by().count(),
             url=changelist_url("django_q", "failure", stopped_since=iso_seconds(since)),
+            is_problem=True,
         )
         if may_view(Failure)
         else None,
@@ -403,3 +416,45 @@ def dashboard_tiles(
         )
         for spec in wanted
     ]
+
+
+# -- what a tile's badge says ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShownTile:
+    """A tile with the status its badge shows: the worst of its area's stored integrity
+    results and of its own numbers (a failure counted now is at least a warning)."""
+
+    tile: Tile
+    status: str
+    problems: tuple[Figure, ...]
+
+    @property
+    def label(self) -> str:
+        return STATUS_LABELS[self.status]
+
+
+def tile_figures(value: object) -> list[Figure]:
+    """Every Figure a tile holds, in its fields, tuples and nested dataclasses."""
+    if isinstance(value, Figure):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [figure for item in value for figure in tile_figures(item)]
+    if is_dataclass(value) and not isinstance(value, type):
+        return [
+            figure
+            for name in (field.name for field in fields(value))
+            for figure in tile_figures(getattr(value, name))
+        ]
+    return []
+
+
+def tile_shown(tile: Tile) -> ShownTile:
+    problems = tuple(
+        figure for figure in tile_figures(tile) if figure.is_problem and (figure.value or 0) > 0
+    )
+    status = tile.health.status
+    if problems and STATUS_RANK[status] < STATUS_RANK["warning"]:
+        status = "warning"
+    return ShownTile(tile=tile, status=status, problems=problems)

@@ -21,7 +21,11 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 # A development checkout says so in `.local/env` (written by `make`; KEY=VALUE lines), so that
 # `manage.py` works there without exporting anything. Real environment variables win, and a
 # deployment has no `.local/`, so production is never affected.
-LOCAL_ENV_FILE = BASE_DIR / ".local" / "env"
+# `make run` adds where its simulators listen (CRM_BASE_URL, GRAPH_API_BASE_URL), so commands
+# run beside it reach them; EVOFLOW_LOCAL_ENV names another file.
+LOCAL_ENV_FILE = Path(
+    os.environ.get("EVOFLOW_LOCAL_ENV", "").strip() or BASE_DIR / ".local" / "env"
+)
 
 
 def load_local_env(path: Path) -> None:
@@ -271,6 +275,8 @@ AUTH_PASSWORD_VALIDATORS = [
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
+# One time format in the admin (`2026-12-01 21:00:38 UTC`): evoflow/formats/.
+FORMAT_MODULE_PATH = ["evoflow.formats"]
 USE_I18N = True
 USE_TZ = True
 

@@ -70,6 +70,7 @@ def sessions_by_status() -> tuple[Figure, ...]:
             url=f"{sessions}?{urlencode({'status__exact': status})}",
             is_estimate=status in estimated,
             is_capped=status in capped,
+            is_problem=status == SessionStatus.FAILED,
         )
         for status, label in SessionStatus.choices
         if counts.get(status)
@@ -86,14 +87,17 @@ def journeys_tile(
         overdue=Figure(
             key="sessions-overdue",
             label="overdue waits",
+            label_one="overdue wait",
             value=journeys_selectors.sessions_overdue(now=now).count(),
             url=changelist_url("journeys", "journeysession", overdue="yes"),
+            is_problem=True,
         )
         if sees_sessions
         else None,
         stub_contacts=Figure(
             key="stub-contacts",
             label="stub contacts, not yet enriched",
+            label_one="stub contact, not yet enriched",
             value=journeys_selectors.contacts_not_enriched().count(),
             url=changelist_url("journeys", "contact", enrichment="stub"),
         )

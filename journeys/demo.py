@@ -74,5 +74,6 @@ def seed(context: DemoSeedContext) -> None:
     started = services.sessions_start_many(journey_id=journey.pk, contact_ids=DEMO_CONTACT_IDS)
     context.summary.append(
         f"journeys: '{journey.name}' (id {journey.pk}), "
-        f"{len(started.session_ids)} session(s) started, {started.skipped} already enrolled"
+        f"{len(started.session_ids)} {'session' if len(started.session_ids) == 1 else 'sessions'}"
+        f" started, {started.skipped} already enrolled"
     )

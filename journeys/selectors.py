@@ -132,3 +132,23 @@ def sessions_count_by_status_up_to(*, statuses: Iterable[str], limit: int) -> di
             [value for status in wanted for value in (status, status, limit)],
         )
         return dict(cursor.fetchall())
+
+
+def session_counts_by_node(
+    *, journey_id: int, failed_since: datetime
+) -> dict[str, tuple[int, int]]:
+    """Per node of a journey: (live sessions at it, sessions that failed at it since
+    `failed_since`), one query; nodes without either are left out."""
+    rows = (
+        JourneySession.objects.filter(journey_id=journey_id)
+        .filter(
+            Q(status__in=LIVE_STATUSES)
+            | Q(status=SessionStatus.FAILED, finished_at__gte=failed_since)
+        )
+        .values("current_node_id")
+        .annotate(
+            live=Count("id", filter=Q(status__in=LIVE_STATUSES)),
+            failed=Count("id", filter=Q(status=SessionStatus.FAILED)),
+        )
+    )
+    return {row["current_node_id"]: (row["live"], row["failed"]) for row in rows}

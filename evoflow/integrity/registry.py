@@ -57,6 +57,9 @@ class IntegrityCheck:
     error_ratio: float | None = None
     repair: Repair | None = None
     repair_description: str = ""
+    # Why the repair can change nothing right now (a feature flag off), or None: said next to
+    # a repair that changed (or would change) nothing, so "0" is never left unexplained.
+    repair_blocked_reason: Callable[[], str | None] | None = None
     # Where a sample id leads in the admin, e.g. "admin:deliveries_messagedelivery_change".
     sample_admin_url_name: str | None = None
     tags: tuple[str, ...] = field(default_factory=tuple)

@@ -3,10 +3,11 @@
 The series come from `IntegrityCheckResult` rows of finished runs: the inconsistency rate (the
 ratio, as a percentage, of the check registered with `is_trend_rate`: deliveries' unlinked
 deliveries) and the failing count of every check
-that failed at least once in the window. The work is bounded: one query, at most one point per
-series per hour (the newest result of that hour), so a run every minute for 30 days still draws
-at most 720 points per series. The chart is drawn on the server (no script, no CDN), with a
-title and description for screen readers and a `<title>` on every point.
+that failed at least once in the window. Every result of the last 24 hours is a point of its own
+(a repair run adds a point after the run it repaired, it never hides it); older ones are bounded
+to one point per series per hour (the newest result of that hour), so a run every minute for 30
+days draws at most 720 + 1,440 points per series. One query. The chart is drawn on the server
+(no script, no CDN), with a title and description for screen readers and a `<title>` on every point.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from evoflow.integrity.registry import all_checks
 from evoflow.models import IntegrityCheckResult, IntegrityRun
 
 DEFAULT_DAYS = 30
+# Within this window every stored result is a point; before it, the newest of each hour.
+EVERY_POINT_WINDOW = timedelta(hours=24)
 
 # Colour-blind-safe (the first four of Okabe-Ito), cycled when more checks fail than it has
 # colours; every colour keeps 3:1 contrast (WCAG 1.4.11) on the admin's light and dark themes.
@@ -72,7 +75,12 @@ class IntegrityTrend:
 
 _TREND_SQL = """
     WITH bucketed AS (
-        SELECT DISTINCT ON (result.check_id, date_trunc('hour', result.created_at))
+        -- Every result of the last day is its own point (a repair ten minutes after a run adds
+        -- a point, it does not replace the run's); older ones keep the newest of each hour.
+        SELECT DISTINCT ON (
+                   result.check_id, date_trunc('hour', result.created_at),
+                   CASE WHEN result.created_at >= %(every_point_since)s THEN result.id END
+               )
                result.check_id, result.run_id, result.created_at, result.failing_count,
                result.ratio,
                -- Window functions run before DISTINCT ON: this sees every result of the window.
@@ -85,9 +93,10 @@ _TREND_SQL = """
           AND result.created_at <= %(until)s
           AND run.finished_at IS NOT NULL
         ORDER BY result.check_id, date_trunc('hour', result.created_at),
+                 CASE WHEN result.created_at >= %(every_point_since)s THEN result.id END,
                  result.created_at DESC, result.id DESC
     )
-    SELECT check_id, run_id, created_at, failing_count, ratio
+    SELECT check_id, run_id, created_at, failing_count, ratio, failed_in_window
     FROM bucketed
     WHERE check_id = %(rate_check_id)s OR failed_in_window
     ORDER BY check_id, created_at
@@ -121,13 +130,16 @@ def integrity_trend(*, days: int = DEFAULT_DAYS, now: datetime | None = None) ->
                 "since": since,
                 "until": until,
                 "rate_check_id": rate_check,
+                "every_point_since": until - EVERY_POINT_WINDOW,
             },
         )
         rows = cursor.fetchall()
     rate = TrendSeries(rate_check or "")
     failing: dict[str, TrendSeries] = {}
-    failed_checks = {row[0] for row in rows if row[3] > 0}
-    for check_id, run_id, created_at, failing_count, ratio in rows:
+    # A check that failed once in the window keeps its series, even when the newest result of
+    # that hour (a repair's) is 0.
+    failed_checks = {row[0] for row in rows if row[5]}
+    for check_id, run_id, created_at, failing_count, ratio, _failed in rows:
         if check_id == rate_check:
             rate.points.append(TrendPoint(run_id, created_at, float(ratio) * 100))
         if check_id in failed_checks:
@@ -192,13 +204,15 @@ def _description(trend: IntegrityTrend) -> str:
     rate = f"latest inconsistency rate {latest:.2f}%" if latest is not None else "no rate"
     failing = ", ".join(series.check_id for series in trend.failing) or "none"
     return (
-        f"From {_when(trend.since)} to {_when(trend.until)}, one point per hour: {rate}; "
+        f"From {_when(trend.since)} to {_when(trend.until)}, a point per result in the last "
+        f"24 hours and per hour before: {rate}; "
         f"checks that failed: {failing}."
     )
 
 
 def _when(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    # The admin's one time format (evoflow.admin_display.TIME_FORMAT).
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _panel(

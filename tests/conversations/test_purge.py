@@ -145,19 +145,26 @@ def test_the_admin_removes_and_restores_pages_and_never_deletes_one(client, stoc
     changelist = "/admin/conversations/facebookpage/"
 
     delete_page = client.get(f"{changelist}{stocked_page.pk}/delete/")
+    asked = client.post(
+        changelist, {"action": "remove_pages", "_selected_action": [stocked_page.pk]}
+    )
+    stocked_page.refresh_from_db()
+    removed_before_confirming = stocked_page.removed_at
     removed = client.post(
         changelist,
-        {"action": "remove_pages", "_selected_action": [stocked_page.pk]},
+        {"action": "remove_pages", "_selected_action": [stocked_page.pk], "confirm": "yes"},
         follow=True,
     )
     listed = client.get(changelist, {"removed": "yes"})
     restored = client.post(
         changelist,
-        {"action": "restore_pages", "_selected_action": [stocked_page.pk]},
+        {"action": "restore_pages", "_selected_action": [stocked_page.pk], "confirm": "yes"},
         follow=True,
     )
 
     assert delete_page.status_code == 403
+    assert asked.status_code == 200 and "Remove these pages?" in asked.content.decode()
+    assert removed_before_confirming is None
     assert b"delete_selected" not in client.get(changelist).content
     assert removed.status_code == 200
     assert "every conversation is kept" in removed.content.decode()

@@ -9,6 +9,7 @@ from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
+from django.utils.html import strip_tags
 
 from conversations.models import FacebookPage, SyncRun, SyncStatus
 from conversations.services.pages import page_upsert
@@ -40,7 +41,8 @@ def _run(page: FacebookPage, status: str = SyncStatus.SUCCEEDED, **fields: Any) 
 
 
 def _messages(response) -> list[str]:
-    return [str(message) for message in response.context["messages"]]
+    # The text an operator reads (a message may link to the run it names).
+    return [strip_tags(str(message)) for message in response.context["messages"]]
 
 
 def _operator_client(*codenames: str) -> Client:
@@ -118,13 +120,28 @@ def test_the_run_detail_is_read_only_and_shows_failed_batches_and_cursor(admin_c
     assert SyncRun.objects.filter(pk=run.pk).exists()
 
 
+def test_a_sync_action_asks_first_and_starts_nothing_until_confirmed(admin_client, token_page):
+    asked = admin_client.post(
+        PAGES, {"action": "sync_full_now", "_selected_action": [token_page.pk]}
+    )
+
+    assert asked.status_code == 200
+    assert 'data-testid="action-confirm"' in asked.content.decode()
+    assert "Start a full sync of these pages now?" in asked.content.decode()
+    assert SyncRun.objects.count() == 0
+
+
 def test_page_actions_start_syncs_and_report_live_runs_and_refusals(admin_client, token_page):
     flagged = page_upsert(page_id="444555666", name="Flagged", access_token="t")
     FacebookPage.objects.filter(pk=flagged.pk).update(is_reauthorization_required=True)
 
     response = admin_client.post(
         PAGES,
-        {"action": "sync_incremental_now", "_selected_action": [token_page.pk, flagged.pk]},
+        {
+            "action": "sync_incremental_now",
+            "confirm": "yes",
+            "_selected_action": [token_page.pk, flagged.pk],
+        },
         follow=True,
     )
 
@@ -136,11 +153,14 @@ def test_page_actions_start_syncs_and_report_live_runs_and_refusals(admin_client
         "queued",
     )
     assert _messages(response) == [
-        f"Page {PAGE_ID}: incremental sync queued (run {run.pk}).",
+        f"Page {PAGE_ID}: incremental sync queued as run {run.pk} "
+        "(its page follows it as it runs).",
         "Page 444555666: page 444555666 needs re-authorisation (a new access token).",
     ]
     again = admin_client.post(
-        PAGES, {"action": "sync_full_now", "_selected_action": [token_page.pk]}, follow=True
+        PAGES,
+        {"action": "sync_full_now", "confirm": "yes", "_selected_action": [token_page.pk]},
+        follow=True,
     )
     assert _messages(again) == [
         f"Page {PAGE_ID}: a sync is already queued (run {run.pk}); nothing new was started."
@@ -158,7 +178,9 @@ def test_page_actions_start_syncs_and_report_live_runs_and_refusals(admin_client
 
 
 def test_full_sync_now_queues_a_full_run(admin_client, token_page):
-    admin_client.post(PAGES, {"action": "sync_full_now", "_selected_action": [token_page.pk]})
+    admin_client.post(
+        PAGES, {"action": "sync_full_now", "confirm": "yes", "_selected_action": [token_page.pk]}
+    )
     assert SyncRun.objects.get().mode == "full"
 
 
@@ -170,16 +192,21 @@ def test_retry_failed_batches_starts_a_run_that_takes_them_over(admin_client, to
     )
 
     response = admin_client.post(
-        RUNS, {"action": "retry_failed_batches", "_selected_action": [failed.pk]}, follow=True
+        RUNS,
+        {"action": "retry_failed_batches", "confirm": "yes", "_selected_action": [failed.pk]},
+        follow=True,
     )
 
     retry = SyncRun.objects.exclude(pk=failed.pk).get()
     assert (retry.mode, retry.status, retry.trigger) == ("incremental", "queued", "admin")
     assert _messages(response) == [
-        f"Page {PAGE_ID}: retry of failed batches queued (run {retry.pk})."
+        f"Page {PAGE_ID}: retry of failed batches queued as run {retry.pk} "
+        "(its page follows it as it runs)."
     ]
     again = admin_client.post(
-        PAGES, {"action": "retry_failed_batches", "_selected_action": [token_page.pk]}, follow=True
+        PAGES,
+        {"action": "retry_failed_batches", "confirm": "yes", "_selected_action": [token_page.pk]},
+        follow=True,
     )
     assert _messages(again) == [
         f"Page {PAGE_ID}: a sync is already queued (run {retry.pk}); nothing new was started."
@@ -191,7 +218,9 @@ def test_cancel_stops_live_runs_and_leaves_finished_ones(admin_client, token_pag
     live = _run(token_page, SyncStatus.RUNNING)
 
     response = admin_client.post(
-        RUNS, {"action": "cancel_runs", "_selected_action": [finished.pk, live.pk]}, follow=True
+        RUNS,
+        {"action": "cancel_runs", "confirm": "yes", "_selected_action": [finished.pk, live.pk]},
+        follow=True,
     )
 
     live.refresh_from_db()
@@ -199,8 +228,8 @@ def test_cancel_stops_live_runs_and_leaves_finished_ones(admin_client, token_pag
     assert (live.status, live.error_code) == ("cancelled", "cancelled")
     assert finished.status == "succeeded"
     assert _messages(response) == [
-        f"Cancelled run(s) {live.pk}.",
-        f"Not live (left as they were): run(s) {finished.pk}.",
+        f"Cancelled run {live.pk}.",
+        f"Not live, so left as it was: run {finished.pk}.",
     ]
 
 
@@ -210,8 +239,10 @@ def test_the_sync_actions_need_the_add_syncrun_permission(token_page):
 
     assert b"cancel_runs" not in viewer.get(RUNS).content
     assert b"sync_full_now" not in viewer.get(PAGES).content
-    viewer.post(RUNS, {"action": "cancel_runs", "_selected_action": [live.pk]})
-    viewer.post(PAGES, {"action": "sync_full_now", "_selected_action": [token_page.pk]})
+    viewer.post(RUNS, {"action": "cancel_runs", "confirm": "yes", "_selected_action": [live.pk]})
+    viewer.post(
+        PAGES, {"action": "sync_full_now", "confirm": "yes", "_selected_action": [token_page.pk]}
+    )
     live.refresh_from_db()
     assert live.status == "running"
     assert SyncRun.objects.count() == 1
@@ -220,7 +251,7 @@ def test_the_sync_actions_need_the_add_syncrun_permission(token_page):
         "view_syncrun", "add_syncrun", "view_facebookpage", "change_facebookpage"
     )
     assert b"cancel_runs" in operator.get(RUNS).content
-    operator.post(RUNS, {"action": "cancel_runs", "_selected_action": [live.pk]})
+    operator.post(RUNS, {"action": "cancel_runs", "confirm": "yes", "_selected_action": [live.pk]})
     live.refresh_from_db()
     assert live.status == "cancelled"
 

@@ -138,7 +138,7 @@ def test_staff_operator_sees_the_tiles_the_chart_and_still_the_app_list(operator
         assert found[f"tile-{area}"]["data-status"] == "unknown"
         assert text(found, f"status-{area}") == "not checked yet"
     assert "trend-chart-empty" in found
-    assert text(found, "last-integrity-run") == "No integrity run yet."
+    assert text(found, "last-integrity-run") == "No full integrity run yet."
     # Django's list of apps is still on the page, below the tiles.
     html = response.content.decode()
     assert 'class="app-journeys module' in html
@@ -446,7 +446,7 @@ def test_conversations_tile(operator_client):
     assert line["href"] == reverse("admin:conversations_syncrun_change", args=[running.pk])
     assert "api calls 3, messages inserted 40" in text(found, "running-syncs")
     # The newest run of each synced page, most recent first; a page never synced is not listed.
-    tile = response.context["dashboard"]["tiles"][1]
+    tile = response.context["dashboard"]["tiles"][1].tile
     assert [line.run_id for line in tile.syncs.last_syncs] == [running.pk, last_of_first.pk]
     assert text(found, f"last-sync-{last_of_first.pk}") == "failed"
     assert found[f"last-sync-{last_of_first.pk}"]["href"] == reverse(

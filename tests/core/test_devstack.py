@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
+from pathlib import Path
 from urllib.parse import quote, urljoin, urlsplit
 
 import psycopg
@@ -29,7 +30,7 @@ from openapi_spec_validator import validate
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from devtools.devstack import READY_MARKER
+from devtools.devstack import LOCAL_ENV_NOTE, READY_MARKER
 from evoflow.db import psycopg_conninfo
 from evoflow.demo import DEMO_OPERATOR_USERNAME
 from tests.helpers import PROJECT_ROOT, free_port, run_python
@@ -128,8 +129,18 @@ def simulator_ports() -> dict[str, int]:
 
 
 @pytest.fixture
+def local_env(tmp_path) -> Path:
+    path = tmp_path / "env"
+    path.write_text("DEBUG=1\nCRM_BASE_URL=http://127.0.0.1:1\n")
+    return path
+
+
+@pytest.fixture
 def devstack(
-    throwaway_database_url: str, web_port: int, simulator_ports: dict[str, int]
+    throwaway_database_url: str,
+    web_port: int,
+    simulator_ports: dict[str, int],
+    local_env: Path,
 ) -> Iterator[RunningStack]:
     """`python -m devtools.devstack` in its own process group, its output collected."""
     env = {
@@ -142,6 +153,8 @@ def devstack(
         "EVOFLOW_GRAPH_PORT": str(simulator_ports["graph"]),
         "EVOFLOW_DEMO_PASSWORD": DEMO_PASSWORD,
         "PYTHONUNBUFFERED": "1",
+        # Not the checkout's own file: this stack's ports are throwaway ones.
+        "EVOFLOW_LOCAL_ENV": str(local_env),
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "devtools.devstack"],
@@ -187,7 +200,7 @@ class AssetReferences(HTMLParser):
 
 
 def test_devstack_serves_the_site_and_stops_everything_on_ctrl_c(
-    devstack, web_port, simulator_ports
+    devstack, web_port, simulator_ports, local_env
 ):
     base = f"http://127.0.0.1:{web_port}"
 
@@ -203,6 +216,15 @@ def test_devstack_serves_the_site_and_stops_everything_on_ctrl_c(
     # And the simulators answer on the ports they were given
     for port in simulator_ports.values():
         assert requests.get(f"http://127.0.0.1:{port}/_control/counters", timeout=10).ok
+
+    # And the local env file names them, for the commands run in the checkout meanwhile; its
+    # other lines stay, a stale simulator URL is replaced
+    assert local_env.read_text().splitlines() == [
+        "DEBUG=1",
+        LOCAL_ENV_NOTE,
+        f"CRM_BASE_URL=http://127.0.0.1:{simulator_ports['crm']}",
+        f"GRAPH_API_BASE_URL=http://127.0.0.1:{simulator_ports['graph']}/v21.0",
+    ]
 
     # Then /healthz answers
     health = requests.get(f"{base}/healthz", timeout=10)

@@ -82,9 +82,11 @@ def test_series_from_stored_runs_one_point_per_hour_within_the_window():
 
 
 def test_a_run_every_minute_is_one_point_per_hour_in_one_query():
-    # 3 hours of a run every minute: 180 runs, three points per series.
+    # 3 hours of a run every minute, two days ago (past the last day, where every result is
+    # drawn): 180 runs, three points per series.
+    two_days_ago = NOW - timedelta(days=2)
     for minute in range(180):
-        store_run(NOW - timedelta(minutes=minute + 1), {RATE: (minute, minute / 1000)})
+        store_run(two_days_ago - timedelta(minutes=minute + 1), {RATE: (minute, minute / 1000)})
 
     with CaptureQueriesContext(connection) as queries:
         trend = integrity_trend(now=NOW)
@@ -92,9 +94,28 @@ def test_a_run_every_minute_is_one_point_per_hour_in_one_query():
     assert len(queries) == 1
     assert len(trend.rate.points) == 3  # 09:00-09:59, 10:00-10:59, 11:00-11:59
     assert [point.at for point in trend.rate.points] == [
-        NOW - timedelta(hours=2, minutes=1),
-        NOW - timedelta(hours=1, minutes=1),
-        NOW - timedelta(minutes=1),
+        two_days_ago - timedelta(hours=2, minutes=1),
+        two_days_ago - timedelta(hours=1, minutes=1),
+        two_days_ago - timedelta(minutes=1),
+    ]
+
+
+def test_a_repair_in_the_same_hour_adds_a_point_and_keeps_the_failing_series():
+    # A full run finds 2 of 3 deliveries inconsistent; ten minutes later a repair run of that
+    # one check finds none. Both points are drawn, and the check's failing line stays.
+    run = store_run(NOW - timedelta(minutes=20), {RATE: (2, 2 / 3), OVERDUE: (0, 0.0)})
+    repair = store_run(NOW - timedelta(minutes=10), {RATE: (0, 0.0)})
+
+    trend = integrity_trend(now=NOW)
+
+    assert points(trend.rate) == [
+        (run, NOW - timedelta(minutes=20), pytest.approx(66.6667, abs=1e-3)),
+        (repair, NOW - timedelta(minutes=10), 0.0),
+    ]
+    assert [series.check_id for series in trend.failing] == [RATE]
+    assert points(trend.failing[0]) == [
+        (run, NOW - timedelta(minutes=20), 2.0),
+        (repair, NOW - timedelta(minutes=10), 0.0),
     ]
 
 
@@ -132,9 +153,11 @@ def test_the_svg_parses_as_xml_with_one_point_per_bucket_and_the_newest_run():
         (OVERDUE, str(first)),
         (OVERDUE, str(second)),
     ]
-    assert circles[0].find(f"{SVG}title").text == (f"{RATE}, run {first}, 2026-11-18 12:00 UTC: 1%")
+    assert circles[0].find(f"{SVG}title").text == (
+        f"{RATE}, run {first}, 2026-11-18 12:00:00 UTC: 1%"
+    )
     assert circles[4].find(f"{SVG}title").text == (
-        f"{OVERDUE}, run {first}, 2026-11-18 12:00 UTC: 3"
+        f"{OVERDUE}, run {first}, 2026-11-18 12:00:00 UTC: 3"
     )
     legend = [text.text for text in svg.findall(f"{SVG}text")]
     assert RATE in legend

@@ -123,8 +123,18 @@ def test_the_inconsistent_filter_and_backfill_selected_action(admin_client):
     listed = admin_client.get(url + "?consistency=inconsistent")
     assert [row.pk for row in listed.context["cl"].result_list] == [broken.pk]
 
-    response = admin_client.post(
+    asked = admin_client.post(
         url, {"action": "backfill_selected", ACTION_CHECKBOX_NAME: [broken.pk, fine.pk]}
+    )
+    assert asked.status_code == 200  # the confirmation: nothing changed yet
+    assert MessageDelivery.objects.get(pk=broken.pk).user_id is None
+    response = admin_client.post(
+        url,
+        {
+            "action": "backfill_selected",
+            ACTION_CHECKBOX_NAME: [broken.pk, fine.pk],
+            "confirm": "yes",
+        },
     )
 
     assert response.status_code == 302

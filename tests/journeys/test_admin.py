@@ -10,6 +10,7 @@ from django.contrib.admin.models import ADDITION, LogEntry
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 from django_q.models import OrmQ
 
 from journeys.admin import JourneySessionAdmin
@@ -118,15 +119,27 @@ def test_actions_cancel_and_retry_call_the_services(admin_client):
     advance_all()
     session = JourneySession.objects.get()
 
-    admin_client.post(
+    # The action asks first: without the confirmation nothing changes.
+    asked = admin_client.post(
         "/admin/journeys/journeysession/",
         {"action": "cancel_sessions", "_selected_action": [session.pk]},
     )
+    assert asked.status_code == 200
+    assert 'data-testid="bulk-confirm"' in asked.content.decode()
+    session.refresh_from_db()
+    assert session.status == SessionStatus.WAITING
     admin_client.post(
         "/admin/journeys/journeysession/",
-        {"action": "retry_failed_sessions", "_selected_action": [session.pk]},
+        {"action": "cancel_sessions", "_selected_action": [session.pk], "confirm": "yes"},
+    )
+    retried = admin_client.post(
+        "/admin/journeys/journeysession/",
+        {"action": "retry_failed_sessions", "_selected_action": [session.pk], "confirm": "yes"},
+        follow=True,
     )
 
+    # Retrying a session that has not failed says why nothing happened.
+    assert "Retried nothing: none of the selected sessions has failed" in (retried.content.decode())
     session.refresh_from_db()
     assert session.status == SessionStatus.CANCELLED
     assert JourneySession.objects.count() == 1  # a cancelled session is not retried
@@ -231,14 +244,18 @@ def test_the_retry_action_starts_a_new_session_from_the_failed_node(admin_client
 
     response = admin_client.post(
         "/admin/journeys/journeysession/",
-        {"action": "retry_failed_sessions", "_selected_action": [failed.pk]},
+        {"action": "retry_failed_sessions", "_selected_action": [failed.pk], "confirm": "yes"},
         follow=True,
     )
 
     assert failed.status == SessionStatus.FAILED
     retried = JourneySession.objects.exclude(pk=failed.pk).get()
     assert (retried.current_node_id, retried.context["retry_of"]) == ("call", failed.pk)
-    assert "Retried 1 session(s)." in response.content.decode()
+    page = response.content.decode()
+    assert "Retried 1 session." in page
+    # The message names the new session and links to it.
+    new_page = reverse("admin:journeys_journeysession_change", args=[retried.pk])
+    assert f'Session {failed.pk} retried as <a href="{new_page}">session {retried.pk}</a>' in page
 
 
 def _journeys_with_sessions(count: int) -> None:

@@ -22,5 +22,5 @@ def test_seed_twice_gives_one_journey_and_one_session_per_demo_contact():
     journey = Journey.objects.get(name=demo.DEMO_JOURNEY_NAME)
     assert JourneySession.objects.filter(journey=journey).count() == 5
     assert set(map(str, Contact.objects.values_list("id", flat=True))) == set(demo.DEMO_CONTACT_IDS)
-    assert "5 session(s) started, 0 already enrolled" in first.summary[0]
-    assert "0 session(s) started, 5 already enrolled" in second.summary[0]
+    assert "5 sessions started, 0 already enrolled" in first.summary[0]
+    assert "0 sessions started, 5 already enrolled" in second.summary[0]

@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any, NoReturn
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from conversations.models import SYNC_RUN_COUNTERS, FacebookPage, SyncMode, SyncRun, SyncStatus
@@ -63,7 +64,8 @@ class Command(BaseCommand):
                 f"refused: a sync of page {page_id} is already {run.status}: run {run.pk}",
             )
         self.stdout.write(
-            f"sync run {run.pk} of page {page_id} ({mode}), request id {run.request_id}"
+            f"sync run {run.pk} of page {page_id} ({mode}), request id {run.request_id}, "
+            f"Graph API at {settings.GRAPH_API_BASE_URL}"
         )
         progress = _ProgressLine(self.stderr, enabled=not options["no_progress"])
         try:
@@ -86,6 +88,15 @@ class Command(BaseCommand):
             self.stdout.write(f"  error: {run.error_code}: {run.error}")
         for name in SYNC_RUN_COUNTERS:
             self.stdout.write(f"  {name.replace('_', ' ')}: {getattr(run, name)}")
+        if run.status == SyncStatus.PARTIAL:
+            # Say why it stopped early: a partial run with no failed batch stopped on its
+            # budget or an error of the whole run, named here.
+            why = (
+                f"{run.error_code}: {run.error}"
+                if run.error_code
+                else f"{len(run.failed_batches or [])} batches failed"
+            )
+            self.stdout.write(f"  partial because {why}; the next run resumes from its cursor")
         if run.failed_batches:
             self.stdout.write(f"  failed batches: {len(run.failed_batches)}")
             for batch in run.failed_batches[:10]:

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from deliveries import services
+from deliveries import selectors, services
 
 
 class Command(BaseCommand):
@@ -53,3 +53,12 @@ class Command(BaseCommand):
         )
         for outcome, count in sorted(report.outcomes.items()):
             self.stdout.write(f"  {outcome}: {count}")
+        if not report.linked:
+            # Say why nothing was linked, so "skipped: 5" is never left unexplained.
+            reason = selectors.linking_off_reason()
+            self.stdout.write(
+                f"Nothing {verb}: {reason}."
+                if reason
+                else f"Nothing {verb}: no delivery's guest is linked to a user (and no phone "
+                "matches a single user where the fallback flag allows it)."
+            )

@@ -10,7 +10,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from evoflow.integrity.registry import UnknownCheck, all_checks
+from evoflow.integrity.registry import UnknownCheck, all_checks, get_check
 from evoflow.integrity.runner import EXIT_RUN_FAILED, FAIL_LEVELS, integrity_run, run_document
 
 STATUS_MARKS = {"ok": "OK", "warning": "WARN", "error": "ERROR", "failed": "FAILED"}
@@ -48,6 +48,13 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options) -> None:
+        if options["dry_run"] and not options["fix"]:
+            # A dry run of no repair would store an ordinary run that looks like a preview.
+            self._fail(
+                "--dry-run only applies to --fix (it previews the repairs); nothing was run. "
+                "Use `integrity --fix --dry-run` to preview, or drop --dry-run to check.",
+                options,
+            )
         if options["list"]:
             for check in all_checks():
                 repair = " [repair]" if check.repair else ""
@@ -93,6 +100,8 @@ class Command(BaseCommand):
             if check["repaired_count"] is not None:
                 verb = "would repair" if document["dry_run"] else "repaired"
                 line += f"; {verb} {check['repaired_count']}"
+                if not check["repaired_count"]:
+                    line += f" ({_nothing_repaired_reason(check['id'])})"
             if check["error"]:
                 line += f"; {check['error']}"
             elif check["sample_ids"] and check["status"] != "ok":
@@ -101,3 +110,13 @@ class Command(BaseCommand):
         self.stdout.write(
             f"run {document['run_id']}: {document['status']} (exit {document['exit_code']})"
         )
+
+
+def _nothing_repaired_reason(check_id: str) -> str:
+    """Why a failing check's repair changed nothing, as far as its app can tell."""
+    try:
+        check = get_check(check_id)
+    except UnknownCheck:
+        return "the check is no longer registered"
+    reason = check.repair_blocked_reason() if check.repair_blocked_reason else None
+    return reason or "the repair found nothing it could change"
