@@ -163,7 +163,8 @@ def test_the_admin_removes_and_restores_pages_and_never_deletes_one(client, stoc
     )
 
     assert delete_page.status_code == 403
-    assert asked.status_code == 200 and "Remove these pages?" in asked.content.decode()
+    assert asked.status_code == 200
+    assert "Remove these pages?" in asked.content.decode()
     assert removed_before_confirming is None
     assert b"delete_selected" not in client.get(changelist).content
     assert removed.status_code == 200
