@@ -196,6 +196,20 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "login login login 200 200",
         note="evoflow.repair_integrity: the repair's preview",
     ),
+    Endpoint(
+        "GET",
+        "admin/journeys/journeysession/<str:object_id>/do/<str:action>/",
+        "login login login 200 200",
+        given={"object_id": "journeys.journeysession", "action": "cancel"},
+        note="journeys.change_journeysession: the session action's confirmation",
+    ),
+    Endpoint(
+        "POST",
+        "admin/journeys/journeysession/<str:object_id>/do/<str:action>/",
+        "login login login 302 302",
+        given={"object_id": "journeys.journeysession", "action": "cancel"},
+        note="journeys.change_journeysession: retry, pause, resume or cancel, then the session",
+    ),
 )
 
 # The admin's models. The operators group views everything of evoflow's apps and the task queue,
