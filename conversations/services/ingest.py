@@ -65,6 +65,39 @@ class IncomingMessage:
     is_echo: bool = False
     app_id: str = ""
     reply_to_mid: str = ""
+    # When `text` was read from Graph (the sync): a stored message whose text differs is
+    # updated to it if nothing newer is stored (C10). None: the text as Meta first sent it.
+    text_as_of: datetime | None = None
+
+
+@dataclass(frozen=True)
+class IncomingEdit:
+    """A `message_edit`: the message's text after its `num_edit`-th edit."""
+
+    page_pk: int
+    psid: str
+    mid: str
+    text: str
+    num_edit: int
+    occurred_at: datetime
+
+
+@dataclass(frozen=True)
+class IncomingReaction:
+    """A `message_reactions` event: `react` puts the named reaction on, `unreact` takes it
+    off."""
+
+    page_pk: int
+    psid: str
+    mid: str
+    action: str  # "react" or "unreact"
+    reaction: str
+    emoji: str
+    occurred_at: datetime
+
+    @property
+    def name(self) -> str:
+        return self.reaction or self.emoji
 
 
 @dataclass(frozen=True)
@@ -101,6 +134,10 @@ class ApplyResult:
     events_inserted: int = 0
     messages_marked: int = 0
     inserted_mids: list[str] = field(default_factory=list)
+    # Stored messages whose text the sync replaced, or that a webhook edit moved forward.
+    messages_edited: int = 0
+    edits_recorded: int = 0
+    reactions_changed: int = 0
 
 
 _CONVERSATIONS_UPSERT = """
@@ -127,22 +164,25 @@ conv AS (
 
 _MESSAGES_INSERT = """
 msg AS (
-    INSERT INTO conversations_message (
+    INSERT INTO conversations_message AS m (
         page_id, conversation_id, mid, direction, is_echo, app_id, text, attachments,
-        reply_to_mid, sent_at, source, delivered_at, read_at)
+        reply_to_mid, sent_at, source, delivered_at, read_at, text_as_of)
     SELECT i.page_id, conv.id, i.mid, i.direction, i.is_echo, i.app_id, i.text, i.attachments,
         i.reply_to_mid, i.sent_at, %s,
         CASE WHEN i.direction = 'outbound' AND conv.delivered_watermark >= i.sent_at
             THEN conv.delivered_watermark END,
         CASE WHEN i.direction = 'outbound' AND conv.read_watermark >= i.sent_at
-            THEN conv.read_watermark END
+            THEN conv.read_watermark END,
+        i.text_as_of
     FROM jsonb_to_recordset(%s::jsonb)
         AS i(page_id bigint, psid text, mid text, direction text, is_echo boolean, app_id text,
-             text text, attachments jsonb, reply_to_mid text, sent_at timestamptz)
+             text text, attachments jsonb, reply_to_mid text, sent_at timestamptz,
+             text_as_of timestamptz)
     JOIN conv ON conv.page_id = i.page_id AND conv.psid = i.psid
     ORDER BY i.page_id, i.mid
-    ON CONFLICT (page_id, mid) DO NOTHING
-    RETURNING id, page_id, conversation_id, mid, direction, sent_at
+    {on_conflict}
+    RETURNING m.id, m.page_id, m.conversation_id, m.mid, m.direction, m.sent_at, m.text,
+        m.text_as_of, (m.xmax = 0) AS inserted
 ), msg_events AS (
     INSERT INTO conversations_interactionevent (
         page_id, conversation_id, message_id, kind, occurred_at, dedupe_key, source)
@@ -152,7 +192,27 @@ msg AS (
         CASE direction WHEN 'inbound' THEN 'message_received:' ELSE 'message_sent:' END || mid,
         %s
     FROM msg
+    WHERE inserted
     ON CONFLICT DO NOTHING
+    RETURNING 1
+)"""
+
+# The webhook: a message Meta delivers again is the same message (its edits come as edits).
+_ON_CONFLICT_KEEP = "ON CONFLICT (page_id, mid) DO NOTHING"
+# The sync: Graph serves a message's current text. A stored message whose text differs was
+# edited: take Graph's text, unless the stored one is newer (a webhook edit that came after the
+# sync read the page), and count the edit. Never a new message: `inserted` is false, so no
+# event, no count, and the C4 trigger (inserted rows only) leaves last_message* alone.
+_ON_CONFLICT_SYNC_TEXT = """ON CONFLICT (page_id, mid) DO UPDATE SET
+        text = EXCLUDED.text, text_as_of = EXCLUDED.text_as_of, edit_count = m.edit_count + 1
+    WHERE m.text IS DISTINCT FROM EXCLUDED.text AND EXCLUDED.text_as_of IS NOT NULL
+        AND (m.text_as_of IS NULL OR EXCLUDED.text_as_of > m.text_as_of)"""
+
+# Each text the sync saw change is a version of the history (without a num_edit: Graph has none).
+_SYNC_EDITS_LOG = """
+sync_edits AS (
+    INSERT INTO conversations_messageedit (page_id, mid, num_edit, text, occurred_at, source)
+    SELECT page_id, mid, NULL, text, text_as_of, %s FROM msg WHERE NOT inserted
     RETURNING 1
 )"""
 
@@ -208,6 +268,58 @@ other_events AS (
 )"""
 
 
+# Edits (C10): every edit is logged (a re-delivery adds nothing), even for a message not stored
+# yet (a trigger applies it when the message arrives); the newest edit of each stored message of
+# the batch's conversations moves its text forward: only a higher num_edit, and the text only
+# when the edit is newer than the stored text (the sync may have read a later one already).
+_EDITS_APPLY = """
+edit_log AS (
+    INSERT INTO conversations_messageedit (page_id, mid, num_edit, text, occurred_at, source)
+    SELECT u.page_id, u.mid, u.num_edit, u.text, u.occurred_at, %s
+    FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::timestamptz[])
+        AS u(page_id, mid, num_edit, text, occurred_at)
+    ORDER BY u.page_id, u.mid, u.num_edit
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+), edit_apply AS (
+    UPDATE conversations_message AS m SET
+        text = CASE WHEN m.text_as_of IS NULL OR e.occurred_at > m.text_as_of
+            THEN e.text ELSE m.text END,
+        text_as_of = CASE WHEN m.text_as_of IS NULL OR e.occurred_at > m.text_as_of
+            THEN e.occurred_at ELSE m.text_as_of END,
+        edit_count = e.num_edit
+    FROM (
+        SELECT DISTINCT ON (u.page_id, u.mid) u.page_id, u.psid, u.mid, u.text, u.num_edit,
+            u.occurred_at
+        FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::int[],
+                    %s::timestamptz[]) AS u(page_id, psid, mid, text, num_edit, occurred_at)
+        ORDER BY u.page_id, u.mid, u.num_edit DESC
+    ) AS e
+    JOIN conv ON conv.page_id = e.page_id AND conv.psid = e.psid
+    WHERE m.page_id = e.page_id AND m.mid = e.mid AND m.conversation_id = conv.id
+      AND e.num_edit > m.edit_count
+    RETURNING m.id
+)"""
+
+# Reactions (C10): the state of each (message, person, reaction name) follows the newest event
+# about it; an older one arriving late changes nothing.
+_REACTIONS_APPLY = """
+reaction_apply AS (
+    INSERT INTO conversations_messagereaction AS r (
+        page_id, mid, psid, reaction, emoji, active, as_of)
+    SELECT DISTINCT ON (u.page_id, u.mid, u.psid, u.reaction)
+        u.page_id, u.mid, u.psid, u.reaction, u.emoji, u.active, u.as_of
+    FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::boolean[],
+                %s::timestamptz[]) AS u(page_id, mid, psid, reaction, emoji, active, as_of)
+    ORDER BY u.page_id, u.mid, u.psid, u.reaction, u.as_of DESC, u.active
+    ON CONFLICT (page_id, mid, psid, reaction) DO UPDATE SET
+        active = EXCLUDED.active, emoji = EXCLUDED.emoji, as_of = EXCLUDED.as_of,
+        updated_at = now()
+    WHERE EXCLUDED.as_of > r.as_of
+    RETURNING 1
+)"""
+
+
 @dataclass(frozen=True)
 class TrailingStatement:
     """One more data-modifying CTE run in the same statement (e.g. the webhook receipt), so
@@ -246,6 +358,8 @@ def batch_apply(
     messages: Sequence[IncomingMessage] = (),
     events: Sequence[IncomingEvent] = (),
     marks: Sequence[IncomingMark] = (),
+    edits: Sequence[IncomingEdit] = (),
+    reactions: Sequence[IncomingReaction] = (),
     source: str = Source.WEBHOOK,
     trailing: TrailingStatement | None = None,
     prepared: PreparedRows | None = None,
@@ -266,7 +380,7 @@ def batch_apply(
         if not prepared.keys and trailing is None:
             return result, None
         return _first_statement(prepared, source, trailing, result)
-    keys = _conversation_keys(conversations, messages, events, marks)
+    keys = _conversation_keys(conversations, messages, [*events, *edits, *reactions], marks)
     if not keys and trailing is None:
         return result, None
     unique_messages = _unique_by_mid(messages)
@@ -275,12 +389,12 @@ def batch_apply(
         keys_json=_keys_json(keys, marks),
         messages_json=_message_rows(unique_messages) if unique_messages else None,
     )
-    if not marks and not events:
+    if not marks and not events and not edits and not reactions:
         return _first_statement(rows, source, trailing, result)
     # Both statements commit together; no savepoint inside a caller's transaction.
     with transaction.atomic(savepoint=False):
         _, tail = _first_statement(rows, source, trailing, result)
-        _second_statement(marks, events, source, result)
+        _second_statement(marks, events, edits, reactions, source, result)
     return result, tail
 
 
@@ -318,15 +432,21 @@ def _first_statement(
         "(SELECT count(*) FROM conv WHERE inserted)",
         "(SELECT count(*) FROM conv)",
     ]
+    sync = source == Source.SYNC
     if rows.messages_json is not None:
-        parts.append(_MESSAGES_INSERT)
+        on_conflict = _ON_CONFLICT_SYNC_TEXT if sync else _ON_CONFLICT_KEEP
+        parts.append(_MESSAGES_INSERT.format(on_conflict=on_conflict))
         params += [source, rows.messages_json, source]
         selects += [
             "(SELECT count(*) FROM msg_events)",
-            "array(SELECT mid FROM msg)",
+            "array(SELECT mid FROM msg WHERE inserted)",
             "(SELECT count(DISTINCT msg.conversation_id) FROM msg"
-            " JOIN conv ON conv.id = msg.conversation_id WHERE NOT conv.inserted)",
+            " JOIN conv ON conv.id = msg.conversation_id WHERE msg.inserted AND NOT conv.inserted)",
+            "(SELECT count(*) FROM msg WHERE NOT inserted)",
         ]
+        if sync:
+            parts.append(_SYNC_EDITS_LOG)
+            params.append(source)
     if trailing is not None:
         parts.append(f"\ntail_statement(value) AS ({trailing.sql})")
         params += trailing.params
@@ -342,17 +462,26 @@ def _first_statement(
         result.inserted_mids = list(row.pop(0))
         result.messages_inserted = len(result.inserted_mids)
         result.conversations_updated = int(row.pop(0))
+        result.messages_edited = int(row.pop(0))
     return result, row.pop(0) if trailing is not None else None
 
 
 def _second_statement(
     marks: Sequence[IncomingMark],
     events: Sequence[IncomingEvent],
+    edits: Sequence[IncomingEdit],
+    reactions: Sequence[IncomingReaction],
     source: str,
     result: ApplyResult,
 ) -> None:
-    """Marks and the other events, with a snapshot taken after the conversation locks."""
-    items: list[IncomingMark | IncomingEvent] = [*marks, *events]
+    """Marks, edits, reactions and the other events, with a snapshot taken after the
+    conversation locks."""
+    items: list[IncomingMark | IncomingEvent | IncomingEdit | IncomingReaction] = [
+        *marks,
+        *events,
+        *edits,
+        *reactions,
+    ]
     touched = sorted({(item.page_pk, item.psid) for item in items})
     parts = [_CONVERSATIONS_LOCKED]
     params: list[Any] = [[key[0] for key in touched], [key[1] for key in touched]]
@@ -375,6 +504,35 @@ def _second_statement(
             [event.mid for event in events],
         ]
         selects.append("(SELECT count(*) FROM other_events)")
+    if edits:
+        parts.append(_EDITS_APPLY)
+        params += [
+            source,
+            [edit.page_pk for edit in edits],
+            [edit.mid for edit in edits],
+            [edit.num_edit for edit in edits],
+            [edit.text for edit in edits],
+            [edit.occurred_at for edit in edits],
+            [edit.page_pk for edit in edits],
+            [edit.psid for edit in edits],
+            [edit.mid for edit in edits],
+            [edit.text for edit in edits],
+            [edit.num_edit for edit in edits],
+            [edit.occurred_at for edit in edits],
+        ]
+        selects += ["(SELECT count(*) FROM edit_log)", "(SELECT count(*) FROM edit_apply)"]
+    if reactions:
+        parts.append(_REACTIONS_APPLY)
+        params += [
+            [item.page_pk for item in reactions],
+            [item.mid for item in reactions],
+            [item.psid for item in reactions],
+            [item.name for item in reactions],
+            [item.emoji for item in reactions],
+            [item.action == "react" for item in reactions],
+            [item.occurred_at for item in reactions],
+        ]
+        selects.append("(SELECT count(*) FROM reaction_apply)")
     statement = "WITH " + ",".join(parts) + "\nSELECT " + ", ".join(selects)
     with connection.cursor() as cursor:
         cursor.execute(statement, params)
@@ -383,6 +541,11 @@ def _second_statement(
         result.messages_marked = int(row.pop(0))
     if events:
         result.events_inserted = int(row.pop(0))
+    if edits:
+        result.edits_recorded = int(row.pop(0))
+        result.messages_edited += int(row.pop(0))
+    if reactions:
+        result.reactions_changed = int(row.pop(0))
 
 
 def _watermarks(
@@ -402,11 +565,12 @@ def _watermarks(
 def _conversation_keys(
     conversations: Sequence[ConversationKey],
     messages: Sequence[IncomingMessage],
-    events: Sequence[IncomingEvent],
+    events: Sequence[IncomingEvent | IncomingEdit | IncomingReaction],
     marks: Sequence[IncomingMark],
 ) -> list[ConversationKey]:
     by_key: dict[tuple[int, str], ConversationKey] = {}
-    items: list[IncomingMessage | IncomingEvent | IncomingMark] = [*messages, *events, *marks]
+    items: list[IncomingMessage | IncomingEvent | IncomingEdit | IncomingReaction | IncomingMark]
+    items = [*messages, *events, *marks]
     for item in items:
         by_key.setdefault((item.page_pk, item.psid), ConversationKey(item.page_pk, item.psid))
     for key in conversations:  # explicit keys carry names and thread ids: they win
@@ -436,6 +600,7 @@ def _message_rows(messages: Sequence[IncomingMessage]) -> str:
                 "attachments": message.attachments,
                 "reply_to_mid": message.reply_to_mid,
                 "sent_at": message.sent_at.isoformat(),
+                "text_as_of": _iso(message.text_as_of),
             }
             for message in messages
         ]
@@ -451,8 +616,10 @@ __all__ = [
     "ConversationKey",
     "Direction",
     "EventKind",
+    "IncomingEdit",
     "IncomingEvent",
     "IncomingMark",
+    "IncomingReaction",
     "IncomingMessage",
     "PreparedRows",
     "TrailingStatement",
