@@ -302,7 +302,22 @@ edit_log AS (
 )"""
 
 # Reactions (C10): the state of each (message, person, reaction name) follows the newest event
-# about it; an older one arriving late changes nothing.
+# about it; an older one arriving late changes nothing. An unreact that names no reaction (Meta's
+# example names it; a withdrawal without one has been seen) takes off every reaction of that
+# person on that message older than it.
+_REACTIONS_CLEAR = """
+reaction_clear AS (
+    UPDATE conversations_messagereaction AS r SET
+        active = false, as_of = u.as_of, updated_at = now()
+    FROM (
+        SELECT u.page_id, u.mid, u.psid, max(u.as_of) AS as_of
+        FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::timestamptz[])
+            AS u(page_id, mid, psid, as_of)
+        GROUP BY u.page_id, u.mid, u.psid
+    ) AS u
+    WHERE r.page_id = u.page_id AND r.mid = u.mid AND r.psid = u.psid AND r.as_of < u.as_of
+    RETURNING 1
+)"""
 _REACTIONS_APPLY = """
 reaction_apply AS (
     INSERT INTO conversations_messagereaction AS r (
@@ -521,18 +536,29 @@ def _second_statement(
             [edit.occurred_at for edit in edits],
         ]
         selects += ["(SELECT count(*) FROM edit_log)", "(SELECT count(*) FROM edit_apply)"]
-    if reactions:
+    named = [item for item in reactions if item.name]
+    clears = [item for item in reactions if not item.name and item.action == "unreact"]
+    if named:
         parts.append(_REACTIONS_APPLY)
         params += [
-            [item.page_pk for item in reactions],
-            [item.mid for item in reactions],
-            [item.psid for item in reactions],
-            [item.name for item in reactions],
-            [item.emoji for item in reactions],
-            [item.action == "react" for item in reactions],
-            [item.occurred_at for item in reactions],
+            [item.page_pk for item in named],
+            [item.mid for item in named],
+            [item.psid for item in named],
+            [item.name for item in named],
+            [item.emoji for item in named],
+            [item.action == "react" for item in named],
+            [item.occurred_at for item in named],
         ]
         selects.append("(SELECT count(*) FROM reaction_apply)")
+    if clears:
+        parts.append(_REACTIONS_CLEAR)
+        params += [
+            [item.page_pk for item in clears],
+            [item.mid for item in clears],
+            [item.psid for item in clears],
+            [item.occurred_at for item in clears],
+        ]
+        selects.append("(SELECT count(*) FROM reaction_clear)")
     statement = "WITH " + ",".join(parts) + "\nSELECT " + ", ".join(selects)
     with connection.cursor() as cursor:
         cursor.execute(statement, params)
@@ -544,8 +570,10 @@ def _second_statement(
     if edits:
         result.edits_recorded = int(row.pop(0))
         result.messages_edited += int(row.pop(0))
-    if reactions:
-        result.reactions_changed = int(row.pop(0))
+    if named:
+        result.reactions_changed += int(row.pop(0))
+    if clears:
+        result.reactions_changed += int(row.pop(0))
 
 
 def _watermarks(

@@ -302,7 +302,7 @@ def _plan_event(plan: PayloadPlan, page_pk: int, item: PayloadEvent, where: dict
                 mid=reaction.mid,
             )
         )
-        if emoji:  # a reaction without a name or emoji has no state to change
+        if emoji or reaction.action == "unreact":  # a nameless react has nothing to put on
             plan.reactions.append(
                 IncomingReaction(
                     page_pk=page_pk,
