@@ -21,6 +21,7 @@ from conversations.services.webhook import (
     webhook_receipt_process,
     webhook_receipt_retry,
     webhook_receipts_prune,
+    webhook_receipts_reprocess,
     webhook_receipts_retry_due,
     webhook_receive,
 )
@@ -43,6 +44,6 @@ __all__ = [
     "webhook_receipt_retry",
     "webhook_receive",
     "webhook_receipts_prune",
-    "webhook_receipts_prune",
+    "webhook_receipts_reprocess",
     "webhook_receipts_retry_due",
 ]
