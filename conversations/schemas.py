@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 # Epoch milliseconds between 2000 and 2100: anything else is not a Messenger timestamp (and
 # would overflow PostgreSQL's timestamp range if taken at face value).
@@ -23,6 +23,24 @@ MIN_TIMESTAMP_MS = 946_684_800_000
 MAX_TIMESTAMP_MS = 4_102_444_800_000
 
 TimestampMs = Annotated[int, Field(strict=True, ge=MIN_TIMESTAMP_MS, lt=MAX_TIMESTAMP_MS)]
+
+
+def _event_time_ms(value: Any) -> Any:
+    """An event's `timestamp` as Meta's references show it: epoch milliseconds, or (the newer
+    postback and opt-in examples) a string, in seconds. Anything else is left to fail."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
+        value = int(value)
+    seconds = isinstance(value, int) and not isinstance(value, bool)
+    if seconds and MIN_TIMESTAMP_MS // 1000 <= value < MAX_TIMESTAMP_MS // 1000:
+        return value * 1000
+    return value
+
+
+EventTimestampMs = Annotated[
+    int,
+    BeforeValidator(_event_time_ms),
+    Field(strict=True, ge=MIN_TIMESTAMP_MS, lt=MAX_TIMESTAMP_MS),
+]
 MessageId = Annotated[str, Field(strict=True, min_length=1, max_length=255)]
 ShortText = Annotated[str, Field(strict=True, max_length=2_000)]
 # Stored in a varchar(64): an integer app id has at most 64 digits.
@@ -43,6 +61,8 @@ class _Lenient(BaseModel):
 class Participant(_Lenient):
     # Any type: a bad id skips the event with a reason instead of rejecting the payload (F7).
     id: Any = None
+    # A person known only by the chat plugin or checkbox (no PSID, no conversation yet).
+    user_ref: Any = None
 
 
 # Attachment payloads are stored as given (jsonb): deeper than this is not an attachment, and a
@@ -133,7 +153,8 @@ NOT_STORED_KINDS: dict[str, str] = {
     "take_thread_control": "handover",
     "request_thread_control": "handover",
     "app_roles": "handover",
-    "policy-enforcement": "policy_enforcement",
+    "policy_enforcement": "policy_enforcement",
+    "policy-enforcement": "policy_enforcement",  # the older spelling
     "account_linking": "account_linking",
 }
 
@@ -144,7 +165,7 @@ class MessagingEvent(_Lenient):
     sender: Participant | None = None
     recipient: Participant | None = None
     # Missing in Meta's own delivery example: a delivery then takes its watermark's time.
-    timestamp: TimestampMs | None = None
+    timestamp: EventTimestampMs | None = None
     message: MessageBody | None = None
     message_edit: MessageEdit | None = None
     delivery: Delivery | None = None

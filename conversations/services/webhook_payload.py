@@ -119,6 +119,7 @@ class PayloadEvents:
 
     events: list[PayloadEvent] = field(default_factory=list)
     quarantined: list[dict[str, Any]] = field(default_factory=list)
+    not_stored: list[dict[str, Any]] = field(default_factory=list)
     event_count: int = 0
 
 
@@ -151,6 +152,18 @@ def payload_events(loaded: LoadedPayload) -> PayloadEvents:
         for channel, raw_events in (("messaging", entry.messaging), ("standby", entry.standby)):
             for index, raw in enumerate(raw_events):
                 claimed = event_kind_of(raw) if isinstance(raw, dict) else "unknown"
+                if claimed in NOT_STORED_KINDS.values():
+                    # Read, not stored: nothing of its shape can matter, so none is checked.
+                    result.not_stored.append(
+                        {
+                            "entry": entry_index,
+                            "channel": channel,
+                            "index": index,
+                            "kind": claimed,
+                            "reason": f"{claimed} events are not stored",
+                        }
+                    )
+                    continue
                 try:
                     event = event_parse(raw, check_values=check)
                 except PayloadInvalid as error:
@@ -191,6 +204,11 @@ def payload_plan_build(parsed: PayloadEvents, page_pks: Mapping[str, int]) -> Pa
     for item in parsed.events:
         where = {"entry": item.entry_index, "channel": item.channel, "index": item.index}
         _plan_event(plan, page_pks[item.page_id], item, where)
+    # In payload order, whichever way each was left out.
+    plan.skipped = sorted(
+        [*plan.skipped, *parsed.not_stored],
+        key=lambda item: (item["entry"], item["channel"] != "messaging", item["index"]),
+    )
     return plan
 
 
@@ -198,12 +216,8 @@ def _plan_event(plan: PayloadPlan, page_pk: int, item: PayloadEvent, where: dict
     event, page_id, channel = item.event, item.page_id, item.channel
     kind = event.kind
     if kind is None:
-        if item.claimed_kind in NOT_STORED_KINDS.values():
-            reason = f"{item.claimed_kind} events are not stored"
-        else:
-            plan.unknown_count += 1
-            reason = "unknown event kind"
-        plan.skipped.append({**where, "kind": item.claimed_kind, "reason": reason})
+        plan.unknown_count += 1
+        plan.skipped.append({**where, "kind": "unknown", "reason": "unknown event kind"})
         return
     is_echo = kind == "message" and event.message is not None and event.message.is_echo
     # The person is the sender, except in echoes (the page wrote to them).
@@ -235,7 +249,7 @@ def _plan_event(plan: PayloadPlan, page_pk: int, item: PayloadEvent, where: dict
                 direction=Direction.OUTBOUND if body.is_echo else Direction.INBOUND,
                 sent_at=occurred_at,
                 text=body.text,
-                attachments=[item.model_dump(exclude_none=True) for item in body.attachments],
+                attachments=[item.model_dump(exclude_unset=True) for item in body.attachments],
                 is_echo=body.is_echo,
                 app_id="" if body.app_id is None else str(body.app_id),
                 reply_to_mid=body.reply_to.mid if body.reply_to else "",
@@ -343,6 +357,8 @@ def _plan_event(plan: PayloadPlan, page_pk: int, item: PayloadEvent, where: dict
 
 def _participant(participant: Any, page_id: str) -> tuple[str | None, str | None]:
     """(psid, None) for a usable participant, else (None, reason) (F7)."""
+    if participant is not None and participant.id is None and participant.user_ref is not None:
+        return None, "participant is a user_ref, not a PSID"
     if participant is None or participant.id is None:
         return None, "participant id missing"
     psid = participant.id
