@@ -378,8 +378,14 @@ def batch_apply(
     source: str = Source.WEBHOOK,
     trailing: TrailingStatement | None = None,
     prepared: PreparedRows | None = None,
+    durable_commit: bool = False,
 ) -> tuple[ApplyResult, Any]:
     """Apply one batch; see the module docstring.
+
+    `durable_commit` makes the transaction's commit wait for its WAL flush whatever the server's
+    `synchronous_commit`: the first statement sets it for the transaction
+    (`set_config(..., true)`, the function form of `SET LOCAL`), so the one-statement fast path
+    stays one round trip.
 
     Conversations and messages (and the trailing statement) are ONE statement: outside a
     transaction it costs one round trip and commits by itself. A batch with marks or other
@@ -394,7 +400,7 @@ def batch_apply(
             raise ValueError("prepared rows replace conversations and messages; nothing else")
         if not prepared.keys and trailing is None:
             return result, None
-        return _first_statement(prepared, source, trailing, result)
+        return _first_statement(prepared, source, trailing, result, durable_commit)
     keys = _conversation_keys(conversations, messages, [*events, *edits, *reactions], marks)
     if not keys and trailing is None:
         return result, None
@@ -405,10 +411,10 @@ def batch_apply(
         messages_json=_message_rows(unique_messages) if unique_messages else None,
     )
     if not marks and not events and not edits and not reactions:
-        return _first_statement(rows, source, trailing, result)
+        return _first_statement(rows, source, trailing, result, durable_commit)
     # Both statements commit together; no savepoint inside a caller's transaction.
     with transaction.atomic(savepoint=False):
-        _, tail = _first_statement(rows, source, trailing, result)
+        _, tail = _first_statement(rows, source, trailing, result, durable_commit)
         _second_statement(marks, events, edits, reactions, source, result)
     return result, tail
 
@@ -438,6 +444,7 @@ def _first_statement(
     source: str,
     trailing: TrailingStatement | None,
     result: ApplyResult,
+    durable_commit: bool = False,
 ) -> tuple[ApplyResult, Any]:
     """The conversation upsert (taking the row locks, in key order), the messages and their
     events, and the trailing statement."""
@@ -466,6 +473,8 @@ def _first_statement(
         parts.append(f"\ntail_statement(value) AS ({trailing.sql})")
         params += trailing.params
         selects.append("(SELECT value FROM tail_statement)")
+    if durable_commit:  # last: nothing reads its value
+        selects.append("set_config('synchronous_commit', 'on', true)")
     statement = "WITH " + ",".join(parts) + "\nSELECT " + ", ".join(selects)
     with connection.cursor() as cursor:
         cursor.execute(statement, params)
