@@ -8,13 +8,17 @@ loads it: without the durable commit, a PostgreSQL crash can lose payloads alrea
 
 from __future__ import annotations
 
-import importlib
-
 from evoflow.wsgi import application
 
-# Imported once Django is set up (by evoflow.wsgi above).
-webhook = importlib.import_module("conversations.services.webhook")
-# The server's own synchronous_commit applies instead (off on the local cluster).
-webhook.RECEIPT_COMMIT_DURABLE = False
+
+def _durable_commit_off() -> None:
+    # Imported once Django is set up (by evoflow.wsgi above); the server's own
+    # synchronous_commit applies instead (off on the local cluster).
+    from conversations.services import webhook
+
+    webhook.RECEIPT_COMMIT_DURABLE = False
+
+
+_durable_commit_off()
 
 __all__ = ["application"]

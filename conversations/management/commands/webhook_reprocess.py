@@ -73,9 +73,10 @@ class Command(BaseCommand):
             summary.by_status.get(name, 0)
             for name in (ReceiptStatus.QUARANTINED, ReceiptStatus.FAILED, ReceiptStatus.REJECTED)
         )
+        by_status = dict(sorted(summary.by_status.items()))
         document = {
             "receipts": summary.receipts,
-            "by_status": dict(sorted(summary.by_status.items())),
+            "by_status": by_status,
             "messages_inserted": summary.messages_inserted,
             "events_inserted": summary.events_inserted,
             "messages_edited": summary.messages_edited,
@@ -87,7 +88,7 @@ class Command(BaseCommand):
         if options["json"]:
             self.stdout.write(json.dumps(document))
         else:
-            statuses = ", ".join(f"{n} {s}" for s, n in document["by_status"].items()) or "none"
+            statuses = ", ".join(f"{n} {s}" for s, n in by_status.items()) or "none"
             self.stdout.write(
                 f"{summary.receipts} receipts reprocessed ({statuses}); "
                 f"{summary.changed} changes: {summary.messages_inserted} messages inserted, "
