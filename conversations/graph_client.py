@@ -144,7 +144,7 @@ class GraphConversation(_Node):
 class ConversationPage(_Paged):
     data: list[GraphConversation]
     # When the call that read this page started (set by the sync, never read from the answer):
-    # the texts it holds are current as of then (C10).
+    # the texts it holds are current as of then (C9).
     _fetched_at: datetime | None = PrivateAttr(default=None)
 
 

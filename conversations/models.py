@@ -12,7 +12,7 @@ the coming Graph sync, the admin, raw SQL) obeys them:
   messages on every path (F19) and the last message only ever moves forward (F1); a second
   trigger refuses any update that would move `last_message_at` backwards, and bumps `version`
   on every change so a writer can make a version-checked update;
-- C10 edits and reactions converge: a message's text only moves to a newer version (by
+- C9 edits and reactions converge: a message's text only moves to a newer version (by
   `num_edit` and time), every version is kept in an append-only history, and a reaction's state
   only changes for a newer event, whichever path (webhook, sync) and order they come in.
 """
@@ -200,7 +200,7 @@ class Message(models.Model):
     source = models.CharField(max_length=8, choices=Source.choices)
     delivered_at = models.DateTimeField(null=True, blank=True)
     read_at = models.DateTimeField(null=True, blank=True)
-    # Edits (C10): the highest `num_edit` known (Meta's count; a change only the sync saw adds
+    # Edits (C9): the highest `num_edit` known (Meta's count; a change only the sync saw adds
     # one), and when the stored text became current: null for the text as first received, the
     # edit's time, or the moment the sync read it from Graph. An edit or a sync only replaces
     # the text with a newer one, so neither can take it backwards.
@@ -259,7 +259,7 @@ class Message(models.Model):
 
 
 class MessageEdit(models.Model):
-    """One version of a message's text, append-only (C10): version 0 is the text as first
+    """One version of a message's text, append-only (C9): version 0 is the text as first
     stored, then one row per `num_edit` Meta sent (kept even when the message is not stored
     yet: it is applied when the message arrives), and a row without `num_edit` for each change
     only the sync saw (Graph serves the current text, not the count). Keyed by mid, not by a
@@ -292,7 +292,7 @@ class MessageEdit(models.Model):
 
 
 class MessageReaction(models.Model):
-    """Whether a person's reaction of one name is on a message now (C10): `react` sets it,
+    """Whether a person's reaction of one name is on a message now (C9): `react` sets it,
     `unreact` removes the reaction it names, and only an event newer than the one the row holds
     changes it, so re-deliveries and reordering converge. Keyed by mid: a reaction may come
     before its message."""

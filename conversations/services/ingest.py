@@ -66,7 +66,7 @@ class IncomingMessage:
     app_id: str = ""
     reply_to_mid: str = ""
     # When `text` was read from Graph (the sync): a stored message whose text differs is
-    # updated to it if nothing newer is stored (C10). None: the text as Meta first sent it.
+    # updated to it if nothing newer is stored (C9). None: the text as Meta first sent it.
     text_as_of: datetime | None = None
 
 
@@ -268,7 +268,7 @@ other_events AS (
 )"""
 
 
-# Edits (C10): every edit is logged (a re-delivery adds nothing), even for a message not stored
+# Edits (C9): every edit is logged (a re-delivery adds nothing), even for a message not stored
 # yet (a trigger applies it when the message arrives); the newest edit of each stored message of
 # the batch's conversations moves its text forward: only a higher num_edit, and the text only
 # when the edit is newer than the stored text (the sync may have read a later one already).
@@ -301,7 +301,7 @@ edit_log AS (
     RETURNING m.id
 )"""
 
-# Reactions (C10): the state of each (message, person, reaction name) follows the newest event
+# Reactions (C9): the state of each (message, person, reaction name) follows the newest event
 # about it; an older one arriving late changes nothing. An unreact that names no reaction (Meta's
 # example names it; a withdrawal without one has been seen) takes off every reaction of that
 # person on that message older than it.

@@ -83,7 +83,7 @@ class BatchPlanning:
     def _listing(
         self, folder: str, after: str | None, limit: int | None = None
     ) -> ConversationPage:
-        # Taken before the call: every text of the answer is at least as new as this (C10).
+        # Taken before the call: every text of the answer is at least as new as this (C9).
         started = timezone.now()
         listing: ConversationPage = self.client_call(
             "conversations",
@@ -155,7 +155,7 @@ class BatchPlanning:
             )
             if stored and conversation.messages is not None:
                 # The newest messages that are stored already come with the listing anyway:
-                # written too, so that a text edited since is brought up to date (C10). Older
+                # written too, so that a text edited since is brought up to date (C9). Older
                 # edits are the full sync's.
                 batch.messages.extend(
                     self._incoming(psid, message, fetched_at)
