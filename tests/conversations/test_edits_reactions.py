@@ -1,4 +1,4 @@
-"""Edits and reactions (C10): forward only, in any order, from the webhook, the sync or both."""
+"""Edits and reactions (C9): forward only, in any order, from the webhook, the sync or both."""
 
 from __future__ import annotations
 

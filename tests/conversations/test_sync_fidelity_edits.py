@@ -1,4 +1,4 @@
-"""Fidelity against the Graph simulator's truth with edits and reactions (C10).
+"""Fidelity against the Graph simulator's truth with edits and reactions (C9).
 
 After a full sync, messages are edited and reacted to in the simulator (through its control API,
 over HTTP). Some edits reach evoflow by webhook, out of order and duplicated, some only through
