@@ -6,6 +6,7 @@ first POST and removed for the reprocessing, as a deploy of a fix would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from io import StringIO
 
@@ -144,3 +145,21 @@ def test_the_admin_action_reprocesses_the_selected_receipts(quarantined_receipt,
     )
     assert detail.status_code == 200
     assert b"quarantined" in detail.content.lower()
+
+
+def _check(check_id: str) -> tuple[str, int]:
+    out = StringIO()
+    with contextlib.suppress(SystemExit):  # the exit status says warning: read the document
+        call_command("integrity", "--json", "--check", check_id, stdout=out, stderr=StringIO())
+    (result,) = json.loads(out.getvalue())["checks"]
+    return result["status"], result["failing_count"]
+
+
+def test_the_integrity_check_reports_quarantined_receipts_until_they_are_reprocessed(
+    quarantined_receipt,
+):
+    assert _check("conversations.receipts_quarantined") == ("warning", 1)
+
+    run("--status", "quarantined")
+
+    assert _check("conversations.receipts_quarantined") == ("ok", 0)
