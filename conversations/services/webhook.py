@@ -428,7 +428,8 @@ def webhook_receipts_retry_due(*, limit: int = 100) -> int:
 
 def webhook_receipts_prune(*, older_than: timedelta = RECEIPT_RETENTION) -> int:
     """Delete processed and rejected receipts received before `older_than` ago, in bounded
-    batches (short transactions); failed ones are kept until retried. Returns rows deleted."""
+    batches (short transactions); failed ones are kept until retried, quarantined ones until
+    reprocessed. Returns rows deleted."""
     cutoff = timezone.now() - older_than
     deleted = 0
     while True:

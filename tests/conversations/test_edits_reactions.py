@@ -301,3 +301,25 @@ def test_reprocessing_an_applied_receipt_with_edits_changes_nothing(post_webhook
     assert summary.by_status == {ReceiptStatus.PROCESSED: 1}
     assert Conversation.objects.get().version == version
     assert WebhookReceipt.objects.get().attempts == 2
+
+
+def test_the_sync_does_not_rewrite_a_message_stored_in_another_conversation(post_webhook, page):
+    post(post_webhook, message("m_1", T0, "mine"))
+
+    result, _ = batch_apply(
+        messages=[
+            IncomingMessage(
+                page.pk,
+                "7009",
+                "m_1",
+                Direction.INBOUND,
+                at(T0),
+                text="theirs",
+                text_as_of=at(T0 + 10_000),
+            )
+        ],
+        source=Source.SYNC,
+    )
+
+    assert (result.messages_inserted, result.messages_edited) == (0, 0)
+    assert Message.objects.get().text == "mine"
