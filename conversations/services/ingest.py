@@ -201,8 +201,9 @@ msg AS (
 _ON_CONFLICT_KEEP = "ON CONFLICT (page_id, mid) DO NOTHING"
 # The sync: Graph serves a message's current text. A stored message whose text differs was
 # edited: take Graph's text, unless the stored one is newer (a webhook edit that came after the
-# sync read the page) or the mid is stored in another conversation, and count the edit. Never a new message: `inserted` is false, so no
-# event, no count, and the C4 trigger (inserted rows only) leaves last_message* alone.
+# sync read the page) or the mid is stored in another conversation, and count the edit. Never a
+# new message: `inserted` is false, so no event, no count, and the C4 trigger (inserted rows
+# only) leaves last_message* alone.
 _ON_CONFLICT_SYNC_TEXT = """ON CONFLICT (page_id, mid) DO UPDATE SET
         text = EXCLUDED.text, text_as_of = EXCLUDED.text_as_of, edit_count = m.edit_count + 1
     WHERE m.text IS DISTINCT FROM EXCLUDED.text AND EXCLUDED.text_as_of IS NOT NULL
