@@ -21,9 +21,12 @@ from conversations.services.webhook import (
     webhook_receipt_process,
     webhook_receipt_retry,
     webhook_receipts_prune,
-    webhook_receipts_reprocess,
     webhook_receipts_retry_due,
     webhook_receive,
+)
+from conversations.services.webhook_reprocess import (
+    ReprocessSummary,
+    webhook_receipts_reprocess,
 )
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "IncomingMark",
     "IncomingMessage",
     "ProcessOutcome",
+    "ReprocessSummary",
     "TrailingStatement",
     "batch_apply",
     "page_flag_reauthorization",

@@ -41,6 +41,11 @@ from typing import Any
 from django.db import connection, transaction
 
 from conversations.models import Direction, EventKind, Source
+from conversations.services.ingest_edits import (
+    IncomingEdit,
+    IncomingReaction,
+    edit_and_reaction_parts,
+)
 
 
 @dataclass(frozen=True)
@@ -68,36 +73,6 @@ class IncomingMessage:
     # When `text` was read from Graph (the sync): a stored message whose text differs is
     # updated to it if nothing newer is stored (C9). None: the text as Meta first sent it.
     text_as_of: datetime | None = None
-
-
-@dataclass(frozen=True)
-class IncomingEdit:
-    """A `message_edit`: the message's text after its `num_edit`-th edit."""
-
-    page_pk: int
-    psid: str
-    mid: str
-    text: str
-    num_edit: int
-    occurred_at: datetime
-
-
-@dataclass(frozen=True)
-class IncomingReaction:
-    """A `message_reactions` event: `react` puts the named reaction on, `unreact` takes it
-    off."""
-
-    page_pk: int
-    psid: str
-    mid: str
-    action: str  # "react" or "unreact"
-    reaction: str
-    emoji: str
-    occurred_at: datetime
-
-    @property
-    def name(self) -> str:
-        return self.reaction or self.emoji
 
 
 @dataclass(frozen=True)
@@ -266,73 +241,6 @@ other_events AS (
         ON stored.page_id = u.page_id AND stored.mid = u.mid AND stored.conversation_id = conv.id
     ORDER BY u.page_id, u.dedupe_key
     ON CONFLICT DO NOTHING
-    RETURNING 1
-)"""
-
-
-# Edits (C9): every edit is logged (a re-delivery adds nothing), even for a message not stored
-# yet (a trigger applies it when the message arrives); the newest edit of each stored message of
-# the batch's conversations moves its text forward: only a higher num_edit, and the text only
-# when the edit is newer than the stored text (the sync may have read a later one already).
-_EDITS_APPLY = """
-edit_log AS (
-    INSERT INTO conversations_messageedit (page_id, mid, num_edit, text, occurred_at, source)
-    SELECT u.page_id, u.mid, u.num_edit, u.text, u.occurred_at, %s
-    FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::timestamptz[])
-        AS u(page_id, mid, num_edit, text, occurred_at)
-    ORDER BY u.page_id, u.mid, u.num_edit
-    ON CONFLICT DO NOTHING
-    RETURNING 1
-), edit_apply AS (
-    UPDATE conversations_message AS m SET
-        text = CASE WHEN m.text_as_of IS NULL OR e.occurred_at > m.text_as_of
-            THEN e.text ELSE m.text END,
-        text_as_of = CASE WHEN m.text_as_of IS NULL OR e.occurred_at > m.text_as_of
-            THEN e.occurred_at ELSE m.text_as_of END,
-        edit_count = e.num_edit
-    FROM (
-        SELECT DISTINCT ON (u.page_id, u.mid) u.page_id, u.psid, u.mid, u.text, u.num_edit,
-            u.occurred_at
-        FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::int[],
-                    %s::timestamptz[]) AS u(page_id, psid, mid, text, num_edit, occurred_at)
-        ORDER BY u.page_id, u.mid, u.num_edit DESC
-    ) AS e
-    JOIN conv ON conv.page_id = e.page_id AND conv.psid = e.psid
-    WHERE m.page_id = e.page_id AND m.mid = e.mid AND m.conversation_id = conv.id
-      AND e.num_edit > m.edit_count
-    RETURNING m.id
-)"""
-
-# Reactions (C9): the state of each (message, person, reaction name) follows the newest event
-# about it; an older one arriving late changes nothing. An unreact that names no reaction (Meta's
-# example names it; a withdrawal without one has been seen) takes off every reaction of that
-# person on that message older than it.
-_REACTIONS_CLEAR = """
-reaction_clear AS (
-    UPDATE conversations_messagereaction AS r SET
-        active = false, as_of = u.as_of, updated_at = now()
-    FROM (
-        SELECT u.page_id, u.mid, u.psid, max(u.as_of) AS as_of
-        FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::timestamptz[])
-            AS u(page_id, mid, psid, as_of)
-        GROUP BY u.page_id, u.mid, u.psid
-    ) AS u
-    WHERE r.page_id = u.page_id AND r.mid = u.mid AND r.psid = u.psid AND r.as_of < u.as_of
-    RETURNING 1
-)"""
-_REACTIONS_APPLY = """
-reaction_apply AS (
-    INSERT INTO conversations_messagereaction AS r (
-        page_id, mid, psid, reaction, emoji, active, as_of)
-    SELECT DISTINCT ON (u.page_id, u.mid, u.psid, u.reaction)
-        u.page_id, u.mid, u.psid, u.reaction, u.emoji, u.active, u.as_of
-    FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::boolean[],
-                %s::timestamptz[]) AS u(page_id, mid, psid, reaction, emoji, active, as_of)
-    ORDER BY u.page_id, u.mid, u.psid, u.reaction, u.as_of DESC, u.active
-    ON CONFLICT (page_id, mid, psid, reaction) DO UPDATE SET
-        active = EXCLUDED.active, emoji = EXCLUDED.emoji, as_of = EXCLUDED.as_of,
-        updated_at = now()
-    WHERE EXCLUDED.as_of > r.as_of
     RETURNING 1
 )"""
 
@@ -530,46 +438,10 @@ def _second_statement(
             [event.mid for event in events],
         ]
         selects.append("(SELECT count(*) FROM other_events)")
-    if edits:
-        parts.append(_EDITS_APPLY)
-        params += [
-            source,
-            [edit.page_pk for edit in edits],
-            [edit.mid for edit in edits],
-            [edit.num_edit for edit in edits],
-            [edit.text for edit in edits],
-            [edit.occurred_at for edit in edits],
-            [edit.page_pk for edit in edits],
-            [edit.psid for edit in edits],
-            [edit.mid for edit in edits],
-            [edit.text for edit in edits],
-            [edit.num_edit for edit in edits],
-            [edit.occurred_at for edit in edits],
-        ]
-        selects += ["(SELECT count(*) FROM edit_log)", "(SELECT count(*) FROM edit_apply)"]
-    named = [item for item in reactions if item.name]
-    clears = [item for item in reactions if not item.name and item.action == "unreact"]
-    if named:
-        parts.append(_REACTIONS_APPLY)
-        params += [
-            [item.page_pk for item in named],
-            [item.mid for item in named],
-            [item.psid for item in named],
-            [item.name for item in named],
-            [item.emoji for item in named],
-            [item.action == "react" for item in named],
-            [item.occurred_at for item in named],
-        ]
-        selects.append("(SELECT count(*) FROM reaction_apply)")
-    if clears:
-        parts.append(_REACTIONS_CLEAR)
-        params += [
-            [item.page_pk for item in clears],
-            [item.mid for item in clears],
-            [item.psid for item in clears],
-            [item.occurred_at for item in clears],
-        ]
-        selects.append("(SELECT count(*) FROM reaction_clear)")
+    changes = edit_and_reaction_parts(edits, reactions, source)
+    parts += changes.parts
+    params += changes.params
+    selects += changes.selects
     statement = "WITH " + ",".join(parts) + "\nSELECT " + ", ".join(selects)
     with connection.cursor() as cursor:
         cursor.execute(statement, params)
@@ -578,13 +450,8 @@ def _second_statement(
         result.messages_marked = int(row.pop(0))
     if events:
         result.events_inserted = int(row.pop(0))
-    if edits:
-        result.edits_recorded = int(row.pop(0))
-        result.messages_edited += int(row.pop(0))
-    if named:
-        result.reactions_changed += int(row.pop(0))
-    if clears:
-        result.reactions_changed += int(row.pop(0))
+    for counter in changes.counters:  # one value per select of the edits and reactions
+        setattr(result, counter, getattr(result, counter) + int(row.pop(0)))
 
 
 def _watermarks(

@@ -288,7 +288,7 @@ def test_an_unreact_without_a_name_takes_off_the_persons_older_reactions(post_we
 
 
 def test_reprocessing_an_applied_receipt_with_edits_changes_nothing(post_webhook, page):
-    from conversations.services.webhook import webhook_receipts_reprocess
+    from conversations.services.webhook_reprocess import webhook_receipts_reprocess
 
     post(post_webhook, message("m_1", T0, "a"), edit("m_1", T0 + 1, "b", 1), react("react", T0))
     with connection.cursor() as cursor:

@@ -20,7 +20,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from conversations.models import ReceiptStatus
-from conversations.services.webhook import webhook_receipts_reprocess
+from conversations.services.webhook_reprocess import webhook_receipts_reprocess
 
 EXIT_DONE = 0
 EXIT_SOME_LEFT = 1
