@@ -28,6 +28,13 @@ Messages and events commit together, or nothing does (C5, F3, F4). A batch of me
 is one statement that commits on its own in one round trip outside a transaction (the
 webhook's fast path); inside the caller's transaction (a retry, the sync) it is part of it. An
 optional trailing CTE (the webhook receipt) commits or fails with the batch.
+
+Edits and reactions (C9, `ingest_edits`) join the second statement. The sync's messages are
+inserted `ON CONFLICT DO UPDATE` of their text when Graph serves another one than the stored
+text and the stored one is older than the moment the sync read it: an edit the webhook did not
+bring, never counted as a new message. Triggers on the message table apply edits that came
+before their message, keep the first text in the history, and bump the conversation's version
+and preview when a text changes.
 """
 
 from __future__ import annotations

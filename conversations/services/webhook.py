@@ -1,19 +1,24 @@
 """The Messenger webhook: a payload is stored before it is acknowledged (C7), then applied.
 
-`webhook_receive` is the view's entry point. It validates the payload, then applies it AND
+`webhook_receive` is the view's entry point. It checks the payload, then applies it AND
 inserts its receipt (raw bytes, status `processed`) in one SQL statement, which commits on its
 own: the batch and its receipt are durable together, in one round trip (a payload with marks,
-reactions or postbacks takes a second statement in the same transaction; see the ingest
-service). If that fails, nothing of it was applied and the receipt is then inserted on
-its own as `failed`, with the error and a next attempt time; only after one of these inserts has
-committed does the view answer 200. A process dying in between answers nothing, so Meta
-delivers again: no acknowledged payload is ever lost. A payload that is not a Messenger page
-payload is stored as `rejected` (400).
+edits, reactions or postbacks takes a second statement in the same transaction; see the ingest
+service). That commit waits for the WAL flush whatever the server's `synchronous_commit`
+(`RECEIPT_COMMIT_DURABLE`), so a crash of PostgreSQL cannot lose an acknowledged payload. If
+applying fails, nothing of it was applied and the receipt is then inserted on its own as
+`failed`, with the error and a next attempt time; only after one of these inserts has committed
+does the view answer 200. A process dying in between answers nothing, so Meta delivers again:
+no acknowledged payload is ever lost; when the database cannot be reached at all, the error
+reaches the view (503). An entry or event that fits no schema is quarantined with its reason
+and the rest applied (status `quarantined`); only a payload that is no page payload at all is
+stored as `rejected` (400).
 
 `webhook_receipt_process` re-applies a stored receipt (the retry schedule with exponential
-backoff, the admin's retry action) in one durable transaction that locks the receipt. Because
-every insert is `ON CONFLICT DO NOTHING` on the right key, applying a payload twice (a retry
-after an unknown outcome, or Meta delivering it again) changes nothing the second time (C2, C3).
+backoff, the admin's retry action, `webhook_reprocess`) in one durable transaction that locks
+the receipt. Because every insert is `ON CONFLICT DO NOTHING` on the right key and edits and
+reactions only move forward, applying a payload twice (a retry after an unknown outcome, or Meta
+delivering it again) changes nothing the second time (C2, C3, C9).
 
 Translating Meta's JSON into the batch's records is `webhook_payload` (pure, no database);
 this module ensures the pages' rows, applies the records and keeps the receipts.
