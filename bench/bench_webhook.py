@@ -1,14 +1,20 @@
 """Messenger webhook ingest through gunicorn on loopback, with a load generator of signed POSTs.
 
-Figures (targets of docs/invariants.md in brackets):
+Figures (targets of docs/invariants.md in brackets), all with durable commits: the receipt's
+transaction commits with `synchronous_commit = on` (C7) whatever the server's setting:
 
 * `conversations.webhook.single`: 1 event per POST from 16 concurrent clients
   [>= 1,000 events/s, p99 <= 50 ms];
 * `conversations.webhook.batched`: 100 events per POST (16 clients) [>= 15,000 events/s];
+* `conversations.webhook.single.async_commit`, `...batched.async_commit`: the same with the
+  durable commit switched off (`bench.webhook_async_commit_wsgi`, never used in production), so
+  `durability_cost_pct` says what waiting for the WAL flush costs;
 * `conversations.webhook.naive`: the approach users move away from, measured in-process (no
   HTTP, so it is flattered): per event a receipt, `update_or_create` of the conversation,
   `get_or_create` of the message, the event, and a count update, each row by itself;
-* `conversations.webhook.postgres.*`: the PostgreSQL reference (COPY and single-row inserts).
+* `conversations.webhook.postgres.*`: the PostgreSQL reference (COPY and single-row inserts,
+  with and without `synchronous_commit = on`: `...insert_on_conflict.16_conn.durable` is the
+  durable single-row upsert rate of 16 connections to compare the webhook with).
 
 Every figure is verified afterwards: exactly the distinct messages, one message event each,
 `message_count` equal to the stored messages, every receipt processed, and re-sending a share
@@ -56,10 +62,14 @@ T0 = 1_741_000_000_000
 BENCH_SECRET = "bench-app-secret-" + secrets.token_hex(8)
 
 
+DURABLE_WSGI = "evoflow.wsgi:application"
+ASYNC_COMMIT_WSGI = "bench.webhook_async_commit_wsgi:application"
+
+
 class Server:
     """gunicorn serving evoflow in production mode on a loopback port."""
 
-    def __init__(self) -> None:
+    def __init__(self, wsgi: str = DURABLE_WSGI) -> None:
         self.port = free_port()
         env = {
             **os.environ,
@@ -77,7 +87,7 @@ class Server:
         }
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "gunicorn", "evoflow.wsgi:application",
+                sys.executable, "-m", "gunicorn", wsgi,
                 "--bind", f"127.0.0.1:{self.port}",
                 "--worker-class", "gthread",
                 "--workers", str(GUNICORN_WORKERS),
@@ -333,6 +343,63 @@ def _cleanup(page_pk: int, page_id: str, first_receipt_id: int) -> None:
         )
 
 
+def _ingest_results(
+    server: Server,
+    single_bodies: Sequence[tuple[bytes, dict]],
+    batched_bodies: Sequence[tuple[bytes, dict]],
+    *,
+    suffix: str,
+    mode: str,
+    targets: bool,
+) -> list[Result]:
+    """The single-event and the 100-event figures of one server."""
+    results = []
+    seconds, latencies, failures = _post_all(server.port, single_bodies, CLIENTS)
+    results.append(
+        Result(
+            "conversations.webhook.single" + suffix,
+            {
+                "events_per_s": len(single_bodies) / seconds,
+                "p50_ms": percentile_ms(latencies, 0.50),
+                "p99_ms": percentile_ms(latencies, 0.99),
+                "events": len(single_bodies),
+                "non_200": failures,
+            },
+            targets=(
+                Target("events_per_s", at_least=1_000),
+                Target("p99_ms", at_most=50),
+                Target("non_200", at_most=0),
+            )
+            if targets
+            else (Target("non_200", at_most=0),),
+            notes=f"1 event/POST, {CLIENTS} clients, gunicorn gthread "
+            f"{GUNICORN_WORKERS}x{GUNICORN_THREADS}, {mode}",
+        )
+    )
+    seconds, latencies, failures = _post_all(server.port, batched_bodies, CLIENTS)
+    results.append(
+        Result(
+            "conversations.webhook.batched" + suffix,
+            {
+                "events_per_s": len(batched_bodies) * 100 / seconds,
+                "p50_ms": percentile_ms(latencies, 0.50),
+                "p99_ms": percentile_ms(latencies, 0.99),
+                "events": len(batched_bodies) * 100,
+                "non_200": failures,
+            },
+            targets=(Target("events_per_s", at_least=15_000), Target("non_200", at_most=0))
+            if targets
+            else (Target("non_200", at_most=0),),
+            notes=f"100 events/POST, {CLIENTS} clients, {mode}",
+        )
+    )
+    return results
+
+
+DURABLE = "durable commits (synchronous_commit on for the receipt)"
+ASYNC = "durable commit switched off (server default, off here): for comparison only"
+
+
 def run(ctx: Context) -> list[Result]:
     from conversations.services import page_upsert
 
@@ -347,54 +414,45 @@ def run(ctx: Context) -> list[Result]:
     )[0]
     single_bodies = _bodies(page_id, f"{prefix}s", single_posts, 1)
     batched_bodies = _bodies(page_id, f"{prefix}b", batched_posts, 100)
+    # The comparison without the durable commit: half the work, enough for its rate.
+    async_single = _bodies(page_id, f"{prefix}as", max(CLIENTS, single_posts // 2), 1)
+    async_batched = _bodies(page_id, f"{prefix}ab", max(CLIENTS, batched_posts // 2), 100)
     results: list[Result] = []
     server = Server()
     try:
         # A short warm-up (connections, imports) whose messages count like the others.
         warmup = _bodies(page_id, f"{prefix}w", CLIENTS * 4, 1)
         _post_all(server.port, warmup, CLIENTS)
-
-        seconds, latencies, failures = _post_all(server.port, single_bodies, CLIENTS)
-        results.append(
-            Result(
-                "conversations.webhook.single",
-                {
-                    "events_per_s": single_posts / seconds,
-                    "p50_ms": percentile_ms(latencies, 0.50),
-                    "p99_ms": percentile_ms(latencies, 0.99),
-                    "events": single_posts,
-                    "non_200": failures,
-                },
-                targets=(
-                    Target("events_per_s", at_least=1_000),
-                    Target("p99_ms", at_most=50),
-                    Target("non_200", at_most=0),
-                ),
-                notes=f"1 event/POST, {CLIENTS} clients, gunicorn gthread "
-                f"{GUNICORN_WORKERS}x{GUNICORN_THREADS}",
-            )
-        )
-
-        seconds, latencies, failures = _post_all(server.port, batched_bodies, CLIENTS)
-        results.append(
-            Result(
-                "conversations.webhook.batched",
-                {
-                    "events_per_s": batched_posts * 100 / seconds,
-                    "p50_ms": percentile_ms(latencies, 0.50),
-                    "p99_ms": percentile_ms(latencies, 0.99),
-                    "events": batched_posts * 100,
-                    "non_200": failures,
-                },
-                targets=(Target("events_per_s", at_least=15_000), Target("non_200", at_most=0)),
-                notes=f"100 events/POST, {CLIENTS} clients",
-            )
+        results += _ingest_results(
+            server, single_bodies, batched_bodies, suffix="", mode=DURABLE, targets=True
         )
 
         # Meta re-delivers: a tenth of every payload again, which must change nothing.
         resend = single_bodies[: len(single_bodies) // 10] + batched_bodies[:4]
         _, _, resend_failures = _post_all(server.port, resend, CLIENTS)
-        expected = len(warmup) + single_posts + batched_posts * 100
+        server.stop()
+
+        # The same work with the durable commit switched off: what durability costs.
+        server = Server(ASYNC_COMMIT_WSGI)
+        async_warmup = _bodies(page_id, f"{prefix}aw", CLIENTS * 4, 1)
+        _post_all(server.port, async_warmup, CLIENTS)
+        async_results = _ingest_results(
+            server, async_single, async_batched, suffix=".async_commit", mode=ASYNC, targets=False
+        )
+        for durable, fast in zip(results[:2], async_results, strict=True):
+            fast.figures["durability_cost_pct"] = 100 * (
+                1 - durable.figures["events_per_s"] / fast.figures["events_per_s"]
+            )
+        results += async_results
+
+        expected = (
+            len(warmup)
+            + len(async_warmup)
+            + single_posts
+            + batched_posts * 100
+            + len(async_single)
+            + len(async_batched) * 100
+        )
         verified = _verify(page.pk, expected, first_receipt_id)
         if resend_failures:
             raise AssertionError(f"{resend_failures} re-deliveries were not answered 200")
@@ -432,6 +490,8 @@ def run(ctx: Context) -> list[Result]:
             prefix="conversations.webhook.postgres",
             copy_rows_count=ctx.size(quick=50_000, full=1_000_000),
             insert_rows_count=ctx.size(quick=4_000, full=60_000, minimum=16),
+            durable_inserts=True,
+            durable_rows_count=ctx.size(quick=800, full=20_000, minimum=16),
         )
     )
     return results

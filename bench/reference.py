@@ -234,8 +234,14 @@ def _escape(value: str) -> str:
     )
 
 
-def insert_loop(conninfo: str, rows: int, *, connections: int = 1) -> Measurement:
+def insert_loop(
+    conninfo: str, rows: int, *, connections: int = 1, durable: bool = False
+) -> Measurement:
     """Single-row `INSERT ... ON CONFLICT DO NOTHING` in autocommit, from `connections` threads.
+
+    `durable` sets `synchronous_commit = on` on each connection: every commit waits for its WAL
+    flush, whatever the server's setting (the local cluster runs with it off), as the webhook's
+    receipt commit does.
 
     Each thread has its own connection and a disjoint key range; the rows are split evenly. The
     clock starts once every thread is connected and holds its rows (the application keeps
@@ -262,6 +268,8 @@ def insert_loop(conninfo: str, rows: int, *, connections: int = 1) -> Measuremen
                 data = sample_rows(first_key, count)
                 with psycopg.connect(conninfo, autocommit=True) as conn:
                     cursor = conn.cursor()
+                    if durable:
+                        cursor.execute("SET synchronous_commit = on")
                     ready.wait(timeout=120)
                     own = latencies[index]
                     for row in data:
@@ -315,6 +323,8 @@ def reference_results(
     insert_rows_count: int,
     concurrent_connections: int = 16,
     copy_methods: Sequence[CopyMethod] = (FASTEST_COPY_METHOD,),
+    durable_inserts: bool = False,
+    durable_rows_count: int | None = None,
 ) -> list[Result]:
     """The PostgreSQL ceiling as `Result`s named `<prefix>.copy...` and `<prefix>.insert...`.
 
@@ -333,16 +343,25 @@ def reference_results(
             )
         )
     del data
-    for connections in (1, concurrent_connections):
-        measurement = insert_loop(ctx.conninfo, insert_rows_count, connections=connections)
-        results.append(
-            Result(
-                benchmark=f"{prefix}.insert_on_conflict.{connections}_conn",
-                figures=measurement.figures(),
-                notes=(
-                    "single-row INSERT ... ON CONFLICT DO NOTHING, autocommit, "
-                    f"{connections} connection{'s' if connections > 1 else ''}, disjoint keys"
-                ),
+    # With `durable_inserts`, the same loops with every commit waiting for its WAL flush too
+    # (`durable_rows_count` rows: a flush per row makes them an order of magnitude slower).
+    for durable in (False, True) if durable_inserts else (False,):
+        rows = (durable_rows_count or insert_rows_count) if durable else insert_rows_count
+        for connections in (1, concurrent_connections):
+            measurement = insert_loop(
+                ctx.conninfo, max(rows, connections), connections=connections, durable=durable
             )
-        )
+            results.append(
+                Result(
+                    benchmark=f"{prefix}.insert_on_conflict.{connections}_conn"
+                    + (".durable" if durable else ""),
+                    figures=measurement.figures(),
+                    notes=(
+                        "single-row INSERT ... ON CONFLICT DO NOTHING, autocommit"
+                        + (", synchronous_commit on" if durable else "")
+                        + f", {connections} connection{'s' if connections > 1 else ''},"
+                        " disjoint keys"
+                    ),
+                )
+            )
     return results

@@ -52,7 +52,7 @@ from evoflow.admin_base import (
     action_confirmation,
     is_action_confirmed,
 )
-from evoflow.admin_display import admin_duration, admin_time, short_id, truncated
+from evoflow.admin_display import admin_duration, admin_time, plural, short_id, truncated
 from evoflow.admin_display import status_badge as display_badge
 from evoflow.admin_lists import (
     ChosenOnlyRelatedFilter,
@@ -401,7 +401,7 @@ class WebhookReceiptAdmin(HugeTableMixin, ReadOnlyAdmin):
     # Receipts are numbered as they arrive: newest first through the primary key (received_at has
     # no index of its own, on purpose: see the model).
     ordering = ["-id"]
-    actions = ["retry_receipts"]
+    actions = ["retry_receipts", "reprocess_receipts"]
     fields = readonly_fields = (
         "status",
         "signature_verdict",
@@ -410,6 +410,7 @@ class WebhookReceiptAdmin(HugeTableMixin, ReadOnlyAdmin):
         "event_count",
         "unknown_event_count",
         "skipped_events",
+        "quarantined_events",
         "received_at",
         "processed_at",
         "next_attempt_at",
@@ -427,7 +428,7 @@ class WebhookReceiptAdmin(HugeTableMixin, ReadOnlyAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[WebhookReceipt]:
         # The raw body can be large and no list column shows it; the detail page loads it.
-        return super().get_queryset(request).defer("body", "skipped_events")
+        return super().get_queryset(request).defer("body", "skipped_events", "quarantined_events")
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, receipt: WebhookReceipt) -> str:
@@ -462,6 +463,34 @@ class WebhookReceiptAdmin(HugeTableMixin, ReadOnlyAdmin):
         summary = ", ".join(f"{count} {status}" for status, count in sorted(outcomes.items()))
         level = messages.WARNING if outcomes.get("failed") else messages.SUCCESS
         self.message_user(request, f"Retried: {summary or 'nothing'}.", level)
+
+    @admin.action(
+        description="Reprocess the selected receipts with the current code (idempotent)",
+        permissions=["change"],
+    )
+    def reprocess_receipts(self, request: HttpRequest, queryset: QuerySet) -> None:
+        # Any status: quarantined events, rejected and failed receipts are re-read from the
+        # bytes kept; what was applied already changes nothing (the counts show it).
+        summary = services.webhook_receipts_reprocess(
+            receipt_ids=list(queryset.order_by("id").values_list("id", flat=True))
+        )
+        statuses = ", ".join(f"{n} {s}" for s, n in sorted(summary.by_status.items()))
+        left = summary.quarantined_events
+        level = (
+            messages.WARNING
+            if left or summary.by_status.get("failed") or summary.by_status.get("rejected")
+            else messages.SUCCESS
+        )
+        self.message_user(
+            request,
+            f"Reprocessed {plural(summary.receipts, 'receipt')} ({statuses or 'none'}): "
+            f"{plural(summary.messages_inserted, 'message')} and "
+            f"{plural(summary.events_inserted, 'event')} inserted, "
+            f"{plural(summary.messages_edited, 'message')} edited, "
+            f"{plural(summary.reactions_changed, 'reaction')} changed; "
+            f"{plural(left, 'event')} still quarantined.",
+            level,
+        )
 
 
 # -- sync runs ------------------------------------------------------------------------------------

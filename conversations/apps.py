@@ -36,9 +36,10 @@ class ConversationsConfig(AppConfig):
         )
 
         operator_app_register(self.label)
-        # C4 (counters, forward-only last message), C8 (no DELETE outside the audited purge), the
-        # fixed page id and message conversation, the sync status machine: `core.required_triggers`
-        # reports any missing or disabled.
+        # C4 (counters, forward-only last message), C8 (no DELETE outside the audited purge), C9
+        # (edits applied forward, their history append-only), the fixed page id and message
+        # conversation, the sync status machine: `core.required_triggers` reports any missing or
+        # disabled.
         required_sql_register(
             app_label=self.label,
             triggers=(
@@ -51,6 +52,9 @@ class ConversationsConfig(AppConfig):
                 "conversations.Conversation:conversation_protect_delete",
                 "conversations.Message:message_protect_delete",
                 "conversations.PurgeRecord:purgerecord_append_only",
+                "conversations.Message:message_pending_edits_on_insert",
+                "conversations.Message:message_text_change",
+                "conversations.MessageEdit:messageedit_append_only",
                 "conversations.SyncRun:syncrun_status_fsm",
             ),
         )

@@ -25,7 +25,7 @@ from typing import Annotated, Any, TypeVar
 
 import requests
 from django.conf import settings
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from evoflow.http import HttpClient, RetryPolicy, UpstreamUnavailable
 from evoflow.ratelimit import Bucket, Limiter, default_rate_limiter
@@ -144,6 +144,9 @@ class GraphConversation(_Node):
 
 class ConversationPage(_Paged):
     data: list[GraphConversation]
+    # When the call that read this page started (set by the sync, never read from the answer):
+    # the texts it holds are current as of then (C9).
+    _fetched_at: datetime | None = PrivateAttr(default=None)
 
 
 Shape = TypeVar("Shape", bound=_Node)

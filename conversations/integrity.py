@@ -124,6 +124,26 @@ register(
     )
 )
 
+register(
+    IntegrityCheck(
+        id="conversations.receipts_quarantined",
+        description=(
+            "Webhook receipts with entries or events that fit no schema, kept aside (C7): the"
+            " rest of each payload was applied. Once the code reads them, apply them with"
+            " `manage.py webhook_reprocess --status quarantined` or the receipts' admin action."
+        ),
+        sql="""
+            WITH aside AS (
+                SELECT id FROM conversations_webhookreceipt WHERE status = 'quarantined')
+            SELECT (SELECT count(*) FROM aside),
+                   (SELECT count(*) FROM conversations_webhookreceipt),
+                   ARRAY(SELECT id::text FROM aside ORDER BY aside.id LIMIT %(sample_limit)s)
+        """,
+        warning_count=1,
+        sample_admin_url_name="admin:conversations_webhookreceipt_change",
+    )
+)
+
 
 # -- Graph sync (C4, C6) -------------------------------------------------------------------------
 

@@ -17,6 +17,9 @@ the coming Graph sync, the admin, raw SQL) obeys them:
   page is a soft operation (`removed_at`); data leaves only through the audited purge
   (`manage.py conversations_purge`, `services/purge.py`), which lifts the two triggers for its
   own transaction and writes a `PurgeRecord` in it.
+- C9 edits and reactions converge: a message's text only moves to a newer version (by
+  `num_edit` and time), every version is kept in an append-only history, and a reaction's state
+  only changes for a newer event, whichever path (webhook, sync) and order they come in.
 """
 
 from __future__ import annotations
@@ -71,6 +74,10 @@ class FacebookPage(models.Model):
 # (conversations/sql/): one UPDATE per statement over the rows really inserted or deleted.
 _COUNT_AND_LAST_ON_INSERT = trigger_body(__file__, "message_count_and_last_on_insert.sql")
 _COUNT_ON_DELETE = trigger_body(__file__, "message_count_on_delete.sql")
+# Edits (conversations/sql/): pending edits applied to new messages, and a changed text's
+# history, conversation version and preview.
+_PENDING_EDITS_ON_INSERT = trigger_body(__file__, "message_pending_edits_on_insert.sql")
+_TEXT_CHANGE = trigger_body(__file__, "message_text_change.sql")
 
 
 # Foreign keys whose column leads a composite index or unique constraint get no index of their
@@ -203,6 +210,12 @@ class Message(models.Model):
     source = models.CharField(max_length=8, choices=Source.choices)
     delivered_at = models.DateTimeField(null=True, blank=True)
     read_at = models.DateTimeField(null=True, blank=True)
+    # Edits (C9): the highest `num_edit` known (Meta's count; a change only the sync saw adds
+    # one), and when the stored text became current: null for the text as first received, the
+    # edit's time, or the moment the sync read it from Graph. An edit or a sync only replaces
+    # the text with a newer one, so neither can take it backwards.
+    edit_count = models.IntegerField(default=0, db_default=0)
+    text_as_of = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(db_default=Now(), editable=False)
 
     class Meta:
@@ -233,10 +246,91 @@ class Message(models.Model):
             pgtrigger.ReadOnly(name="message_conversation_fixed", fields=["conversation", "page"]),
             # C8: never removed, on any path; the audited purge alone lifts it.
             pgtrigger.Protect(name="message_protect_delete", operation=pgtrigger.Delete),
+            # Named to sort after message_count_and_last_on_insert: PostgreSQL fires triggers
+            # of one event in name order, and the preview must be set before it is edited.
+            pgtrigger.Trigger(
+                name="message_pending_edits_on_insert",
+                when=pgtrigger.After,
+                operation=pgtrigger.Insert,
+                level=pgtrigger.Statement,
+                referencing=pgtrigger.Referencing(new="new_messages"),
+                func=_PENDING_EDITS_ON_INSERT,
+            ),
+            pgtrigger.Trigger(
+                name="message_text_change",
+                when=pgtrigger.After,
+                operation=pgtrigger.Update,
+                level=pgtrigger.Statement,
+                referencing=pgtrigger.Referencing(old="old_messages", new="new_messages"),
+                func=_TEXT_CHANGE,
+            ),
         ]
 
     def __str__(self) -> str:
         return self.mid
+
+
+class MessageEdit(models.Model):
+    """One version of a message's text, append-only (C9): version 0 is the text as first
+    stored, then one row per `num_edit` Meta sent (kept even when the message is not stored
+    yet: it is applied when the message arrives), and a row without `num_edit` for each change
+    only the sync saw (Graph serves the current text, not the count). Keyed by mid, not by a
+    foreign key: an edit may come before its message."""
+
+    page = models.ForeignKey(
+        FacebookPage, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    mid = models.CharField(max_length=255)
+    num_edit = models.IntegerField(null=True, blank=True)
+    text = models.TextField(blank=True, default="")
+    # When this version became current: the edit's time, or when the sync read it.
+    occurred_at = models.DateTimeField()
+    source = models.CharField(max_length=8, choices=Source.choices)
+    created_at = models.DateTimeField(db_default=Now(), editable=False)
+
+    class Meta:
+        constraints = [
+            # A re-delivered edit adds nothing (NULLs, the sync's rows, are distinct).
+            models.UniqueConstraint(
+                fields=["page", "mid", "num_edit"], name="messageedit_one_per_num_edit"
+            ),
+        ]
+        triggers = [
+            pgtrigger.Protect(name="messageedit_append_only", operation=pgtrigger.Update),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.mid} edit {self.num_edit}"
+
+
+class MessageReaction(models.Model):
+    """Whether a person's reaction of one name is on a message now (C9): `react` sets it,
+    `unreact` removes the reaction it names, and only an event newer than the one the row holds
+    changes it, so re-deliveries and reordering converge. Keyed by mid: a reaction may come
+    before its message."""
+
+    page = models.ForeignKey(
+        FacebookPage, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    mid = models.CharField(max_length=255)
+    psid = models.CharField("participant PSID", max_length=64)
+    # Meta's reaction name (`love`, `smile`, ...), else its emoji.
+    reaction = models.CharField(max_length=32)
+    emoji = models.CharField(max_length=32, blank=True, default="", db_default="")
+    active = models.BooleanField()
+    # The time of the event this state comes from.
+    as_of = models.DateTimeField()
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["page", "mid", "psid", "reaction"], name="messagereaction_one_per_key"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.reaction} by {self.psid} on {self.mid}"
 
 
 class EventKind(models.TextChoices):
@@ -308,7 +402,10 @@ class ReceiptStatus(models.TextChoices):
     RECEIVED = "received", "Received"
     PROCESSED = "processed", "Processed"
     FAILED = "failed", "Failed (will be retried)"
-    REJECTED = "rejected", "Rejected (malformed payload)"
+    # Applied, except events that fit no schema: kept in `quarantined_events` for a
+    # `webhook_reprocess` after a fix.
+    QUARANTINED = "quarantined", "Processed, with events quarantined"
+    REJECTED = "rejected", "Rejected (not a page payload)"
 
 
 class SignatureVerdict(models.TextChoices):
@@ -325,7 +422,7 @@ class WebhookReceipt(models.Model):
     body_sha256 = models.CharField(max_length=64)
     signature_verdict = models.CharField(max_length=10, choices=SignatureVerdict.choices)
     status = models.CharField(
-        max_length=10, choices=ReceiptStatus.choices, default=ReceiptStatus.RECEIVED
+        max_length=12, choices=ReceiptStatus.choices, default=ReceiptStatus.RECEIVED
     )
     attempts = models.IntegerField(default=0, db_default=0)
     error = models.TextField(blank=True, default="", db_default="")
@@ -333,6 +430,10 @@ class WebhookReceipt(models.Model):
     unknown_event_count = models.IntegerField(default=0, db_default=0)
     # Events left out on purpose, each with its reason (bad participant, unknown kind).
     skipped_events = models.JSONField(
+        default=list, db_default=models.Value([], models.JSONField()), blank=True
+    )
+    # Entries and events of a known kind that fit no schema, each with where it sits and why.
+    quarantined_events = models.JSONField(
         default=list, db_default=models.Value([], models.JSONField()), blank=True
     )
     received_at = models.DateTimeField(db_default=Now(), editable=False)

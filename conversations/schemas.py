@@ -1,21 +1,21 @@
 """Explicit shapes of Messenger webhook payloads (F9, F23), validated with pydantic.
 
-The envelope (`object`, `entry[]`, `messaging[]`/`standby[]`) and every event kind evoflow
-understands are strict: a field of the wrong type rejects the whole payload, so nothing of it is
-half-applied. Two things are deliberately lenient, because the issue wants them skipped and
-recorded rather than rejected: the participants (`sender.id` / `recipient.id` are checked by
-the processing rules, F7), and event kinds evoflow does not know (kept in the receipt, counted).
+Only the envelope (`object` is `page`, `entry` a list) decides whether a payload is taken at
+all. Each entry and each event is then checked on its own: an entry or event of a known kind
+with a field of the wrong type is quarantined with its reason (kept in its receipt, re-applied
+by `webhook_reprocess` after a fix), and every other event of the payload is applied, so a
+signed payload is never refused because of one event. Deliberately lenient: the participants
+(`sender.id` / `recipient.id` are checked by the processing rules, F7), `timestamp` (Meta's own
+delivery example has none), and event kinds evoflow does not know or does not store (skipped
+with their reason, counted).
 """
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from evoflow.jsonvalues import NUL, UnstorableJson, json_value_check
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 # Epoch milliseconds between 2000 and 2100: anything else is not a Messenger timestamp (and
 # would overflow PostgreSQL's timestamp range if taken at face value).
@@ -23,6 +23,24 @@ MIN_TIMESTAMP_MS = 946_684_800_000
 MAX_TIMESTAMP_MS = 4_102_444_800_000
 
 TimestampMs = Annotated[int, Field(strict=True, ge=MIN_TIMESTAMP_MS, lt=MAX_TIMESTAMP_MS)]
+
+
+def _event_time_ms(value: Any) -> Any:
+    """An event's `timestamp` as Meta's references show it: epoch milliseconds, or (the newer
+    postback and opt-in examples) a string, in seconds. Anything else is left to fail."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
+        value = int(value)
+    seconds = isinstance(value, int) and not isinstance(value, bool)
+    if seconds and MIN_TIMESTAMP_MS // 1000 <= value < MAX_TIMESTAMP_MS // 1000:
+        return value * 1000
+    return value
+
+
+EventTimestampMs = Annotated[
+    int,
+    BeforeValidator(_event_time_ms),
+    Field(strict=True, ge=MIN_TIMESTAMP_MS, lt=MAX_TIMESTAMP_MS),
+]
 MessageId = Annotated[str, Field(strict=True, min_length=1, max_length=255)]
 ShortText = Annotated[str, Field(strict=True, max_length=2_000)]
 # Stored in a varchar(64): an integer app id has at most 64 digits.
@@ -43,6 +61,8 @@ class _Lenient(BaseModel):
 class Participant(_Lenient):
     # Any type: a bad id skips the event with a reason instead of rejecting the payload (F7).
     id: Any = None
+    # A person known only by the chat plugin or checkbox (no PSID, no conversation yet).
+    user_ref: Any = None
 
 
 # Attachment payloads are stored as given (jsonb): deeper than this is not an attachment, and a
@@ -51,6 +71,9 @@ ATTACHMENT_MAX_DEPTH = 32
 
 
 class Attachment(_Lenient):
+    # Kept whole (fallback attachments carry `title` and `URL` beside a null payload).
+    model_config = ConfigDict(extra="allow", frozen=True)
+
     type: Annotated[str, Field(strict=True, max_length=64)]
     payload: dict[str, Any] | None = None
 
@@ -85,6 +108,9 @@ class MessageBody(_Lenient):
     app_id: AppId | None = None
     metadata: ShortText | None = None
     quick_reply: dict[str, Any] | None = None
+    referral: dict[str, Any] | None = None
+    # A message Messenger could not render to the page (its content is not in the payload).
+    is_unsupported: Annotated[bool, Field(strict=True)] = False
 
 
 class Delivery(_Lenient):
@@ -107,13 +133,41 @@ class Postback(_Lenient):
     mid: MessageId | None = None
     title: ShortText = ""
     payload: ShortText = ""
+    referral: dict[str, Any] | None = None
+
+
+class MessageEdit(_Lenient):
+    mid: MessageId
+    text: Annotated[str, Field(strict=True, max_length=20_000)] = ""
+    # Messenger lets a person edit a message at most five times; anything far beyond is not an
+    # edit count.
+    num_edit: Annotated[int, Field(strict=True, ge=1, le=1_000)]
+
+
+# Kinds Meta documents that evoflow reads but does not store (the event is skipped with this
+# reason): the key of the event object, and the name the receipt records.
+NOT_STORED_KINDS: dict[str, str] = {
+    "referral": "referral",
+    "optin": "optin",
+    "pass_thread_control": "handover",
+    "take_thread_control": "handover",
+    "request_thread_control": "handover",
+    "app_roles": "handover",
+    "policy_enforcement": "policy_enforcement",
+    "policy-enforcement": "policy_enforcement",  # the older spelling
+    "account_linking": "account_linking",
+}
+
+STORED_KINDS = ("message", "message_edit", "delivery", "read", "reaction", "postback")
 
 
 class MessagingEvent(_Lenient):
     sender: Participant | None = None
     recipient: Participant | None = None
-    timestamp: TimestampMs
+    # Missing in Meta's own delivery example: a delivery then takes its watermark's time.
+    timestamp: EventTimestampMs | None = None
     message: MessageBody | None = None
+    message_edit: MessageEdit | None = None
     delivery: Delivery | None = None
     read: Read | None = None
     reaction: Reaction | None = None
@@ -121,73 +175,132 @@ class MessagingEvent(_Lenient):
 
     @property
     def kind(self) -> str | None:
-        for name in ("message", "delivery", "read", "reaction", "postback"):
+        for name in STORED_KINDS:
             if getattr(self, name) is not None:
                 return name
         return None
 
-    @property
-    def occurred_at(self) -> datetime:
-        return datetime.fromtimestamp(self.timestamp / 1000, tz=UTC)
+    def occurred_ms(self, fallback: int | None = None) -> int | None:
+        """Epoch milliseconds of the event: its timestamp, else a delivery's or read's
+        watermark, else `fallback` (the entry's time); None when there is none."""
+        if self.timestamp is not None:
+            return self.timestamp
+        if self.delivery is not None:
+            return self.delivery.watermark
+        if self.read is not None:
+            return self.read.watermark
+        return fallback
+
+
+def event_kind_of(raw: dict[str, Any]) -> str:
+    """The kind an event claims by its keys, before it is validated: a stored kind, a kind
+    evoflow does not store (`NOT_STORED_KINDS`), or `unknown`."""
+    for name in STORED_KINDS:
+        if name in raw:
+            return name
+    for key, name in NOT_STORED_KINDS.items():
+        if key in raw:
+            return name
+    return "unknown"
 
 
 class Entry(_Lenient):
     id: Annotated[str, Field(strict=True, min_length=1, max_length=64, pattern=r"^[0-9]+$")]
+    # Only a fallback for an event without its own timestamp (used when it is in range).
     time: Annotated[int, Field(strict=True)] | None = None
-    messaging: list[dict[str, Any]] = Field(default_factory=list, max_length=10_000)
-    standby: list[dict[str, Any]] = Field(default_factory=list, max_length=10_000)
+    # Events are checked one by one (`event_parse`): any JSON value is taken here.
+    messaging: list[Any] = Field(default_factory=list, max_length=10_000)
+    standby: list[Any] = Field(default_factory=list, max_length=10_000)
 
 
 class WebhookPayload(_Lenient):
+    """The envelope: a page payload with a list of entries, each checked on its own."""
+
     object: Literal["page"]
-    entry: list[Entry] = Field(max_length=10_000)
+    entry: list[Any] = Field(max_length=10_000)
 
 
 class PayloadInvalid(Exception):
-    """The payload is not a Messenger page webhook evoflow can read; the detail says why."""
+    """The payload (or one entry or event of it) is not what evoflow can read; the detail
+    says why."""
 
 
-def _contains_lone_surrogate(value: Any) -> bool:
-    # json.loads turns a lone \uD800 escape into a str that UTF-8 (text, jsonb) cannot hold.
+class NonFinite(str):
+    """A number jsonb cannot hold (NaN, Infinity, 1e400) as the body's parser met it: kept as
+    a marker so that only the event holding it is quarantined."""
+
+
+def value_problem(value: Any, *, depth: int = 0) -> str | None:
+    """Why `value` (a part of a payload) cannot be stored in PostgreSQL text or jsonb, or None:
+    a NUL character, a lone UTF-16 surrogate, a non-finite number, or nesting too deep."""
+    if depth > VALUE_MAX_DEPTH:
+        return "nested too deeply"
+    if isinstance(value, NonFinite):
+        return f"{str(value)[:40]} is not a number jsonb can hold"
     if isinstance(value, str):
-        return any("\ud800" <= char <= "\udfff" for char in value)
+        if "\x00" in value:
+            return "contains a NUL character"
+        if any("\ud800" <= char <= "\udfff" for char in value):
+            return "contains a lone UTF-16 surrogate"
+        return None
     if isinstance(value, dict):
-        return any(
-            _contains_lone_surrogate(key) or _contains_lone_surrogate(item)
-            for key, item in value.items()
-        )
-    if isinstance(value, list):
-        return any(_contains_lone_surrogate(item) for item in value)
-    return False
+        for key, item in value.items():
+            problem = value_problem(key, depth=depth + 1) or value_problem(item, depth=depth + 1)
+            if problem:
+                return problem
+    elif isinstance(value, list):
+        for item in value:
+            problem = value_problem(item, depth=depth + 1)
+            if problem:
+                return problem
+    return None
 
 
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# Deeper than this is no Messenger event (attachment payloads stop at ATTACHMENT_MAX_DEPTH).
+VALUE_MAX_DEPTH = 64
+
+# A NUL or a lone surrogate can only come from an escape in the bytes: without one, and without
+# a non-finite number met by the parser, the walk over every value is skipped (the hot path).
+_SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
 
 
-def payload_parse(document: Any, *, raw: bytes | None = None) -> WebhookPayload:
-    # PostgreSQL text and jsonb cannot hold U+0000: refuse it up front rather than fail mid-way.
-    # A NUL can only come from a \u0000 escape: without one in the bytes, skip the full walk
-    # (the body's numbers were checked as it was parsed).
-    if raw is None or b"\\u0000" in raw:
-        try:
-            json_value_check(document, max_depth=None)
-        except UnstorableJson as error:
-            if error.reason == NUL:
-                raise PayloadInvalid("the payload contains a NUL character") from None
-            raise PayloadInvalid(f"the payload cannot be stored: {error}") from None
-    # Likewise a lone surrogate only comes from a \uD800-\uDFFF escape (pairs decode to one
-    # character and are fine).
-    if (raw is None or _SURROGATE_ESCAPE.search(raw)) and _contains_lone_surrogate(document):
-        raise PayloadInvalid("the payload contains a lone UTF-16 surrogate")
+def body_needs_value_check(raw: bytes) -> bool:
+    return _SUSPECT_ESCAPE.search(raw) is not None
+
+
+def payload_parse(document: Any) -> WebhookPayload:
+    """The envelope only: refused (PayloadInvalid) when it is not a page payload at all."""
+    if not isinstance(document, dict):
+        raise PayloadInvalid("the body is not a JSON object")
     try:
         return WebhookPayload.model_validate(document)
     except ValidationError as error:
         raise PayloadInvalid(_summarise(error)) from error
 
 
-def event_parse(raw: dict[str, Any]) -> MessagingEvent:
+def entry_parse(raw: Any, *, check_values: bool) -> Entry:
+    """One entry, without its events; PayloadInvalid quarantines the entry."""
     if not isinstance(raw, dict):
-        raise PayloadInvalid("an event is not a JSON object")
+        raise PayloadInvalid("the entry is not a JSON object")
+    head = {key: value for key, value in raw.items() if key not in ("messaging", "standby")}
+    if check_values:
+        problem = value_problem(head)
+        if problem:
+            raise PayloadInvalid(f"the entry {problem}")
+    try:
+        return Entry.model_validate(raw)
+    except ValidationError as error:
+        raise PayloadInvalid(_summarise(error)) from error
+
+
+def event_parse(raw: Any, *, check_values: bool = True) -> MessagingEvent:
+    """One event; PayloadInvalid (why) quarantines it."""
+    if not isinstance(raw, dict):
+        raise PayloadInvalid("the event is not a JSON object")
+    if check_values:
+        problem = value_problem(raw)
+        if problem:
+            raise PayloadInvalid(f"the event {problem}")
     try:
         return MessagingEvent.model_validate(raw)
     except ValidationError as error:

@@ -34,6 +34,10 @@ from conversations.services.webhook import (
     webhook_receipts_retry_due,
     webhook_receive,
 )
+from conversations.services.webhook_reprocess import (
+    ReprocessSummary,
+    webhook_receipts_reprocess,
+)
 
 __all__ = [
     "ApplyResult",
@@ -44,6 +48,7 @@ __all__ = [
     "ProcessOutcome",
     "PurgeCounts",
     "PurgeRefused",
+    "ReprocessSummary",
     "TrailingStatement",
     "batch_apply",
     "conversation_purge",
@@ -61,6 +66,6 @@ __all__ = [
     "webhook_receipt_retry",
     "webhook_receive",
     "webhook_receipts_prune",
-    "webhook_receipts_prune",
+    "webhook_receipts_reprocess",
     "webhook_receipts_retry_due",
 ]

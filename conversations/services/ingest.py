@@ -28,6 +28,13 @@ Messages and events commit together, or nothing does (C5, F3, F4). A batch of me
 is one statement that commits on its own in one round trip outside a transaction (the
 webhook's fast path); inside the caller's transaction (a retry, the sync) it is part of it. An
 optional trailing CTE (the webhook receipt) commits or fails with the batch.
+
+Edits and reactions (C9, `ingest_edits`) join the second statement. The sync's messages are
+inserted `ON CONFLICT DO UPDATE` of their text when Graph serves another one than the stored
+text and the stored one is older than the moment the sync read it: an edit the webhook did not
+bring, never counted as a new message. Triggers on the message table apply edits that came
+before their message, keep the first text in the history, and bump the conversation's version
+and preview when a text changes.
 """
 
 from __future__ import annotations
@@ -41,6 +48,11 @@ from typing import Any
 from django.db import connection, transaction
 
 from conversations.models import Direction, EventKind, Source
+from conversations.services.ingest_edits import (
+    IncomingEdit,
+    IncomingReaction,
+    edit_and_reaction_parts,
+)
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,9 @@ class IncomingMessage:
     is_echo: bool = False
     app_id: str = ""
     reply_to_mid: str = ""
+    # When `text` was read from Graph (the sync): a stored message whose text differs is
+    # updated to it if nothing newer is stored (C9). None: the text as Meta first sent it.
+    text_as_of: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +116,10 @@ class ApplyResult:
     events_inserted: int = 0
     messages_marked: int = 0
     inserted_mids: list[str] = field(default_factory=list)
+    # Stored messages whose text the sync replaced, or that a webhook edit moved forward.
+    messages_edited: int = 0
+    edits_recorded: int = 0
+    reactions_changed: int = 0
 
 
 _CONVERSATIONS_UPSERT = """
@@ -127,22 +146,25 @@ conv AS (
 
 _MESSAGES_INSERT = """
 msg AS (
-    INSERT INTO conversations_message (
+    INSERT INTO conversations_message AS m (
         page_id, conversation_id, mid, direction, is_echo, app_id, text, attachments,
-        reply_to_mid, sent_at, source, delivered_at, read_at)
+        reply_to_mid, sent_at, source, delivered_at, read_at, text_as_of)
     SELECT i.page_id, conv.id, i.mid, i.direction, i.is_echo, i.app_id, i.text, i.attachments,
         i.reply_to_mid, i.sent_at, %s,
         CASE WHEN i.direction = 'outbound' AND conv.delivered_watermark >= i.sent_at
             THEN conv.delivered_watermark END,
         CASE WHEN i.direction = 'outbound' AND conv.read_watermark >= i.sent_at
-            THEN conv.read_watermark END
+            THEN conv.read_watermark END,
+        i.text_as_of
     FROM jsonb_to_recordset(%s::jsonb)
         AS i(page_id bigint, psid text, mid text, direction text, is_echo boolean, app_id text,
-             text text, attachments jsonb, reply_to_mid text, sent_at timestamptz)
+             text text, attachments jsonb, reply_to_mid text, sent_at timestamptz,
+             text_as_of timestamptz)
     JOIN conv ON conv.page_id = i.page_id AND conv.psid = i.psid
     ORDER BY i.page_id, i.mid
-    ON CONFLICT (page_id, mid) DO NOTHING
-    RETURNING id, page_id, conversation_id, mid, direction, sent_at
+    {on_conflict}
+    RETURNING m.id, m.page_id, m.conversation_id, m.mid, m.direction, m.sent_at, m.text,
+        m.text_as_of, (m.xmax = 0) AS inserted
 ), msg_events AS (
     INSERT INTO conversations_interactionevent (
         page_id, conversation_id, message_id, kind, occurred_at, dedupe_key, source)
@@ -152,7 +174,29 @@ msg AS (
         CASE direction WHEN 'inbound' THEN 'message_received:' ELSE 'message_sent:' END || mid,
         %s
     FROM msg
+    WHERE inserted
     ON CONFLICT DO NOTHING
+    RETURNING 1
+)"""
+
+# The webhook: a message Meta delivers again is the same message (its edits come as edits).
+_ON_CONFLICT_KEEP = "ON CONFLICT (page_id, mid) DO NOTHING"
+# The sync: Graph serves a message's current text. A stored message whose text differs was
+# edited: take Graph's text, unless the stored one is newer (a webhook edit that came after the
+# sync read the page) or the mid is stored in another conversation, and count the edit. Never a
+# new message: `inserted` is false, so no event, no count, and the C4 trigger (inserted rows
+# only) leaves last_message* alone.
+_ON_CONFLICT_SYNC_TEXT = """ON CONFLICT (page_id, mid) DO UPDATE SET
+        text = EXCLUDED.text, text_as_of = EXCLUDED.text_as_of, edit_count = m.edit_count + 1
+    WHERE m.text IS DISTINCT FROM EXCLUDED.text AND EXCLUDED.text_as_of IS NOT NULL
+        AND (m.text_as_of IS NULL OR EXCLUDED.text_as_of > m.text_as_of)
+        AND m.conversation_id = EXCLUDED.conversation_id"""
+
+# Each text the sync saw change is a version of the history (without a num_edit: Graph has none).
+_SYNC_EDITS_LOG = """
+sync_edits AS (
+    INSERT INTO conversations_messageedit (page_id, mid, num_edit, text, occurred_at, source)
+    SELECT page_id, mid, NULL, text, text_as_of, %s FROM msg WHERE NOT inserted
     RETURNING 1
 )"""
 
@@ -246,11 +290,19 @@ def batch_apply(
     messages: Sequence[IncomingMessage] = (),
     events: Sequence[IncomingEvent] = (),
     marks: Sequence[IncomingMark] = (),
+    edits: Sequence[IncomingEdit] = (),
+    reactions: Sequence[IncomingReaction] = (),
     source: str = Source.WEBHOOK,
     trailing: TrailingStatement | None = None,
     prepared: PreparedRows | None = None,
+    durable_commit: bool = False,
 ) -> tuple[ApplyResult, Any]:
     """Apply one batch; see the module docstring.
+
+    `durable_commit` makes the transaction's commit wait for its WAL flush whatever the server's
+    `synchronous_commit`: the first statement sets it for the transaction
+    (`set_config(..., true)`, the function form of `SET LOCAL`), so the one-statement fast path
+    stays one round trip.
 
     Conversations and messages (and the trailing statement) are ONE statement: outside a
     transaction it costs one round trip and commits by itself. A batch with marks or other
@@ -265,8 +317,8 @@ def batch_apply(
             raise ValueError("prepared rows replace conversations and messages; nothing else")
         if not prepared.keys and trailing is None:
             return result, None
-        return _first_statement(prepared, source, trailing, result)
-    keys = _conversation_keys(conversations, messages, events, marks)
+        return _first_statement(prepared, source, trailing, result, durable_commit)
+    keys = _conversation_keys(conversations, messages, [*events, *edits, *reactions], marks)
     if not keys and trailing is None:
         return result, None
     unique_messages = _unique_by_mid(messages)
@@ -275,12 +327,12 @@ def batch_apply(
         keys_json=_keys_json(keys, marks),
         messages_json=_message_rows(unique_messages) if unique_messages else None,
     )
-    if not marks and not events:
-        return _first_statement(rows, source, trailing, result)
+    if not marks and not events and not edits and not reactions:
+        return _first_statement(rows, source, trailing, result, durable_commit)
     # Both statements commit together; no savepoint inside a caller's transaction.
     with transaction.atomic(savepoint=False):
-        _, tail = _first_statement(rows, source, trailing, result)
-        _second_statement(marks, events, source, result)
+        _, tail = _first_statement(rows, source, trailing, result, durable_commit)
+        _second_statement(marks, events, edits, reactions, source, result)
     return result, tail
 
 
@@ -309,6 +361,7 @@ def _first_statement(
     source: str,
     trailing: TrailingStatement | None,
     result: ApplyResult,
+    durable_commit: bool = False,
 ) -> tuple[ApplyResult, Any]:
     """The conversation upsert (taking the row locks, in key order), the messages and their
     events, and the trailing statement."""
@@ -318,19 +371,27 @@ def _first_statement(
         "(SELECT count(*) FROM conv WHERE inserted)",
         "(SELECT count(*) FROM conv)",
     ]
+    sync = source == Source.SYNC
     if rows.messages_json is not None:
-        parts.append(_MESSAGES_INSERT)
+        on_conflict = _ON_CONFLICT_SYNC_TEXT if sync else _ON_CONFLICT_KEEP
+        parts.append(_MESSAGES_INSERT.format(on_conflict=on_conflict))
         params += [source, rows.messages_json, source]
         selects += [
             "(SELECT count(*) FROM msg_events)",
-            "array(SELECT mid FROM msg)",
+            "array(SELECT mid FROM msg WHERE inserted)",
             "(SELECT count(DISTINCT msg.conversation_id) FROM msg"
-            " JOIN conv ON conv.id = msg.conversation_id WHERE NOT conv.inserted)",
+            " JOIN conv ON conv.id = msg.conversation_id WHERE msg.inserted AND NOT conv.inserted)",
+            "(SELECT count(*) FROM msg WHERE NOT inserted)",
         ]
+        if sync:
+            parts.append(_SYNC_EDITS_LOG)
+            params.append(source)
     if trailing is not None:
         parts.append(f"\ntail_statement(value) AS ({trailing.sql})")
         params += trailing.params
         selects.append("(SELECT value FROM tail_statement)")
+    if durable_commit:  # last: nothing reads its value
+        selects.append("set_config('synchronous_commit', 'on', true)")
     statement = "WITH " + ",".join(parts) + "\nSELECT " + ", ".join(selects)
     with connection.cursor() as cursor:
         cursor.execute(statement, params)
@@ -342,17 +403,26 @@ def _first_statement(
         result.inserted_mids = list(row.pop(0))
         result.messages_inserted = len(result.inserted_mids)
         result.conversations_updated = int(row.pop(0))
+        result.messages_edited = int(row.pop(0))
     return result, row.pop(0) if trailing is not None else None
 
 
 def _second_statement(
     marks: Sequence[IncomingMark],
     events: Sequence[IncomingEvent],
+    edits: Sequence[IncomingEdit],
+    reactions: Sequence[IncomingReaction],
     source: str,
     result: ApplyResult,
 ) -> None:
-    """Marks and the other events, with a snapshot taken after the conversation locks."""
-    items: list[IncomingMark | IncomingEvent] = [*marks, *events]
+    """Marks, edits, reactions and the other events, with a snapshot taken after the
+    conversation locks."""
+    items: list[IncomingMark | IncomingEvent | IncomingEdit | IncomingReaction] = [
+        *marks,
+        *events,
+        *edits,
+        *reactions,
+    ]
     touched = sorted({(item.page_pk, item.psid) for item in items})
     parts = [_CONVERSATIONS_LOCKED]
     params: list[Any] = [[key[0] for key in touched], [key[1] for key in touched]]
@@ -375,6 +445,10 @@ def _second_statement(
             [event.mid for event in events],
         ]
         selects.append("(SELECT count(*) FROM other_events)")
+    changes = edit_and_reaction_parts(edits, reactions, source)
+    parts += changes.parts
+    params += changes.params
+    selects += changes.selects
     statement = "WITH " + ",".join(parts) + "\nSELECT " + ", ".join(selects)
     with connection.cursor() as cursor:
         cursor.execute(statement, params)
@@ -383,6 +457,8 @@ def _second_statement(
         result.messages_marked = int(row.pop(0))
     if events:
         result.events_inserted = int(row.pop(0))
+    for counter in changes.counters:  # one value per select of the edits and reactions
+        setattr(result, counter, getattr(result, counter) + int(row.pop(0)))
 
 
 def _watermarks(
@@ -402,11 +478,12 @@ def _watermarks(
 def _conversation_keys(
     conversations: Sequence[ConversationKey],
     messages: Sequence[IncomingMessage],
-    events: Sequence[IncomingEvent],
+    events: Sequence[IncomingEvent | IncomingEdit | IncomingReaction],
     marks: Sequence[IncomingMark],
 ) -> list[ConversationKey]:
     by_key: dict[tuple[int, str], ConversationKey] = {}
-    items: list[IncomingMessage | IncomingEvent | IncomingMark] = [*messages, *events, *marks]
+    items: list[IncomingMessage | IncomingEvent | IncomingEdit | IncomingReaction | IncomingMark]
+    items = [*messages, *events, *marks]
     for item in items:
         by_key.setdefault((item.page_pk, item.psid), ConversationKey(item.page_pk, item.psid))
     for key in conversations:  # explicit keys carry names and thread ids: they win
@@ -436,6 +513,7 @@ def _message_rows(messages: Sequence[IncomingMessage]) -> str:
                 "attachments": message.attachments,
                 "reply_to_mid": message.reply_to_mid,
                 "sent_at": message.sent_at.isoformat(),
+                "text_as_of": _iso(message.text_as_of),
             }
             for message in messages
         ]
@@ -451,8 +529,10 @@ __all__ = [
     "ConversationKey",
     "Direction",
     "EventKind",
+    "IncomingEdit",
     "IncomingEvent",
     "IncomingMark",
+    "IncomingReaction",
     "IncomingMessage",
     "PreparedRows",
     "TrailingStatement",

@@ -1,19 +1,24 @@
 """The Messenger webhook: a payload is stored before it is acknowledged (C7), then applied.
 
-`webhook_receive` is the view's entry point. It validates the payload, then applies it AND
+`webhook_receive` is the view's entry point. It checks the payload, then applies it AND
 inserts its receipt (raw bytes, status `processed`) in one SQL statement, which commits on its
 own: the batch and its receipt are durable together, in one round trip (a payload with marks,
-reactions or postbacks takes a second statement in the same transaction; see the ingest
-service). If that fails, nothing of it was applied and the receipt is then inserted on
-its own as `failed`, with the error and a next attempt time; only after one of these inserts has
-committed does the view answer 200. A process dying in between answers nothing, so Meta
-delivers again: no acknowledged payload is ever lost. A payload that is not a Messenger page
-payload is stored as `rejected` (400).
+edits, reactions or postbacks takes a second statement in the same transaction; see the ingest
+service). That commit waits for the WAL flush whatever the server's `synchronous_commit`
+(`RECEIPT_COMMIT_DURABLE`), so a crash of PostgreSQL cannot lose an acknowledged payload. If
+applying fails, nothing of it was applied and the receipt is then inserted on its own as
+`failed`, with the error and a next attempt time; only after one of these inserts has committed
+does the view answer 200. A process dying in between answers nothing, so Meta delivers again:
+no acknowledged payload is ever lost; when the database cannot be reached at all, the error
+reaches the view (503). An entry or event that fits no schema is quarantined with its reason
+and the rest applied (status `quarantined`); only a payload that is no page payload at all is
+stored as `rejected` (400).
 
 `webhook_receipt_process` re-applies a stored receipt (the retry schedule with exponential
-backoff, the admin's retry action) in one durable transaction that locks the receipt. Because
-every insert is `ON CONFLICT DO NOTHING` on the right key, applying a payload twice (a retry
-after an unknown outcome, or Meta delivering it again) changes nothing the second time (C2, C3).
+backoff, the admin's retry action, `webhook_reprocess`) in one durable transaction that locks
+the receipt. Because every insert is `ON CONFLICT DO NOTHING` on the right key and edits and
+reactions only move forward, applying a payload twice (a retry after an unknown outcome, or Meta
+delivering it again) changes nothing the second time (C2, C3, C9).
 
 Translating Meta's JSON into the batch's records is `webhook_payload` (pure, no database);
 this module ensures the pages' rows, applies the records and keeps the receipts.
@@ -34,10 +39,11 @@ from django.utils import timezone
 
 from conversations import metrics
 from conversations.models import ReceiptStatus, SignatureVerdict, Source, WebhookReceipt
-from conversations.schemas import PayloadInvalid, WebhookPayload
+from conversations.schemas import PayloadInvalid
 from conversations.services.ingest import ApplyResult, TrailingStatement, batch_apply
 from conversations.services.pages import page_pk_cache_clear, page_pks_ensure
 from conversations.services.webhook_payload import (
+    LoadedPayload,
     PayloadPlan,
     payload_events,
     payload_from_bytes,
@@ -68,19 +74,32 @@ class ProcessOutcome:
     applied: ApplyResult | None = None
 
 
-def payload_plan(payload: WebhookPayload) -> PayloadPlan:
-    """Every entry's `messaging[]` and `standby[]` events, as batch items or skip reasons
-    (`webhook_payload`), with a page row ensured for every page the events name.
+def payload_plan(loaded: LoadedPayload) -> PayloadPlan:
+    """Every entry's `messaging[]` and `standby[]` events, as batch items, skip reasons or
+    quarantine reasons (`webhook_payload`), with a page row ensured for every page the usable
+    events name."""
+    parsed = payload_events(loaded)
+    pages = payload_page_ids(parsed.events)
+    page_pks = page_pks_ensure(page_ids=pages) if pages else {}
+    return payload_plan_build(parsed, page_pks)
 
-    Raises PayloadInvalid when an event of a known kind is malformed: the whole payload is then
-    rejected, so nothing of it is half-applied.
-    """
-    # Every event is validated before anything is written (not even a new page row).
-    events = payload_events(payload)
-    if not events:
-        return PayloadPlan()
-    page_pks = page_pks_ensure(page_ids=payload_page_ids(events))
-    return payload_plan_build(events, page_pks)
+
+# Every transaction that stores a receipt commits with `synchronous_commit = on` (C7), whatever
+# the server's setting (the local cluster runs with it off): a receipt answered 200 must survive
+# a crash of PostgreSQL. Not a setting: only the benchmark turns it off, to measure its cost.
+RECEIPT_COMMIT_DURABLE = True
+
+
+def durable_commit_require() -> None:
+    """Make the current transaction's COMMIT wait for its WAL flush (`SET LOCAL`: it ends with
+    the transaction, so nothing leaks to a pooled session)."""
+    if RECEIPT_COMMIT_DURABLE:
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit = on")
+
+
+def _status_of(plan: PayloadPlan) -> str:
+    return ReceiptStatus.QUARANTINED if plan.quarantined else ReceiptStatus.PROCESSED
 
 
 # -- receiving ---------------------------------------------------------------------------------
@@ -88,16 +107,17 @@ def payload_plan(payload: WebhookPayload) -> PayloadPlan:
 _RECEIPT_INSERT_PROCESSED = """
     INSERT INTO conversations_webhookreceipt (
         body, body_sha256, signature_verdict, status, attempts, error, event_count,
-        unknown_event_count, skipped_events, received_at, processed_at, updated_at)
-    VALUES (%s, %s, %s, 'processed', 1, '', %s, %s, %s::jsonb, now(), now(), now())
+        unknown_event_count, skipped_events, quarantined_events, received_at, processed_at,
+        updated_at)
+    VALUES (%s, %s, %s, %s, 1, '', %s, %s, %s::jsonb, %s::jsonb, now(), now(), now())
     RETURNING id
 """
 
 _RECEIPT_UPDATE_PROCESSED = """
-    UPDATE conversations_webhookreceipt SET status = 'processed', error = '',
+    UPDATE conversations_webhookreceipt SET status = %s, error = '',
         attempts = attempts + 1, event_count = %s, unknown_event_count = %s,
-        skipped_events = %s::jsonb, processed_at = now(), next_attempt_at = NULL,
-        updated_at = now()
+        skipped_events = %s::jsonb, quarantined_events = %s::jsonb, processed_at = now(),
+        next_attempt_at = NULL, updated_at = now()
     WHERE id = %s
     RETURNING id
 """
@@ -115,7 +135,7 @@ def webhook_receive(
 def _webhook_receive(*, body: bytes, signature_verdict: str) -> ProcessOutcome:
     body_sha256 = hashlib.sha256(body).hexdigest()
     try:
-        plan = payload_plan(payload_from_bytes(body))
+        loaded = payload_from_bytes(body)
     except PayloadInvalid as error:
         receipt = _receipt_insert(
             body=body,
@@ -126,52 +146,69 @@ def _webhook_receive(*, body: bytes, signature_verdict: str) -> ProcessOutcome:
         )
         metrics.WEBHOOK_RECEIPTS.labels(ReceiptStatus.REJECTED).inc()
         return ProcessOutcome(ReceiptStatus.REJECTED, receipt.pk, str(error))
-    receipt_sql = TrailingStatement(
-        _RECEIPT_INSERT_PROCESSED,
-        [
-            body,
-            body_sha256,
-            signature_verdict,
-            plan.event_count,
-            plan.unknown_count,
-            json.dumps(plan.skipped),
-        ],
-    )
+    plan = payload_plan(loaded)
+
+    def receipt_sql(plan: PayloadPlan) -> TrailingStatement:
+        return TrailingStatement(
+            _RECEIPT_INSERT_PROCESSED,
+            [
+                body,
+                body_sha256,
+                signature_verdict,
+                _status_of(plan),
+                plan.event_count,
+                plan.unknown_count,
+                json.dumps(plan.skipped),
+                json.dumps(plan.quarantined),
+            ],
+        )
+
     try:
         try:
-            applied, receipt_id = _apply_with_receipt(plan, receipt_sql)
+            applied, receipt_id = _apply_with_receipt(plan, receipt_sql(plan))
         except IntegrityError as error:
             if not _is_foreign_key_violation(error):
                 raise
             # A page cached by this process was deleted (by another process, whose own cache
             # was cleared): forget the cached ids and plan once more with fresh ones.
             page_pk_cache_clear()
-            plan = payload_plan(payload_from_bytes(body))
-            applied, receipt_id = _apply_with_receipt(plan, receipt_sql)
+            plan = payload_plan(loaded)
+            applied, receipt_id = _apply_with_receipt(plan, receipt_sql(plan))
     except Exception as error:
+        # Kept as `failed` for the retry schedule. When the database itself is unreachable,
+        # storing that fails too and the error reaches the view: 503, nothing acknowledged.
         if isinstance(error, IntegrityError) and _is_foreign_key_violation(error):
             page_pk_cache_clear()
-        logger.exception("webhook payload failed; stored for retry")
-        receipt = _receipt_insert(
-            body=body,
-            body_sha256=body_sha256,
-            signature_verdict=signature_verdict,
-            status=ReceiptStatus.FAILED,
-            error=f"{type(error).__name__}: {error}",
-            attempts=1,
-            next_attempt_at=timezone.now() + retry_delay(1),
-        )
-        metrics.WEBHOOK_RECEIPTS.labels(ReceiptStatus.FAILED).inc()
-        return ProcessOutcome(ReceiptStatus.FAILED, receipt.pk, str(error))
+        return _stored_failed(body, body_sha256, signature_verdict, error)
     _count_events_on_commit(plan)
-    metrics.WEBHOOK_RECEIPTS.labels(ReceiptStatus.PROCESSED).inc()
-    return ProcessOutcome(ReceiptStatus.PROCESSED, int(receipt_id), applied=applied)
+    status = _status_of(plan)
+    metrics.WEBHOOK_RECEIPTS.labels(status).inc()
+    return ProcessOutcome(status, int(receipt_id), applied=applied)
+
+
+def _stored_failed(
+    body: bytes, body_sha256: str, signature_verdict: str, error: Exception
+) -> ProcessOutcome:
+    """The payload could not be applied: keep it as `failed` for the retry schedule."""
+    logger.exception("webhook payload failed; stored for retry")
+    receipt = _receipt_insert(
+        body=body,
+        body_sha256=body_sha256,
+        signature_verdict=signature_verdict,
+        status=ReceiptStatus.FAILED,
+        error=f"{type(error).__name__}: {error}",
+        attempts=1,
+        next_attempt_at=timezone.now() + retry_delay(1),
+    )
+    metrics.WEBHOOK_RECEIPTS.labels(ReceiptStatus.FAILED).inc()
+    return ProcessOutcome(ReceiptStatus.FAILED, receipt.pk, str(error))
 
 
 def _apply_with_receipt(
     plan: PayloadPlan, receipt_sql: TrailingStatement
 ) -> tuple[ApplyResult, Any]:
-    # No transaction: one statement, atomic and committed on its own (one round trip). Called
+    # A batch of messages only is one statement, atomic and committed on its own (one round
+    # trip); its commit waits for the WAL flush (C7) through the statement itself. Called
     # inside someone's transaction (a test, a script), a savepoint contains a failure instead.
     enclosing = transaction.atomic() if connection.in_atomic_block else nullcontext()
     with enclosing:
@@ -179,8 +216,11 @@ def _apply_with_receipt(
             messages=plan.messages,
             events=plan.events,
             marks=plan.marks,
+            edits=plan.edits,
+            reactions=plan.reactions,
             source=Source.WEBHOOK,
             trailing=receipt_sql,
+            durable_commit=RECEIPT_COMMIT_DURABLE,
         )
 
 
@@ -208,6 +248,7 @@ def _receipt_insert(
     attempts: int = 0,
     next_attempt_at: datetime | None = None,
 ) -> WebhookReceipt:
+    durable_commit_require()
     return WebhookReceipt.objects.create(
         body=body,
         body_sha256=body_sha256,
@@ -223,13 +264,22 @@ def _receipt_insert(
 # -- processing a stored receipt --------------------------------------------------------------
 
 
-def webhook_receipt_process(*, receipt_id: int, force: bool = False) -> ProcessOutcome:
-    """Apply one stored receipt again. Idempotent: a processed receipt is left alone, and a
-    failed one whose next attempt is not due yet too, unless `force` (an operator's retry)."""
+def webhook_receipt_process(
+    *, receipt_id: int, force: bool = False, reprocess: bool = False
+) -> ProcessOutcome:
+    """Apply one stored receipt again, in one durable transaction that locks it.
+
+    Idempotent: applying a payload twice changes nothing the second time (every write is
+    keyed). By default only a received receipt, or a failed one whose next attempt is due (any
+    failed one with `force`, an operator's retry), is taken; `reprocess` (the
+    `webhook_reprocess` command, the admin's reprocess action) takes a receipt of any status, so
+    that events quarantined or rejected before a code fix are applied by the fixed code.
+    A receipt another process holds is skipped."""
     seen_attempts: int | None = None
     try:
         with transaction.atomic(durable=True):
-            locked = _receipt_lock(receipt_id, force=force)
+            durable_commit_require()
+            locked = _receipt_lock(receipt_id, force=force, any_status=reprocess)
             if locked is None:
                 return ProcessOutcome(status="skipped", receipt_id=receipt_id)
             body, seen_attempts = locked
@@ -244,14 +294,24 @@ def webhook_receipt_process(*, receipt_id: int, force: bool = False) -> ProcessO
                 )
                 metrics.WEBHOOK_RECEIPTS.labels(ReceiptStatus.REJECTED).inc()
                 return ProcessOutcome(ReceiptStatus.REJECTED, receipt_id, str(error))
+            status = _status_of(plan)
             applied, _ = batch_apply(
                 messages=plan.messages,
                 events=plan.events,
                 marks=plan.marks,
+                edits=plan.edits,
+                reactions=plan.reactions,
                 source=Source.WEBHOOK,
                 trailing=TrailingStatement(
                     _RECEIPT_UPDATE_PROCESSED,
-                    [plan.event_count, plan.unknown_count, json.dumps(plan.skipped), receipt_id],
+                    [
+                        status,
+                        plan.event_count,
+                        plan.unknown_count,
+                        json.dumps(plan.skipped),
+                        json.dumps(plan.quarantined),
+                        receipt_id,
+                    ],
                 ),
             )
             _count_events_on_commit(plan)
@@ -268,8 +328,8 @@ def webhook_receipt_process(*, receipt_id: int, force: bool = False) -> ProcessO
                 seen_attempts=seen_attempts,
             )
         return ProcessOutcome(ReceiptStatus.FAILED, receipt_id, str(error))
-    metrics.WEBHOOK_RECEIPTS.labels(ReceiptStatus.PROCESSED).inc()
-    return ProcessOutcome(ReceiptStatus.PROCESSED, receipt_id, applied=applied)
+    metrics.WEBHOOK_RECEIPTS.labels(status).inc()
+    return ProcessOutcome(status, receipt_id, applied=applied)
 
 
 def webhook_receipts_retry_due(*, limit: int = 100) -> int:
@@ -294,7 +354,8 @@ def webhook_receipts_retry_due(*, limit: int = 100) -> int:
 
 def webhook_receipts_prune(*, older_than: timedelta = RECEIPT_RETENTION) -> int:
     """Delete processed and rejected receipts received before `older_than` ago, in bounded
-    batches (short transactions); failed ones are kept until retried. Returns rows deleted."""
+    batches (short transactions); failed ones are kept until retried, quarantined ones until
+    reprocessed. Returns rows deleted."""
     cutoff = timezone.now() - older_than
     deleted = 0
     while True:
@@ -317,16 +378,19 @@ def webhook_receipt_retry(*, receipt_id: int) -> ProcessOutcome:
     return webhook_receipt_process(receipt_id=receipt_id, force=True)
 
 
-def _receipt_lock(receipt_id: int, *, force: bool = False) -> tuple[bytes, int] | None:
+def _receipt_lock(
+    receipt_id: int, *, force: bool = False, any_status: bool = False
+) -> tuple[bytes, int] | None:
     """Lock an unprocessed receipt for this transaction: (body, attempts so far), or None if it
-    is done, held by another, or failed with its next attempt not due yet (unless `force`)."""
+    is done, held by another, or failed with its next attempt not due yet (unless `force`).
+    With `any_status`, any receipt not held by another."""
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT body, attempts FROM conversations_webhookreceipt WHERE id = %s"
-            " AND (status = 'received' OR (status = 'failed'"
+            " AND (%s OR status = 'received' OR (status = 'failed'"
             " AND (%s OR next_attempt_at <= %s)))"
             " FOR UPDATE SKIP LOCKED",
-            [receipt_id, force, timezone.now()],
+            [receipt_id, any_status, force, timezone.now()],
         )
         row = cursor.fetchone()
     return (bytes(row[0]), int(row[1])) if row else None
@@ -337,14 +401,15 @@ def _receipt_finish(*, receipt_id: int, status: str, error: str, plan: PayloadPl
         cursor.execute(
             "UPDATE conversations_webhookreceipt SET status = %s, error = %s,"
             " attempts = attempts + 1, event_count = %s, unknown_event_count = %s,"
-            " skipped_events = %s::jsonb, processed_at = now(), next_attempt_at = NULL,"
-            " updated_at = now() WHERE id = %s",
+            " skipped_events = %s::jsonb, quarantined_events = %s::jsonb, processed_at = now(),"
+            " next_attempt_at = NULL, updated_at = now() WHERE id = %s",
             [
                 status,
                 error[:ERROR_MAX_CHARS],
                 plan.event_count if plan else 0,
                 plan.unknown_count if plan else 0,
                 json.dumps(plan.skipped if plan else []),
+                json.dumps(plan.quarantined if plan else []),
                 receipt_id,
             ],
         )
@@ -356,6 +421,7 @@ def _receipt_fail(*, receipt_id: int, error: str, seen_attempts: int) -> None:
     attempts = seen_attempts + 1
     next_attempt_at = timezone.now() + retry_delay(attempts) if attempts < MAX_ATTEMPTS else None
     with transaction.atomic(durable=True), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL synchronous_commit = on")
         cursor.execute(
             "UPDATE conversations_webhookreceipt SET status = 'failed', attempts = %s,"
             " error = %s, next_attempt_at = %s, updated_at = now()"

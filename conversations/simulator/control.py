@@ -2,10 +2,12 @@
 `GraphSimulator` from outside its process (tests, benchmarks, the `graph_simulator` command).
 
 An optional `page_id`, in the JSON body or the query, picks the page; the first page otherwise.
-The routes add messages and conversations, delete conversations, change a page's token and
-rate, read a page's state and its truth (every message the sync must end up with), and set the
-target of the signed webhook POSTs sent for new messages. The base simulator's own control
-routes (counters, reset, faults) are registered by `devtools.simulator.Simulator`.
+The routes add messages and conversations, edit a message and react to it (each answers the
+webhook event Meta would send, so that a test can deliver it when and as often as it likes),
+delete conversations, change a page's token and rate, read a page's state and its truth (every
+message, its text, edit count and reactions, that the sync and the webhook must end up with),
+and set the target of the signed webhook POSTs sent for new messages. The base simulator's own
+control routes (counters, reset, faults) are registered by `devtools.simulator.Simulator`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from conversations.simulator.payloads import edit_event, named_reaction_event
 from conversations.simulator.wire import THROTTLE_MESSAGES
 from conversations.simulator.world import BAD_PARTICIPANT_KINDS, FOLDER_INBOX, FOLDERS, PageWorld
 from devtools.simulator import SimRequest, SimResponse, SimulatorError
@@ -32,6 +35,8 @@ class GraphControl:
         add_route("GET", r"/_control/state", "control.state", self._state)
         add_route("GET", r"/_control/truth", "control.truth", self._truth)
         add_route("POST", r"/_control/messages", "control.messages", self._messages)
+        add_route("POST", r"/_control/edits", "control.edits", self._edit)
+        add_route("POST", r"/_control/reactions", "control.reactions", self._react)
         add_route("POST", r"/_control/conversations", "control.conversations", self._add)
         add_route(
             "DELETE",
@@ -112,6 +117,80 @@ class GraphControl:
         return SimResponse(
             201,
             {"mids": [message.mid for _, message in added], "webhook_status": webhook_status},
+        )
+
+    def _message_named(
+        self, request: SimRequest, values: Mapping[str, Any]
+    ) -> tuple[PageWorld, str, str]:
+        thread_id, mid = values.get("conversation"), values.get("mid")
+        if not isinstance(thread_id, str) or not isinstance(mid, str):
+            raise SimulatorError(400, {"error": "conversation (a thread id) and mid are required"})
+        return self._thread(request, values, thread_id), thread_id, mid
+
+    def _edit(self, request: SimRequest) -> SimResponse:
+        values = self._values(request)
+        world, thread_id, mid = self._message_named(request, values)
+        text = values.get("text")
+        if not isinstance(text, str):
+            raise SimulatorError(400, {"error": "text (a string) is required"})
+        try:
+            conversation, message, count, edited = world.message_edit(
+                thread_id=thread_id, mid=mid, text=text
+            )
+        except LookupError:
+            raise SimulatorError(404, {"error": f"no message {mid} in {thread_id}"}) from None
+        timestamp_ms = int(edited * 1000)
+        return SimResponse(
+            200,
+            {
+                "mid": mid,
+                "text": text,
+                "num_edit": count,
+                "timestamp_ms": timestamp_ms,
+                "event": edit_event(
+                    page_id=world.page_id,
+                    psid=conversation.psid,
+                    mid=mid,
+                    timestamp_ms=timestamp_ms,
+                    text=text,
+                    num_edit=count,
+                ),
+                "from_page": message.from_page,
+            },
+        )
+
+    def _react(self, request: SimRequest) -> SimResponse:
+        values = self._values(request)
+        world, thread_id, mid = self._message_named(request, values)
+        action = values.get("action", "react")
+        reaction = values.get("reaction", "love")
+        emoji = values.get("emoji", "\u2764\ufe0f")
+        if action not in ("react", "unreact"):
+            raise SimulatorError(400, {"error": "action must be react or unreact"})
+        if not isinstance(reaction, str) or not reaction or not isinstance(emoji, str):
+            raise SimulatorError(400, {"error": "reaction and emoji must be strings"})
+        try:
+            conversation, at = world.message_react(
+                thread_id=thread_id, mid=mid, reaction=reaction, emoji=emoji, action=action
+            )
+        except LookupError:
+            raise SimulatorError(404, {"error": f"no message {mid} in {thread_id}"}) from None
+        timestamp_ms = int(at * 1000)
+        return SimResponse(
+            200,
+            {
+                "mid": mid,
+                "timestamp_ms": timestamp_ms,
+                "event": named_reaction_event(
+                    page_id=world.page_id,
+                    psid=conversation.psid,
+                    mid=mid,
+                    timestamp_ms=timestamp_ms,
+                    action=action,
+                    reaction=reaction,
+                    emoji=emoji,
+                ),
+            },
         )
 
     def _add(self, request: SimRequest) -> SimResponse:

@@ -88,6 +88,38 @@ def reaction_event(
     }
 
 
+def edit_event(
+    *, page_id: str, psid: str, mid: str, timestamp_ms: int, text: str, num_edit: int
+) -> dict[str, Any]:
+    """A `message_edits` event: the message's text after its `num_edit`-th edit."""
+    return {
+        "sender": {"id": psid},
+        "recipient": {"id": page_id},
+        "timestamp": timestamp_ms,
+        "message_edit": {"mid": mid, "text": text, "num_edit": num_edit},
+    }
+
+
+def named_reaction_event(
+    *,
+    page_id: str,
+    psid: str,
+    mid: str,
+    timestamp_ms: int,
+    action: str,
+    reaction: str,
+    emoji: str,
+) -> dict[str, Any]:
+    """A `message_reactions` event naming its reaction, as Meta's reference shows for both
+    actions."""
+    return {
+        "sender": {"id": psid},
+        "recipient": {"id": page_id},
+        "timestamp": timestamp_ms,
+        "reaction": {"reaction": reaction, "emoji": emoji, "action": action, "mid": mid},
+    }
+
+
 def postback_event(
     *,
     page_id: str,

@@ -14,6 +14,7 @@ and rate window are read together under one lock; splitting it would only spread
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -179,6 +180,10 @@ class PageWorld:
         self._clock = GENERATED_UNTIL
         self._sequence = 0
         self._key_prefix = f"t_{seed}"
+        # Edits and reactions made at run time: mid -> (current text, edit count); mid ->
+        # {(psid, reaction name): emoji} of the reactions on it now.
+        self._edits: dict[str, tuple[str, int]] = {}
+        self._reactions: dict[str, dict[tuple[str, str], str]] = {}
 
     # -- the deterministic world ---------------------------------------------------------------
 
@@ -325,6 +330,13 @@ class PageWorld:
         generated_newest = min(newest, base_count - 1)
         if generated_newest >= oldest:
             window += self.generated_messages(conversation, range(generated_newest, oldest - 1, -1))
+        if self._edits:  # Graph serves a message's current text
+            window = [
+                dataclasses.replace(message, text=self._edits[message.mid][0])
+                if message.mid in self._edits
+                else message
+                for message in window
+            ]
         return window, total
 
     def folder_of(self, key: str) -> str:
@@ -424,6 +436,48 @@ class PageWorld:
             self._bumped[thread_id] = created
             conversation.updated = created
         return conversation, message
+
+    def _message_of(self, thread_id: str, mid: str) -> tuple[SimConversation, SimMessage]:
+        conversation = self.conversation(thread_id)
+        if conversation is None:
+            raise LookupError(thread_id)
+        window, _ = self.message_window(conversation, skip_newest=0, limit=10**12)
+        for message in window:
+            if message.mid == mid:
+                return conversation, message
+        raise LookupError(mid)
+
+    def message_edit(
+        self, *, thread_id: str, mid: str, text: str
+    ) -> tuple[SimConversation, SimMessage, int, float]:
+        """The person (or the page) edits message `mid`: its text becomes `text`; returns the
+        conversation, the message as edited, its edit count and the edit's time. An edit
+        moves the conversation to the top of its folder, like a new message: the incremental
+        sync reads it again."""
+        with self.lock:
+            conversation, message = self._message_of(thread_id, mid)
+            count = self._edits.get(mid, ("", 0))[1] + 1
+            self._edits[mid] = (text, count)
+            edited = self._tick()
+            if thread_id in self._added_conversations:
+                self._added_conversations[thread_id].updated = edited
+            self._bumped[thread_id] = edited
+            conversation.updated = edited
+        return conversation, dataclasses.replace(message, text=text), count, edited
+
+    def message_react(
+        self, *, thread_id: str, mid: str, reaction: str, emoji: str, action: str
+    ) -> tuple[SimConversation, float]:
+        """The conversation's person puts a reaction on message `mid` (`react`) or takes the
+        one named off (`unreact`); returns the conversation and the event's time."""
+        with self.lock:
+            conversation, _ = self._message_of(thread_id, mid)
+            on = self._reactions.setdefault(mid, {})
+            if action == "react":
+                on[(conversation.psid, reaction)] = emoji
+            else:
+                on.pop((conversation.psid, reaction), None)
+            return conversation, self._tick()
 
     def conversation_add(
         self, *, psid: str | None, name: str, folder: str = FOLDER_INBOX
@@ -562,6 +616,10 @@ class PageWorld:
                     "text": message.text,
                     "attachments": [dict(item) for item in message.attachments],
                     "reply_to": message.reply_to,
+                    "edit_count": self._edits.get(message.mid, ("", 0))[1],
+                    "reactions": sorted(
+                        [psid, reaction] for psid, reaction in self._reactions.get(message.mid, {})
+                    ),
                 }
                 for message in reversed(window)  # oldest first
             ],

@@ -262,7 +262,7 @@ def test_a_mixed_batch_applies_every_kind_and_records_skips(post_webhook, page):
             "sender": {"id": PSID},
             "recipient": {"id": PAGE_ID},
             "timestamp": T0 + 1,
-            "optin": {"ref": "x"},
+            "a_kind_meta_adds_later": {"ref": "x"},
         },
         # bad participants: missing id, a number, the page itself
         {
@@ -345,9 +345,7 @@ def test_a_mixed_batch_applies_every_kind_and_records_skips(post_webhook, page):
     assert Message.objects.count() == 4
 
 
-def test_a_malformed_payload_with_a_valid_signature_is_a_400_and_a_rejected_receipt(
-    post_webhook, page
-):
+def test_a_malformed_event_is_quarantined_and_the_rest_of_the_payload_applied(post_webhook, page):
     document = {
         "object": "page",
         "entry": [
@@ -371,13 +369,71 @@ def test_a_malformed_payload_with_a_valid_signature_is_a_400_and_a_rejected_rece
 
     response = post_webhook(document)
 
+    assert response.status_code == 200
+    receipt = WebhookReceipt.objects.get()
+    assert receipt.status == ReceiptStatus.QUARANTINED
+    assert receipt.error == ""
+    assert receipt.quarantined_events == [
+        {
+            "entry": 0,
+            "channel": "messaging",
+            "index": 1,
+            "kind": "message",
+            "reason": "timestamp: Input should be a valid integer",
+        }
+    ]
+    assert list(Message.objects.values_list("mid", flat=True)) == ["m_ok"]
+
+
+@pytest.mark.parametrize(
+    ("document", "detail"),
+    [
+        ({"object": "instagram", "entry": []}, "object: Input should be 'page'"),
+        ({"object": "page"}, "entry: Field required"),
+        ({"object": "page", "entry": {"id": PAGE_ID}}, "entry: Input should be a valid list"),
+        ([{"object": "page"}], "the body is not a JSON object"),
+    ],
+)
+def test_only_an_envelope_that_is_not_a_page_payload_is_refused(
+    post_webhook, page, document, detail
+):
+    response = post_webhook(document)
+
     assert response.status_code == 400
     assert response.json()["code"] == "invalid_payload"
     receipt = WebhookReceipt.objects.get()
     assert receipt.status == ReceiptStatus.REJECTED
-    assert "timestamp" in receipt.error
-    assert Message.objects.count() == 0  # the valid event was not half-applied
-    assert Conversation.objects.count() == 0
+    assert detail in receipt.error
+    assert bytes(receipt.body) == meta_json_bytes(document)
+
+
+def test_an_entry_that_fits_no_schema_is_quarantined_whole_and_the_others_applied(
+    post_webhook, page
+):
+    good = webhook_document(
+        PAGE_ID, [message_event(page_id=PAGE_ID, psid=PSID, mid="m_ok", timestamp_ms=T0)]
+    )
+    document = {
+        "object": "page",
+        "entry": [
+            {"id": "not-a-page-id", "time": T0, "messaging": [{"message": {"mid": "m_x"}}]},
+            good["entry"][0],
+            "junk",
+        ],
+    }
+
+    response = post_webhook(document)
+
+    assert response.status_code == 200
+    receipt = WebhookReceipt.objects.get()
+    assert receipt.status == ReceiptStatus.QUARANTINED
+    assert [(q["entry"], q["kind"], q.get("events")) for q in receipt.quarantined_events] == [
+        (0, "entry", 1),
+        (2, "entry", 0),
+    ]
+    assert "id: String should match pattern" in receipt.quarantined_events[0]["reason"]
+    assert receipt.event_count == 2
+    assert list(Message.objects.values_list("mid", flat=True)) == ["m_ok"]
 
 
 def test_a_body_that_is_not_json_is_a_rejected_receipt(post_webhook, page):

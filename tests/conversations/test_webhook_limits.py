@@ -49,6 +49,19 @@ def assert_rejected(response, detail_part: str) -> WebhookReceipt:
     return receipt
 
 
+def assert_quarantined(response, detail_part: str, *, stored_mids: set[str]) -> WebhookReceipt:
+    """One event quarantined with its reason, every other one applied, 200."""
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["status"] == ReceiptStatus.QUARANTINED
+    receipt = WebhookReceipt.objects.get(pk=body["receipt_id"])
+    assert receipt.status == ReceiptStatus.QUARANTINED
+    assert len(receipt.quarantined_events) == 1, receipt.quarantined_events
+    assert detail_part in receipt.quarantined_events[0]["reason"]
+    assert set(Message.objects.values_list("mid", flat=True)) == stored_mids
+    return receipt
+
+
 # -- values that pass the shape but not the columns ---------------------------------------------
 
 
@@ -63,7 +76,7 @@ def _reaction_with_emoji(
     }
 
 
-def test_a_reaction_emoji_too_long_for_the_dedupe_key_is_rejected_not_failed(post_webhook, page):
+def test_a_reaction_emoji_too_long_for_the_dedupe_key_is_quarantined_not_failed(post_webhook, page):
     # Given a valid message and a reaction whose emoji is 33 characters long, in one POST
     document = webhook_document(
         PAGE_ID,
@@ -76,9 +89,10 @@ def test_a_reaction_emoji_too_long_for_the_dedupe_key_is_rejected_not_failed(pos
     # When it is posted
     response = post_webhook(document)
 
-    # Then it is a 400 and a rejected receipt, nothing applied
-    receipt = assert_rejected(response, "reaction.emoji")
+    # Then the reaction is quarantined, the message applied, and nothing waits for a retry
+    receipt = assert_quarantined(response, "reaction.emoji", stored_mids={"m_ok"})
     assert receipt.next_attempt_at is None
+    assert receipt.quarantined_events[0]["kind"] == "reaction"
 
 
 def test_the_longest_allowed_reaction_fits_its_dedupe_key(post_webhook, page):
@@ -99,7 +113,7 @@ def test_the_longest_allowed_reaction_fits_its_dedupe_key(post_webhook, page):
     assert len(event.dedupe_key) == 384
 
 
-def test_an_integer_app_id_longer_than_its_column_is_rejected(post_webhook, page):
+def test_an_integer_app_id_longer_than_its_column_is_quarantined(post_webhook, page):
     # Given echoes with a 65-digit and a 64-digit integer app id
     too_long = message_event(
         page_id=PAGE_ID, psid=PSID, mid="m_e1", timestamp_ms=T0, is_echo=True, app_id=10**64
@@ -109,8 +123,8 @@ def test_an_integer_app_id_longer_than_its_column_is_rejected(post_webhook, page
     )
 
     # When each is posted
-    rejected = post_webhook(webhook_document(PAGE_ID, [too_long]))
-    assert_rejected(rejected, "message.app_id")
+    quarantined = post_webhook(webhook_document(PAGE_ID, [too_long]))
+    assert_quarantined(quarantined, "message.app_id", stored_mids=set())
     accepted = post_webhook(webhook_document(PAGE_ID, [longest]))
 
     # Then the 64-digit one is stored
@@ -121,14 +135,15 @@ def test_an_integer_app_id_longer_than_its_column_is_rejected(post_webhook, page
 @pytest.mark.parametrize(
     ("literal", "detail"),
     [
-        (b"NaN", "NaN is not a JSON number"),
-        (b"Infinity", "Infinity is not a JSON number"),
-        (b"-Infinity", "-Infinity is not a JSON number"),
-        (b"1e400", "1e400 is out of range"),
+        (b"NaN", "NaN is not a number jsonb can hold"),
+        (b"Infinity", "Infinity is not a number jsonb can hold"),
+        (b"-Infinity", "-Infinity is not a number jsonb can hold"),
+        (b"1e400", "1e400 is not a number jsonb can hold"),
     ],
 )
-def test_numbers_jsonb_cannot_hold_are_rejected(post_webhook, page, literal, detail):
-    # Given a message whose attachment payload holds a non-finite number
+def test_numbers_jsonb_cannot_hold_quarantine_their_event(post_webhook, page, literal, detail):
+    # Given a message whose attachment payload holds a non-finite number, beside a good one
+    good = message_event(page_id=PAGE_ID, psid=PSID, mid="m_good", timestamp_ms=T0)
     event = message_event(
         page_id=PAGE_ID,
         psid=PSID,
@@ -136,18 +151,19 @@ def test_numbers_jsonb_cannot_hold_are_rejected(post_webhook, page, literal, det
         timestamp_ms=T0,
         attachments=[{"type": "image", "payload": {"x": 1}}],
     )
-    body = meta_json_bytes(webhook_document(PAGE_ID, [event])).replace(
+    body = meta_json_bytes(webhook_document(PAGE_ID, [event, good])).replace(
         b'{"x":1}', b'{"x":' + literal + b"}"
     )
 
     # When it is posted
     response = post_webhook(body=body, headers=_signed(body))
 
-    # Then it is rejected
-    assert_rejected(response, detail)
+    # Then that event is quarantined and the other applied
+    receipt = assert_quarantined(response, detail, stored_mids={"m_good"})
+    assert receipt.quarantined_events[0]["index"] == 0
 
 
-def test_a_lone_surrogate_in_an_attachment_is_rejected(post_webhook, page):
+def test_a_lone_surrogate_in_an_attachment_is_quarantined(post_webhook, page):
     # Given an attachment payload with a lone \ud800 escape (no text column is involved)
     event = message_event(
         page_id=PAGE_ID,
@@ -161,11 +177,12 @@ def test_a_lone_surrogate_in_an_attachment_is_rejected(post_webhook, page):
     # When it is posted
     response = post_webhook(body=body, headers=_signed(body))
 
-    # Then it is rejected
-    assert_rejected(response, "lone UTF-16 surrogate")
+    # Then the event is quarantined, and the body kept as received
+    receipt = assert_quarantined(response, "lone UTF-16 surrogate", stored_mids=set())
+    assert bytes(receipt.body) == body
 
 
-def test_an_attachment_nested_too_deeply_is_rejected(post_webhook, page):
+def test_an_attachment_nested_too_deeply_is_quarantined(post_webhook, page):
     # Given an attachment payload nested 40 levels deep
     nested: dict = {"leaf": 1}
     for _ in range(39):
@@ -181,8 +198,8 @@ def test_an_attachment_nested_too_deeply_is_rejected(post_webhook, page):
     # When it is posted
     response = post_webhook(webhook_document(PAGE_ID, [event]))
 
-    # Then it is rejected
-    assert_rejected(response, "nested deeper than 32 levels")
+    # Then it is quarantined
+    assert_quarantined(response, "nested deeper than 32 levels", stored_mids=set())
 
 
 @pytest.mark.parametrize(

@@ -270,6 +270,7 @@ ADMIN_ACTIONS: dict[tuple[str, str], str] = {
     ("conversations.facebookpage", "sync_full_now"): "operator superuser",
     ("conversations.facebookpage", "retry_failed_batches"): "operator superuser",
     ("conversations.webhookreceipt", "retry_receipts"): "operator superuser",
+    ("conversations.webhookreceipt", "reprocess_receipts"): "operator superuser",
     ("conversations.syncrun", "retry_failed_batches"): "operator superuser",
     ("conversations.syncrun", "cancel_runs"): "operator superuser",
     ("deliveries.event", "delete_selected"): "superuser",

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import DatabaseError, connection
+from django.utils import timezone
 
 from conversations import metrics
 from conversations.graph_client import (
@@ -82,6 +83,8 @@ class BatchPlanning:
     def _listing(
         self, folder: str, after: str | None, limit: int | None = None
     ) -> ConversationPage:
+        # Taken before the call: every text of the answer is at least as new as this (C9).
+        started = timezone.now()
         listing: ConversationPage = self.client_call(
             "conversations",
             lambda: self.client.conversations(
@@ -91,6 +94,7 @@ class BatchPlanning:
                 message_limit=MESSAGES_PER_CALL,
             ),
         )
+        listing._fetched_at = started
         return listing
 
     def client_call(self, edge: str, call: Callable[[], Any]) -> Any:
@@ -108,6 +112,7 @@ class BatchPlanning:
 
     def _plan(self, listing: ConversationPage) -> Batch:
         batch = Batch()
+        fetched_at = listing._fetched_at
         threads: list[tuple[GraphConversation, str]] = []
         threshold = None if self.batch_full else self.threshold
         for conversation in listing.data:
@@ -145,9 +150,18 @@ class BatchPlanning:
             counts = self._stored_counts([psid for _, psid in threads])
         for conversation, psid in threads:
             batch.messages.extend(
-                self._incoming(psid, message)
+                self._incoming(psid, message, fetched_at)
                 for message in self._messages_of(conversation, stored, counts.get(psid, 0))
             )
+            if stored and conversation.messages is not None:
+                # The newest messages that are stored already come with the listing anyway:
+                # written too, so that a text edited since is brought up to date (C9). Older
+                # edits are the full sync's.
+                batch.messages.extend(
+                    self._incoming(psid, message, fetched_at)
+                    for message in conversation.messages.data
+                    if message.id in stored
+                )
         return batch
 
     def _messages_of(
@@ -225,7 +239,9 @@ class BatchPlanning:
             return "participant id is not a page-scoped id"
         return person.id, person.name
 
-    def _incoming(self, psid: str, message: GraphMessage) -> IncomingMessage:
+    def _incoming(
+        self, psid: str, message: GraphMessage, fetched_at: datetime | None
+    ) -> IncomingMessage:
         outbound = message.sender.id == self.page.page_id
         return IncomingMessage(
             page_pk=self.page.pk,
@@ -237,4 +253,5 @@ class BatchPlanning:
             attachments=message.attachments.data if message.attachments else [],
             is_echo=outbound,
             reply_to_mid=message.reply_to.mid if message.reply_to else "",
+            text_as_of=fetched_at,
         )
