@@ -86,7 +86,7 @@ class EventGuest(models.Model):
         permissions = [
             (
                 "link_guest_to_any_user",
-                "Can link a guest to any user (its deliveries then reach that user)",
+                "Can link a guest to any user",
             )
         ]
         indexes = [

@@ -80,7 +80,7 @@ class Journey(models.Model):
         permissions = [
             (
                 "run_http_request_nodes",
-                "Can add and change http_request nodes (the server calls their URL)",
+                "Can add and change http_request nodes",
             )
         ]
 

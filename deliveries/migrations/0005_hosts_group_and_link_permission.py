@@ -31,7 +31,7 @@ class Migration(migrations.Migration):
                 "permissions": [
                     (
                         "link_guest_to_any_user",
-                        "Can link a guest to any user (its deliveries then reach that user)",
+                        "Can link a guest to any user",
                     )
                 ],
             },

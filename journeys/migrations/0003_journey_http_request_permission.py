@@ -13,7 +13,7 @@ class Migration(migrations.Migration):
                 "permissions": [
                     (
                         "run_http_request_nodes",
-                        "Can add and change http_request nodes (the server calls their URL)",
+                        "Can add and change http_request nodes",
                     )
                 ]
             },

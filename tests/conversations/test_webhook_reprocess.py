@@ -138,7 +138,7 @@ def test_the_admin_action_reprocesses_the_selected_receipts(quarantined_receipt,
     )
 
     assert b"Reprocessed 1 receipt (1 processed)" in response.content
-    assert b"1 messages edited" in response.content
+    assert b"1 message edited" in response.content
     assert Message.objects.get().text == "b"
     detail = admin_client.get(
         f"/admin/conversations/webhookreceipt/{quarantined_receipt.pk}/change/"
