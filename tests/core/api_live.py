@@ -15,12 +15,13 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from django.contrib.auth.models import Group
 from rest_framework.authtoken.models import Token
 
 from conversations.services.pages import page_upsert
-from evoflow.permissions import OPERATORS_GROUP
+from evoflow.permissions import OPERATORS_GROUP, grant_operator_permissions
 from tests.conversations.factories import ConversationFactory, MessageFactory
 from tests.core.factories import UserFactory
 from tests.deliveries.factories import EventGuestFactory, MessageDeliveryFactory
@@ -43,13 +44,17 @@ class ApiAccounts:
 def api_accounts_seed() -> ApiAccounts:
     """An operator (operators group, as `seed_demo` makes them), a non-staff member, and a little
     of every resource, so list and detail answers carry real rows."""
+    # The group comes from a data migration, which a transactional test's flush removes.
+    operators, _ = Group.objects.get_or_create(name=OPERATORS_GROUP)
+    grant_operator_permissions()
     operator = UserFactory(username="contract-operator", is_staff=True)
-    operator.groups.set([Group.objects.get(name=OPERATORS_GROUP)])
+    operator.groups.set([operators])
     member = UserFactory(username="contract-member")
 
     page = page_upsert(page_id=LIVE_PAGE_ID, name="Contract shop", access_token="EAAB-secret")
-    conversation = ConversationFactory(page=page)
-    MessageFactory.create_batch(3, conversation=conversation)
+    for _ in range(2):
+        conversation = ConversationFactory(page=page)
+        MessageFactory.create_batch(3, conversation=conversation)
 
     journey = JourneyFactory(is_active=True)
     contact = ContactFactory()
@@ -77,8 +82,9 @@ def _healthz_status(port: int) -> int | None:
 
 
 @contextmanager
-def live_api_server(env: dict[str, str]) -> Iterator[str]:
-    """gunicorn with the project's config on a free port; yields its base URL."""
+def live_api_server(env: dict[str, str], *, log_path: Path) -> Iterator[str]:
+    """gunicorn with the project's config on a free port, logging to `log_path`; yields its
+    base URL."""
     port = free_port()
     server_env = {
         **env,
@@ -97,22 +103,25 @@ def live_api_server(env: dict[str, str]) -> Iterator[str]:
         "LOG_LEVEL": "WARNING",
         "LOG_FORMAT": "text",
     }
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "gunicorn", "evoflow.wsgi:application"),
-            *("--config", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}"),
-            *("--workers", "2", "--threads", "4"),
-        ],
-        cwd=PROJECT_ROOT,
-        env=server_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    # The log goes to a file: a pipe nobody reads fills up under a fuzzer's thousands of
+    # requests and then blocks the server on its next log line.
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "gunicorn", "evoflow.wsgi:application"),
+                *("--config", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}"),
+                *("--workers", "2", "--threads", "4"),
+            ],
+            cwd=PROJECT_ROOT,
+            env=server_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         if not wait_for(lambda: _healthz_status(port) == 200, timeout=60, interval=0.2):
             process.kill()
-            raise AssertionError(f"gunicorn did not start: {process.communicate()[1]!r}")
+            raise AssertionError(f"gunicorn did not start: {log_path.read_text()[-4000:]}")
         yield f"http://127.0.0.1:{port}"
     finally:
         process_group_stop(process, signal.SIGTERM, timeout=20)
