@@ -128,7 +128,13 @@ class EventGuestsApi(CursorListApi):
         summary="Import guests",
         request=inline_serializer(
             "GuestImport",
-            {"guests": GuestImportRowSerializer(many=True, min_length=1)},
+            {
+                "guests": serializers.ListField(
+                    child=GuestImportRowSerializer(),
+                    min_length=1,
+                    max_length=services.MAX_GUESTS_PER_IMPORT,
+                )
+            },
         ),
         responses={
             201: inline_serializer(

@@ -200,7 +200,6 @@ class SessionOutputSerializer(ApiModelSerializer):
     journey_id = serializers.IntegerField()
     contact_id = serializers.UUIDField()
     variables = VariablesField()
-    context = VariablesField()
 
     class Meta:
         model = JourneySession

@@ -31,7 +31,8 @@ class OptionalTextField(serializers.CharField):
         kwargs.setdefault("allow_blank", True)
         super().__init__(**kwargs)
 
-    def to_representation(self, value: Any) -> str | None:
+    # DRF's stubs say a field's representation is never None; this one's is.
+    def to_representation(self, value: Any) -> str | None:  # type: ignore[override]
         text = super().to_representation(value) if value is not None else ""
         return text or None
 
@@ -106,9 +107,10 @@ class ApiInputSerializer(serializers.Serializer):
 def query_filters(serializer_class: type[serializers.Serializer], request: Request) -> dict:
     """The validated filters of a list's query string; a filter sent empty (`?status=`) is a
     400, not "no filter" (which is what leaving it out means)."""
+    names: list[str] = list(serializer_class().fields)
     empty = {
         name: ["May not be empty; leave the parameter out to not filter."]
-        for name in serializer_class().fields
+        for name in names
         if request.query_params.get(name) == ""
     }
     if empty:
