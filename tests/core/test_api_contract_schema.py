@@ -168,3 +168,18 @@ def test_a_conversation_without_a_participant_name_says_null(api_client):
 
     assert result["participant_name"] is None
     assert result["last_message_text"] is None
+
+
+@pytest.mark.parametrize("body", ["[]", "0", "false", '""', '"full"'])
+def test_a_sync_request_whose_body_is_not_an_object_is_refused(api_client, body):
+    # Before, a falsy body ([] or 0) was read as "no body" and accepted.
+    syncer = UserFactory()
+    syncer.user_permissions.add(Permission.objects.get(codename="add_syncrun"))
+    api_client.force_authenticate(user=syncer)
+
+    response = api_client.post(
+        "/api/v1/pages/123456/sync/", data=body, content_type="application/json"
+    )
+
+    assert response.status_code == 400
+    assert response.json()["errors"] == {"non_field_errors": ["the body is not a JSON object"]}
