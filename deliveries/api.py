@@ -18,7 +18,7 @@ from rest_framework.views import APIView
 
 from deliveries import selectors, services
 from deliveries.models import Event, EventGuest, MessageDelivery
-from evoflow.api.fields import ApiInputSerializer, ApiModelSerializer
+from evoflow.api.fields import UNKNOWN_FIELD, ApiInputSerializer, ApiModelSerializer
 from evoflow.api.pagination import CursorListApi
 from evoflow.models import User
 
@@ -149,7 +149,22 @@ class EventGuestsApi(CursorListApi):
     )
     def post(self, request: Request, event_id: int) -> Response:
         event = _event_for(request, event_id)
-        rows = request.data.get("guests") if isinstance(request.data, dict) else None
+        data = request.data
+        unknown = set(data) - {"guests"} if isinstance(data, dict) else set()
+        if unknown:
+            raise serializers.ValidationError({str(key): [UNKNOWN_FIELD] for key in unknown})
+        rows = data.get("guests") if isinstance(data, dict) else None
+        if isinstance(rows, list):
+            # A row has a name and a phone, nothing else (as the schema says).
+            extra = [
+                {"index": index, "field": str(key), "reason": "unknown field"}
+                for index, row in enumerate(rows)
+                if isinstance(row, dict)
+                for key in row
+                if key not in ("name", "phone")
+            ]
+            if extra:
+                raise services.GuestImportInvalid(extra)
         if not isinstance(rows, list) or not rows:
             raise services.GuestImportInvalid(
                 [{"index": None, "field": "guests", "reason": "required"}],

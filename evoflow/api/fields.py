@@ -5,7 +5,8 @@ convention for text columns); the API shows it as `null`, so a client tests one 
 value" everywhere. `ApiModelSerializer` applies the rule to every blank-able text column of a
 model serializer; `OptionalTextField` is the field for a serializer written by hand.
 
-Input: a JSON body's values have the type the schema gives them. DRF's fields coerce (`0`
+Input: a JSON body has only the fields the schema lists, and its values have the type the
+schema gives them. DRF's fields coerce (`0`
 becomes the text `"0"`, `"true"` a boolean, `"5"` an integer), so a body the schema calls
 invalid would be accepted; `ApiInputSerializer` refuses a value of the wrong JSON type with
 400 `validation_error` before the fields see it. Query strings are text by nature:
@@ -37,9 +38,9 @@ class OptionalTextField(serializers.CharField):
         return text or None
 
 
+# An output model serializer whose blank-able text columns read `null` when empty. (A comment:
+# the schema would show a docstring as the description of every output.)
 class ApiModelSerializer(serializers.ModelSerializer):
-    """An output model serializer whose blank-able text columns read `null` when empty."""
-
     def build_standard_field(
         self, field_name: str, model_field: models.Field
     ) -> tuple[type[serializers.Field], dict[str, Any]]:
@@ -86,13 +87,17 @@ def _json_type_error(field: serializers.Field, value: Any) -> str | None:
     return None
 
 
-class ApiInputSerializer(serializers.Serializer):
-    """An input serializer of a JSON body: each value must have its field's JSON type (a null
-    is left to the field, which refuses it unless it allows null)."""
+UNKNOWN_FIELD = "Unknown field."
 
+
+# An input serializer of a JSON body: each value must have its field's JSON type (a null is
+# left to the field, which refuses it unless it allows null), and a field the body does not take
+# is refused rather than silently dropped (the schema says `additionalProperties: false`).
+# (A comment, not a docstring: the schema would show a docstring as every body's description.)
+class ApiInputSerializer(serializers.Serializer):
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, Mapping):
-            errors = {}
+            errors = {str(name): [UNKNOWN_FIELD] for name in data if name not in self.fields}
             for name, field in self.fields.items():
                 if field.read_only or name not in data or data[name] is None:
                     continue

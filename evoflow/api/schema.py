@@ -13,6 +13,10 @@ so they are documented the same way everywhere and a new view cannot forget them
 - 503 everywhere (`database_unavailable`: the database cannot be reached).
 
 Any error response declared without content gets the `Error` schema.
+
+Request bodies (components ending in `Request`) are closed, `additionalProperties: false`, as
+the server refuses fields it does not take; a text that must not be blank says so with the
+pattern `\\S` (DRF trims spaces before checking, so " " is blank).
 """
 
 from __future__ import annotations
@@ -97,12 +101,27 @@ def _generic_statuses(path: str, operation: dict[str, Any]) -> list[str]:
     return statuses
 
 
+def _request_component_close(component: dict[str, Any]) -> None:
+    component["additionalProperties"] = False
+    for field in component.get("properties", {}).values():
+        if (
+            field.get("type") == "string"
+            and field.get("minLength", 0) >= 1
+            and not {"enum", "format", "pattern"} & set(field)
+        ):
+            field["pattern"] = r"\S"
+
+
 def error_responses_document(
     result: dict[str, Any], generator: Any, request: Any, public: bool
 ) -> dict[str, Any]:
     """The postprocessing hook (SPECTACULAR_SETTINGS): the Error component, and the generic
     error statuses on every operation (module docstring)."""
-    result.setdefault("components", {}).setdefault("schemas", {})[ERROR_COMPONENT] = ERROR_SCHEMA
+    components = result.setdefault("components", {}).setdefault("schemas", {})
+    components[ERROR_COMPONENT] = ERROR_SCHEMA
+    for name, component in components.items():
+        if name.endswith("Request") and component.get("type") == "object":
+            _request_component_close(component)
     for path, operations in result.get("paths", {}).items():
         for method, operation in operations.items():
             if method not in _METHODS:

@@ -183,3 +183,26 @@ def test_a_sync_request_whose_body_is_not_an_object_is_refused(api_client, body)
 
     assert response.status_code == 400
     assert response.json()["errors"] == {"non_field_errors": ["the body is not a JSON object"]}
+
+
+def test_a_body_field_the_operation_does_not_take_is_refused(authenticated_client):
+    body = {"name": "Launch", "starts_at": "2027-01-01T19:00:00Z", "errors": {}}
+
+    response = authenticated_client.post("/api/v1/events/", body, format="json")
+
+    assert response.status_code == 400
+    assert response.json()["errors"] == {"errors": ["Unknown field."]}
+
+
+def test_request_bodies_are_closed_and_non_blank_texts_say_so(schema):
+    event = schema["components"]["schemas"]["EventCreateRequest"]
+    assert event["additionalProperties"] is False
+    assert event["properties"]["name"]["pattern"] == r"\S"
+
+
+def test_a_blank_name_is_refused_as_the_schema_says(authenticated_client):
+    body = {"name": "\t", "starts_at": "2027-01-01T19:00:00Z"}
+
+    response = authenticated_client.post("/api/v1/events/", body, format="json")
+
+    assert response.status_code == 400
