@@ -17,6 +17,7 @@ import logging
 import re
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
     OpenApiParameter,
@@ -41,10 +42,14 @@ from conversations.models import (
     SyncStatus,
 )
 from conversations.services.sync import SyncRunning, sync_request
+from evoflow.api.fields import ApiInputSerializer, ApiModelSerializer, query_filters
 from evoflow.api.pagination import CursorListApi, cursor_pagination
 from evoflow.api.permissions import PermissionRequired
 
 logger = logging.getLogger(__name__)
+
+# A Facebook page id: digits (anything else cannot name a stored page).
+PAGE_ID_REGEX = r"^[0-9]{1,64}$"
 
 
 class CanViewConversations(PermissionRequired):
@@ -52,7 +57,7 @@ class CanViewConversations(PermissionRequired):
     message = "Reading conversations needs the conversations.view_conversation permission."
 
 
-class ConversationOutput(serializers.ModelSerializer):
+class ConversationOutput(ApiModelSerializer):
     page_id = serializers.CharField(source="page.page_id", read_only=True)
     is_deleted = serializers.SerializerMethodField()
 
@@ -79,9 +84,10 @@ class ConversationOutput(serializers.ModelSerializer):
         return conversation.deleted_at is not None
 
 
-class MessageOutput(serializers.ModelSerializer):
+class MessageOutput(ApiModelSerializer):
     class Meta:
         model = Message
+        ref_name = "ConversationMessageOutput"
         fields = [
             "id",
             "mid",
@@ -98,21 +104,32 @@ class MessageOutput(serializers.ModelSerializer):
         ]
 
 
+@extend_schema(tags=["conversations"])
 class ConversationListApi(CursorListApi):
     permission_classes = [CanViewConversations]
     # Newest-updated first, like the Messenger inbox; the id breaks ties.
     pagination_class = cursor_pagination(ordering=("-updated_at", "-id"), max_page_size=200)
 
     class FilterSerializer(serializers.Serializer):
-        page = serializers.RegexField(r"^[0-9]{1,64}$", required=False)
+        page_id = serializers.RegexField(PAGE_ID_REGEX, required=False)
         updated_since = serializers.DateTimeField(required=False)
         include_deleted = serializers.BooleanField(required=False, default=False)
 
     @extend_schema(
         operation_id="conversations_list",
+        summary="List conversations",
+        description=(
+            "Conversations, most recently updated first, optionally of one Facebook page "
+            "(`page_id`) and updated since a time. Soft-deleted ones only with "
+            "`include_deleted=true`."
+        ),
         parameters=[
-            OpenApiParameter("page", str, description="Facebook page id"),
-            OpenApiParameter("updated_since", str, description="ISO 8601 date-time"),
+            OpenApiParameter("page_id", str, description="Facebook page id", pattern=PAGE_ID_REGEX),
+            OpenApiParameter(
+                "updated_since",
+                OpenApiTypes.DATETIME,
+                description="ISO 8601 date-time with a time zone",
+            ),
             OpenApiParameter("include_deleted", bool),
         ],
         # A list view with a paginator: the schema wraps it in the cursor page and adds
@@ -120,22 +137,24 @@ class ConversationListApi(CursorListApi):
         responses=ConversationOutput(many=True),
     )
     def get(self, request: Request) -> Response:
-        filters = self.FilterSerializer(data=request.query_params)
-        filters.is_valid(raise_exception=True)
+        filters = query_filters(self.FilterSerializer, request)
         queryset = selectors.conversation_list(
-            page_id=filters.validated_data.get("page"),
-            updated_since=filters.validated_data.get("updated_since"),
-            include_deleted=filters.validated_data["include_deleted"],
+            page_id=filters.get("page_id"),
+            updated_since=filters.get("updated_since"),
+            include_deleted=filters["include_deleted"],
         )
         return self.paginated_response(request, queryset, ConversationOutput)
 
 
+@extend_schema(tags=["conversations"])
 class ConversationMessageListApi(CursorListApi):
     permission_classes = [CanViewConversations]
     pagination_class = cursor_pagination(ordering=("-sent_at", "-id"))
 
     @extend_schema(
         operation_id="conversations_messages_list",
+        summary="List a conversation's messages",
+        description="The messages of one conversation, newest first.",
         responses=MessageOutput(many=True),
     )
     def get(self, request: Request, conversation_id: int) -> Response:
@@ -195,11 +214,13 @@ def failed_batches_public(run: SyncRun) -> list[dict[str, Any]]:
     ]
 
 
-class SyncRunOutput(serializers.ModelSerializer):
+class SyncRunOutput(ApiModelSerializer):
+    """A sync run: the same shape in `GET /sync-runs/{id}/`, the list and every event of
+    the progress stream."""
+
     page_id = serializers.CharField(source="page.page_id", read_only=True)
-    # Plain strings in the schema: their values are SyncMode / SyncStatus.
-    mode = serializers.CharField(read_only=True)
-    status = serializers.CharField(read_only=True)
+    mode = serializers.ChoiceField(choices=SyncMode.choices, read_only=True)
+    status = serializers.ChoiceField(choices=SyncStatus.choices, read_only=True)
     has_cursor = serializers.SerializerMethodField()
     counters = serializers.SerializerMethodField()
     failed_batches = serializers.SerializerMethodField()
@@ -252,22 +273,21 @@ def _sync_run_or_404(run_id: int) -> SyncRun:
     return run
 
 
+@extend_schema(tags=["sync"])
 class PageSyncApi(APIView):
-    """Request a sync of one page: 202 with the new run, or 409 with the live one."""
-
     permission_classes = [CanSyncPages]
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(ApiInputSerializer):
         mode = serializers.ChoiceField(choices=SyncMode.choices, default=SyncMode.INCREMENTAL)
 
         class Meta:
-            ref_name = "PageSyncInput"
+            ref_name = "PageSync"
 
     class OutputSerializer(serializers.Serializer):
         sync_run_id = serializers.IntegerField()
         page_id = serializers.CharField()
-        mode = serializers.CharField()
-        status = serializers.CharField()
+        mode = serializers.ChoiceField(choices=SyncMode.choices)
+        status = serializers.ChoiceField(choices=SyncStatus.choices)
         request_id = serializers.CharField()
         url = serializers.CharField()
         stream_url = serializers.CharField()
@@ -277,6 +297,15 @@ class PageSyncApi(APIView):
 
     @extend_schema(
         operation_id="pages_sync",
+        summary="Request a sync of a page",
+        description=(
+            "Queues a sync of one Facebook page: 202 with the new run (follow it at `url` or "
+            "`stream_url`), or 409 `sync_running` with the live run's `sync_run_id`. The body "
+            "is optional; when sent it is a JSON object."
+        ),
+        parameters=[
+            OpenApiParameter("page_id", str, OpenApiParameter.PATH, description="Facebook page id")
+        ],
         request=InputSerializer,
         responses={
             202: OutputSerializer,
@@ -308,7 +337,11 @@ class PageSyncApi(APIView):
             raise serializers.ValidationError(
                 {"non_field_errors": ["the body is not a JSON object"]}
             ) from error
-        serializer = self.InputSerializer(data=data if data else {})
+        if not isinstance(data, dict):
+            raise serializers.ValidationError(
+                {"non_field_errors": ["the body is not a JSON object"]}
+            )
+        serializer = self.InputSerializer(data=data)
         serializer.is_valid(raise_exception=True)
         page = (
             FacebookPage.objects.filter(page_id=page_id).first()
@@ -338,42 +371,50 @@ class PageSyncApi(APIView):
         return Response(body, status=status.HTTP_202_ACCEPTED)
 
 
+@extend_schema(tags=["sync"])
 class SyncRunListApi(CursorListApi):
     permission_classes = [CanSyncPages]
     # Newest first; ids only grow, so the cursor is stable while runs are added.
     pagination_class = cursor_pagination(ordering="-id", max_page_size=200)
 
     class FilterSerializer(serializers.Serializer):
-        page = serializers.RegexField(r"^[0-9]{1,64}$", required=False)
+        page_id = serializers.RegexField(PAGE_ID_REGEX, required=False)
         status = serializers.ChoiceField(choices=SyncStatus.choices, required=False)
         mode = serializers.ChoiceField(choices=SyncMode.choices, required=False)
 
     @extend_schema(
         operation_id="sync_runs_list",
+        summary="List sync runs",
+        description="Sync runs, newest first, optionally of one page, status or mode.",
         parameters=[
-            OpenApiParameter("page", str, description="Facebook page id"),
+            OpenApiParameter("page_id", str, description="Facebook page id", pattern=PAGE_ID_REGEX),
             OpenApiParameter("status", str, enum=SyncStatus.values),
             OpenApiParameter("mode", str, enum=SyncMode.values),
         ],
         responses=SyncRunOutput(many=True),
     )
     def get(self, request: Request) -> Response:
-        filters = self.FilterSerializer(data=request.query_params)
-        filters.is_valid(raise_exception=True)
+        filters = query_filters(self.FilterSerializer, request)
         runs = SyncRun.objects.select_related("page")
-        if "page" in filters.validated_data:
-            runs = runs.filter(page__page_id=filters.validated_data["page"])
-        if "status" in filters.validated_data:
-            runs = runs.filter(status=filters.validated_data["status"])
-        if "mode" in filters.validated_data:
-            runs = runs.filter(mode=filters.validated_data["mode"])
+        if "page_id" in filters:
+            runs = runs.filter(page__page_id=filters["page_id"])
+        if "status" in filters:
+            runs = runs.filter(status=filters["status"])
+        if "mode" in filters:
+            runs = runs.filter(mode=filters["mode"])
         return self.paginated_response(request, runs, SyncRunOutput)
 
 
+@extend_schema(tags=["sync"])
 class SyncRunDetailApi(APIView):
     permission_classes = [CanSyncPages]
 
-    @extend_schema(operation_id="sync_runs_retrieve", responses=SyncRunOutput)
+    @extend_schema(
+        operation_id="sync_runs_retrieve",
+        summary="Read a sync run",
+        description="One sync run: its status, counters and failed batches.",
+        responses=SyncRunOutput,
+    )
     def get(self, request: Request, run_id: int) -> Response:
         return Response(SyncRunOutput(_sync_run_or_404(run_id)).data)
 

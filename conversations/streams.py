@@ -1,8 +1,10 @@
 """The progress stream of a sync run: `GET /api/v1/sync-runs/{id}/stream/` (server-sent events).
 
 `event: progress` whenever the run's row changes, `: keep-alive` comments in between, and one
-`event: end` with the final status (or `event: timeout` after STREAM_MAX_SECONDS); every event
-carries the run's request id.
+`event: end` with the final status (or `event: timeout` after STREAM_MAX_SECONDS, or
+`event: deleted` when the run is gone); every event carries the run's request id. The data of
+`progress`, `end` and `timeout` is the run exactly as `GET /api/v1/sync-runs/{id}/` shows it
+(`SyncRunOutput`): one shape of a run wherever it appears (docs/api.md).
 
 Why it lives apart from the rest of the API: a stream holds its request thread for as long as
 it is open (up to 30 minutes), unlike every other view. Left unbounded, a few open progress
@@ -33,8 +35,7 @@ from typing import Any
 from django.conf import settings
 from django.db import close_old_connections, connection
 from django.http import HttpResponseBase, StreamingHttpResponse
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import NotFound
 from rest_framework.renderers import BaseRenderer, JSONRenderer
@@ -42,7 +43,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from conversations.api import CanSyncPages, sync_run_counters
+from conversations.api import CanSyncPages, SyncRunOutput
 from conversations.models import SYNC_LIVE_STATUSES, SyncRun
 from evoflow.errors import DomainError
 
@@ -131,19 +132,8 @@ class EventStreamRenderer(BaseRenderer):
 
 
 def sync_run_progress(run: SyncRun) -> dict[str, Any]:
-    """What a progress event says: the run's state and counters, nothing secret."""
-    return {
-        "sync_run_id": run.pk,
-        "request_id": run.request_id,
-        "status": run.status,
-        "mode": run.mode,
-        **sync_run_counters(run),
-        "failed_batch_count": len(run.failed_batches or []),
-        "has_cursor": run.cursor is not None,
-        "heartbeat_at": run.heartbeat_at.isoformat() if run.heartbeat_at else None,
-        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-        "error_code": run.error_code,
-    }
+    """What an event says: the run as the REST API shows it (nothing secret)."""
+    return dict(SyncRunOutput(run).data)
 
 
 def _sse(event: str, data: dict[str, Any], event_id: str) -> bytes:
@@ -170,15 +160,15 @@ def sync_run_events(
     try:
         yield b"retry: 2000\n\n"
         while True:
-            run = SyncRun.objects.filter(pk=run_id).first()
+            run = SyncRun.objects.select_related("page").filter(pk=run_id).first()
             if not connection.in_atomic_block:
                 # No connection held while the stream waits for its client or its next poll:
                 # an open (or abandoned) stream costs no PostgreSQL backend meanwhile.
                 connection.close()
             if run is None:
                 sequence += 1
-                data = {"sync_run_id": run_id, "request_id": request_id, "status": "deleted"}
-                yield _sse("end", data, f"{request_id}:{sequence}")
+                data = {"id": run_id, "request_id": request_id or None}
+                yield _sse("deleted", data, f"{request_id}:{sequence}")
                 return
             request_id = run.request_id
             snapshot = sync_run_progress(run)
@@ -209,24 +199,34 @@ def sync_run_events(
             connection.close()
 
 
+@extend_schema(tags=["sync"])
 class SyncRunStreamApi(APIView):
     permission_classes = [CanSyncPages]
     renderer_classes = [JSONRenderer, EventStreamRenderer]
 
     @extend_schema(
         operation_id="sync_runs_stream",
+        summary="Follow a sync run (server-sent events)",
         description=(
-            "Server-sent events (text/event-stream) of one run until it ends: `event: progress` "
-            "with a JSON `data:` (status and counters) whenever the run changes, `: keep-alive` "
-            "comments every ~5 s, and one final `event: end` with the final status (or "
-            "`event: timeout` after 30 minutes: reconnect). Every event's `id:` is "
-            "`<request_id>:<sequence>` and its JSON carries `request_id`. A server process "
-            "keeps a bounded number of streams open: beyond it, `429 too_many_streams` with "
-            "`Retry-After`."
+            "Server-sent events (`text/event-stream`) of one run until it ends. Events:\n\n"
+            "- `progress`: whenever the run changes; `data:` is a `SyncRunOutput` (the run as "
+            "`GET /api/v1/sync-runs/{run_id}/` shows it);\n"
+            "- `end`: once, when the run has finished; `data:` is its final `SyncRunOutput`;\n"
+            "- `timeout`: after 30 minutes, with the current `SyncRunOutput`: reconnect;\n"
+            "- `deleted`: the run no longer exists; `data:` is `{id, request_id}`.\n\n"
+            "`: keep-alive` comments come every ~5 s. Every event's `id:` is "
+            "`<request_id>:<sequence>`. A server process keeps a bounded number of streams "
+            "open: beyond it, `429 too_many_streams` with `Retry-After`. Errors are JSON."
         ),
+        # `?format=` only picks a renderer; the stream is asked for with its Accept header.
+        parameters=[OpenApiParameter("format", exclude=True)],
         responses={
             (200, "text/event-stream"): OpenApiResponse(
-                response=OpenApiTypes.STR, description="the event stream"
+                response=SyncRunOutput,
+                description=(
+                    "the event stream; the schema is that of the `data:` of `progress`, `end` "
+                    "and `timeout` events"
+                ),
             ),
             404: OpenApiResponse(description="not_found: no such run"),
             429: OpenApiResponse(

@@ -10,7 +10,7 @@ handler answers with their own code and status.
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
@@ -19,6 +19,7 @@ from rest_framework.views import APIView
 
 from deliveries import permissions, selectors, services
 from deliveries.models import Event, EventGuest, MessageDelivery
+from evoflow.api.fields import UNKNOWN_FIELD, ApiInputSerializer, ApiModelSerializer
 from evoflow.api.pagination import CursorListApi
 from evoflow.models import User
 
@@ -43,13 +44,13 @@ def _guest_for(request: Request, guest_id: int) -> EventGuest:
         raise NotFound("No such guest.") from None
 
 
-class EventOutput(serializers.ModelSerializer):
+class EventOutput(ApiModelSerializer):
     class Meta:
         model = Event
         fields = ["id", "name", "starts_at", "created_at"]
 
 
-class GuestOutput(serializers.ModelSerializer):
+class GuestOutput(ApiModelSerializer):
     user_id = serializers.IntegerField(allow_null=True, read_only=True)
     is_removed = serializers.SerializerMethodField()
 
@@ -61,19 +62,34 @@ class GuestOutput(serializers.ModelSerializer):
         return guest.removed_at is not None
 
 
+@extend_schema(tags=["events"])
 class EventListCreateApi(CursorListApi):
     permission_classes = [permissions.EventsPermission]
 
-    class EventCreateInputSerializer(serializers.Serializer):
+    class EventCreateInputSerializer(ApiInputSerializer):
         name = serializers.CharField(max_length=200)
         starts_at = serializers.DateTimeField()
 
-    @extend_schema(responses=EventOutput(many=True), operation_id="events_list")
+        class Meta:
+            ref_name = "EventCreate"
+
+    @extend_schema(
+        responses=EventOutput(many=True),
+        operation_id="events_list",
+        summary="List my events",
+        description="The events the requesting user hosts, newest first.",
+    )
     def get(self, request: Request) -> Response:
         events = selectors.event_list_for_host(host=_requester(request))
         return self.paginated_response(request, events, EventOutput)
 
-    @extend_schema(request=EventCreateInputSerializer, responses={201: EventOutput})
+    @extend_schema(
+        operation_id="events_create",
+        summary="Create an event",
+        description="A new event hosted by the requesting user.",
+        request=EventCreateInputSerializer,
+        responses={201: EventOutput},
+    )
     def post(self, request: Request) -> Response:
         serializer = self.EventCreateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -81,30 +97,51 @@ class EventListCreateApi(CursorListApi):
         return Response(EventOutput(event).data, status=status.HTTP_201_CREATED)
 
 
+@extend_schema(tags=["events"])
 class EventDetailApi(APIView):
     permission_classes = [permissions.EventPermission]
 
-    @extend_schema(responses=EventOutput)
+    @extend_schema(
+        operation_id="events_retrieve",
+        summary="Read an event",
+        description="One of the requesting user's events (another host's is 404).",
+        responses=EventOutput,
+    )
     def get(self, request: Request, event_id: int) -> Response:
         return Response(EventOutput(_event_for(request, event_id)).data)
 
 
+@extend_schema(tags=["events"])
 class EventGuestsApi(CursorListApi):
     permission_classes = [permissions.EventGuestsPermission]
 
-    class GuestImportRowSerializer(serializers.Serializer):
+    class GuestImportRowSerializer(ApiInputSerializer):
         name = serializers.CharField(max_length=200)
         phone = serializers.CharField(max_length=40)
 
-    @extend_schema(responses=GuestOutput(many=True), operation_id="event_guests_list")
+    @extend_schema(
+        responses=GuestOutput(many=True),
+        operation_id="event_guests_list",
+        summary="List an event's guests",
+        description="The guests of one of the requesting user's events, newest first.",
+    )
     def get(self, request: Request, event_id: int) -> Response:
         event = _event_for(request, event_id)
         guests = selectors.guest_list_for_event(event=event)
         return self.paginated_response(request, guests, GuestOutput)
 
     @extend_schema(
+        operation_id="event_guests_import",
+        summary="Import guests",
         request=inline_serializer(
-            "GuestImportInput", {"guests": GuestImportRowSerializer(many=True)}
+            "GuestImport",
+            {
+                "guests": serializers.ListField(
+                    child=GuestImportRowSerializer(),
+                    min_length=1,
+                    max_length=services.MAX_GUESTS_PER_IMPORT,
+                )
+            },
         ),
         responses={
             201: inline_serializer(
@@ -119,7 +156,22 @@ class EventGuestsApi(CursorListApi):
     )
     def post(self, request: Request, event_id: int) -> Response:
         event = _event_for(request, event_id)
-        rows = request.data.get("guests") if isinstance(request.data, dict) else None
+        data = request.data
+        unknown = set(data) - {"guests"} if isinstance(data, dict) else set()
+        if unknown:
+            raise serializers.ValidationError({str(key): [UNKNOWN_FIELD] for key in unknown})
+        rows = data.get("guests") if isinstance(data, dict) else None
+        if isinstance(rows, list):
+            # A row has a name and a phone, nothing else (as the schema says).
+            extra = [
+                {"index": index, "field": str(key), "reason": "unknown field"}
+                for index, row in enumerate(rows)
+                if isinstance(row, dict)
+                for key in row
+                if key not in ("name", "phone")
+            ]
+            if extra:
+                raise services.GuestImportInvalid(extra)
         if not isinstance(rows, list) or not rows:
             raise services.GuestImportInvalid(
                 [{"index": None, "field": "guests", "reason": "required"}],
@@ -132,10 +184,11 @@ class EventGuestsApi(CursorListApi):
         )
 
 
+@extend_schema(tags=["events"])
 class GuestDetailApi(APIView):
     permission_classes = [permissions.GuestPermission]
 
-    class GuestUpdateInputSerializer(serializers.Serializer):
+    class GuestUpdateInputSerializer(ApiInputSerializer):
         name = serializers.CharField(max_length=200, required=False)
         phone = serializers.CharField(max_length=40, required=False)
         is_removed = serializers.BooleanField(required=False)
@@ -143,13 +196,26 @@ class GuestDetailApi(APIView):
         # Moving a guest from one user to another is deliberate: ask for it by name.
         relink = serializers.BooleanField(required=False, default=False)
 
-    @extend_schema(responses=GuestOutput)
+        class Meta:
+            ref_name = "GuestUpdate"
+
+    @extend_schema(
+        operation_id="guests_retrieve",
+        summary="Read a guest",
+        description="A guest of one of the requesting user's events.",
+        responses=GuestOutput,
+    )
     def get(self, request: Request, guest_id: int) -> Response:
         return Response(GuestOutput(_guest_for(request, guest_id)).data)
 
     @extend_schema(
+        operation_id="guests_partial_update",
+        summary="Change or link a guest",
         request=GuestUpdateInputSerializer,
-        responses=GuestOutput,
+        responses={
+            200: GuestOutput,
+            409: OpenApiResponse(description="`guest_already_linked`: send `relink: true`"),
+        },
         description=(
             "Linking an unlinked guest (`user_id`) gives every delivery of the guest without a "
             "user that user, in the same transaction. A guest linked to someone else needs "
@@ -203,19 +269,34 @@ class EventMessageOutput(serializers.Serializer):
     linked_count = serializers.IntegerField()
 
 
+@extend_schema(tags=["events"])
 class EventMessagesApi(CursorListApi):
     permission_classes = [permissions.EventMessagesPermission]
 
-    class MessageSendInputSerializer(serializers.Serializer):
+    class MessageSendInputSerializer(ApiInputSerializer):
         body = serializers.CharField(max_length=5000)
 
-    @extend_schema(responses=EventMessageOutput(many=True), operation_id="event_messages_list")
+        class Meta:
+            ref_name = "MessageSend"
+
+    @extend_schema(
+        responses=EventMessageOutput(many=True),
+        operation_id="event_messages_list",
+        summary="List an event's messages",
+        description="The messages sent to an event's guests, newest first, with their counts.",
+    )
     def get(self, request: Request, event_id: int) -> Response:
         event = _event_for(request, event_id)
         messages = selectors.message_list_for_event(event=event)
         return self.paginated_response(request, messages, EventMessageOutput)
 
-    @extend_schema(request=MessageSendInputSerializer, responses={201: EventMessageOutput})
+    @extend_schema(
+        operation_id="event_messages_send",
+        summary="Send a message to the guests",
+        description="One delivery per guest, linked to the guest's user when there is one.",
+        request=MessageSendInputSerializer,
+        responses={201: EventMessageOutput},
+    )
     def post(self, request: Request, event_id: int) -> Response:
         event = _event_for(request, event_id)
         serializer = self.MessageSendInputSerializer(data=request.data)
@@ -235,7 +316,7 @@ class EventMessagesApi(CursorListApi):
         return Response(EventMessageOutput(body).data, status=status.HTTP_201_CREATED)
 
 
-class MyMessageOutput(serializers.ModelSerializer):
+class MyMessageOutput(ApiModelSerializer):
     message_id = serializers.IntegerField()
     body = serializers.CharField(source="message.body")
     sent_at = serializers.DateTimeField(source="message.created_at")
@@ -246,8 +327,11 @@ class MyMessageOutput(serializers.ModelSerializer):
         fields = ["id", "message_id", "body", "sent_at", "status", "read_at", "event"]
 
 
+@extend_schema(tags=["me"])
 class MyMessagesApi(CursorListApi):
     @extend_schema(
+        operation_id="me_messages_list",
+        summary="List my messages",
         responses=MyMessageOutput(many=True),
         description="The messages delivered to the requesting user, newest first (D4).",
     )

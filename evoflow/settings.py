@@ -328,6 +328,10 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "evoflow.api.errors.exception_handler",
+    # Bodies are JSON only (docs/api.md): form encodings turn "" into "absent" and lists into
+    # repeated keys, so they would accept what the schema refuses. Anything else is 415.
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
@@ -356,6 +360,47 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Enum components are named after what they list, not after a hash of their values.
+    "ENUM_NAME_OVERRIDES": {
+        "SessionStatus": "journeys.models.SessionStatus",
+        "DeliveryStatus": "deliveries.models.MessageDelivery.Status",
+        "SyncMode": "conversations.models.SyncMode",
+        "SyncStatus": "conversations.models.SyncStatus",
+        "MessageDirection": "conversations.models.Direction",
+        "MessageSource": "conversations.models.Source",
+    },
+    # The generic error statuses and the one Error component (evoflow/api/schema.py).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "evoflow.api.schema.error_responses_document",
+    ],
+    # One tag per area of the API; /api/docs/ groups the operations under them.
+    "TAGS": [
+        {
+            "name": "journeys",
+            "description": "Journeys: their flows, and starting one for a contact.",
+        },
+        {
+            "name": "journey-sessions",
+            "description": "The runs of a journey for one contact: read, pause, resume, cancel.",
+        },
+        {
+            "name": "contact-events",
+            "description": "Events about a contact that start or resume journeys.",
+        },
+        {
+            "name": "conversations",
+            "description": "Messenger conversations and their messages (operators).",
+        },
+        {
+            "name": "sync",
+            "description": "Graph API syncs of a Facebook page: request, read and follow runs.",
+        },
+        {"name": "events", "description": "A host's events, their guests and their messages."},
+        {"name": "me", "description": "What the requesting user receives."},
+        {"name": "integrity", "description": "The latest results of the integrity checks."},
+        {"name": "root", "description": "Where the API's resources are."},
+    ],
 }
 
 # Background work: django-q2. The broker is the Django ORM (the same Postgres) unless REDIS_URL

@@ -9,10 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
+    OpenApiResponse,
     extend_schema,
     extend_schema_field,
+    extend_schema_view,
     inline_serializer,
 )
 from rest_framework import serializers, status
@@ -22,6 +25,12 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
+from evoflow.api.fields import (
+    ApiInputSerializer,
+    ApiModelSerializer,
+    OptionalTextField,
+    query_filters,
+)
 from evoflow.api.pagination import CursorListApi
 from evoflow.jsonvalues import JSON_MAX_DEPTH, UnstorableJson, json_value_check
 from journeys import permissions, selectors, services
@@ -56,7 +65,79 @@ BODY_PARSERS: list[type[BaseParser]] = [
 ]
 
 
-class JourneyOutputSerializer(serializers.ModelSerializer):
+# What a flow is, as far as JSON Schema can say it; its graph rules (docs/journeys.md) are
+# checked by the service and refused with 400 `invalid_flow`.
+FLOW_SCHEMA = {
+    "type": "object",
+    "description": (
+        "The journey's graph: `nodes` (`{id, type, config}`) joined by `edges` (`{source, "
+        "target, handle?}`). Rules JSON Schema cannot state (known node types and their config, "
+        "edges between existing nodes, one start) are answered with 400 `invalid_flow`."
+    ),
+    "properties": {
+        "nodes": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string"},
+                    "type": {"type": "string"},
+                    "config": {"type": "object"},
+                },
+                "required": ["id", "type"],
+            },
+        },
+        "edges": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "source": {"type": "string"},
+                    "target": {"type": "string"},
+                    "handle": {"type": "string"},
+                },
+                "required": ["source", "target"],
+            },
+        },
+    },
+    "required": ["nodes", "edges"],
+}
+
+
+@extend_schema_field(FLOW_SCHEMA)
+class FlowField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field(
+    {
+        "type": "array",
+        "items": {"type": "object"},
+        "description": "What starts the journey (docs/journeys.md); 400 `invalid_flow` if not.",
+    }
+)
+class TriggersField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field({"type": "object", "additionalProperties": True})
+class VariablesField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field(OpenApiTypes.UUID)
+class ContactIdField(serializers.CharField):
+    """A contact id (a UUID). A plain string to the serializer: the service decides what a
+    valid contact id is (400 `invalid_contact_id`), so the API and every other caller answer
+    alike; the schema says what it accepts."""
+
+
+class JourneyOutputSerializer(ApiModelSerializer):
+    flow = FlowField()
+    triggers = TriggersField()
+    default_variables = VariablesField()
+
     class Meta:
         model = Journey
         fields = (
@@ -74,13 +155,16 @@ class JourneyOutputSerializer(serializers.ModelSerializer):
         )
 
 
-class JourneyInputSerializer(serializers.Serializer):
+class JourneyInputSerializer(ApiInputSerializer):
+    class Meta:
+        ref_name = "Journey"
+
     name = serializers.CharField(max_length=200)
     description = serializers.CharField(required=False, allow_blank=True)
     is_active = serializers.BooleanField(required=False)
-    flow = serializers.JSONField(validators=[json_value_validate])
-    triggers = serializers.JSONField(required=False, validators=[json_value_validate])
-    default_variables = serializers.JSONField(required=False, validators=[json_value_validate])
+    flow = FlowField(validators=[json_value_validate])
+    triggers = TriggersField(required=False, validators=[json_value_validate])
+    default_variables = VariablesField(required=False, validators=[json_value_validate])
     allow_reentry = serializers.BooleanField(required=False)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -109,12 +193,13 @@ class StepOutputSerializer(serializers.Serializer):
     finished_at = serializers.DateTimeField(allow_null=True)
     duration_ms = serializers.FloatField(allow_null=True)
     result = serializers.JSONField(allow_null=True)
-    error = serializers.CharField()
+    error = OptionalTextField()
 
 
-class SessionOutputSerializer(serializers.ModelSerializer):
+class SessionOutputSerializer(ApiModelSerializer):
     journey_id = serializers.IntegerField()
     contact_id = serializers.UUIDField()
+    variables = VariablesField()
 
     class Meta:
         model = JourneySession
@@ -149,15 +234,27 @@ class SessionDetailOutputSerializer(SessionOutputSerializer):
         return list(StepOutputSerializer(steps, many=True).data)
 
 
+@extend_schema(tags=["journeys"])
 class JourneyListCreateApi(CursorListApi):
     parser_classes = BODY_PARSERS
     permission_classes = [permissions.JourneysPermission]
 
-    @extend_schema(responses=JourneyOutputSerializer(many=True))
+    @extend_schema(
+        operation_id="journeys_list",
+        summary="List journeys",
+        description="Every journey, newest first.",
+        responses=JourneyOutputSerializer(many=True),
+    )
     def get(self, request: Request) -> Response:
         return self.paginated_response(request, selectors.journey_list(), JourneyOutputSerializer)
 
-    @extend_schema(request=JourneyInputSerializer, responses={201: JourneyOutputSerializer})
+    @extend_schema(
+        operation_id="journeys_create",
+        summary="Create a journey",
+        description="A new journey; its flow is validated (400 `invalid_flow` with `errors.flow`).",
+        request=JourneyInputSerializer,
+        responses={201: JourneyOutputSerializer},
+    )
     def post(self, request: Request) -> Response:
         serializer = JourneyInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -175,15 +272,30 @@ def _journey_or_404(journey_id: int) -> Journey:
     return journey
 
 
+@extend_schema(tags=["journeys"])
 class JourneyDetailApi(APIView):
     parser_classes = BODY_PARSERS
     permission_classes = [permissions.JourneyPermission]
 
-    @extend_schema(responses=JourneyOutputSerializer)
+    @extend_schema(
+        operation_id="journeys_retrieve",
+        summary="Read a journey",
+        description="One journey (404 `journey_not_found`).",
+        responses=JourneyOutputSerializer,
+    )
     def get(self, request: Request, journey_id: int) -> Response:
         return Response(JourneyOutputSerializer(_journey_or_404(journey_id)).data)
 
-    @extend_schema(request=JourneyInputSerializer, responses=JourneyOutputSerializer)
+    @extend_schema(
+        operation_id="journeys_partial_update",
+        summary="Change a journey",
+        description=(
+            "Changes the fields sent; a changed flow is validated (400 `invalid_flow`) and "
+            "bumps `version`."
+        ),
+        request=JourneyInputSerializer,
+        responses=JourneyOutputSerializer,
+    )
     def patch(self, request: Request, journey_id: int) -> Response:
         journey = _journey_or_404(journey_id)
         serializer = JourneyInputSerializer(journey, data=request.data, partial=True)
@@ -198,20 +310,35 @@ class JourneyDetailApi(APIView):
         return Response(JourneyOutputSerializer(journey).data)
 
 
+@extend_schema(tags=["journeys"])
 class JourneyStartApi(APIView):
     parser_classes = BODY_PARSERS
     permission_classes = [permissions.SessionStartPermission]
 
-    class InputSerializer(serializers.Serializer):
-        # A plain string: the service decides what a valid contact id is (code
-        # invalid_contact_id), so the API and every other caller answer alike.
-        contact_id = serializers.CharField()
+    class InputSerializer(ApiInputSerializer):
+        contact_id = ContactIdField()
         variables = serializers.DictField(required=False, validators=[json_value_validate])
 
+        class Meta:
+            ref_name = "JourneyStart"
+
     @extend_schema(
+        operation_id="journeys_start",
+        summary="Start a journey for a contact",
+        description=(
+            "Starts a session of the journey for the contact (201 with its id). The contact is "
+            "looked up in the CRM when it is not known yet."
+        ),
         request=InputSerializer,
         responses={
-            201: inline_serializer("JourneyStarted", {"session_id": serializers.IntegerField()})
+            201: inline_serializer("JourneyStarted", {"session_id": serializers.IntegerField()}),
+            404: OpenApiResponse(description="`journey_not_found`"),
+            409: OpenApiResponse(
+                description=(
+                    "`journey_inactive`, `session_already_live` (the contact has a live session "
+                    "of this journey) or `reentry_not_allowed`"
+                )
+            ),
         },
     )
     def post(self, request: Request, journey_id: int) -> Response:
@@ -225,15 +352,19 @@ class JourneyStartApi(APIView):
         return Response({"session_id": session_id}, status=status.HTTP_201_CREATED)
 
 
+@extend_schema(tags=["contact-events"])
 class ContactEventApi(APIView):
     parser_classes = BODY_PARSERS
     permission_classes = [permissions.ContactEventPermission]
 
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(ApiInputSerializer):
         name = serializers.CharField(max_length=200)
-        contact_id = serializers.CharField()
+        contact_id = ContactIdField()
         properties = serializers.DictField(required=False, validators=[json_value_validate])
         message_id = serializers.CharField(max_length=200, required=False, allow_null=True)
+
+        class Meta:
+            ref_name = "ContactEvent"
 
     class OutputSerializer(serializers.Serializer):
         is_duplicate = serializers.BooleanField()
@@ -241,7 +372,20 @@ class ContactEventApi(APIView):
         resumed_session_ids = serializers.ListField(child=serializers.IntegerField())
         skipped = serializers.ListField(child=serializers.DictField())
 
-    @extend_schema(request=InputSerializer, responses={200: OutputSerializer})
+        class Meta:
+            ref_name = "ContactEventResult"
+
+    @extend_schema(
+        operation_id="contact_events_create",
+        summary="Post a contact event",
+        description=(
+            "An event about a contact: starts the journeys it triggers and resumes the sessions "
+            "waiting for it. With a `message_id` seen before, nothing happens again "
+            "(`is_duplicate`)."
+        ),
+        request=InputSerializer,
+        responses={200: OutputSerializer},
+    )
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -249,6 +393,7 @@ class ContactEventApi(APIView):
         return Response(self.OutputSerializer(result).data)
 
 
+@extend_schema(tags=["journey-sessions"])
 class SessionListApi(CursorListApi):
     permission_classes = [permissions.SessionReadPermission]
 
@@ -258,20 +403,22 @@ class SessionListApi(CursorListApi):
         status = serializers.ChoiceField(choices=SessionStatus.choices, required=False)
 
     @extend_schema(
+        operation_id="journey_sessions_list",
+        summary="List journey sessions",
+        description="Sessions, newest first, optionally of one journey, contact or status.",
         parameters=[
             OpenApiParameter("journey", int, description="journey id"),
-            OpenApiParameter("contact", str, description="contact id (UUID)"),
+            OpenApiParameter("contact", OpenApiTypes.UUID, description="contact id"),
             OpenApiParameter("status", str, enum=SessionStatus.values),
         ],
         responses=SessionOutputSerializer(many=True),
     )
     def get(self, request: Request) -> Response:
-        filters = self.FilterSerializer(data=request.query_params)
-        filters.is_valid(raise_exception=True)
+        filters = query_filters(self.FilterSerializer, request)
         sessions = selectors.session_list(
-            journey_id=filters.validated_data.get("journey"),
-            contact_id=filters.validated_data.get("contact"),
-            status=filters.validated_data.get("status"),
+            journey_id=filters.get("journey"),
+            contact_id=filters.get("contact"),
+            status=filters.get("status"),
         )
         return self.paginated_response(request, sessions, SessionOutputSerializer)
 
@@ -283,10 +430,16 @@ def _session_or_404(session_id: int) -> JourneySession:
     return session
 
 
+@extend_schema(tags=["journey-sessions"])
 class SessionDetailApi(APIView):
     permission_classes = [permissions.SessionReadPermission]
 
-    @extend_schema(responses=SessionDetailOutputSerializer)
+    @extend_schema(
+        operation_id="journey_sessions_retrieve",
+        summary="Read a journey session",
+        description="One session with its steps (404 `session_not_found`).",
+        responses=SessionDetailOutputSerializer,
+    )
     def get(self, request: Request, session_id: int) -> Response:
         return Response(SessionDetailOutputSerializer(_session_or_404(session_id)).data)
 
@@ -297,20 +450,41 @@ class _SessionActionApi(APIView):
 
     session_action: Callable[..., JourneySession]
 
-    @extend_schema(request=None, responses=SessionOutputSerializer)
     def post(self, request: Request, session_id: int) -> Response:
         _session_or_404(session_id)
         session = type(self).session_action(session_id=session_id)
         return Response(SessionOutputSerializer(session).data)
 
 
+def _session_action_schema(action: str, summary: str, description: str) -> Any:
+    return extend_schema_view(
+        post=extend_schema(
+            tags=["journey-sessions"],
+            operation_id=f"journey_sessions_{action}",
+            summary=summary,
+            description=description,
+            request=None,
+            responses={
+                200: SessionOutputSerializer,
+                404: OpenApiResponse(description="`session_not_found`"),
+                409: OpenApiResponse(
+                    description="`invalid_session_transition`: not possible from its status"
+                ),
+            },
+        )
+    )
+
+
+@_session_action_schema("pause", "Pause a session", "Pauses a live session.")
 class SessionPauseApi(_SessionActionApi):
     session_action = staticmethod(services.session_pause)
 
 
+@_session_action_schema("resume", "Resume a session", "Resumes a paused session.")
 class SessionResumeApi(_SessionActionApi):
     session_action = staticmethod(services.session_resume)
 
 
+@_session_action_schema("cancel", "Cancel a session", "Ends a live or paused session.")
 class SessionCancelApi(_SessionActionApi):
     session_action = staticmethod(services.session_cancel)

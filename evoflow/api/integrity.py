@@ -4,12 +4,13 @@ prints it."""
 from __future__ import annotations
 
 from django.urls import path
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from evoflow.api.fields import OptionalTextField
 from evoflow.api.permissions import PermissionRequired
 from evoflow.errors import DomainError
 from evoflow.integrity.runner import integrity_run_latest_finished, run_document
@@ -36,15 +37,17 @@ class ThresholdsOutput(serializers.Serializer):
 
 class IntegrityCheckResultOutput(serializers.Serializer):
     id = serializers.CharField()
-    description = serializers.CharField(help_text="empty when the check is no longer registered")
+    description = OptionalTextField(help_text="null when the check is no longer registered")
     status = serializers.ChoiceField(choices=["ok", "warning", "error", "failed"])
     failing_count = serializers.IntegerField()
     population = serializers.IntegerField()
     ratio = serializers.FloatField()
     sample_ids = serializers.ListField(child=serializers.CharField())
     duration_ms = serializers.FloatField()
-    thresholds = ThresholdsOutput(help_text="empty when the check is no longer registered")
-    error = serializers.CharField()
+    thresholds = ThresholdsOutput(
+        allow_null=True, help_text="null when the check is no longer registered"
+    )
+    error = OptionalTextField()
     repaired_count = serializers.IntegerField(allow_null=True)
 
 
@@ -57,7 +60,7 @@ class IntegrityRunOutput(serializers.Serializer):
     finished_at = serializers.DateTimeField(allow_null=True)
     fix = serializers.BooleanField()
     dry_run = serializers.BooleanField()
-    error = serializers.CharField()
+    error = OptionalTextField()
     checks = IntegrityCheckResultOutput(many=True)
 
 
@@ -66,7 +69,12 @@ class IntegrityRunLatestApi(APIView):
 
     @extend_schema(
         operation_id="integrity_runs_latest",
-        responses={200: IntegrityRunOutput},
+        tags=["integrity"],
+        summary="Read the latest integrity run",
+        responses={
+            200: IntegrityRunOutput,
+            404: OpenApiResponse(description="`no_integrity_run`: none has finished yet"),
+        },
         description=(
             "The newest finished integrity run of every check, not a dry run, with each"
             " check's result (the document of `manage.py integrity --json`); a run of some"
@@ -78,7 +86,13 @@ class IntegrityRunLatestApi(APIView):
         run = integrity_run_latest_finished()
         if run is None:
             raise NoIntegrityRun("No integrity run of every check has finished yet.")
-        return Response(run_document(run))
+        document = run_document(run)
+        # The API's value rules (docs/api.md): times in UTC with `Z`, null for what is absent.
+        document["started_at"] = run.started_at
+        document["finished_at"] = run.finished_at
+        for check in document["checks"]:
+            check["thresholds"] = check["thresholds"] or None
+        return Response(IntegrityRunOutput(document).data)
 
 
 urlpatterns = [

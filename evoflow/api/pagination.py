@@ -17,6 +17,10 @@ The page size rule, the same for every list: `page_size` absent means `page_size
 (50); a positive integer above `max_page_size` is clamped to it (500 by default, lower where a
 list's rows are heavy); anything that is not a positive decimal integer (`0`, `-1`, `abc`,
 `null`, empty) is **400 `invalid_page_size`**.
+
+No list takes a `page` parameter: pages are followed with `cursor`, and a filter by Facebook
+page is `page_id`. A client that sends `page` (expecting page numbers, or the filter's old name)
+gets **400 `validation_error`** on `page`, never a silently different list (docs/api.md).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import connection, models
 from django.db.models import QuerySet
 from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import ValidationError as ApiValidationError
 from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -41,6 +46,10 @@ from evoflow.errors import DomainError
 # More digits than any page size worth reading; also keeps int() away from Python's limit on
 # the length of a converted string.
 _MAX_PAGE_SIZE_DIGITS = 9
+
+
+# The name pagination schemes and the old Facebook page filter both used (module docstring).
+REFUSED_QUERY_PARAMETER = "page"
 
 
 class InvalidCursor(DomainError):
@@ -71,6 +80,15 @@ class CheckedCursorPagination(CursorPagination):
         request: Request,
         view: APIView | None = None,
     ) -> list[Any] | None:
+        if REFUSED_QUERY_PARAMETER in request.query_params:
+            raise ApiValidationError(
+                {
+                    REFUSED_QUERY_PARAMETER: [
+                        "Lists take no `page`: follow `next` (a `cursor`); the filter by Facebook "
+                        "page is `page_id`."
+                    ]
+                }
+            )
         self._position_field = (
             self._ordering_field(queryset) if isinstance(queryset, QuerySet) else None
         )
@@ -91,6 +109,15 @@ class CheckedCursorPagination(CursorPagination):
         for parameter in parameters:
             if parameter["name"] == self.page_size_query_param:
                 parameter["schema"] = {"type": "integer", "minimum": 1}
+                parameter["description"] = (
+                    f"Rows per page, from 1; above {self.max_page_size} the page holds "
+                    f"{self.max_page_size}. Default {self.page_size}."
+                )
+            elif parameter["name"] == self.cursor_query_param:
+                parameter["description"] = (
+                    "Opaque: the `cursor` of a `next` or `previous` link of this list, never "
+                    "made by a client. Any other value is 400 `invalid_cursor`."
+                )
         return parameters
 
     def get_page_size(self, request: Request) -> int:

@@ -245,7 +245,7 @@ def flow_parse(flow: Any) -> Flow:
             messages.append(f"{label}: the id is used by more than one node")
             continue
         node_type = raw.get("type")
-        if node_type not in NODE_TYPES:
+        if not isinstance(node_type, str) or node_type not in NODE_TYPES:
             known = ", ".join(sorted(NODE_TYPES))
             messages.append(f"{label}: unknown node type {node_type!r} (known types: {known})")
             continue
@@ -276,13 +276,21 @@ def flow_parse(flow: Any) -> Flow:
 
     edges: dict[tuple[str, str | None], str] = {}
     incoming: set[str] = set()
-    all_ids = {raw.get("id") for raw in raw_nodes if isinstance(raw, dict)}
+    # Only strings can be node ids (an object or a list cannot even be looked up).
+    all_ids = {
+        raw.get("id")
+        for raw in raw_nodes
+        if isinstance(raw, dict) and isinstance(raw.get("id"), str)
+    }
     for index, raw in enumerate(raw_edges):
         if not isinstance(raw, dict):
             messages.append(f"edge #{index + 1}: must be an object with 'source' and 'target'")
             continue
         source, target, handle = raw.get("source"), raw.get("target"), raw.get("handle")
         label = f"edge #{index + 1} ({source} -> {target})"
+        if not isinstance(source, str) or not isinstance(target, str):
+            messages.append(f"{label}: 'source' and 'target' must be node ids (strings)")
+            continue
         if source not in all_ids:
             messages.append(f"{label}: source node {source!r} does not exist")
             continue

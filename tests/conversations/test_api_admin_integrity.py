@@ -58,7 +58,7 @@ def test_conversations_are_listed_newest_updated_first_with_filters_and_cursor(r
     deleted = ConversationFactory(page=page)
     Conversation.objects.filter(pk=deleted.pk).update(deleted_at=now, updated_at=now)
 
-    response = reader_client.get("/api/v1/conversations/", {"page": PAGE_ID, "page_size": 2})
+    response = reader_client.get("/api/v1/conversations/", {"page_id": PAGE_ID, "page_size": 2})
     assert response.status_code == 200
     first = response.json()
     assert [c["id"] for c in first["results"]] == [conversations[1].pk, conversations[2].pk]
@@ -69,18 +69,24 @@ def test_conversations_are_listed_newest_updated_first_with_filters_and_cursor(r
 
     since = (now - timedelta(minutes=15)).isoformat()
     recent = reader_client.get(
-        "/api/v1/conversations/", {"updated_since": since, "page": PAGE_ID}
+        "/api/v1/conversations/", {"updated_since": since, "page_id": PAGE_ID}
     ).json()
     assert [c["id"] for c in recent["results"]] == [conversations[1].pk]
     with_deleted = reader_client.get(
-        "/api/v1/conversations/", {"page": PAGE_ID, "include_deleted": "true"}
+        "/api/v1/conversations/", {"page_id": PAGE_ID, "include_deleted": "true"}
     ).json()
     assert with_deleted["results"][0]["id"] == deleted.pk
     assert with_deleted["results"][0]["is_deleted"] is True
 
 
 @pytest.mark.parametrize(
-    "params", [{"updated_since": "yesterday"}, {"page": "not-a-page"}, {"include_deleted": "x"}]
+    "params",
+    [
+        {"updated_since": "yesterday"},
+        {"page_id": "not-a-page"},
+        {"page": PAGE_ID},
+        {"include_deleted": "x"},
+    ],
 )
 def test_bad_filters_are_a_400_in_the_error_format(reader_client, params):
     response = reader_client.get("/api/v1/conversations/", params)

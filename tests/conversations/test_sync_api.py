@@ -282,7 +282,7 @@ def test_runs_are_listed_newest_first_with_filters(syncer_client, token_page):
 
     everything = syncer_client.get("/api/v1/sync-runs/").json()
     assert [run["id"] for run in everything["results"]] == [elsewhere.pk, newer.pk, older.pk]
-    mine = syncer_client.get("/api/v1/sync-runs/", {"page": PAGE_ID, "page_size": 1}).json()
+    mine = syncer_client.get("/api/v1/sync-runs/", {"page_id": PAGE_ID, "page_size": 1}).json()
     assert [run["id"] for run in mine["results"]] == [newer.pk]
     assert [run["id"] for run in syncer_client.get(mine["next"]).json()["results"]] == [older.pk]
     succeeded = syncer_client.get("/api/v1/sync-runs/", {"status": "succeeded"}).json()
@@ -346,7 +346,9 @@ def test_the_stream_sends_progress_as_the_run_advances_and_a_final_event(live_se
             # previous state: the events arrive while the run is live, not at its end.
             if event["event"] == "progress" and status == "queued":
                 SyncRun.objects.filter(pk=run.pk).update(status="running")
-            elif event["event"] == "progress" and event["data"]["messages_inserted"] == 0:
+            elif (
+                event["event"] == "progress" and event["data"]["counters"]["messages_inserted"] == 0
+            ):
                 SyncRun.objects.filter(pk=run.pk).update(api_calls=7, messages_inserted=250)
             elif event["event"] == "progress":
                 SyncRun.objects.filter(pk=run.pk).update(status="succeeded", api_calls=9)
@@ -357,11 +359,18 @@ def test_the_stream_sends_progress_as_the_run_advances_and_a_final_event(live_se
         ("progress", "running"),
         ("end", "succeeded"),
     ]
-    assert received[2]["data"]["messages_inserted"] == 250
-    assert received[-1]["data"]["api_calls"] == 9
+    assert received[2]["data"]["counters"]["messages_inserted"] == 250
+    assert received[-1]["data"]["counters"]["api_calls"] == 9
+    # One shape of a run: every event's data is the run as the REST API shows it
+    run_now = requests.get(
+        f"{live_server.url}/api/v1/sync-runs/{run.pk}/",
+        headers={"Authorization": f"Token {token}"},
+        timeout=30,
+    )
+    assert received[-1]["data"] == run_now.json()
     for sequence, event in enumerate(received, start=1):
         assert event["data"]["request_id"] == run.request_id
-        assert event["data"]["sync_run_id"] == run.pk
+        assert event["data"]["id"] == run.pk
         assert event["id"] == f"{run.request_id}:{sequence}"
     assert SECRET_TOKEN not in json.dumps(received)
 

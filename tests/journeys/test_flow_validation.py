@@ -42,6 +42,37 @@ def test_a_dangling_edge_is_refused():
 
 
 @pytest.mark.parametrize(
+    "node",
+    [
+        {"id": {}, "type": "exit", "config": {}},
+        {"id": "b", "type": {}, "config": {}},
+        {"id": "b", "type": ["exit"], "config": {}},
+    ],
+)
+def test_a_node_whose_id_or_type_is_not_a_string_is_refused_not_a_crash(node):
+    # Found by the API fuzzer: an object as a node's id or type crashed a lookup (a 500).
+    flow = linear_flow(("a", "entry", {}))
+    flow["nodes"].append(node)
+
+    with pytest.raises(FlowInvalid):
+        flow_parse(flow)
+
+
+@pytest.mark.parametrize("target", [{}, ["a"], 7, None])
+def test_an_edge_whose_ends_are_not_node_ids_is_refused_not_a_crash(target):
+    # Found by the API fuzzer: an object as an edge's target crashed the lookup (a 500).
+    flow = linear_flow(("a", "entry", {}), ("b", "exit", {}))
+    flow["edges"].append({"source": "a", "target": target})
+
+    with pytest.raises(FlowInvalid) as error:
+        flow_parse(flow)
+
+    assert error.value.messages == [
+        f"edge #2 (a -> {target}): 'source' and 'target' must be node ids (strings)"
+    ]
+
+
+@pytest.mark.parametrize(
     ("flow", "message"),
     [
         (
