@@ -177,7 +177,8 @@ class Topology:
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
-    def env(self, *, direct: bool = False) -> dict[str, str]:
+    def env(self, *, direct: bool = False, name: str = "evoflow") -> dict[str, str]:
+        """`name` becomes the connections' application_name (PgBouncer's SHOW CLIENTS)."""
         env = {
             key: value
             for key, value in os.environ.items()
@@ -201,7 +202,10 @@ class Topology:
         if direct:
             env["DATABASE_URL"] = self.direct_url
         else:
-            env.update(DATABASE_URL=self.pooled_url, DATABASE_POOLER="transaction")
+            env.update(
+                DATABASE_URL=f"{self.pooled_url}?application_name={name}",
+                DATABASE_POOLER="transaction",
+            )
         env.update(self.extra_env)
         return env
 
@@ -337,7 +341,7 @@ class Topology:
         name = f"web-{'ab'[index] if index < 2 else index}"
         metrics = self.run_dir / f"{name}-metrics"
         metrics.mkdir(exist_ok=True)
-        env = {**self.env(), "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+        env = {**self.env(name=name), "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
         command = [
             sys.executable,
             "-m",
@@ -375,7 +379,7 @@ class Topology:
         return Process(
             name,
             [sys.executable, "manage.py", "qcluster"],
-            self.env(),
+            self.env(name=name),
             self.run_dir / f"{name}.log",
         )
 
@@ -385,6 +389,21 @@ class Topology:
         worker.signal_group(signal.SIGKILL)
         assert worker.popen is not None
         worker.popen.wait(timeout=10)
+
+    def pgbouncer_show(self, what: str) -> list[dict[str, str]]:
+        """PgBouncer's admin console: `SHOW what` (POOLS, CLIENTS, STATS...) as rows."""
+        psql = shutil.which("psql") or "psql"
+        result = subprocess.run(
+            [psql, "-h", "127.0.0.1", "-p", str(self.bouncer_port), "-U", SUPERUSER]
+            + ["-d", "pgbouncer", "--csv", "-c", f"SHOW {what}"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        )
+        lines = result.stdout.splitlines()
+        header = lines[0].split(",")
+        return [dict(zip(header, line.split(","), strict=False)) for line in lines[1:]]
 
     def logs(self) -> dict[str, Path]:
         """Every log the topology writes, by name."""

@@ -119,9 +119,11 @@ def deliveries_storm(event_id: int, host_id: int, guest_ids: list[int]) -> dict[
     return {"linked": count, "deliveries": deliveries + send(2)}
 
 
-def progress(journey_id: int, page_ids: list[str]) -> dict[str, Any]:
-    """Wake the journeys' due sessions (what the one-minute schedule does), take over sync runs
-    whose worker died (their lease ran out), and say where everything is."""
+def progress(journey_id: int, page_ids: list[str], mode: str, since: int) -> dict[str, Any]:
+    """Wake the journeys' due sessions (what the one-minute schedule does), and make sure each
+    page gets a `mode` sync run newer than run `since`: a run whose worker died is failed once
+    its lease is over (the request does that), and one is requested again while none is live
+    (the schedule's own incremental runs come and go beside them). Says where everything is."""
     from conversations.models import FacebookPage, SyncRun
     from conversations.services.sync import sync_request
     from journeys.models import JourneySession
@@ -130,13 +132,16 @@ def progress(journey_id: int, page_ids: list[str]) -> dict[str, Any]:
     report = sessions_resume_due()
     syncs = {}
     for page in FacebookPage.objects.filter(page_id__in=page_ids):
-        latest = SyncRun.objects.filter(page=page).order_by("-pk").first()
-        if latest is not None and latest.status not in ("succeeded", "queued", "running"):
-            latest, _ = sync_request(page=page, mode=latest.mode)
-        elif latest is not None and latest.status in ("queued", "running"):
-            # Failed first when its heartbeat is older than its lease (a killed worker).
-            latest, _ = sync_request(page=page, mode=latest.mode)
-        syncs[page.page_id] = [latest.pk, latest.mode, latest.status] if latest else None
+        runs = SyncRun.objects.filter(page=page, pk__gt=since, mode=mode)
+        done = runs.filter(status="succeeded").exists()
+        if not done:
+            sync_request(page=page, mode=mode)  # a no-op while a live run holds the lease
+        syncs[page.page_id] = {
+            "succeeded": done,
+            "runs": list(
+                SyncRun.objects.filter(page=page).order_by("pk").values_list("pk", "mode", "status")
+            ),
+        }
     sessions = Counter(
         JourneySession.objects.filter(journey_id=journey_id).values_list("status", flat=True)
     )
@@ -145,18 +150,8 @@ def progress(journey_id: int, page_ids: list[str]) -> dict[str, Any]:
         "sessions": dict(sessions),
         "resumed": report.resumed,
         "restarted": report.restarted_stalled,
+        "last_run": SyncRun.objects.order_by("-pk").values_list("pk", flat=True).first() or 0,
     }
-
-
-def sync_incremental(page_ids: list[str]) -> dict[str, Any]:
-    from conversations.models import FacebookPage
-    from conversations.services.sync import sync_request
-
-    runs = {}
-    for page in FacebookPage.objects.filter(page_id__in=page_ids):
-        run, created = sync_request(page=page, mode="incremental")
-        runs[page.page_id] = [run.pk, created]
-    return {"runs": runs}
 
 
 def pages_state(page_ids: list[str]) -> dict[str, Any]:
@@ -230,7 +225,6 @@ COMMANDS: dict[str, Callable[..., dict[str, Any]]] = {
     "setup": setup,
     "deliveries_storm": deliveries_storm,
     "progress": progress,
-    "sync_incremental": sync_incremental,
     "pages_state": pages_state,
     "webhook_messages": webhook_messages,
     "journey_state": journey_state,

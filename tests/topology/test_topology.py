@@ -21,10 +21,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from conversations.simulator.graph import GraphSimulator
@@ -127,6 +129,37 @@ class WebhookSender:
                         self.acknowledged.update(mids)
 
 
+class PoolWatcher(threading.Thread):
+    """Samples PgBouncer's clients (per application_name) and pool twice a second: the peaks
+    are the connection figures of docs/operations.md."""
+
+    def __init__(self, topology: Topology) -> None:
+        super().__init__(daemon=True)
+        self.topology = topology
+        self.stopped = threading.Event()
+        self.clients: dict[str, int] = {}
+        self.peak: dict[str, int] = {"clients": 0, "server_active": 0, "clients_waiting": 0}
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.5):
+            try:
+                clients = self.topology.pgbouncer_show("CLIENTS")
+                pools = self.topology.pgbouncer_show("POOLS")
+            except (subprocess.SubprocessError, IndexError):
+                continue
+            names = Counter(c["application_name"] for c in clients if c["database"] == "evoflow")
+            for name, count in names.items():
+                self.clients[name] = max(self.clients.get(name, 0), count)
+            for pool in pools:
+                if pool["database"] == "evoflow":
+                    self.peak["clients"] = max(self.peak["clients"], sum(names.values()))
+                    for key, column in (
+                        ("server_active", "sv_active"),
+                        ("clients_waiting", "cl_waiting"),
+                    ):
+                        self.peak[key] = max(self.peak[key], int(pool[column]))
+
+
 @pytest.fixture(scope="module")
 def simulators() -> Iterator[tuple[GraphSimulator, CrmSimulator, str, str]]:
     graph = GraphSimulator(
@@ -204,6 +237,20 @@ def test_the_pool_is_smaller_than_its_clients_and_the_database_durable(topology)
     }
 
 
+def test_pgbouncer_refuses_the_connection_options_the_pooled_settings_leave_out(topology):
+    # Without DATABASE_POOLER=transaction, every connection carries `-c statement_timeout` in
+    # the `options` startup parameter, which PgBouncer 1.18 refuses outright.
+    with pytest.raises(psycopg.OperationalError, match="unsupported startup parameter"):
+        psycopg.connect(
+            host="127.0.0.1",
+            port=topology.bouncer_port,
+            dbname="evoflow",
+            user="postgres",
+            options="-c statement_timeout=30000",
+            connect_timeout=10,
+        )
+
+
 def error_lines(topology: Topology) -> dict[str, list[str]]:
     """Lines at error level in every log: JSON records at ERROR or above, tracebacks, and
     PostgreSQL's and PgBouncer's own ERROR, FATAL and PANIC lines."""
@@ -241,6 +288,8 @@ def test_a_storm_with_a_killed_worker_and_a_restarted_web_group(topology, simula
             {"id": WEBHOOK_PAGE, "name": hooks.name, "token": hooks.access_token, "sync": False}
         )
         setup = driver("setup", pages=pages, contacts=CONTACTS, guests=GUESTS)
+        watcher = PoolWatcher(topology)
+        watcher.start()
         sender = WebhookSender(topology.web_ports)
         half = WEBHOOK_DOCUMENTS // 2
         senders = [
@@ -263,18 +312,18 @@ def test_a_storm_with_a_killed_worker_and_a_restarted_web_group(topology, simula
         time.sleep(2)
         topology.workers[0].start()  # its supervisor starts it again
 
-        def settled(mode: str) -> bool:
-            state = driver("progress", journey_id=setup["journey"], page_ids=page_ids)
-            syncs_done = all(
-                entry is not None and entry[1] == mode and entry[2] == "succeeded"
-                for entry in state["syncs"].values()
+        def settled(mode: str, since: int) -> bool:
+            state = driver(
+                "progress", journey_id=setup["journey"], page_ids=page_ids, mode=mode, since=since
             )
-            return syncs_done and state["sessions"] == {"completed": CONTACTS}
+            synced = all(page["succeeded"] for page in state["syncs"].values())
+            return synced and state["sessions"] == {"completed": CONTACTS}
 
-        assert wait_for(lambda: settled("full"), timeout=180, interval=1.0), driver(
-            "progress", journey_id=setup["journey"], page_ids=page_ids
+        assert wait_for(lambda: settled("full", 0), timeout=240, interval=1.0), driver(
+            "progress", journey_id=setup["journey"], page_ids=page_ids, mode="full", since=0
         )
         journeys_seconds = time.monotonic() - started_at
+        watcher.stopped.set()
         for thread in senders:
             thread.join(timeout=120)
         webhook_seconds = time.monotonic() - webhooks_started
@@ -284,9 +333,10 @@ def test_a_storm_with_a_killed_worker_and_a_restarted_web_group(topology, simula
             threads = [c["id"] for c in graph.truth(page_id)["conversations"][:5]]
             for number, thread_id in enumerate(threads):
                 graph.message_add(thread_id=thread_id, text=f"later {number}")
-        incremental = driver("sync_incremental", page_ids=page_ids)
-        assert all(created for _, created in incremental["runs"].values())
-        assert wait_for(lambda: settled("incremental"), timeout=120, interval=1.0)
+        since = driver(
+            "progress", journey_id=setup["journey"], page_ids=[], mode="incremental", since=0
+        )["last_run"]
+        assert wait_for(lambda: settled("incremental", since), timeout=120, interval=1.0)
 
         # Then every acknowledged webhook is stored exactly once
         assert not any(thread.is_alive() for thread in senders)
@@ -346,5 +396,6 @@ def test_a_storm_with_a_killed_worker_and_a_restarted_web_group(topology, simula
             f"{4 * WEBHOOK_DOCUMENTS / webhook_seconds:.0f} events/s sent "
             f"({2 * WEBHOOK_DOCUMENTS} distinct, {sender.attempts_failed} attempts refused), "
             f"journeys {6 * CONTACTS / journeys_seconds:.0f} steps/s until settled "
-            f"({journeys_seconds:.1f} s, a {WAIT_SECONDS} s wait and the full syncs included)"
+            f"({journeys_seconds:.1f} s, a {WAIT_SECONDS} s wait and the full syncs included); "
+            f"PgBouncer peaks {watcher.peak}, clients by process {watcher.clients}"
         )
