@@ -1,32 +1,39 @@
 """The benchmark runner behind `python -m bench` (`make bench`, `make bench QUICK=1`).
 
     python -m bench [--quick] [--only NAME ...] [--scale FACTOR] [--json-only] [--results PATH]
+                    [--own-database]
 
 It finds every module `bench/bench_*.py` (in name order), sets Django up (settings module
 `evoflow.settings` unless DJANGO_SETTINGS_MODULE says otherwise), runs each module's
 `run(ctx)`, then prints an aligned table of every figure and one line per result of the form
 `BENCH {json}`, so that `grep '^BENCH ' | cut -c7-` yields JSON lines. The same lines go to
-`bench/results/latest.jsonl`. A module that raises is reported on stderr and makes the exit
-status 1; the other modules still run. A missed target is reported, never an error: speed is
-measured here, not asserted.
+`bench/results/latest.jsonl`. With `--own-database` (what `make bench` passes) the run creates a
+database of its own on the server DATABASE_URL names, migrates it, measures there and drops it
+at the end, so nothing of the development database (its data, a feature flag turned off in the
+admin) changes a figure, and no benchmark row is left behind. A module that raises is reported
+on stderr and makes the exit status 1; the other modules still run. A missed target is
+reported, never an error: speed is measured here, not asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
 import pkgutil
 import platform
+import secrets
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import bench
 from bench import Context, Result, cpu_count, format_figure, reset_peak_rss
@@ -70,6 +77,12 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         default=1.0,
         metavar="FACTOR",
         help="multiply every workload size (the test suite uses 0.01)",
+    )
+    parser.add_argument(
+        "--own-database",
+        action="store_true",
+        help="create a database for the run on DATABASE_URL's server, migrate it, drop it at "
+        "the end (DATABASE_URL must reach PostgreSQL itself, not a transaction pooler)",
     )
     parser.add_argument(
         "--json-only", action="store_true", help="print only the BENCH JSON lines, no table"
@@ -118,6 +131,39 @@ def setup_django() -> None:
     # Already set up when the harness runs inside another Django process (the test suite).
     if not apps.ready:
         django.setup()
+
+
+@contextlib.contextmanager
+def own_database() -> Iterator[str]:
+    """Point DATABASE_URL at a new database on the same server for the block, created empty
+    and dropped at the end (its name is yielded). Runs before Django is set up."""
+    import psycopg
+
+    from evoflow import local_database
+
+    url = os.environ.get("DATABASE_URL", "").strip() or local_database.database_url(
+        int(os.environ.get("EVOFLOW_PG_PORT") or local_database.DEFAULT_PORT)
+    )
+    parts = urlsplit(url)
+    name = f"evoflow_bench_{secrets.token_hex(4)}"
+    server = urlunsplit(parts._replace(path="/postgres", query=""))
+    with psycopg.connect(server, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    previous = os.environ.get("DATABASE_URL")
+    os.environ["DATABASE_URL"] = urlunsplit(parts._replace(path=f"/{name}"))
+    try:
+        yield name
+    finally:
+        if previous is None:
+            os.environ.pop("DATABASE_URL", None)
+        else:
+            os.environ["DATABASE_URL"] = previous
+        with contextlib.suppress(Exception):
+            from django.db import connections
+
+            connections.close_all()
+        with psycopg.connect(server, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def machine_facts(conninfo: str, peak_rss_resettable: bool) -> dict[str, Any]:
@@ -243,6 +289,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_USAGE
 
+    if not args.own_database:
+        return run(args, modules)
+    try:
+        with own_database() as name:
+            print(f"bench: measuring in database {name}, dropped at the end", file=sys.stderr)
+            setup_django()
+            from django.core.management import call_command
+
+            call_command("migrate", verbosity=0)
+            return run(args, modules)
+    except Exception as exc:  # The server refused the database, or migrating it failed.
+        print(f"bench: the run's own database failed: {exc}", file=sys.stderr)
+        return EXIT_BENCHMARK_FAILED
+
+
+def run(args: argparse.Namespace, modules: list[str]) -> int:
     run_started = time.perf_counter()
     # One timestamp for the whole run, so its lines group together when files are merged.
     recorded_at = datetime.now(UTC).isoformat(timespec="seconds")

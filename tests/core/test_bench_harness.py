@@ -161,3 +161,38 @@ def test_a_result_rejects_figures_that_are_not_finite_numbers():
         Result(benchmark="x", figures={"rows_per_s": float("nan")})
     with pytest.raises(TypeError, match="not a number"):
         Result(benchmark="x", figures={"rows_per_s": True})
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_own_database_measures_in_a_database_of_its_own_and_drops_it(subprocess_env, tmp_path):
+    from django.db import connection
+
+    def bench_databases() -> set[str]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT datname FROM pg_database WHERE datname LIKE 'evoflow_bench_%%'")
+            return {row[0] for row in cursor.fetchall()}
+
+    before = bench_databases()
+
+    # When the harness runs with --own-database against the test database's server
+    completed = run_python(
+        *("-m", "bench", "--quick", "--scale", "0.01", "--only", "postgres_reference"),
+        *("--own-database", "--results", str(tmp_path / "latest.jsonl")),
+        env=subprocess_env,
+        timeout=240,
+    )
+
+    # Then it measured in a database it created, and dropped that database at the end
+    assert completed.returncode == 0, completed.stderr
+    created = [
+        line.split()[4].rstrip(",")
+        for line in completed.stderr.splitlines()
+        if line.startswith("bench: measuring in database ")
+    ]
+    assert len(created) == 1
+    assert created[0].startswith("evoflow_bench_")
+    assert bench_databases() == before
+    assert sorted(record["benchmark"] for record in bench_lines(completed.stdout)) == sorted(
+        REFERENCE_BENCHMARKS
+    )
