@@ -36,7 +36,7 @@ pytest: dev-deps db
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: db
-	DEBUG=$${DEBUG:-1} $(BIN)/python -m bench --own-database $(if $(QUICK),--quick)
+	DEBUG=$${DEBUG:-1} $(BIN)/python -m bench --own-database --repeat $(or $(REPEAT),3) $(if $(QUICK),--quick)
 
 # The production topology on this machine (docs/operations.md): PostgreSQL with durable commits,
 # PgBouncer in transaction pooling, Redis, two gunicorn groups and two workers; Ctrl-C stops it.

@@ -171,7 +171,7 @@ def own_database() -> Iterator[str]:
     parts = urlsplit(url)
     name = f"evoflow_bench_{secrets.token_hex(4)}"
     server = urlunsplit(parts._replace(path="/postgres", query=""))
-    with psycopg.connect(server, autocommit=True) as connection:
+    with psycopg.connect(server, autocommit=True, prepare_threshold=None) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
     previous = os.environ.get("DATABASE_URL")
     os.environ["DATABASE_URL"] = urlunsplit(parts._replace(path=f"/{name}"))
@@ -186,7 +186,7 @@ def own_database() -> Iterator[str]:
             from django.db import connections
 
             connections.close_all()
-        with psycopg.connect(server, autocommit=True) as connection:
+        with psycopg.connect(server, autocommit=True, prepare_threshold=None) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

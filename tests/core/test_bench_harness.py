@@ -192,7 +192,8 @@ def test_own_database_measures_in_a_database_of_its_own_and_drops_it(subprocess_
     ]
     assert len(created) == 1
     assert created[0].startswith("evoflow_bench_")
-    assert bench_databases() == before
+    assert created[0] not in before
+    assert created[0] not in bench_databases()
     assert sorted(record["benchmark"] for record in bench_lines(completed.stdout)) == sorted(
         REFERENCE_BENCHMARKS
     )
