@@ -17,7 +17,7 @@ DEV_DEPS_STAMP := $(VENV)/.deps-dev-$(DEV_HASH)
 export EVOFLOW_PG_PORT ?= 54329
 export EVOFLOW_WEB_PORT ?= 8000
 
-.PHONY: run test lint typecheck pytest bench deps dev-deps system-deps db db-stop db-status migrate clean
+.PHONY: run test lint typecheck pytest bench topology deps dev-deps system-deps db db-stop db-status migrate clean
 
 run: db
 	DEBUG=$${DEBUG:-1} $(BIN)/python -m devtools.devstack
@@ -36,7 +36,12 @@ pytest: dev-deps db
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: db
-	DEBUG=$${DEBUG:-1} $(BIN)/python -m bench $(if $(QUICK),--quick)
+	DEBUG=$${DEBUG:-1} $(BIN)/python -m bench --own-database --repeat $(or $(REPEAT),3) $(if $(QUICK),--quick)
+
+# The production topology on this machine (docs/operations.md): PostgreSQL with durable commits,
+# PgBouncer in transaction pooling, Redis, two gunicorn groups and two workers; Ctrl-C stops it.
+topology: deps
+	$(BIN)/python -m devtools.topology
 
 system-deps:
 	@bash devtools/scripts/install-system-packages.sh

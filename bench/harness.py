@@ -1,32 +1,40 @@
 """The benchmark runner behind `python -m bench` (`make bench`, `make bench QUICK=1`).
 
     python -m bench [--quick] [--only NAME ...] [--scale FACTOR] [--json-only] [--results PATH]
+                    [--own-database]
 
 It finds every module `bench/bench_*.py` (in name order), sets Django up (settings module
 `evoflow.settings` unless DJANGO_SETTINGS_MODULE says otherwise), runs each module's
 `run(ctx)`, then prints an aligned table of every figure and one line per result of the form
 `BENCH {json}`, so that `grep '^BENCH ' | cut -c7-` yields JSON lines. The same lines go to
-`bench/results/latest.jsonl`. A module that raises is reported on stderr and makes the exit
-status 1; the other modules still run. A missed target is reported, never an error: speed is
-measured here, not asserted.
+`bench/results/latest.jsonl`. With `--own-database` (what `make bench` passes) the run creates a
+database of its own on the server DATABASE_URL names, migrates it, measures there and drops it
+at the end, so nothing of the development database (its data, a feature flag turned off in the
+admin) changes a figure, and no benchmark row is left behind. A module that raises is reported
+on stderr and makes the exit status 1; the other modules still run. A missed target is
+reported, never an error: speed is measured here, not asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
 import pkgutil
 import platform
+import secrets
+import statistics
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import bench
 from bench import Context, Result, cpu_count, format_figure, reset_peak_rss
@@ -34,6 +42,9 @@ from bench import Context, Result, cpu_count, format_figure, reset_peak_rss
 JSON_PREFIX = "BENCH "
 MODULE_PREFIX = "bench_"
 DEFAULT_RESULTS = Path(bench.__file__).resolve().parent / "results" / "latest.jsonl"
+# A figure whose repetitions spread wider than this around their median is flagged as too
+# noisy to judge: (max - min) / median of its rates.
+SPREAD_LIMIT = 0.25
 # The quick run is meant for every commit; past this it is no longer quick.
 QUICK_BUDGET_SECONDS = 60.0
 
@@ -48,6 +59,8 @@ class ModuleOutcome:
     seconds: float
     results: list[Result] = field(default_factory=list)
     error: str | None = None
+    # Per benchmark, per figure: each repetition's value, min and max (see `combine`).
+    repetitions: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -72,6 +85,20 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         help="multiply every workload size (the test suite uses 0.01)",
     )
     parser.add_argument(
+        "--repeat",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="run every module N times, interleaved (the PostgreSQL reference among them), and "
+        "report each figure's median with its min and max (make bench: 3)",
+    )
+    parser.add_argument(
+        "--own-database",
+        action="store_true",
+        help="create a database for the run on DATABASE_URL's server, migrate it, drop it at "
+        "the end (DATABASE_URL must reach PostgreSQL itself, not a transaction pooler)",
+    )
+    parser.add_argument(
         "--json-only", action="store_true", help="print only the BENCH JSON lines, no table"
     )
     parser.add_argument(
@@ -82,6 +109,16 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         help="where to write the JSON lines (default bench/results/latest.jsonl)",
     )
     return parser.parse_args(argv)
+
+
+def positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {raw!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {raw!r}")
+    return value
 
 
 def positive_float(raw: str) -> float:
@@ -118,6 +155,39 @@ def setup_django() -> None:
     # Already set up when the harness runs inside another Django process (the test suite).
     if not apps.ready:
         django.setup()
+
+
+@contextlib.contextmanager
+def own_database() -> Iterator[str]:
+    """Point DATABASE_URL at a new database on the same server for the block, created empty
+    and dropped at the end (its name is yielded). Runs before Django is set up."""
+    import psycopg
+
+    from evoflow import local_database
+
+    url = os.environ.get("DATABASE_URL", "").strip() or local_database.database_url(
+        int(os.environ.get("EVOFLOW_PG_PORT") or local_database.DEFAULT_PORT)
+    )
+    parts = urlsplit(url)
+    name = f"evoflow_bench_{secrets.token_hex(4)}"
+    server = urlunsplit(parts._replace(path="/postgres", query=""))
+    with psycopg.connect(server, autocommit=True, prepare_threshold=None) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    previous = os.environ.get("DATABASE_URL")
+    os.environ["DATABASE_URL"] = urlunsplit(parts._replace(path=f"/{name}"))
+    try:
+        yield name
+    finally:
+        if previous is None:
+            os.environ.pop("DATABASE_URL", None)
+        else:
+            os.environ["DATABASE_URL"] = previous
+        with contextlib.suppress(Exception):
+            from django.db import connections
+
+            connections.close_all()
+        with psycopg.connect(server, autocommit=True, prepare_threshold=None) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def machine_facts(conninfo: str, peak_rss_resettable: bool) -> dict[str, Any]:
@@ -168,6 +238,50 @@ def run_module(module: str, ctx: Context, taken_names: set[str]) -> ModuleOutcom
     return ModuleOutcome(module, time.perf_counter() - started, results=results)
 
 
+def combine(module: str, runs: Sequence[ModuleOutcome]) -> ModuleOutcome:
+    """One outcome from a module's repetitions: each figure the median of its values, with
+    every value, the min and the max kept; a rate spread wider than SPREAD_LIMIT is noted."""
+    seconds = sum(run.seconds for run in runs)
+    failed = [run.error for run in runs if run.error is not None]
+    if failed:
+        return ModuleOutcome(module, seconds, error=failed[0])
+    if len(runs) == 1:
+        return ModuleOutcome(module, seconds, results=list(runs[0].results))
+    by_name: dict[str, list[Result]] = {}
+    for run in runs:
+        for result in run.results:
+            by_name.setdefault(result.benchmark, []).append(result)
+    combined: list[Result] = []
+    repetitions: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, results in by_name.items():
+        first = results[0]
+        stats: dict[str, dict[str, Any]] = {}
+        medians: dict[str, float] = {}
+        for figure in first.figures:
+            values = [r.figures[figure] for r in results if figure in r.figures]
+            medians[figure] = statistics.median(values)
+            stats[figure] = {"values": values, "min": min(values), "max": max(values)}
+        spreads = [
+            (stats[figure]["max"] - stats[figure]["min"]) / abs(medians[figure])
+            for figure in medians
+            if figure.endswith("_per_s") and medians[figure]
+        ]
+        spread = max(spreads, default=0.0)
+        note = f"median of {len(results)}, spread {spread:.0%}"
+        if spread > SPREAD_LIMIT:
+            note += ", TOO WIDE TO JUDGE"
+        repetitions[name] = stats
+        combined.append(
+            Result(
+                benchmark=name,
+                figures=medians,
+                targets=first.targets,
+                notes="; ".join(part for part in (first.notes, note) if part),
+            )
+        )
+    return ModuleOutcome(module, seconds, results=combined, repetitions=repetitions)
+
+
 def json_record(
     result: Result, outcome: ModuleOutcome, ctx: Context, recorded_at: str
 ) -> dict[str, Any]:
@@ -180,6 +294,7 @@ def json_record(
         "quick": ctx.quick,
         "scale": ctx.scale,
         "module_seconds": round(outcome.seconds, 3),
+        "repetitions": outcome.repetitions.get(result.benchmark, {}),
         "recorded_at": recorded_at,
         "machine": dict(ctx.machine),
     }
@@ -243,6 +358,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_USAGE
 
+    if not args.own_database:
+        return run(args, modules)
+    try:
+        with own_database() as name:
+            print(f"bench: measuring in database {name}, dropped at the end", file=sys.stderr)
+            setup_django()
+            from django.core.management import call_command
+
+            call_command("migrate", verbosity=0)
+            return run(args, modules)
+    except Exception as exc:  # The server refused the database, or migrating it failed.
+        print(f"bench: the run's own database failed: {exc}", file=sys.stderr)
+        return EXIT_BENCHMARK_FAILED
+
+
+def run(args: argparse.Namespace, modules: list[str]) -> int:
     run_started = time.perf_counter()
     # One timestamp for the whole run, so its lines group together when files are merged.
     recorded_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -257,24 +388,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BENCHMARK_FAILED
     ctx = Context(quick=args.quick, scale=args.scale, conninfo=conninfo, machine=machine)
 
-    outcomes: list[ModuleOutcome] = []
-    taken_names: set[str] = set()
-    for module in modules:
-        print(f"bench: {short_name(module)} ...", file=sys.stderr, flush=True)
-        outcome = run_module(module, ctx, taken_names)
-        outcomes.append(outcome)
-        if outcome.error is not None:
-            print(
-                f"bench: {short_name(module)} FAILED after {outcome.seconds:.1f} s", file=sys.stderr
-            )
-            print(outcome.error, file=sys.stderr, end="")
-        else:
-            print(
-                f"bench: {short_name(module)} done in {outcome.seconds:.1f} s, "
-                f"{len(outcome.results)} results",
-                file=sys.stderr,
-                flush=True,
-            )
+    runs: dict[str, list[ModuleOutcome]] = {module: [] for module in modules}
+    # Repetitions interleave the modules (the PostgreSQL reference among them), so a machine
+    # that slows down for a while moves every figure of that repetition, not one module's.
+    for repetition in range(args.repeat):
+        taken_names: set[str] = set()
+        of = f" (repetition {repetition + 1} of {args.repeat})" if args.repeat > 1 else ""
+        for module in modules:
+            print(f"bench: {short_name(module)}{of} ...", file=sys.stderr, flush=True)
+            outcome = run_module(module, ctx, taken_names)
+            runs[module].append(outcome)
+            if outcome.error is not None:
+                print(
+                    f"bench: {short_name(module)} FAILED after {outcome.seconds:.1f} s",
+                    file=sys.stderr,
+                )
+                print(outcome.error, file=sys.stderr, end="")
+            else:
+                print(
+                    f"bench: {short_name(module)} done in {outcome.seconds:.1f} s, "
+                    f"{len(outcome.results)} results",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    outcomes = [combine(module, runs[module]) for module in modules]
 
     results = [result for outcome in outcomes for result in outcome.results]
     lines = [
@@ -298,9 +435,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({mode}, scale {args.scale:g}); results in {args.results}",
         file=sys.stderr,
     )
-    if args.quick and elapsed > QUICK_BUDGET_SECONDS:
+    if args.quick and elapsed > QUICK_BUDGET_SECONDS * args.repeat:
         print(
-            f"bench: the quick run took {elapsed:.0f} s, over its {QUICK_BUDGET_SECONDS:.0f} s "
+            f"bench: the quick run took {elapsed:.0f} s, over its "
+            f"{QUICK_BUDGET_SECONDS * args.repeat:.0f} s "
             "budget; shrink the quick sizes of the slowest module above",
             file=sys.stderr,
         )

@@ -30,7 +30,7 @@ import psycopg
 from psycopg import sql
 
 from bench import Context, Result, percentile_ms
-from evoflow.db import psycopg_conninfo
+from evoflow.db import psycopg_connect_kwargs, psycopg_conninfo
 
 SCRATCH_SCHEMA = "bench_scratch"
 APPLICATION_NAME = "evoflow-bench"
@@ -61,8 +61,14 @@ def conninfo_from_django(alias: str = "default") -> str:
     return psycopg_conninfo(alias, application_name=APPLICATION_NAME)
 
 
+def _connect(conninfo: str, *, autocommit: bool = False) -> psycopg.Connection:
+    """A raw connection under the application's connection rules: behind a transaction pooler
+    (`DATABASE_POOLER=transaction`), no prepared statements."""
+    return psycopg.connect(conninfo, autocommit=autocommit, **psycopg_connect_kwargs())
+
+
 def server_version(conninfo: str) -> str:
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with _connect(conninfo, autocommit=True) as conn:
         row = conn.execute("SHOW server_version").fetchone()
     assert row is not None
     return str(row[0])
@@ -120,7 +126,7 @@ def scratch_table(conninfo: str) -> Iterator[sql.Identifier]:
     by whichever run finds it missing or leaves it empty.
     """
     name = sql.Identifier(SCRATCH_SCHEMA, f"rows_{os.getpid()}_{secrets.token_hex(4)}")
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with _connect(conninfo, autocommit=True) as conn:
         with conn.transaction():
             _lock_scratch_schema(conn)
             conn.execute(
@@ -155,7 +161,7 @@ def _lock_scratch_schema(conn: psycopg.Connection) -> None:
 
 
 def _count_rows(conninfo: str, table: sql.Identifier) -> int:
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with _connect(conninfo, autocommit=True) as conn:
         row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()
     assert row is not None
     return int(row[0])
@@ -203,7 +209,7 @@ def copy_rows(
     calls, or a count to have `sample_rows` make them.
     """
     data = sample_rows(1, rows) if isinstance(rows, int) else rows
-    with scratch_table(conninfo) as table, psycopg.connect(conninfo) as conn:
+    with scratch_table(conninfo) as table, _connect(conninfo) as conn:
         statement = sql.SQL("COPY {} ({}) FROM STDIN").format(table, _COLUMN_LIST)
         started = time.perf_counter()
         with conn.cursor() as cursor, cursor.copy(statement) as copy:
@@ -246,7 +252,8 @@ def insert_loop(
     Each thread has its own connection and a disjoint key range; the rows are split evenly. The
     clock starts once every thread is connected and holds its rows (the application keeps
     connections open and has the event in hand), and stops when the last thread finishes.
-    psycopg prepares the statement after a few executions, as a long-running process would.
+    psycopg prepares the statement after a few executions, as a long-running process would
+    (unless the database is reached through a transaction pooler, where nothing is prepared).
     """
     if rows < connections:
         raise ValueError(f"{rows} rows cannot be split across {connections} connections")
@@ -266,7 +273,7 @@ def insert_loop(
         def worker(index: int, first_key: int, count: int) -> None:
             try:
                 data = sample_rows(first_key, count)
-                with psycopg.connect(conninfo, autocommit=True) as conn:
+                with _connect(conninfo, autocommit=True) as conn:
                     cursor = conn.cursor()
                     if durable:
                         cursor.execute("SET synchronous_commit = on")

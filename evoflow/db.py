@@ -7,6 +7,7 @@ setting or a session-level advisory lock would leak to whoever gets the server c
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, connections
@@ -68,6 +69,21 @@ def psycopg_conninfo(alias: str = "default", *, application_name: str = "evoflow
     )
     params.setdefault("application_name", application_name)
     return make_conninfo("", **{key: value for key, value in params.items() if value is not None})
+
+
+def psycopg_connect_kwargs(alias: str = "default") -> dict[str, Any]:
+    """Keyword arguments for `psycopg.connect` beside `psycopg_conninfo(alias)`: the connection
+    rules that are psycopg's, not libpq's.
+
+    Behind PgBouncer in transaction mode (`DATABASE_POOLER=transaction`) that is
+    `prepare_threshold=None`: a prepared statement lives in one server connection, and the next
+    transaction of the same client may get another one. Every raw psycopg connection opens with
+    these, so it follows the rules Django's own connections follow.
+    """
+    options = settings.DATABASES[alias].get("OPTIONS") or {}
+    if "prepare_threshold" in options:
+        return {"prepare_threshold": options["prepare_threshold"]}
+    return {}
 
 
 def table_row_estimate(model: type[Model], *, using: str = "default") -> int | None:

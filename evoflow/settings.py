@@ -259,10 +259,25 @@ DATABASES = {
     )
 }
 DATABASES["default"].setdefault("OPTIONS", {})
-# Short statements by default: a runaway query must not hold locks for minutes.
-DATABASES["default"]["OPTIONS"].setdefault(
-    "options", f"-c statement_timeout={env_int('DB_STATEMENT_TIMEOUT_MS', 30_000)}"
-)
+# Connection pooling (docs/operations.md, "Connection pooling"). DATABASE_POOLER=transaction
+# when DATABASE_URL points at PgBouncer in transaction mode: a server connection then serves
+# another client after every transaction, so nothing may outlive one. Server-side cursors
+# (`.iterator()`) are named cursors that outlive their transaction outside atomic blocks, and
+# psycopg's prepared statements live in the server connection: PgBouncer 1.18 carries neither.
+# PgBouncer also refuses the `options` startup parameter, so the statement timeout then comes
+# from the role (`ALTER ROLE ... SET statement_timeout`), not from the connection string.
+DATABASE_POOLER = os.environ.get("DATABASE_POOLER", "").strip().lower() or "none"
+if DATABASE_POOLER not in {"none", "transaction"}:
+    raise ImproperlyConfigured("DATABASE_POOLER must be 'none' or 'transaction'")
+DB_STATEMENT_TIMEOUT_MS = env_int("DB_STATEMENT_TIMEOUT_MS", 30_000)
+if DATABASE_POOLER == "transaction":
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
+    DATABASES["default"]["OPTIONS"]["prepare_threshold"] = None
+else:
+    # Short statements by default: a runaway query must not hold locks for minutes.
+    DATABASES["default"]["OPTIONS"].setdefault(
+        "options", f"-c statement_timeout={DB_STATEMENT_TIMEOUT_MS}"
+    )
 DATABASES["default"]["TEST"] = {"NAME": os.environ.get("TEST_DATABASE_NAME") or None}
 
 AUTH_USER_MODEL = "evoflow.User"

@@ -161,3 +161,82 @@ def test_a_result_rejects_figures_that_are_not_finite_numbers():
         Result(benchmark="x", figures={"rows_per_s": float("nan")})
     with pytest.raises(TypeError, match="not a number"):
         Result(benchmark="x", figures={"rows_per_s": True})
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_own_database_measures_in_a_database_of_its_own_and_drops_it(subprocess_env, tmp_path):
+    from django.db import connection
+
+    def bench_databases() -> set[str]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT datname FROM pg_database WHERE datname LIKE 'evoflow_bench_%%'")
+            return {row[0] for row in cursor.fetchall()}
+
+    before = bench_databases()
+
+    # When the harness runs with --own-database against the test database's server
+    completed = run_python(
+        *("-m", "bench", "--quick", "--scale", "0.01", "--only", "postgres_reference"),
+        *("--own-database", "--results", str(tmp_path / "latest.jsonl")),
+        env=subprocess_env,
+        timeout=240,
+    )
+
+    # Then it measured in a database it created, and dropped that database at the end
+    assert completed.returncode == 0, completed.stderr
+    created = [
+        line.split()[4].rstrip(",")
+        for line in completed.stderr.splitlines()
+        if line.startswith("bench: measuring in database ")
+    ]
+    assert len(created) == 1
+    assert created[0].startswith("evoflow_bench_")
+    assert created[0] not in before
+    assert created[0] not in bench_databases()
+    assert sorted(record["benchmark"] for record in bench_lines(completed.stdout)) == sorted(
+        REFERENCE_BENCHMARKS
+    )
+
+
+def test_repeat_interleaves_the_modules_and_reports_each_figure_s_median_min_and_max(
+    monkeypatch, capsys, tmp_path
+):
+    # Given two modules whose figures differ from one repetition to the next
+    order: list[str] = []
+    steady = iter([100.0, 102.0, 101.0])
+    noisy = iter([50.0, 400.0, 90.0])
+
+    def steady_run(ctx: Context) -> list[Result]:
+        order.append("steady")
+        return [Result(benchmark="fake.steady", figures={"rows_per_s": next(steady)})]
+
+    def noisy_run(ctx: Context) -> list[Result]:
+        order.append("noisy")
+        return [Result(benchmark="fake.noisy", figures={"events_per_s": next(noisy)}, notes="n")]
+
+    install_fake_modules(monkeypatch, {"bench_fake_a": steady_run, "bench_fake_b": noisy_run})
+
+    # When the harness runs them three times
+    exit_code = harness.main(["--repeat", "3", "--results", str(tmp_path / "latest.jsonl")])
+
+    # Then the modules ran interleaved, and each figure is the median of its three values
+    output = capsys.readouterr()
+    assert exit_code == harness.EXIT_OK
+    assert order == ["steady", "noisy"] * 3
+    records = {record["benchmark"]: record for record in bench_lines(output.out)}
+    assert records["fake.steady"]["figures"] == {"rows_per_s": 101.0}
+    assert records["fake.steady"]["repetitions"] == {
+        "rows_per_s": {"values": [100.0, 102.0, 101.0], "min": 100.0, "max": 102.0}
+    }
+    assert records["fake.steady"]["notes"] == "median of 3, spread 2%"
+    assert records["fake.noisy"]["figures"] == {"events_per_s": 90.0}
+    # And a figure whose repetitions disagree widely is flagged in the table and the JSON
+    assert records["fake.noisy"]["notes"] == "n; median of 3, spread 389%, TOO WIDE TO JUDGE"
+    assert "TOO WIDE TO JUDGE" in output.out.split(harness.JSON_PREFIX)[0]
+
+
+def test_repeat_refuses_less_than_one(capsys):
+    with pytest.raises(SystemExit):
+        harness.main(["--repeat", "0"])
+    assert "must be at least 1" in capsys.readouterr().err
