@@ -175,7 +175,10 @@ def event_guests_import(*, event: Event, rows: Sequence[Mapping[str, Any]]) -> l
 
 
 def _guest_locked(guest: EventGuest) -> EventGuest:
-    return EventGuest.objects.select_for_update().get(pk=guest.pk)
+    # FOR NO KEY UPDATE, the lock the UPDATE of the guest takes anyway: a plain FOR UPDATE would
+    # also block the KEY SHARE that a concurrent delivery insert's foreign-key check takes at
+    # commit, while that insert holds the event's lock the link trigger waits for: a deadlock.
+    return EventGuest.objects.select_for_update(no_key=True).get(pk=guest.pk)
 
 
 @transaction.atomic(durable=True)

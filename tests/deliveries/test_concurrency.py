@@ -207,3 +207,48 @@ def test_a_delivery_inserted_while_a_guest_is_moved_by_raw_sql_ends_on_the_new_u
     (delivery_id,) = results
     assert MessageDelivery.objects.get(pk=delivery_id).user_id == new.pk
     assert not MessageDelivery.objects.filter(user=old).exists()
+
+
+def _waiting_on_an_advisory_lock() -> bool:
+    with psycopg.connect(psycopg_conninfo(), autocommit=True) as probe:
+        row = probe.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'"
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def test_linking_a_guest_while_a_delivery_to_it_commits_does_not_deadlock():
+    from django.db import connection
+
+    from deliveries.services import guest_link_user
+
+    guest = EventGuestFactory()
+    message = MessageFactory(event=guest.event)
+    user = UserFactory()
+    outcome: list[object] = []
+
+    def link() -> None:
+        try:
+            outcome.append(guest_link_user(guest=guest, user=user).user_id)
+        except Exception as error:  # noqa: BLE001 - the test reports what the linker met
+            outcome.append(error)
+        finally:
+            connection.close()
+
+    with psycopg.connect(psycopg_conninfo()) as inserter:
+        # Given a delivery to the guest inserted, not committed: it holds the event's shared
+        # lock, and its foreign key to the guest is checked at commit (KEY SHARE on the row)
+        (delivery_id,) = inserter.execute(INSERT_DELIVERY, [message.pk, guest.pk]).fetchone()
+        # When the service links the guest meanwhile (it locks the guest row, then waits for the
+        # event's lock in the link trigger)
+        thread = threading.Thread(target=link)
+        thread.start()
+        assert wait_for(_waiting_on_an_advisory_lock, timeout=10)
+        # Then the insert commits (its key check is not blocked by the linker's row lock) ...
+        inserter.commit()
+    thread.join(timeout=15)
+
+    # ... and the link completes after it, backfilling the delivery
+    assert outcome == [user.pk]
+    assert MessageDelivery.objects.get(pk=delivery_id).user_id == user.pk

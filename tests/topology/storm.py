@@ -109,13 +109,14 @@ def deliveries_storm(event_id: int, host_id: int, guest_ids: list[int]) -> dict[
         finally:
             connection.close()
 
-    # Messages before and after the links: linking while a message to the same event goes out
-    # deadlocks today (the link holds the guest row and waits for the event's lock, the insert
-    # holds the event's lock and waits for the guest row); that belongs to the deliveries app.
+    # Messages before, during and after the links: a message going out while guests of its
+    # event are linked must neither deadlock nor leave a delivery unlinked.
     deliveries = send(2)
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=3) as pool:
         linked = [pool.submit(link, to_link[0::2]), pool.submit(link, to_link[1::2])]
+        during = pool.submit(send, 2)
         count = sum(future.result() for future in linked)
+        deliveries += during.result()
     return {"linked": count, "deliveries": deliveries + send(2)}
 
 

@@ -366,9 +366,9 @@ def test_a_storm_with_a_killed_worker_and_a_restarted_web_group(topology, simula
         # ...every delivery is linked to its guest's user and audited
         deliveries = driver("deliveries_state", event_id=setup["event"])
         assert linking["linked"] == len(setup["guests"][::2])
-        assert deliveries["deliveries"] == 4 * GUESTS
+        assert deliveries["deliveries"] == 6 * GUESTS
         assert (
-            deliveries["linked"] == deliveries["should_be_linked"] == 4 * len(setup["guests"][::2])
+            deliveries["linked"] == deliveries["should_be_linked"] == 6 * len(setup["guests"][::2])
         )
         assert deliveries["wrong_user"] == 0
         assert deliveries["linked_without_audit"] == 0
