@@ -61,10 +61,10 @@ def conninfo_from_django(alias: str = "default") -> str:
     return psycopg_conninfo(alias, application_name=APPLICATION_NAME)
 
 
-def _connect(conninfo: str, *, autocommit: bool = False) -> psycopg.Connection:
+def _connect(conninfo: str, *, autocommit: bool = False, **extra: str) -> psycopg.Connection:
     """A raw connection under the application's connection rules: behind a transaction pooler
     (`DATABASE_POOLER=transaction`), no prepared statements."""
-    return psycopg.connect(conninfo, autocommit=autocommit, **psycopg_connect_kwargs())
+    return psycopg.connect(conninfo, autocommit=autocommit, **psycopg_connect_kwargs(), **extra)
 
 
 def server_version(conninfo: str) -> str:
@@ -273,10 +273,11 @@ def insert_loop(
         def worker(index: int, first_key: int, count: int) -> None:
             try:
                 data = sample_rows(first_key, count)
-                with _connect(conninfo, autocommit=True) as conn:
+                # A durable run asks for synchronous commit at connect time (the reference
+                # connects to PostgreSQL directly, never through a transaction pooler).
+                options = {"options": "-c synchronous_commit=on"} if durable else {}
+                with _connect(conninfo, autocommit=True, **options) as conn:
                     cursor = conn.cursor()
-                    if durable:
-                        cursor.execute("SET synchronous_commit = on")
                     ready.wait(timeout=120)
                     own = latencies[index]
                     for row in data:

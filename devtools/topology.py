@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -29,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.fernet import Fernet
+
 from devtools.localdb import Cluster
 from evoflow.local_database import DATABASE_NAME, SUPERUSER
 
@@ -36,13 +39,14 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # Production durability: every acknowledged commit is on disk.
 DURABLE_SETTINGS = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
-# Fixed secrets of a throwaway topology on this machine (production mode needs each set).
+# Secrets of a throwaway topology, made anew by each process that starts one: production mode
+# refuses the repository's local placeholders and short secrets, as it should.
 LOCAL_SECRETS = {
-    "SECRET_KEY": "topology-secret-key-not-for-production-0123456789",
-    "FB_APP_SECRET": "topology-app-secret",
-    "FB_VERIFY_TOKEN": "topology-verify-token",
-    "FIELD_ENCRYPTION_KEY": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
-    "CRM_API_TOKEN": "topology-crm-token",
+    "SECRET_KEY": secrets.token_urlsafe(50),
+    "FB_APP_SECRET": secrets.token_hex(16),
+    "FB_VERIFY_TOKEN": secrets.token_urlsafe(24),
+    "FIELD_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+    "CRM_API_TOKEN": secrets.token_urlsafe(24),
 }
 STATEMENT_TIMEOUT = "30s"
 

@@ -72,6 +72,9 @@ class DemoSeedContext:
     is_password_printable: bool
     accounts: list[DemoAccount] = field(default_factory=list)
     summary: list[str] = field(default_factory=list)
+    # Also seed data that breaks an invariant on purpose, for an operator to practise a repair
+    # (`seed_demo --with-backlog`). Off by default: a fresh demo passes `integrity`.
+    with_backlog: bool = False
 
     def account(self, role: str) -> DemoAccount:
         """The demo account with this role; LookupError before the accounts are seeded."""
@@ -126,7 +129,10 @@ def demo_password_resolve(*, is_production_allowed: bool = False) -> tuple[str, 
 
 
 def demo_seed(
-    *, is_production_allowed: bool = False, seeders: Sequence[str] | None = None
+    *,
+    is_production_allowed: bool = False,
+    seeders: Sequence[str] | None = None,
+    with_backlog: bool = False,
 ) -> DemoSeedContext:
     """Run every registered seeder (or the given dotted paths) in order; returns what they did.
 
@@ -136,7 +142,9 @@ def demo_seed(
     password, is_password_printable = demo_password_resolve(
         is_production_allowed=is_production_allowed
     )
-    context = DemoSeedContext(password=password, is_password_printable=is_password_printable)
+    context = DemoSeedContext(
+        password=password, is_password_printable=is_password_printable, with_backlog=with_backlog
+    )
     for path in demo_seeders() if seeders is None else seeders:
         seeder: DemoSeeder = import_string(path)
         seeder(context)

@@ -23,7 +23,7 @@ from rest_framework.authtoken.models import Token
 from conversations.services.pages import page_upsert
 from evoflow.permissions import OPERATORS_GROUP, grant_operator_permissions
 from tests.conversations.factories import ConversationFactory, MessageFactory
-from tests.core.factories import UserFactory
+from tests.core.factories import UserFactory, role_user
 from tests.deliveries.factories import EventGuestFactory, MessageDeliveryFactory
 from tests.helpers import PROJECT_ROOT, free_port, process_group_stop, wait_for
 from tests.journeys.factories import ContactFactory, JourneyFactory
@@ -49,7 +49,8 @@ def api_accounts_seed() -> ApiAccounts:
     grant_operator_permissions()
     operator = UserFactory(username="contract-operator", is_staff=True)
     operator.groups.set([operators])
-    member = UserFactory(username="contract-member")
+    # Not staff: an event host (the hosts group), the account a frontend's users have.
+    member = role_user("host", username="contract-member")
 
     page = page_upsert(page_id=LIVE_PAGE_ID, name="Contract shop", access_token="EAAB-secret")
     for _ in range(2):

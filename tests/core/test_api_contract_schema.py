@@ -9,12 +9,18 @@ import pytest
 from django.contrib.auth.models import Permission
 
 from tests.conversations.factories import ConversationFactory
-from tests.core.factories import UserFactory
+from tests.core.factories import UserFactory, role_user
 from tests.journeys.factories import JourneyFactory
 
 pytestmark = pytest.mark.django_db
 
 METHODS = ("get", "post", "put", "patch", "delete")
+
+
+@pytest.fixture
+def user(db):
+    # The value rules are checked past the permission check: an operator may use every endpoint.
+    return role_user("operator")
 
 
 @pytest.fixture

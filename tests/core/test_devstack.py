@@ -200,7 +200,7 @@ class AssetReferences(HTMLParser):
 
 
 def test_devstack_serves_the_site_and_stops_everything_on_ctrl_c(
-    devstack, web_port, simulator_ports, local_env
+    devstack, web_port, simulator_ports, local_env, throwaway_database_url
 ):
     base = f"http://127.0.0.1:{web_port}"
 
@@ -225,6 +225,20 @@ def test_devstack_serves_the_site_and_stops_everything_on_ctrl_c(
         f"CRM_BASE_URL=http://127.0.0.1:{simulator_ports['crm']}",
         f"GRAPH_API_BASE_URL=http://127.0.0.1:{simulator_ports['graph']}/v21.0",
     ]
+
+    # And the fresh demo breaks no invariant: `integrity` (the cron command) exits 0
+    checked = run_python(
+        "manage.py",
+        "integrity",
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "evoflow.settings",
+            "DEBUG": "1",
+            "DATABASE_URL": throwaway_database_url,
+            "EVOFLOW_LOCAL_ENV": str(local_env),
+        },
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
     # Then /healthz answers
     health = requests.get(f"{base}/healthz", timeout=10)

@@ -54,9 +54,18 @@ def test_the_demo_event_has_linked_and_unlinked_deliveries_and_seeding_twice_cha
     assert any(line.startswith("deliveries: event") for line in context.summary)
 
 
-def test_the_demo_backlog_is_inconsistent_until_the_integrity_repair_runs(settings):
+def test_without_the_backlog_option_the_demo_is_consistent(settings):
     settings.DEBUG = True
     demo_seed(seeders=SEEDERS)
+
+    assert not Event.objects.filter(name=BACKLOG_EVENT_NAME).exists()
+    result = integrity_run(check_ids=["deliveries.unlinked_deliveries"]).results.get()
+    assert (result.status, result.failing_count) == ("ok", 0)
+
+
+def test_the_demo_backlog_is_inconsistent_until_the_integrity_repair_runs(settings):
+    settings.DEBUG = True
+    demo_seed(seeders=SEEDERS, with_backlog=True)
     backlog = MessageDelivery.objects.filter(guest__event__name=BACKLOG_EVENT_NAME)
     assert backlog.count() == BACKLOG_GUESTS
     assert not backlog.filter(user__isnull=False).exists()

@@ -25,10 +25,19 @@ class Command(BaseCommand):
             help=f"seed even with DEBUG off (then {DEMO_PASSWORD_ENV} must be set)",
         )
         parser.add_argument("--json", action="store_true", help="print one JSON document")
+        parser.add_argument(
+            "--with-backlog",
+            action="store_true",
+            help="also seed an inconsistent backlog to repair from the dashboard "
+            "(integrity then reports it)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            context = demo_seed(is_production_allowed=options["allow_production"])
+            context = demo_seed(
+                is_production_allowed=options["allow_production"],
+                with_backlog=options["with_backlog"],
+            )
         except DemoSeedRefused as exc:
             raise CommandError(str(exc)) from exc
         if options["json"]:
