@@ -28,6 +28,7 @@ from typing import Literal
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from bench import Context, Result, percentile_ms
 from evoflow.db import psycopg_connect_kwargs, psycopg_conninfo
@@ -61,10 +62,15 @@ def conninfo_from_django(alias: str = "default") -> str:
     return psycopg_conninfo(alias, application_name=APPLICATION_NAME)
 
 
-def _connect(conninfo: str, *, autocommit: bool = False, **extra: str) -> psycopg.Connection:
+def _connect(
+    conninfo: str, *, autocommit: bool = False, options: str | None = None
+) -> psycopg.Connection:
     """A raw connection under the application's connection rules: behind a transaction pooler
-    (`DATABASE_POOLER=transaction`), no prepared statements."""
-    return psycopg.connect(conninfo, autocommit=autocommit, **psycopg_connect_kwargs(), **extra)
+    (`DATABASE_POOLER=transaction`), no prepared statements. `options` are server settings for
+    the connection (`-c name=value`), for direct connections only: a pooler refuses them."""
+    if options is not None:
+        conninfo = make_conninfo(conninfo, options=options)
+    return psycopg.connect(conninfo, autocommit=autocommit, **psycopg_connect_kwargs())
 
 
 def server_version(conninfo: str) -> str:
@@ -275,8 +281,8 @@ def insert_loop(
                 data = sample_rows(first_key, count)
                 # A durable run asks for synchronous commit at connect time (the reference
                 # connects to PostgreSQL directly, never through a transaction pooler).
-                options = {"options": "-c synchronous_commit=on"} if durable else {}
-                with _connect(conninfo, autocommit=True, **options) as conn:
+                options = "-c synchronous_commit=on" if durable else None
+                with _connect(conninfo, autocommit=True, options=options) as conn:
                     cursor = conn.cursor()
                     ready.wait(timeout=120)
                     own = latencies[index]
