@@ -57,6 +57,7 @@ from evoflow.admin_display import status_badge as display_badge
 from evoflow.admin_lists import (
     ChosenOnlyRelatedFilter,
     HugeTableMixin,
+    MarkedListFilter,
     QueryStringCheckedAdmin,
     pk_or_none,
     since_filter,
@@ -65,19 +66,10 @@ from evoflow.admin_lists import (
 MESSAGES_PER_PAGE = 50
 
 
-class RemovedFilter(admin.SimpleListFilter):
-    title = "removed"
-    parameter_name = "removed"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("no", "in use"), ("yes", "removed")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        if self.value() == "yes":
-            return queryset.filter(removed_at__isnull=False)
-        if self.value() == "no":
-            return queryset.filter(removed_at__isnull=True)
-        return queryset
+class RemovedFilter(MarkedListFilter):
+    title = parameter_name = "removed"
+    field_name = "removed_at"
+    unset_label, set_label = "in use", "removed"
 
 
 class FacebookPageForm(forms.ModelForm):
@@ -300,19 +292,11 @@ class FacebookPageAdmin(NoDeleteMixin, QueryStringCheckedAdmin):
             services.page_set_access_token(page=obj, access_token=token)
 
 
-class DeletedFilter(admin.SimpleListFilter):
+class DeletedFilter(MarkedListFilter):
     title = "deleted on Facebook"
     parameter_name = "deleted"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("no", "live"), ("yes", "deleted")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        if self.value() == "yes":
-            return queryset.filter(deleted_at__isnull=False)
-        if self.value() == "no":
-            return queryset.filter(deleted_at__isnull=True)
-        return queryset
+    field_name = "deleted_at"
+    unset_label, set_label = "live", "deleted"
 
 
 @admin.register(Conversation)

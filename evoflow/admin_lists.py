@@ -132,6 +132,23 @@ def since_parse(value: str) -> datetime:
         raise ValueError(f"not a timestamp within years 1 to 9999: {value!r}") from error
 
 
+class MarkedListFilter(admin.SimpleListFilter):
+    """Rows whose `field_name` (a timestamp that marks a state, e.g. `removed_at`) is set, or is
+    not: `?<parameter_name>=yes` / `=no`, labelled by `unset_label` and `set_label`."""
+
+    field_name: str
+    unset_label: str
+    set_label: str
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("no", self.unset_label), ("yes", self.set_label)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() in {"yes", "no"}:
+            return queryset.filter(**{f"{self.field_name}__isnull": self.value() == "no"})
+        return queryset
+
+
 class SinceListFilter(admin.SimpleListFilter):
     """Rows whose `field_name` is at or after the timestamp in the query string."""
 
