@@ -152,7 +152,7 @@ def test_pages_past_a_capped_count_are_the_admin_error_page(admin_client, monkey
     receipts_create(60, status=ReceiptStatus.FAILED)
 
     with monkeypatch.context() as patch:
-        patch.setattr("conversations.admin.WebhookReceiptAdmin.list_per_page", 10)
+        patch.setattr("conversations.admin.receipts.WebhookReceiptAdmin.list_per_page", 10)
         second = admin_client.get(f"{RECEIPTS}?status__exact=failed&p=2")
         beyond = admin_client.get(f"{RECEIPTS}?status__exact=failed&p=5")
 
