@@ -314,6 +314,28 @@ def test_the_time_budget_is_checked_before_each_call(crm_simulator, settings, mo
     assert (handed.status, handed.step_count, handed.lease_until) == ("active", 0, None)
 
 
+def test_a_task_hands_over_before_its_sessions_leases_run_out(crm_simulator, settings):
+    # given a session lease of one second (the budget is then half of it, not 60 s), and two
+    # sessions whose call takes longer than that half
+    settings.JOURNEYS_SESSION_LEASE_SECONDS = 1
+    crm_simulator.faults.slow_ms = 800
+    flow = linear_flow(("call", "http_request", {"url": settings.CRM_BASE_URL + "/hooks/slow"}))
+    first = _start(flow)
+    second = _start(flow)
+
+    # when one worker advances both
+    report = sessions_advance(session_ids=[first, second])
+
+    # then it handed the second over with its lease released, instead of calling for it after
+    # its lease had run out (when another worker may already have claimed it)
+    assert runner.task_time_budget() == 0.5
+    assert (report.completed, report.handed_over) == (1, 1)
+    assert report.session_ids_handed_over == [second]
+    assert crm_simulator.counters.calls("hooks") == 1
+    handed = JourneySession.objects.get(pk=second)
+    assert (handed.status, handed.step_count, handed.lease_until) == ("active", 0, None)
+
+
 def test_json_values_jsonb_refuses_are_caught_before_the_database():
     # given variables holding a NUL character
     # when a session starts with them through the service

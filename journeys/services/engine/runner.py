@@ -30,6 +30,14 @@ ADVANCE_BATCH_SIZE = 200
 TASK_TIME_BUDGET_SECONDS = 60.0
 
 
+def task_time_budget() -> float:
+    """How long one task may run before it hands its sessions over: TASK_TIME_BUDGET_SECONDS, or
+    half the session lease if that is shorter. A claimed session waiting for its turn behind the
+    batch's other calls is not renewed meanwhile; were the budget longer than the lease, a
+    second worker could claim it while this one still means to run it."""
+    return min(TASK_TIME_BUDGET_SECONDS, float(settings.JOURNEYS_SESSION_LEASE_SECONDS) / 2)
+
+
 def sessions_advance(*, session_ids: Sequence[int]) -> AdvanceReport:
     """Advance these sessions as far as they go now (until a wait, the end, or a failure).
 
@@ -45,7 +53,7 @@ def sessions_advance(*, session_ids: Sequence[int]) -> AdvanceReport:
     run = AdvanceRun(token=token, report=report, flows=flows_load(sessions))
     run.contacts = contacts_load([s.contact_id for s in sessions], run.stub_ids)
     run.max_steps = int(settings.JOURNEYS_MAX_STEPS_PER_SESSION)
-    run.deadline = time.monotonic() + TASK_TIME_BUDGET_SECONDS
+    run.deadline = time.monotonic() + task_time_budget()
     running = sessions
 
     while running:
