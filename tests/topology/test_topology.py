@@ -13,8 +13,8 @@ delivery is linked and audited, `integrity` exits 0, and no log holds an error t
 not explain. With `-s` it prints the storm's figures (webhook events/s sent, journey steps/s,
 PgBouncer's peaks), the ones docs/operations.md quotes.
 
-The journeys run at the issue's size; the rest is scaled so the storm takes about four
-minutes on two cores. `make topology` starts the same topology.
+The journeys run at the issue's size; the rest is scaled so that the module takes two to four
+minutes on two loaded cores. `make topology` starts the same topology.
 """
 
 from __future__ import annotations
