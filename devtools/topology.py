@@ -358,6 +358,9 @@ class Topology:
             *("--name", name),
             "--graceful-timeout",
             "20",
+            # gunicorn's control socket is one path per user by default: two groups on one
+            # host (and any other gunicorn of the user) would take it from each other.
+            *("--control-socket", str(self.run_dir / f"{name}.ctl")),
         ]
         return Process(name, command, env, self.run_dir / f"{name}.log")
 

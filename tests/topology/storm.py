@@ -77,14 +77,18 @@ def setup(pages: list[dict[str, str]], contacts: int, guests: int) -> dict[str, 
     }
 
 
-def deliveries_storm(event_id: int, host_id: int, guest_ids: list[int]) -> dict[str, Any]:
+def deliveries_storm(
+    event_id: int, host_id: int, guest_ids: list[int], late_guests: int
+) -> dict[str, Any]:
     """Link every other guest to a user of its own from two threads (the link triggers meet on
-    the event's advisory lock), with messages going out before and after."""
+    the event's advisory lock) while a third imports `late_guests` more guests in batches of
+    ten and a fourth sends messages; messages go out before and after too. Says how many
+    deliveries each message made (a message counts the active guests when it commits)."""
     from django.contrib.auth import get_user_model
     from django.db import connection
 
     from deliveries.models import Event, EventGuest
-    from deliveries.services import guest_link_user, message_send
+    from deliveries.services import event_guests_import, guest_link_user, message_send
 
     users = get_user_model()
     event = Event.objects.get(pk=event_id)
@@ -100,24 +104,59 @@ def deliveries_storm(event_id: int, host_id: int, guest_ids: list[int]) -> dict[
         finally:
             connection.close()
 
-    def send(count: int) -> int:
+    def send(count: int) -> list[int]:
         try:
-            return sum(
+            return [
                 message_send(event=event, sender=host, body=f"storm {n}").delivery_count
                 for n in range(count)
-            )
+            ]
         finally:
             connection.close()
 
-    # Messages before, during and after the links: a message going out while guests of its
-    # event are linked must neither deadlock nor leave a delivery unlinked.
-    deliveries = send(2)
-    with ThreadPoolExecutor(max_workers=3) as pool:
+    def import_late() -> int:
+        try:
+            imported = 0
+            for start in range(0, late_guests, 10):
+                rows = [
+                    {"name": f"Late guest {n}", "phone": f"+1 415 556 {n:04d}"}
+                    for n in range(start, min(start + 10, late_guests))
+                ]
+                imported += len(event_guests_import(event=event, rows=rows))
+            return imported
+        finally:
+            connection.close()
+
+    before = send(2)
+    with ThreadPoolExecutor(max_workers=4) as pool:
         linked = [pool.submit(link, to_link[0::2]), pool.submit(link, to_link[1::2])]
-        during = pool.submit(send, 2)
+        importing = pool.submit(import_late)
+        during = pool.submit(send, 4)
         count = sum(future.result() for future in linked)
-        deliveries += during.result()
-    return {"linked": count, "deliveries": deliveries + send(2)}
+        imported = importing.result()
+        sent_during = during.result()
+    return {
+        "linked": count,
+        "imported": imported,
+        "per_message": {"before": before, "during": sent_during, "after": send(2)},
+    }
+
+
+def in_flight(journey_id: int) -> dict[str, Any]:
+    """What the workers hold right now: journey sessions under a live lease, sync runs running,
+    and what is still to do (the test kills a worker cluster only while this is not empty)."""
+    from django.utils import timezone
+
+    from conversations.models import SyncRun
+    from journeys.models import JourneySession
+
+    now = timezone.now()
+    sessions = JourneySession.objects.filter(journey_id=journey_id)
+    return {
+        "sessions_leased": sessions.filter(lease_until__gt=now).count(),
+        "sessions_active": sessions.filter(status="active").count(),
+        "sessions_waiting": sessions.filter(status="waiting").count(),
+        "syncs_running": SyncRun.objects.filter(status="running").count(),
+    }
 
 
 def progress(journey_id: int, page_ids: list[str], mode: str, since: int) -> dict[str, Any]:
@@ -179,6 +218,29 @@ def webhook_messages(page_id: str) -> dict[str, Any]:
     return {"per_mid": per_mid, "receipts": dict(receipts)}
 
 
+def message_details(page_ids: list[str]) -> dict[str, Any]:
+    """Per page: every stored message's text and edit count, and the reactions on now, for the
+    edits and reactions the storm sent (C9)."""
+    from conversations.models import Message, MessageEdit, MessageReaction
+
+    answer: dict[str, Any] = {}
+    for page_id in page_ids:
+        messages = Message.objects.filter(page__page_id=page_id)
+        answer[page_id] = {
+            "messages": {
+                mid: [text, edit_count]
+                for mid, text, edit_count in messages.values_list("mid", "text", "edit_count")
+            },
+            "reactions": sorted(
+                MessageReaction.objects.filter(page__page_id=page_id, active=True).values_list(
+                    "mid", "psid", "reaction"
+                )
+            ),
+            "edit_history": MessageEdit.objects.filter(page__page_id=page_id).count(),
+        }
+    return answer
+
+
 def journey_state(journey_id: int) -> dict[str, Any]:
     from django.db.models import Count
 
@@ -225,7 +287,9 @@ def deliveries_state(event_id: int) -> dict[str, Any]:
 COMMANDS: dict[str, Callable[..., dict[str, Any]]] = {
     "setup": setup,
     "deliveries_storm": deliveries_storm,
+    "in_flight": in_flight,
     "progress": progress,
+    "message_details": message_details,
     "pages_state": pages_state,
     "webhook_messages": webhook_messages,
     "journey_state": journey_state,
