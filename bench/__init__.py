@@ -159,9 +159,12 @@ class Result:
                 raise ValueError(f"{self.benchmark}: reference for {figure!r}, not a rate of it")
             if kind not in REFERENCE_KINDS:
                 raise ValueError(f"{self.benchmark}: unknown reference kind {kind!r}")
-        for kind in (self.reference_kind, *self.reference_values):
-            if kind is not None and kind not in REFERENCE_KINDS:
-                raise ValueError(f"{self.benchmark}: unknown reference kind {kind!r}")
+        named = [*self.reference_values]
+        if self.reference_kind is not None:
+            named.append(self.reference_kind)
+        for given in named:
+            if given not in REFERENCE_KINDS:
+                raise ValueError(f"{self.benchmark}: unknown reference kind {given!r}")
         if self.reference_kind is not None and "rows_per_s" not in self.figures:
             raise ValueError(f"{self.benchmark}: a reference result needs rows_per_s")
         for name in self.durability:
