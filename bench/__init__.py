@@ -18,7 +18,9 @@ The optional fields of `Result`, all opt-in so a module that sets none of them w
   operation that fits the path measured: a durable single-row insert from 16 connections for
   one-event webhooks (`insert_16_conn_durable`), COPY for bulk and set-based paths (`copy`),
   one connection's single-row inserts for a per-row loop (`insert_1_conn`). Only rate figures
-  (`..._per_s`) have one. The harness divides the figure by that kind's `rows_per_s` measured
+  (`..._per_s`) have one. Each kind names its durability (`_durable`: `synchronous_commit = on`,
+  else `off`); a path that commits as the server does picks its kind with
+  `ctx.server_kind("copy")`. The harness divides the figure by that kind's `rows_per_s` measured
   in the same repetition: by a result of the same module run that says it is that kind
   (`reference_kind`), else by the harness itself right after the module
   (`bench.reference.measure_kind`). The ratio's median over the repetitions is shown beside
@@ -72,7 +74,7 @@ __all__ = [
 # The PostgreSQL operations a rate can be compared with (bench.reference measures them): COPY
 # in batches of rows, each batch committed, and single-row `INSERT ... ON CONFLICT DO NOTHING`
 # in autocommit from 1 or 16 connections; `_durable`: every commit waits for its WAL flush
-# (`synchronous_commit = on`), whatever the server's setting.
+# (`synchronous_commit = on`), the others never do (`off`), whatever the server's setting.
 REFERENCE_KINDS = (
     "copy",
     "copy_durable",
@@ -196,6 +198,14 @@ class Context:
         """The workload size for this run: `quick` or `full`, times the scale."""
         base = quick if self.quick else full
         return max(minimum, round(base * self.scale))
+
+    def server_kind(self, kind: str) -> str:
+        """The reference kind of `kind`'s shape that commits as this run's server does: for a
+        path that keeps the server's `synchronous_commit` (its `durability` says nothing)."""
+        setting = str((self.machine.get("durability") or {}).get("synchronous_commit", "off"))
+        durable = setting.lower() not in ("off", "false", "0")
+        base = kind.removesuffix("_durable")
+        return f"{base}_durable" if durable else base
 
     def duration(self, *, quick: float, full: float) -> float:
         """A time budget in seconds for this run, times the scale."""

@@ -44,7 +44,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -370,8 +370,10 @@ def _ingest_results(
     suffix: str,
     mode: str,
     durable: bool,
+    server_kind: Callable[[str], str],
 ) -> list[Result]:
-    """The single-event and the 100-event figures of one server."""
+    """The single-event and the 100-event figures of one server; `durable`: the receipt's
+    commit waits for the WAL flush, else it commits as the server does (`server_kind`)."""
     results = []
     durability = {"synchronous_commit": "on"} if durable else {}
     _, latencies, failures, completions, started = _post_all(server.port, single_bodies, CLIENTS)
@@ -396,7 +398,11 @@ def _ingest_results(
             else (Target("non_200", at_most=0),),
             notes=f"1 event/POST, {CLIENTS} clients, gunicorn gthread "
             f"{GUNICORN_WORKERS}x{GUNICORN_THREADS}, {mode}",
-            reference={"events_per_s": "insert_16_conn_durable" if durable else "insert_16_conn"},
+            reference={
+                "events_per_s": "insert_16_conn_durable"
+                if durable
+                else server_kind("insert_16_conn")
+            },
             durability=durability,
             warmup=WARMUP,
         )
@@ -418,7 +424,7 @@ def _ingest_results(
             if durable
             else (Target("non_200", at_most=0),),
             notes=f"100 events/POST, {CLIENTS} clients, {mode}",
-            reference={"events_per_s": "copy_durable" if durable else "copy"},
+            reference={"events_per_s": "copy_durable" if durable else server_kind("copy")},
             durability=durability,
             warmup=WARMUP + " (the single-event stream before it too)",
         )
@@ -455,7 +461,13 @@ def run(ctx: Context) -> list[Result]:
         warmup = _bodies(page_id, f"{prefix}w", CLIENTS * 4, 1)
         _post_all(server.port, warmup, CLIENTS)
         results += _ingest_results(
-            server, single_bodies, batched_bodies, suffix="", mode=DURABLE, durable=True
+            server,
+            single_bodies,
+            batched_bodies,
+            suffix="",
+            mode=DURABLE,
+            durable=True,
+            server_kind=ctx.server_kind,
         )
 
         # Meta re-delivers: a tenth of every payload again, which must change nothing.
@@ -468,7 +480,13 @@ def run(ctx: Context) -> list[Result]:
         async_warmup = _bodies(page_id, f"{prefix}aw", CLIENTS * 4, 1)
         _post_all(server.port, async_warmup, CLIENTS)
         async_results = _ingest_results(
-            server, async_single, async_batched, suffix=".async_commit", mode=ASYNC, durable=False
+            server,
+            async_single,
+            async_batched,
+            suffix=".async_commit",
+            mode=ASYNC,
+            durable=False,
+            server_kind=ctx.server_kind,
         )
         for durable, fast in zip(results[:2], async_results, strict=True):
             fast.figures["durability_cost_pct"] = 100 * (
@@ -510,7 +528,7 @@ def run(ctx: Context) -> list[Result]:
                     "conversations.webhook.naive",
                     {"events_per_s": rate, "events": naive_events},
                     notes="per-row ORM update_or_create, in-process, 1 client (no HTTP)",
-                    reference={"events_per_s": "insert_1_conn"},
+                    reference={"events_per_s": ctx.server_kind("insert_1_conn")},
                     warmup="the first 10% of the events",
                 )
             )
@@ -526,10 +544,10 @@ def run(ctx: Context) -> list[Result]:
             durable_rows_count=ctx.size(quick=1_500, full=20_000, minimum=32),
             # What this module's rates are divided by (see the docstring).
             kinds=(
-                "copy",
+                ctx.server_kind("copy"),
                 "copy_durable",
-                "insert_1_conn",
-                "insert_16_conn",
+                ctx.server_kind("insert_1_conn"),
+                ctx.server_kind("insert_16_conn"),
                 "insert_16_conn_durable",
             ),
         )

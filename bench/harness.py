@@ -342,7 +342,7 @@ def resolve_ratios(results: Sequence[Result], ctx: Context) -> dict[str, dict[st
         from bench.reference import measure_kind
 
         for kind in needed:
-            setting = "on" if kind_is_durable(kind) else server.get("synchronous_commit")
+            setting = "on" if kind_is_durable(kind) else "off"
             provided[kind] = (measure_kind(ctx, kind).rows_per_s, setting)
     ratios: dict[str, dict[str, dict]] = {}
     for result in results:
@@ -350,7 +350,7 @@ def resolve_ratios(results: Sequence[Result], ctx: Context) -> dict[str, dict[st
         for figure, kind in result.reference.items():
             if kind in result.reference_values:
                 rows_per_s = result.reference_values[kind]
-                setting = "on" if kind_is_durable(kind) else path_setting
+                setting = "on" if kind_is_durable(kind) else "off"
                 source = "module"
             else:
                 rows_per_s, setting = provided[kind]

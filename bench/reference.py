@@ -91,6 +91,28 @@ def _connect(
     return psycopg.connect(conninfo, autocommit=autocommit, **psycopg_connect_kwargs())
 
 
+@functools.lru_cache(maxsize=8)
+def server_commits_durably(conninfo: str) -> bool:
+    with _connect(conninfo, autocommit=True) as conn:
+        row = conn.execute("SHOW synchronous_commit").fetchone()
+    assert row is not None
+    return str(row[0]).lower() not in ("off", "false", "0")
+
+
+def commit_options(conninfo: str, *, durable: bool) -> str | None:
+    """Server options that make a connection commit durably (`synchronous_commit = on`) or
+    not (`off`), whatever the server's own setting; None when the server's matches already.
+
+    A reference kind names its durability (`bench.REFERENCE_KINDS`), so the same kind measures
+    the same thing on a cluster that commits asynchronously and on one that commits durably.
+    Asked at connect time, not with a session `SET`: the reference connects to PostgreSQL
+    directly, never through a transaction pooler (which would refuse the options).
+    """
+    if server_commits_durably(conninfo) == durable:
+        return None
+    return f"-c synchronous_commit={'on' if durable else 'off'}"
+
+
 def server_version(conninfo: str) -> str:
     with _connect(conninfo, autocommit=True) as conn:
         row = conn.execute("SHOW server_version").fetchone()
@@ -250,13 +272,13 @@ def copy_rows(
     The clock covers formatting the Python tuples, the COPY and the commit, not generating the
     rows: an application has its rows in memory already. Pass the rows to reuse them across
     calls, or a count to have `sample_rows` make them. `durable`: every commit waits for its
-    WAL flush (`synchronous_commit = on`), as in `insert_loop`.
+    WAL flush (`synchronous_commit = on`), else none does (`off`), as in `insert_loop`.
     """
     data = _cached_sample_rows(rows) if isinstance(rows, int) else rows
     if len(data) < 2:
         raise ValueError("a COPY reference needs at least two rows (a warm-up and a measure)")
     batch = max(1, min(COPY_BATCH_ROWS, len(data) // 20))
-    options = "-c synchronous_commit=on" if durable else None
+    options = commit_options(conninfo, durable=durable)
     completions: list[tuple[float, float]] = []
     with scratch_table(conninfo) as table, _connect(conninfo, options=options) as conn:
         statement = sql.SQL("COPY {} ({}) FROM STDIN").format(table, _COLUMN_LIST)
@@ -308,7 +330,8 @@ def insert_loop(
 
     `durable` sets `synchronous_commit = on` on each connection: every commit waits for its WAL
     flush, whatever the server's setting (the local cluster runs with it off), as the webhook's
-    receipt commit does.
+    receipt commit does; without it the connections commit with `synchronous_commit = off`
+    (`commit_options`).
 
     Each thread has its own connection and a disjoint key range; the rows are split evenly.
     Every thread connects and holds its rows before the stream starts (the application keeps
@@ -336,9 +359,7 @@ def insert_loop(
         def worker(index: int, first_key: int, count: int) -> None:
             try:
                 data = sample_rows(first_key, count)
-                # A durable run asks for synchronous commit at connect time (the reference
-                # connects to PostgreSQL directly, never through a transaction pooler).
-                options = "-c synchronous_commit=on" if durable else None
+                options = commit_options(conninfo, durable=durable)
                 with _connect(conninfo, autocommit=True, options=options) as conn:
                     cursor = conn.cursor()
                     ready.wait(timeout=120)
@@ -443,10 +464,10 @@ def reference_results(
                     figures=measurement.figures(),
                     notes="COPY FROM STDIN into a fresh table with a unique index, batches of"
                     f" at most {COPY_BATCH_ROWS:,} rows, one transaction each"
-                    + (", synchronous_commit on" if durable else ""),
+                    + (", synchronous_commit on" if durable else ", synchronous_commit off"),
                     # The first method is the one the others' rates are divided by.
                     reference_kind=("copy_durable" if durable else "copy") if index == 0 else None,
-                    durability={"synchronous_commit": "on"} if durable else {},
+                    durability={"synchronous_commit": "on" if durable else "off"},
                     warmup=COPY_WARMUP,
                 )
             )
@@ -474,7 +495,7 @@ def reference_results(
                         " disjoint keys"
                     ),
                     reference_kind=kind if connections in (1, 16) else None,
-                    durability={"synchronous_commit": "on"} if durable else {},
+                    durability={"synchronous_commit": "on" if durable else "off"},
                     warmup=INSERT_WARMUP,
                 )
             )

@@ -105,13 +105,13 @@ def test_quick_run_prints_a_table_and_one_json_line_per_result(subprocess_env, t
             assert kinds[name] == f"insert_{connections}_conn" + durable.replace(".", "_")
 
     # And every line carries the server's durability settings, as the server reports them, and
-    # the path's: the durable references with synchronous_commit on, the others the server's
+    # the path's: the durable references with synchronous_commit on, the others off
     server = server_durability_settings()
     assert set(server) == set(DURABILITY_SETTINGS)
     assert f"synchronous_commit={server['synchronous_commit']}" in lines[0]
     for record in records:
         assert record["durability"]["server"] == server
-        expected_commit = "on" if "durable" in record["benchmark"] else server["synchronous_commit"]
+        expected_commit = "on" if "durable" in record["benchmark"] else "off"
         assert record["durability"]["path"] == {**server, "synchronous_commit": expected_commit}
         assert record["warmup"].startswith("the first 10% of the")
 
@@ -563,6 +563,21 @@ def test_steady_rate_leaves_the_warm_up_out_and_measures_the_drift():
 
     with pytest.raises(ValueError, match="too short"):
         steady_rate([(1.0, 1)], started=0.0, warmup_ops=1)
+
+
+def test_a_path_that_commits_as_the_server_does_takes_the_server_s_kind():
+    def context(setting: str) -> Context:
+        return Context(
+            quick=True,
+            scale=1.0,
+            conninfo="",
+            machine={"durability": {**FAKE_DURABILITY, "synchronous_commit": setting}},
+        )
+
+    assert context("off").server_kind("copy") == "copy"
+    assert context("on").server_kind("copy") == "copy_durable"
+    assert context("local").server_kind("insert_16_conn_durable") == "insert_16_conn_durable"
+    assert context("off").server_kind("insert_1_conn_durable") == "insert_1_conn"
 
 
 def test_a_reference_names_a_known_kind_and_a_rate():
