@@ -113,6 +113,7 @@ def results_from_records(records: list[dict[str, Any]]) -> list[Result]:
             )
         )
         by_name[record["benchmark"]] = record["figures"]
+    durability: dict[str, str] = next((record["durability"] for record in records), {})
     scaling: dict[str, float] = {}
     for part, figure in (("webhook", "events_per_s"), ("journeys", "steps_per_s")):
         single = by_name.get(f"topology.single.{part}", {}).get(figure)
@@ -125,6 +126,7 @@ def results_from_records(records: list[dict[str, Any]]) -> list[Result]:
                 benchmark="topology.scaling",
                 figures=scaling,
                 notes="the topology's rate over the single process's, same run",
+                durability=durability,
             )
         )
     return results
