@@ -70,6 +70,9 @@ DEFAULT_RESULTS = Path(bench.__file__).resolve().parent / "results" / "latest.js
 # A figure whose repetitions spread wider than this around their median is flagged as too
 # noisy to judge: (max - min) / median of its rates.
 SPREAD_LIMIT = 0.25
+# A result whose measured window's two halves differ by more than this (its `drift_pct`) was
+# still warming up or was disturbed: flagged as not steady.
+DRIFT_LIMIT_PCT = 25.0
 # The quick run is meant for every commit; past this per repetition (every module without a
 # budget of its own, the harness's reference measurements included) it is no longer quick.
 QUICK_BUDGET_SECONDS = 60.0
@@ -398,7 +401,14 @@ def combine(module: str, runs: Sequence[ModuleOutcome]) -> ModuleOutcome:
         first = results[0]
         ratios[name] = combine_ratios(ratio_runs[name])
         if len(runs) == 1:
-            combined.append(first)
+            unsteady = steadiness_note(first.figures)
+            combined.append(
+                dataclasses.replace(
+                    first, notes="; ".join(part for part in (first.notes, unsteady) if part)
+                )
+                if unsteady
+                else first
+            )
             continue
         stats: dict[str, dict[str, Any]] = {}
         medians: dict[str, float] = {}
@@ -418,6 +428,9 @@ def combine(module: str, runs: Sequence[ModuleOutcome]) -> ModuleOutcome:
             note += f", ratio spread {max(ratio_spreads):.0%}"
         if spread > SPREAD_LIMIT:
             note += ", TOO WIDE TO JUDGE"
+        unsteady = steadiness_note(medians)
+        if unsteady:
+            note += f", {unsteady}"
         repetitions[name] = stats
         combined.append(
             dataclasses.replace(
@@ -434,6 +447,15 @@ def combine(module: str, runs: Sequence[ModuleOutcome]) -> ModuleOutcome:
         ratios={name: entry for name, entry in ratios.items() if entry},
         quick_budget_seconds=budget,
     )
+
+
+def steadiness_note(figures: Mapping[str, float]) -> str:
+    """A warning when a result's measured window was not steady: its second half's rate moved
+    from its first half's by more than DRIFT_LIMIT_PCT (`drift_pct`, see bench.steady_rate)."""
+    drift = figures.get("drift_pct")
+    if drift is None or abs(drift) <= DRIFT_LIMIT_PCT:
+        return ""
+    return f"drift {drift:+.0f}%: NOT STEADY"
 
 
 def combine_ratios(per_run: Sequence[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:

@@ -588,3 +588,25 @@ def test_a_reference_names_a_known_kind_and_a_rate():
     with pytest.raises(ValueError, match="unknown durability setting"):
         Result(benchmark="x", figures={"seconds": 1.0}, durability={"fsync_please": "on"})
     assert issubclass(Skipped, Exception)
+
+
+def test_a_result_whose_halves_disagree_is_flagged_as_not_steady(monkeypatch, capsys, tmp_path):
+    # Given a steady result and one whose second half ran 40% faster than its first
+    def run(ctx: Context) -> list[Result]:
+        return [
+            Result(benchmark="fake.steady", figures={"events_per_s": 10.0, "drift_pct": 5.0}),
+            Result(benchmark="fake.warming", figures={"events_per_s": 10.0, "drift_pct": 40.0}),
+        ]
+
+    install_fake_modules(monkeypatch, {"bench_fake": run})
+
+    # When the harness runs it once, and then three times
+    assert harness.main(["--results", str(tmp_path / "one.jsonl")]) == harness.EXIT_OK
+    once = {r["benchmark"]: r["notes"] for r in bench_lines(capsys.readouterr().out)}
+    assert harness.main(["--repeat", "3", "--results", str(tmp_path / "three.jsonl")]) == 0
+    thrice = {r["benchmark"]: r["notes"] for r in bench_lines(capsys.readouterr().out)}
+
+    # Then only the drifting one is flagged, both times
+    assert once == {"fake.steady": "", "fake.warming": "drift +40%: NOT STEADY"}
+    assert thrice["fake.steady"] == "median of 3, spread 0%"
+    assert thrice["fake.warming"] == "median of 3, spread 0%, drift +40%: NOT STEADY"
