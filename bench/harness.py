@@ -1,7 +1,7 @@
 """The benchmark runner behind `python -m bench` (`make bench`, `make bench QUICK=1`).
 
-    python -m bench [--quick] [--only NAME ...] [--scale FACTOR] [--json-only] [--results PATH]
-                    [--own-database]
+    python -m bench [--quick] [--only NAME ...] [--scale FACTOR] [--repeat N] [--json-only]
+                    [--results PATH] [--own-database]
 
 It finds every module `bench/bench_*.py` (in name order), sets Django up (settings module
 `evoflow.settings` unless DJANGO_SETTINGS_MODULE says otherwise), runs each module's
