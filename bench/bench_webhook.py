@@ -16,6 +16,14 @@ transaction commits with `synchronous_commit = on` (C7) whatever the server's se
   with and without `synchronous_commit = on`: `...insert_on_conflict.16_conn.durable` is the
   durable single-row upsert rate of 16 connections to compare the webhook with).
 
+Each rate is divided by the reference of its shape and durability measured right after its
+stream, in the same repetition (`x reference` in the table): one event per POST by single-row
+inserts from 16 connections, 100 events per POST by COPY, durable for the durable paths; the
+naive loop by one connection's inserts. The first measurement of each kind is also reported
+(`conversations.webhook.postgres.*`). Each server first answers 64 POSTs (4 per client) that
+are left out of the figures (the warm-up: its processes import, connect and fill their
+caches); `drift_pct` compares the two halves of the measured stream.
+
 Every figure is verified afterwards: exactly the distinct messages, one message event each,
 `message_count` equal to the stored messages, every receipt processed, and re-sending a share
 of the payloads changes nothing (zero lost, zero duplicated). The server is gunicorn in
@@ -37,7 +45,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,7 +55,7 @@ from cryptography.fernet import Fernet
 from django.db import connection, transaction
 from django.db.models import F
 
-from bench import Context, Result, Target, percentile_ms
+from bench import Context, Result, Target, percentile_ms, steady_rate
 from bench.processes import database_url, free_port
 from bench.reference import reference_results
 from conversations.simulator.payloads import message_event, signed_body, webhook_document
@@ -216,10 +224,12 @@ def _prepared_requests(port: int, bodies: Sequence[tuple[bytes, dict]]) -> list[
 
 def _post_all(
     port: int, bodies: Sequence[tuple[bytes, dict]], clients: int
-) -> tuple[float, list[float], int]:
-    """POST every body from `clients` keep-alive connections; (seconds, latencies, non-200s)."""
+) -> tuple[float, list[float], int, list[float], float]:
+    """POST every body from `clients` keep-alive connections; (seconds, latencies, non-200s,
+    the completion time of every request, the stream's start)."""
     requests = _prepared_requests(port, bodies)
     latencies: list[float] = []
+    completions: list[float] = []
     failures = [0]
     lock = threading.Lock()
     next_index = [0]
@@ -227,6 +237,7 @@ def _post_all(
     def client() -> None:
         connection_ = _KeepAliveClient(port)
         own: list[float] = []
+        finished: list[float] = []
         bad = 0
         while True:
             with lock:
@@ -236,12 +247,15 @@ def _post_all(
                 break
             started = time.perf_counter()
             status = connection_.post(requests[index])
-            own.append(time.perf_counter() - started)
+            done = time.perf_counter()
+            own.append(done - started)
+            finished.append(done)
             if status != 200:
                 bad += 1
         connection_.close()
         with lock:
             latencies.extend(own)
+            completions.extend(finished)
             failures[0] += bad
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
@@ -250,7 +264,7 @@ def _post_all(
         thread.start()
     for thread in threads:
         thread.join()
-    return time.perf_counter() - started, latencies, failures[0]
+    return time.perf_counter() - started, latencies, failures[0], completions, started
 
 
 def _fetch_one(sql: str, params: list[Any]) -> tuple:
@@ -285,7 +299,8 @@ def _verify(page_pk: int, expected_messages: int, first_receipt_id: int) -> dict
 
 
 def _naive_ingest(page_pk: int, prefix: str, count: int) -> float:
-    """The per-row ORM handler users are moving away from (in-process, no HTTP)."""
+    """The per-row ORM handler users are moving away from (in-process, no HTTP): its events/s
+    after the first tenth of the events (the warm-up)."""
     from conversations.models import (
         Conversation,
         InteractionEvent,
@@ -294,6 +309,7 @@ def _naive_ingest(page_pk: int, prefix: str, count: int) -> float:
         WebhookReceipt,
     )
 
+    completions: list[tuple[float, float]] = []
     started = time.perf_counter()
     for n in range(count):
         sent_at = datetime.fromtimestamp((T0 + n) / 1000, tz=UTC)
@@ -324,7 +340,8 @@ def _naive_ingest(page_pk: int, prefix: str, count: int) -> float:
                 Conversation.objects.filter(pk=conversation.pk).update(
                     last_message_mid=message.mid, version=F("version") + 1
                 )
-    return time.perf_counter() - started
+        completions.append((time.perf_counter(), 1))
+    return steady_rate(completions, started=started, warmup_ops=max(1, count // 10)).rate_per_s
 
 
 def _cleanup(page_pk: int, page_id: str, first_receipt_id: int) -> None:
@@ -343,6 +360,9 @@ def _cleanup(page_pk: int, page_id: str, first_receipt_id: int) -> None:
         )
 
 
+WARMUP = "64 POSTs (4 per client) answered before the clock starts"
+
+
 def _ingest_results(
     server: Server,
     single_bodies: Sequence[tuple[bytes, dict]],
@@ -350,47 +370,68 @@ def _ingest_results(
     *,
     suffix: str,
     mode: str,
-    targets: bool,
+    durable: bool,
+    server_kind: Callable[[str], str],
+    reference_after: Callable[[str], float],
 ) -> list[Result]:
-    """The single-event and the 100-event figures of one server."""
+    """The single-event and the 100-event figures of one server; `durable`: the receipt's
+    commit waits for the WAL flush, else it commits as the server does (`server_kind`). Right
+    after each stream, `reference_after(kind)` measures its reference (rows/s)."""
     results = []
-    seconds, latencies, failures = _post_all(server.port, single_bodies, CLIENTS)
+    durability = {"synchronous_commit": "on"} if durable else {}
+    single_kind = "insert_16_conn_durable" if durable else server_kind("insert_16_conn")
+    batched_kind = "copy_durable" if durable else server_kind("copy")
+    _, latencies, failures, completions, started = _post_all(server.port, single_bodies, CLIENTS)
+    single_reference = reference_after(single_kind)
+    steady = steady_rate([(done, 1) for done in completions], started=started)
     results.append(
         Result(
             "conversations.webhook.single" + suffix,
             {
-                "events_per_s": len(single_bodies) / seconds,
+                "events_per_s": steady.rate_per_s,
                 "p50_ms": percentile_ms(latencies, 0.50),
                 "p99_ms": percentile_ms(latencies, 0.99),
                 "events": len(single_bodies),
                 "non_200": failures,
+                "drift_pct": round(steady.drift_pct, 1),
             },
             targets=(
                 Target("events_per_s", at_least=1_000),
                 Target("p99_ms", at_most=50),
                 Target("non_200", at_most=0),
             )
-            if targets
+            if durable
             else (Target("non_200", at_most=0),),
             notes=f"1 event/POST, {CLIENTS} clients, gunicorn gthread "
             f"{GUNICORN_WORKERS}x{GUNICORN_THREADS}, {mode}",
+            reference={"events_per_s": single_kind},
+            reference_values={single_kind: single_reference},
+            durability=durability,
+            warmup=WARMUP,
         )
     )
-    seconds, latencies, failures = _post_all(server.port, batched_bodies, CLIENTS)
+    _, latencies, failures, completions, started = _post_all(server.port, batched_bodies, CLIENTS)
+    batched_reference = reference_after(batched_kind)
+    steady = steady_rate([(done, 100) for done in completions], started=started)
     results.append(
         Result(
             "conversations.webhook.batched" + suffix,
             {
-                "events_per_s": len(batched_bodies) * 100 / seconds,
+                "events_per_s": steady.rate_per_s,
                 "p50_ms": percentile_ms(latencies, 0.50),
                 "p99_ms": percentile_ms(latencies, 0.99),
                 "events": len(batched_bodies) * 100,
                 "non_200": failures,
+                "drift_pct": round(steady.drift_pct, 1),
             },
             targets=(Target("events_per_s", at_least=15_000), Target("non_200", at_most=0))
-            if targets
+            if durable
             else (Target("non_200", at_most=0),),
             notes=f"100 events/POST, {CLIENTS} clients, {mode}",
+            reference={"events_per_s": batched_kind},
+            reference_values={batched_kind: batched_reference},
+            durability=durability,
+            warmup=WARMUP + " (the single-event stream before it too)",
         )
     )
     return results
@@ -403,9 +444,10 @@ ASYNC = "durable commit switched off (server default, off here): for comparison 
 def run(ctx: Context) -> list[Result]:
     from conversations.services import page_upsert
 
-    single_posts = ctx.size(quick=1_000, full=30_000, minimum=CLIENTS)
-    batched_posts = ctx.size(quick=40, full=600, minimum=CLIENTS)
-    naive_events = ctx.size(quick=200, full=3_000)
+    # Quick: a few seconds per stream on a loaded 2-core machine, after its warm-up.
+    single_posts = ctx.size(quick=800, full=30_000, minimum=CLIENTS)
+    batched_posts = ctx.size(quick=32, full=600, minimum=CLIENTS)
+    naive_events = ctx.size(quick=150, full=3_000, minimum=10)
     page_id = str(9_000_000_000 + secrets.randbelow(999_999_999))
     prefix = secrets.token_hex(3)
     page = page_upsert(page_id=page_id, name="bench page")
@@ -418,18 +460,41 @@ def run(ctx: Context) -> list[Result]:
     async_single = _bodies(page_id, f"{prefix}as", max(CLIENTS, single_posts // 2), 1)
     async_batched = _bodies(page_id, f"{prefix}ab", max(CLIENTS, batched_posts // 2), 100)
     results: list[Result] = []
+    # Each stream's reference, measured right after it (the same moment of a shared machine);
+    # the first measurement of each kind is also reported as a result of its own.
+    references: dict[str, Result] = {}
+
+    def reference_after(kind: str) -> float:
+        measured = reference_results(
+            ctx,
+            prefix="conversations.webhook.postgres",
+            copy_rows_count=ctx.size(quick=40_000, full=1_000_000, minimum=20),
+            insert_rows_count=ctx.size(quick=3_000, full=60_000, minimum=32),
+            durable_rows_count=ctx.size(quick=1_500, full=20_000, minimum=32),
+            kinds=(kind,),
+        )[0]
+        references.setdefault(kind, measured)
+        return measured.figures["rows_per_s"]
+
     server = Server()
     try:
         # A short warm-up (connections, imports) whose messages count like the others.
         warmup = _bodies(page_id, f"{prefix}w", CLIENTS * 4, 1)
         _post_all(server.port, warmup, CLIENTS)
         results += _ingest_results(
-            server, single_bodies, batched_bodies, suffix="", mode=DURABLE, targets=True
+            server,
+            single_bodies,
+            batched_bodies,
+            suffix="",
+            mode=DURABLE,
+            durable=True,
+            server_kind=ctx.server_kind,
+            reference_after=reference_after,
         )
 
         # Meta re-delivers: a tenth of every payload again, which must change nothing.
         resend = single_bodies[: len(single_bodies) // 10] + batched_bodies[:4]
-        _, _, resend_failures = _post_all(server.port, resend, CLIENTS)
+        resend_failures = _post_all(server.port, resend, CLIENTS)[2]
         server.stop()
 
         # The same work with the durable commit switched off: what durability costs.
@@ -437,7 +502,14 @@ def run(ctx: Context) -> list[Result]:
         async_warmup = _bodies(page_id, f"{prefix}aw", CLIENTS * 4, 1)
         _post_all(server.port, async_warmup, CLIENTS)
         async_results = _ingest_results(
-            server, async_single, async_batched, suffix=".async_commit", mode=ASYNC, targets=False
+            server,
+            async_single,
+            async_batched,
+            suffix=".async_commit",
+            mode=ASYNC,
+            durable=False,
+            server_kind=ctx.server_kind,
+            reference_after=reference_after,
         )
         for durable, fast in zip(results[:2], async_results, strict=True):
             fast.figures["durability_cost_pct"] = 100 * (
@@ -473,25 +545,20 @@ def run(ctx: Context) -> list[Result]:
     finally:
         server.stop()
         try:
-            seconds = _naive_ingest(page.pk, prefix, naive_events)
+            rate = _naive_ingest(page.pk, prefix, naive_events)
+            naive_kind = ctx.server_kind("insert_1_conn")
             results.append(
                 Result(
                     "conversations.webhook.naive",
-                    {"events_per_s": naive_events / seconds, "events": naive_events},
+                    {"events_per_s": rate, "events": naive_events},
                     notes="per-row ORM update_or_create, in-process, 1 client (no HTTP)",
+                    reference={"events_per_s": naive_kind},
+                    reference_values={naive_kind: reference_after(naive_kind)},
+                    warmup="the first 10% of the events",
                 )
             )
         finally:
             _cleanup(page.pk, page_id, first_receipt_id)
 
-    results.extend(
-        reference_results(
-            ctx,
-            prefix="conversations.webhook.postgres",
-            copy_rows_count=ctx.size(quick=50_000, full=1_000_000),
-            insert_rows_count=ctx.size(quick=4_000, full=60_000, minimum=16),
-            durable_inserts=True,
-            durable_rows_count=ctx.size(quick=800, full=20_000, minimum=16),
-        )
-    )
+    results.extend(references.values())
     return results
