@@ -345,7 +345,7 @@ def _keys_json(keys: Sequence[ConversationKey], marks: Sequence[IncomingMark]) -
     # Rows travel as one JSON document per part: one C-speed json.dumps instead of escaping
     # every array element in Python (the dominant client cost of a 100-event batch).
     delivered, read = _watermarks(marks)
-    return json.dumps(
+    return _dumps(
         [
             {
                 "page_id": key.page_pk,
@@ -492,7 +492,10 @@ def _conversation_keys(
     items: list[IncomingMessage | IncomingEvent | IncomingEdit | IncomingReaction | IncomingMark]
     items = [*messages, *events, *marks]
     for item in items:
-        by_key.setdefault((item.page_pk, item.psid), ConversationKey(item.page_pk, item.psid))
+        # A key object per conversation, not per item (a sync batch has ten messages each).
+        pair = (item.page_pk, item.psid)
+        if pair not in by_key:
+            by_key[pair] = ConversationKey(item.page_pk, item.psid)
     for key in conversations:  # explicit keys carry names and thread ids: they win
         by_key[(key.page_pk, key.psid)] = key
     # Sorted: every batch locks conversation rows in the same order (no deadlocks).
@@ -507,7 +510,15 @@ def _unique_by_mid(messages: Sequence[IncomingMessage]) -> list[IncomingMessage]
 
 
 def _message_rows(messages: Sequence[IncomingMessage]) -> str:
-    return json.dumps(
+    # A sync batch reads every text at one moment: its ISO form is made once, not per message.
+    as_of: dict[datetime | None, str | None] = {None: None}
+
+    def text_as_of(moment: datetime | None) -> str | None:
+        if moment not in as_of:
+            as_of[moment] = moment.isoformat() if moment is not None else None
+        return as_of[moment]
+
+    return _dumps(
         [
             {
                 "page_id": message.page_pk,
@@ -520,11 +531,18 @@ def _message_rows(messages: Sequence[IncomingMessage]) -> str:
                 "attachments": message.attachments,
                 "reply_to_mid": message.reply_to_mid,
                 "sent_at": message.sent_at.isoformat(),
-                "text_as_of": _iso(message.text_as_of),
+                "text_as_of": text_as_of(message.text_as_of),
             }
             for message in messages
         ]
     )
+
+
+def _dumps(rows: list[dict[str, Any]]) -> str:
+    # Compact: without the default's spaces, a tenth fewer bytes to build, send and parse.
+    # (ASCII with \uXXXX escapes kept: a lone surrogate in a text must reach PostgreSQL as an
+    # escape it rejects with a data error, not fail to encode in the client.)
+    return json.dumps(rows, separators=(",", ":"))
 
 
 def _iso(moment: datetime | None) -> str | None:
