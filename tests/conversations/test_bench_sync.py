@@ -19,6 +19,12 @@ def test_the_sync_benchmark_runs_and_cleans_up(subprocess_env, tmp_path):
     incremental = records["conversations.sync.incremental"]
     assert incremental["messages_inserted"] == incremental["changed"] == 10
     assert incremental["graph_calls"] <= incremental["full_sync_graph_calls"]
+    # The write path's own page: 30 conversations (3,000 x 0.01) of 10 messages, written by the
+    # engine's batches into tables holding the full sync's, verified, then removed below.
+    write_path = records["conversations.sync.write_path"]
+    assert write_path["messages"] == 300
+    assert write_path["batches"] >= 1
+    assert write_path["messages_per_s"] > 0
     assert records["conversations.sync.naive"]["messages"] >= 100
     assert "conversations.sync.postgres.copy.write_row" in records
     assert (
