@@ -2,30 +2,33 @@
 
 Figures (targets of docs/invariants.md in brackets):
 
-* `integrity.small` and `integrity.large`: one whole run of every registered check through the
-  real runner (`integrity_run`, what the command and the schedule call), over a data set of
-  N deliveries, N messages and N journey sessions (small: 1,000,000, large: 10,000,000;
-  `--quick`: 100,000 and 1,000,000), each holding the same 1,000 injected violations
-  [`seconds` <= 5 at the large size]; with the five slowest checks' seconds;
-* `integrity.large_over_small`: the large run's seconds over the small one's, the figure the
-  issue asks about (about 1 when the cost follows the violations, up to 10 when it follows the
-  tables), and the slowest check's own ratio;
-* `integrity.data`: how long writing each data set took (rows per second of the big tables).
+* `integrity.small` and `integrity.large`: one run of every registered check through the real
+  runner (`integrity_run`, what the command and the schedule call) as `integrity` runs between
+  full sweeps, over a data set of N deliveries, N messages and N journey sessions (small:
+  1,000,000, large: 10,000,000; `--quick`: 100,000 and 1,000,000), each holding the same 1,000
+  violations [`seconds` <= 5 at the large size]; with the five slowest checks' seconds;
+* `integrity.full_sweep.small` and `.large`: the same with `integrity --full` (every row of
+  every check: what the daily schedule runs);
+* `integrity.large_over_small` and `integrity.full_sweep.large_over_small`: the large run's
+  seconds over the small one's (about 1 when the cost follows the violations, up to 10 when it
+  follows the tables), and the slowest check's own ratio;
+* `integrity.data`: how long writing each data set took, and its rows per second.
 
 The data sets are consistent by construction: written set-based with `generate_series`, every
 trigger off (`session_replication_role = replica`), with what the triggers would have
 maintained computed in the same statements (each conversation's `message_count` and last
 message, each linked delivery's user and its `linked` audit row, each message's event), plain
 indexes dropped while loading and rebuilt after, then `VACUUM ANALYZE`. Before any violation is
-injected, a run of every check must find nothing: the benchmark stops otherwise. Then the same
-1,000 violations are written into both data sets, most of them around the triggers (only a
-bypass can make them), and a run must report exactly those, check by check.
+written, a full sweep of every check must find nothing: the benchmark stops otherwise. Then the
+same 1,000 violations of nine checks are written into both data sets, most of them around the
+triggers (only a bypass can make them), and every run must report exactly those, check by
+check, or the benchmark stops.
 
 The small data set lives in a database of its own (migrated by Django's test-database
 machinery), the large one in a copy of it (`CREATE DATABASE ... TEMPLATE`) grown to ten times
 the size, so the large set costs only the rows it adds. Both are kept across the harness's
 repetitions (each repetition measures again) and dropped when the process exits. The
-configured database is never written to.
+configured database is never written to. The server's durability settings are printed.
 """
 
 from __future__ import annotations
