@@ -141,22 +141,25 @@ def _on_database(name: str) -> Iterator[None]:
         settings_dict["NAME"] = original
 
 
-def _server_conninfo() -> dict[str, Any]:
+def _server_conninfo(database: str) -> dict[str, Any]:
     settings_dict = connection.settings_dict
     return {
         "host": settings_dict.get("HOST") or None,
         "port": settings_dict.get("PORT") or None,
         "user": settings_dict.get("USER") or None,
         "password": settings_dict.get("PASSWORD") or None,
-        "dbname": "postgres",
+        "dbname": database,
     }
 
 
-def _server_execute(sql: str) -> None:
-    """One statement on the server's maintenance database (CREATE and DROP DATABASE)."""
+def _server_execute(sql: str, *, database: str = "postgres") -> None:
+    """One statement outside any transaction, on a connection of its own without the
+    application's statement timeout: CREATE and DROP DATABASE on the maintenance database,
+    VACUUM of ten million rows (longer than any application statement may take)."""
     import psycopg
 
-    options = {key: value for key, value in _server_conninfo().items() if value is not None}
+    conninfo = _server_conninfo(database)
+    options = {key: value for key, value in conninfo.items() if value is not None}
     with psycopg.connect(**options, autocommit=True, prepare_threshold=None) as server:
         server.execute(sql)
 
@@ -406,7 +409,7 @@ def _load(*, first: int, last: int) -> None:
             )
     # As autovacuum leaves the tables: statistics for the planner and the estimates, and a
     # visibility map for index-only scans.
-    _execute("VACUUM ANALYZE")
+    _server_execute("VACUUM ANALYZE", database=connection.settings_dict["NAME"])
 
 
 def _load_fixed() -> None:
@@ -622,32 +625,40 @@ def _row_counts() -> dict[str, int]:
 
 
 def _build(ctx: Context, small_size: int, large_size: int) -> None:
-    """Write both data sets (once per process), each checked clean, then the violations."""
-    small_database = _create_small_database()
-    atexit.register(_drop_databases)
-    _STATE.small = DataSet("small", small_database, small_size)
-    with _on_database(small_database):
+    """Write both data sets (once per process), each checked clean, then the violations.
+    The state is kept only once all of it succeeded: a failure drops both databases, and a
+    later repetition starts again rather than measuring half a data set."""
+    small = DataSet("small", _create_small_database(), small_size)
+    large: DataSet | None = None
+    try:
+        with _on_database(small.database):
+            started = time.perf_counter()
+            _load(first=0, last=small_size)
+            small.load_seconds = time.perf_counter() - started
+            small.rows = _row_counts()
+            _verify(_integrity_once(), {}, what=f"the clean small data set ({small_size:,})")
+            server_settings = _durability()
         started = time.perf_counter()
-        _load(first=0, last=small_size)
-        _STATE.small.load_seconds = time.perf_counter() - started
-        _STATE.small.rows = _row_counts()
-        _verify(_integrity_once(), {}, what=f"the clean small data set ({small_size:,})")
-        _STATE.server_settings = _durability()
-    started = time.perf_counter()
-    large_database = _copy_database(small_database)
-    _STATE.large = DataSet("large", large_database, large_size)
-    with _on_database(large_database):
-        _load(first=small_size, last=large_size)
-        _STATE.large.load_seconds = time.perf_counter() - started
-        _STATE.large.rows = _row_counts()
-        _verify(_integrity_once(), {}, what=f"the clean large data set ({large_size:,})")
-        _inject_violations(size=large_size)
-    with _on_database(small_database):
-        _inject_violations(size=small_size)
+        large = DataSet("large", _copy_database(small.database), large_size)
+        with _on_database(large.database):
+            _load(first=small_size, last=large_size)
+            large.load_seconds = time.perf_counter() - started
+            large.rows = _row_counts()
+            _verify(_integrity_once(), {}, what=f"the clean large data set ({large_size:,})")
+            _inject_violations(size=large_size)
+        with _on_database(small.database):
+            _inject_violations(size=small_size)
+    except BaseException:
+        for data_set in (large, small):
+            if data_set is not None:
+                with contextlib.suppress(Exception):
+                    _server_execute(f'DROP DATABASE IF EXISTS "{data_set.database}" WITH (FORCE)')
+        raise
+    _STATE.small, _STATE.large, _STATE.server_settings = small, large, server_settings
+    atexit.register(_drop_databases)
     print(
-        f"bench: integrity data sets written: {small_size:,} in "
-        f"{_STATE.small.load_seconds:.0f} s, grown to {large_size:,} in "
-        f"{_STATE.large.load_seconds:.0f} s",
+        f"bench: integrity data sets written: {small_size:,} in {small.load_seconds:.0f} s,"
+        f" grown to {large_size:,} in {large.load_seconds:.0f} s",
         file=sys.stderr,
     )
 
