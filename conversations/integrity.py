@@ -1,4 +1,10 @@
-"""Integrity checks of the conversations app (`manage.py integrity`)."""
+"""Integrity checks of the conversations app (`manage.py integrity`).
+
+What each reads and what it costs (docs/operations.md, "What a run costs"): the duplicate
+checks are answered by their unique constraints; the counters, last-message and event checks
+read, between full sweeps, only the conversations and messages changed since the previous run
+(`changed_sql`) and the rows that failed then.
+"""
 
 from __future__ import annotations
 
@@ -13,23 +19,55 @@ from conversations.services.repairs import (
     sync_runs_stale_select,
 )
 from evoflow.integrity import IntegrityCheck, register
+from evoflow.integrity.sql import population_sql, unique_constraint_holds_sql
+
+CONVERSATIONS = population_sql("conversations_conversation")
+MESSAGES = population_sql("conversations_message")
+
+# The conversations changed since the previous run: updated (the counters' trigger stamps
+# `updated_at`), or given a message since (a message written around the trigger stamps only its
+# own `created_at`), and those that failed last time.
+_CHANGED_CONVERSATIONS = """
+    changed AS (
+        SELECT id FROM conversations_conversation WHERE updated_at >= %(since)s
+        UNION SELECT conversation_id FROM conversations_message WHERE created_at >= %(since)s
+        UNION SELECT unnest(%(recheck)s::text[])::bigint)
+"""
+
+
+def _proved_by_unique(*, table: str, name: str, definition: str, group_by: str) -> str:
+    # While the constraint holds, duplicates cannot exist and nothing is scanned (PostgreSQL
+    # evaluates the scan's subplans only on the branch that needs them); without it, the scan
+    # says what is there.
+    holds = unique_constraint_holds_sql(table=table, name=name, definition=definition)
+    return f"""
+        WITH proof AS (SELECT {holds} AS held),
+        duplicates AS (
+            SELECT min(id) AS id FROM {table} GROUP BY {group_by} HAVING count(*) > 1)
+        SELECT CASE WHEN (SELECT held FROM proof) THEN 0
+                    ELSE (SELECT count(*) FROM duplicates) END,
+               {population_sql(table)},
+               CASE WHEN (SELECT held FROM proof) THEN '{{}}'::text[]
+                    ELSE ARRAY(SELECT id::text FROM duplicates ORDER BY duplicates.id
+                               LIMIT %(sample_limit)s) END
+    """
+
 
 register(
     IntegrityCheck(
         id="conversations.duplicate_conversations",
         description=(
-            "More than one conversation for one (page, PSID) (C1). Always 0 while the unique"
-            " constraint exists: the check proves it."
+            "More than one conversation for one (page, PSID) (C1). Proved by the unique"
+            " constraint conversation_one_per_page_psid (present, valid, on exactly those"
+            " columns), which no write path can get around: nothing is scanned while it holds;"
+            " without it, the table is scanned for duplicates."
         ),
-        sql="""
-            WITH duplicates AS (
-                SELECT min(id) AS id FROM conversations_conversation
-                GROUP BY page_id, psid HAVING count(*) > 1)
-            SELECT (SELECT count(*) FROM duplicates),
-                   (SELECT count(*) FROM conversations_conversation),
-                   ARRAY(SELECT id::text FROM duplicates ORDER BY duplicates.id
-                         LIMIT %(sample_limit)s)
-        """,
+        sql=_proved_by_unique(
+            table="conversations_conversation",
+            name="conversation_one_per_page_psid",
+            definition="UNIQUE (page_id, psid)",
+            group_by="page_id, psid",
+        ),
         error_count=1,
         sample_admin_url_name="admin:conversations_conversation_change",
     )
@@ -39,18 +77,17 @@ register(
     IntegrityCheck(
         id="conversations.duplicate_messages",
         description=(
-            "More than one message for one (page, mid) (C2). Always 0 while the unique"
-            " constraint exists: the check proves it."
+            "More than one message for one (page, mid) (C2). Proved by the unique constraint"
+            " message_one_per_page_mid (present, valid, on exactly those columns), which no"
+            " write path can get around: nothing is scanned while it holds; without it, the"
+            " table is scanned for duplicates."
         ),
-        sql="""
-            WITH duplicates AS (
-                SELECT min(id) AS id FROM conversations_message
-                GROUP BY page_id, mid HAVING count(*) > 1)
-            SELECT (SELECT count(*) FROM duplicates),
-                   (SELECT count(*) FROM conversations_message),
-                   ARRAY(SELECT id::text FROM duplicates ORDER BY duplicates.id
-                         LIMIT %(sample_limit)s)
-        """,
+        sql=_proved_by_unique(
+            table="conversations_message",
+            name="message_one_per_page_mid",
+            definition="UNIQUE (page_id, mid)",
+            group_by="page_id, mid",
+        ),
         error_count=1,
         sample_admin_url_name="admin:conversations_message_change",
     )
@@ -59,8 +96,12 @@ register(
 register(
     IntegrityCheck(
         id="conversations.message_count_mismatch",
-        description="Conversations whose message_count differs from their stored messages (C4).",
-        sql="""
+        description=(
+            "Conversations whose message_count differs from their stored messages (C4)."
+            " Between full sweeps: the conversations updated or given a message since the"
+            " previous run, and those failing then."
+        ),
+        sql=f"""
             WITH actual AS (
                 SELECT conversation_id, count(*) AS n FROM conversations_message
                 GROUP BY conversation_id),
@@ -69,7 +110,19 @@ register(
                 LEFT JOIN actual AS a ON a.conversation_id = c.id
                 WHERE c.message_count <> COALESCE(a.n, 0))
             SELECT (SELECT count(*) FROM bad),
-                   (SELECT count(*) FROM conversations_conversation),
+                   {CONVERSATIONS},
+                   ARRAY(SELECT id::text FROM bad ORDER BY bad.id LIMIT %(sample_limit)s)
+        """,
+        changed_sql=f"""
+            WITH {_CHANGED_CONVERSATIONS},
+            bad AS (
+                SELECT c.id FROM conversations_conversation AS c
+                JOIN changed ON changed.id = c.id
+                WHERE c.message_count <> (
+                    SELECT count(*) FROM conversations_message AS m
+                    WHERE m.conversation_id = c.id))
+            SELECT (SELECT count(*) FROM bad),
+                   {CONVERSATIONS},
                    ARRAY(SELECT id::text FROM bad ORDER BY bad.id LIMIT %(sample_limit)s)
         """,
         error_count=1,
@@ -84,8 +137,10 @@ register(
         id="conversations.messages_without_event",
         description=(
             "Messages without their message_received / message_sent interaction event (C5, F16)."
+            " Between full sweeps: the messages stored since the previous run and those failing"
+            " then (an event deleted from an older message waits for the next full sweep)."
         ),
-        sql="""
+        sql=f"""
             WITH missing AS (
                 SELECT msg.id FROM conversations_message AS msg
                 WHERE NOT EXISTS (
@@ -93,7 +148,22 @@ register(
                     WHERE e.message_id = msg.id
                       AND e.kind IN ('message_received', 'message_sent')))
             SELECT (SELECT count(*) FROM missing),
-                   (SELECT count(*) FROM conversations_message),
+                   {MESSAGES},
+                   ARRAY(SELECT id::text FROM missing ORDER BY missing.id LIMIT %(sample_limit)s)
+        """,
+        changed_sql=f"""
+            WITH changed AS (
+                SELECT id FROM conversations_message WHERE created_at >= %(since)s
+                UNION SELECT unnest(%(recheck)s::text[])::bigint),
+            missing AS (
+                SELECT msg.id FROM conversations_message AS msg
+                JOIN changed ON changed.id = msg.id
+                WHERE NOT EXISTS (
+                    SELECT 1 FROM conversations_interactionevent AS e
+                    WHERE e.message_id = msg.id
+                      AND e.kind IN ('message_received', 'message_sent')))
+            SELECT (SELECT count(*) FROM missing),
+                   {MESSAGES},
                    ARRAY(SELECT id::text FROM missing ORDER BY missing.id LIMIT %(sample_limit)s)
         """,
         error_count=1,
@@ -284,12 +354,27 @@ register(
         id="conversations.last_message_behind",
         description=(
             "Conversations whose last_message_at is older than (or missing beside) their"
-            " newest stored message's sent_at (C4)."
+            " newest stored message's sent_at (C4). Between full sweeps: the conversations"
+            " updated or given a message since the previous run, and those failing then."
         ),
         sql=f"""
             WITH behind AS ({LAST_MESSAGE_BEHIND_SELECT})
             SELECT (SELECT count(*) FROM behind),
-                   (SELECT count(*) FROM conversations_conversation),
+                   {CONVERSATIONS},
+                   ARRAY(SELECT id::text FROM behind ORDER BY behind.id LIMIT %(sample_limit)s)
+        """,
+        changed_sql=f"""
+            WITH {_CHANGED_CONVERSATIONS},
+            behind AS (
+                SELECT c.id FROM conversations_conversation AS c
+                JOIN changed ON changed.id = c.id
+                CROSS JOIN LATERAL (
+                    SELECT max(m.sent_at) AS newest FROM conversations_message AS m
+                    WHERE m.conversation_id = c.id) AS n
+                WHERE n.newest IS NOT NULL
+                  AND (c.last_message_at IS NULL OR c.last_message_at < n.newest))
+            SELECT (SELECT count(*) FROM behind),
+                   {CONVERSATIONS},
                    ARRAY(SELECT id::text FROM behind ORDER BY behind.id LIMIT %(sample_limit)s)
         """,
         error_count=1,

@@ -126,6 +126,15 @@ class IntegrityCheckResult(models.Model):
     duration_ms = models.FloatField(default=0.0)
     error = models.TextField(blank=True, default="")
     repaired_count = models.BigIntegerField(null=True, blank=True)
+    # An incremental evaluation read the rows changed since `since` and the rows that failed
+    # last time; NULL: a full sweep read every row. `swept_at` is when the full sweep this
+    # result builds on started, and `tracked_ids` every failing id of a check that evaluates
+    # incrementally (up to TRACK_LIMIT), for its next evaluation to read again.
+    since = models.DateTimeField(null=True, blank=True)
+    swept_at = models.DateTimeField(null=True, blank=True)
+    tracked_ids = models.JSONField(
+        default=list, db_default=models.Value([], models.JSONField()), blank=True
+    )
     created_at = models.DateTimeField(default=timezone.now, db_default=Now())
 
     class Meta:

@@ -481,3 +481,9 @@ LOGGING = {
 
 # Integrity: each check query runs under this statement timeout.
 INTEGRITY_STATEMENT_TIMEOUT_MS = env_int("INTEGRITY_STATEMENT_TIMEOUT_MS", 20_000)
+# Checks that can read only the rows changed since the previous run do so while their last
+# full sweep is younger than this (the daily schedule sweeps fully); `integrity --full` forces
+# one. The window starts this many seconds before the previous run did, for transactions that
+# were still open then.
+INTEGRITY_FULL_SWEEP_HOURS = env_int("INTEGRITY_FULL_SWEEP_HOURS", 26)
+INTEGRITY_CHANGE_OVERLAP_SECONDS = env_int("INTEGRITY_CHANGE_OVERLAP_SECONDS", 3600)

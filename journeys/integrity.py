@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from evoflow.db import queryset_sql
 from evoflow.integrity import IntegrityCheck, register
+from evoflow.integrity.sql import partial_index_population_sql, population_sql
 from journeys.models import JourneySession, SessionStatus
 from journeys.selectors import OVERDUE_MINUTES, sessions_overdue
 from journeys.services import contacts_enrich, sessions_resume_due
@@ -47,10 +48,16 @@ def _sessions_overdue_sql() -> str:
     # rule is written once. The population is the live sessions that can be overdue.
     overdue = queryset_sql(sessions_overdue().order_by().values("id"))
     live = JourneySession.objects.filter(status__in=[SessionStatus.ACTIVE, SessionStatus.WAITING])
+    # The population is shown beside count thresholds only: once large, the entries of the
+    # waiting and active sessions' partial indexes stand for it.
+    population = partial_index_population_sql(
+        indexes=("journeys_session_due_idx", "journeys_session_active_idx"),
+        exact_sql=f"SELECT count(*) FROM ({queryset_sql(live.order_by().values('id'))}) AS live",
+    )
     return f"""
         WITH overdue AS ({overdue})
         SELECT (SELECT count(*) FROM overdue),
-               (SELECT count(*) FROM ({queryset_sql(live.order_by().values("id"))}) AS live),
+               {population},
                ARRAY(SELECT id::text FROM overdue ORDER BY overdue.id LIMIT %(sample_limit)s)
     """
 
@@ -67,15 +74,32 @@ register(
         id="journeys.sessions_missing_contact",
         description=(
             "Sessions whose contact row does not exist (J1). Always 0 while the funnel and the"
-            " foreign key hold: the check proves it."
+            " foreign key hold: the check proves it. Between full sweeps: the sessions written"
+            " since the previous run and those failing then (a contact deleted around the"
+            " foreign key's cascade waits for the next full sweep)."
         ),
-        sql="""
+        sql=f"""
             WITH missing AS (
                 SELECT s.id FROM journeys_journeysession AS s
                 LEFT JOIN journeys_contact AS c ON c.id = s.contact_id
                 WHERE c.id IS NULL)
             SELECT (SELECT count(*) FROM missing),
-                   (SELECT count(*) FROM journeys_journeysession),
+                   {population_sql("journeys_journeysession")},
+                   ARRAY(SELECT id::text FROM missing ORDER BY missing.id LIMIT %(sample_limit)s)
+        """,
+        # A session's contact is set when it starts and never changes: the sessions started
+        # since (created_at, BRIN) are the ones to read.
+        changed_sql=f"""
+            WITH changed AS (
+                SELECT id FROM journeys_journeysession WHERE created_at >= %(since)s
+                UNION SELECT unnest(%(recheck)s::text[])::bigint),
+            missing AS (
+                SELECT s.id FROM journeys_journeysession AS s
+                JOIN changed ON changed.id = s.id
+                LEFT JOIN journeys_contact AS c ON c.id = s.contact_id
+                WHERE c.id IS NULL)
+            SELECT (SELECT count(*) FROM missing),
+                   {population_sql("journeys_journeysession")},
                    ARRAY(SELECT id::text FROM missing ORDER BY missing.id LIMIT %(sample_limit)s)
         """,
         error_count=1,
@@ -112,7 +136,7 @@ register(
                 WHERE crm_synced_at IS NULL
                   AND created_at < now() - interval '{STUB_ENRICHMENT_HOURS} hours')
             SELECT (SELECT count(*) FROM stale),
-                   (SELECT count(*) FROM journeys_contact),
+                   {population_sql("journeys_contact")},
                    ARRAY(SELECT id::text FROM stale ORDER BY created_at
                          LIMIT %(sample_limit)s)
         """,

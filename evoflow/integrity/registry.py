@@ -13,6 +13,9 @@ from django.utils.module_loading import module_has_submodule
 from evoflow.registry import Registry
 
 SAMPLE_LIMIT = 20
+# A check that evaluates incrementally keeps every failing id up to this many, so the next
+# incremental evaluation reads them again; past it, the next evaluation is a full sweep.
+TRACK_LIMIT = 10_000
 
 # A repair gets `dry_run` and returns how many rows it changed (or would change).
 Repair = Callable[..., int]
@@ -43,6 +46,14 @@ class IntegrityCheck:
     ratio exceeds `error_ratio`, else `warning` when the count reaches `warning_count` or the
     ratio exceeds `warning_ratio`; a failing count below every threshold is still `ok`.
 
+    A check whose full query reads whole tables may also declare `changed_sql`: the same
+    measure over the rows changed since `%(since)s` (a timestamp the runner gives: the previous
+    run's start, less an overlap) and the ids in `%(recheck)s` (text array: the rows that failed
+    last time), so its cost follows the changes and the violations rather than the tables. The
+    runner uses it between full sweeps (`evoflow.integrity.runner`, docs/operations.md). Such a
+    check's third column lists every failing id up to `%(sample_limit)s`, which the runner sets
+    to TRACK_LIMIT for it: the first SAMPLE_LIMIT are the samples, the rest are tracked.
+
     A check whose rows each have a severity of their own (a page failing for hours is worse
     than one failing for minutes) returns a fourth column: how many failing rows are errors by
     themselves. Any such row makes the check an `error`, whatever the thresholds say.
@@ -66,9 +77,19 @@ class IntegrityCheck:
     # The check whose ratio the dashboard's trend draws as "the inconsistency rate"; its app
     # says so when it registers it (at most one check should).
     is_trend_rate: bool = False
+    changed_sql: str | Callable[[], str] | None = None
 
     def render_sql(self) -> str:
         return self.sql() if callable(self.sql) else self.sql
+
+    def render_changed_sql(self) -> str | None:
+        if self.changed_sql is None:
+            return None
+        return self.changed_sql() if callable(self.changed_sql) else self.changed_sql
+
+    @property
+    def is_incremental(self) -> bool:
+        return self.changed_sql is not None
 
     def status_for(self, outcome: CheckOutcome) -> str:
         count, ratio = outcome.failing_count, outcome.ratio

@@ -10,8 +10,9 @@ INTEGRITY_SCHEDULED_TASK = "evoflow.integrity.tasks.integrity_run_scheduled"
 
 
 def integrity_run_scheduled() -> int:
-    """Scheduled entry point of the daily integrity run; returns the run's id."""
-    return integrity_run(trigger="schedule").pk
+    """Scheduled entry point of the daily integrity run, a full sweep of every check (the runs
+    between read only what changed since); returns the run's id."""
+    return integrity_run(trigger="schedule", full=True).pk
 
 
 def integrity_run_requested(run_id: int) -> int | None:

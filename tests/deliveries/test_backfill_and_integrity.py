@@ -332,3 +332,57 @@ def test_guests_and_users_whose_phone_is_not_normalised_are_caught():
         [f"guest:{stale_guest.pk}", f"user:{unreadable_user.pk}"]
     )
     assert f"guest:{good_guest.pk}" not in result["sample_ids"]
+
+
+def test_the_unlinked_check_fails_exactly_the_rows_of_the_admins_inconsistent_filter():
+    from deliveries.selectors import deliveries_inconsistent
+    from evoflow.integrity import get_check
+    from evoflow.integrity.runner import evaluate_check
+
+    # Given inconsistent deliveries, consistent ones, a removed guest's and an unlinked guest's
+    broken, _ = build_backlog(consistent=3, inconsistent=4)
+    event = EventFactory()
+    message = MessageFactory(event=event)
+    removed = EventGuestFactory(event=event, user=UserFactory())
+    nobody = EventGuestFactory(event=event, user=None)
+    with triggers_bypassed():
+        MessageDelivery.objects.bulk_create(
+            [MessageDelivery(message=message, guest=guest) for guest in (removed, nobody)]
+        )
+        EventGuest.objects.filter(pk=removed.pk).update(removed_at="2026-01-01T00:00:00Z")
+
+    evaluation = evaluate_check(get_check(UNLINKED))
+
+    assert evaluation.outcome is not None
+    assert sorted(int(i) for i in evaluation.outcome.sample_ids) == sorted(broken)
+    assert sorted(deliveries_inconsistent().values_list("id", flat=True)) == sorted(broken)
+    assert evaluation.outcome.population == MessageDelivery.objects.count()
+
+
+def test_the_phone_check_reads_only_its_partial_indexes_of_stale_numbers():
+    from evoflow.integrity import get_check
+
+    # Given a guest whose number was changed around the model, and a sound one
+    event = EventFactory()
+    stale = EventGuestFactory(event=event, phone="+14155550101")
+    EventGuestFactory(event=event, phone="+14155550102")
+    EventGuest.objects.filter(pk=stale.pk).update(phone="+14155550199")
+
+    with connection.cursor() as cursor:
+        # Whatever the planner would pick on tables this small: scans of the tables are off.
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute(
+            "EXPLAIN " + get_check("deliveries.phone_not_normalised").render_sql(),
+            {"sample_limit": 20},
+        )
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        cursor.execute(
+            get_check("deliveries.phone_not_normalised").render_sql(), {"sample_limit": 20}
+        )
+        failing, _population, samples = cursor.fetchone()
+
+    # Then the failing rows come from the two partial indexes (the migration's predicate is
+    # still the check's), and the stale guest is found
+    assert "guest_phone_stale_idx" in plan
+    assert "user_phone_stale_idx" in plan
+    assert (failing, samples) == (1, [f"guest:{stale.pk}"])

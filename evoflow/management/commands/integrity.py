@@ -44,6 +44,12 @@ class Command(BaseCommand):
             help="with --fix: report what the repairs would change, change nothing",
         )
         parser.add_argument(
+            "--full",
+            action="store_true",
+            help="read every row of every check (a full sweep), not only the rows changed "
+            "since the previous run",
+        )
+        parser.add_argument(
             "--list", action="store_true", help="list the registered checks and exit"
         )
 
@@ -67,6 +73,7 @@ class Command(BaseCommand):
                 dry_run=options["dry_run"],
                 fail_level=options["fail_level"],
                 trigger="command",
+                full=options["full"],
             )
         except UnknownCheck as exc:
             self._fail(f"unknown check {exc.args[0]!r}; `integrity --list` shows the ids", options)
