@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [
-        ("conversations", "0007_messenger_edits_reactions_quarantine"),
+        ("conversations", "0008_drop_event_kind_occurred"),
     ]
 
     operations = [
