@@ -29,6 +29,7 @@ from django.contrib.postgres.indexes import BrinIndex
 from django.db import models
 from django.db.models.functions import Now
 
+from evoflow.db import refuse_truncate
 from evoflow.encryption import decrypt_text, encrypt_text
 from evoflow.sqlfiles import trigger_body
 
@@ -148,6 +149,7 @@ class Conversation(models.Model):
             ),
             # C8: never removed, on any path; the audited purge alone lifts it.
             pgtrigger.Protect(name="conversation_protect_delete", operation=pgtrigger.Delete),
+            refuse_truncate("conversation_no_truncate"),
             pgtrigger.Trigger(
                 name="conversation_version_bump",
                 when=pgtrigger.Before,
@@ -251,6 +253,7 @@ class Message(models.Model):
             pgtrigger.ReadOnly(name="message_conversation_fixed", fields=["conversation", "page"]),
             # C8: never removed, on any path; the audited purge alone lifts it.
             pgtrigger.Protect(name="message_protect_delete", operation=pgtrigger.Delete),
+            refuse_truncate("message_no_truncate"),
             # Named to sort after message_count_and_last_on_insert: PostgreSQL fires triggers
             # of one event in name order, and the preview must be set before it is edited.
             pgtrigger.Trigger(
@@ -614,6 +617,7 @@ class PurgeRecord(models.Model):
             pgtrigger.Protect(
                 name="purgerecord_append_only", operation=pgtrigger.Update | pgtrigger.Delete
             ),
+            refuse_truncate("purgerecord_no_truncate"),
         ]
 
     def __str__(self) -> str:

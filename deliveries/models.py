@@ -29,6 +29,7 @@ from django.db import models
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from evoflow.db import refuse_truncate
 from evoflow.phones import e164_column_valid, phone_e164_or_none, phone_e164_refresh
 from evoflow.sqlfiles import trigger_body
 
@@ -344,14 +345,7 @@ class UserLinkAudit(models.Model):
             pgtrigger.Protect(
                 name="link_audit_append_only", operation=pgtrigger.Update | pgtrigger.Delete
             ),
-            # TRUNCATE fires no row trigger: a statement-level one refuses it.
-            pgtrigger.Trigger(
-                name="link_audit_no_truncate",
-                level=pgtrigger.Statement,
-                when=pgtrigger.Before,
-                operation=pgtrigger.Truncate,
-                func="RAISE EXCEPTION 'pgtrigger: Cannot truncate % table', TG_TABLE_NAME;",
-            ),
+            refuse_truncate("link_audit_no_truncate"),
         ]
 
     def __str__(self) -> str:

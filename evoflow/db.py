@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import pgtrigger
 from django.conf import settings
 from django.db import connection, connections
 from django.db.backends.postgresql.psycopg_any import mogrify
@@ -25,6 +26,21 @@ _DJANGO_ONLY_OPTIONS = {
     "prepare_threshold",
     "server_side_binding",
 }
+
+
+def refuse_truncate(name: str) -> pgtrigger.Trigger:
+    """A statement-level trigger refusing TRUNCATE of its table. TRUNCATE fires no row trigger,
+    so a table whose rows a `pgtrigger.Protect` keeps from DELETE needs this one too. The test
+    suite's flush lifts every trigger named `*_no_truncate` (tests/conftest.py)."""
+    if not name.endswith("_no_truncate"):
+        raise ValueError(f"{name!r}: a TRUNCATE guard's name ends with _no_truncate")
+    return pgtrigger.Trigger(
+        name=name,
+        level=pgtrigger.Statement,
+        when=pgtrigger.Before,
+        operation=pgtrigger.Truncate,
+        func="RAISE EXCEPTION 'pgtrigger: Cannot truncate % table', TG_TABLE_NAME;",
+    )
 
 
 def advisory_xact_lock(key: str) -> None:

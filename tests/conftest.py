@@ -15,15 +15,23 @@ from tests.core.factories import UserFactory
 
 
 @pytest.fixture(autouse=True, scope="session")
-def flush_may_truncate_the_link_audit() -> Iterator[None]:
-    """A transactional test's flush TRUNCATEs every table; the link audit refuses TRUNCATE (D3),
-    so the flush, and only it, ignores that trigger (pgtrigger's transaction-local setting)."""
+def flush_may_truncate_guarded_tables() -> Iterator[None]:
+    """A transactional test's flush TRUNCATEs every table; the audit tables and the conversations
+    refuse TRUNCATE (`evoflow.db.refuse_truncate`), so the flush, and only it, lifts those
+    triggers (pgtrigger's transaction-local setting)."""
+    from django.apps import apps
     from django.db.backends.postgresql.operations import DatabaseOperations
 
+    guards = [
+        f"{model._meta.label}:{trigger.name}"
+        for model in apps.get_models()
+        for trigger in getattr(model._meta, "triggers", ())
+        if trigger.name.endswith("_no_truncate")
+    ]
     original = DatabaseOperations.execute_sql_flush
 
     def execute_sql_flush(self: DatabaseOperations, sql_list: list[str]) -> None:
-        with pgtrigger.ignore("deliveries.UserLinkAudit:link_audit_no_truncate"):
+        with pgtrigger.ignore(*guards):
             original(self, sql_list)
 
     DatabaseOperations.execute_sql_flush = execute_sql_flush  # type: ignore[method-assign]

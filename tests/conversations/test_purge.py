@@ -95,6 +95,30 @@ def test_every_delete_path_of_conversations_and_messages_is_refused(stocked_page
     assert FacebookPage.objects.filter(pk=stocked_page.pk).exists()
 
 
+def test_truncate_of_conversations_messages_and_the_purge_audit_is_refused(stocked_page):
+    # TRUNCATE fires no row trigger: without a statement-level guard it would skip C8 entirely
+    before = _counts(stocked_page)
+
+    def raw(sql: str):
+        def run():
+            with connection.cursor() as cursor:
+                # The fixture's foreign-key checks still pending would refuse it first.
+                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+                cursor.execute(sql)
+
+        return run
+
+    refusals = [
+        _refused(raw("TRUNCATE conversations_message CASCADE")),
+        _refused(raw("TRUNCATE conversations_conversation CASCADE")),
+        _refused(raw("TRUNCATE conversations_facebookpage CASCADE")),
+        _refused(raw("TRUNCATE conversations_purgerecord")),
+    ]
+
+    assert all("Cannot truncate" in refusal for refusal in refusals), refusals
+    assert _counts(stocked_page) == before
+
+
 def test_the_delete_path_of_message_count_holds_where_the_purge_lifts_the_guard(stocked_page):
     conversation = Conversation.objects.filter(page=stocked_page).first()
     oldest = Message.objects.filter(conversation=conversation).order_by("sent_at").first()

@@ -62,6 +62,8 @@ def test_every_app_names_the_triggers_its_invariants_rest_on() -> None:
         "deliveries.EventGuest:guest_link_backfill",
         "deliveries.UserLinkAudit:link_audit_append_only",
         "deliveries.UserLinkAudit:link_audit_no_truncate",
+        "conversations.Message:message_no_truncate",
+        "conversations.PurgeRecord:purgerecord_no_truncate",
         "journeys.JourneySession:journeys_session_status_fsm",
         "conversations.Message:message_count_and_last_on_insert",
         "conversations.Message:message_count_on_delete",
