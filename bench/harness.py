@@ -68,7 +68,7 @@ JSON_PREFIX = "BENCH "
 MODULE_PREFIX = "bench_"
 DEFAULT_RESULTS = Path(bench.__file__).resolve().parent / "results" / "latest.jsonl"
 # A figure whose repetitions spread wider than this around their median is flagged as too
-# noisy to judge: (max - min) / median of its rates.
+# noisy to judge: (max - min) / median of its rates and of the figures a target is set on.
 SPREAD_LIMIT = 0.25
 # A result whose measured window's two halves differ by more than this (its `drift_pct`) was
 # still warming up or was disturbed: flagged as not steady.
@@ -416,10 +416,13 @@ def combine(module: str, runs: Sequence[ModuleOutcome]) -> ModuleOutcome:
             values = [r.figures[figure] for r in results if figure in r.figures]
             medians[figure] = statistics.median(values)
             stats[figure] = {"values": values, "min": min(values), "max": max(values)}
+        # Judged: every rate, and every figure a target is set on (a duration such as the
+        # integrity run's seconds is as noisy as a rate and decides a verdict too).
+        judged = {target.figure for target in first.targets}
         spreads = [
             (stats[figure]["max"] - stats[figure]["min"]) / abs(medians[figure])
             for figure in medians
-            if figure.endswith("_per_s") and medians[figure]
+            if (figure.endswith("_per_s") or figure in judged) and medians[figure]
         ]
         spread = max(spreads, default=0.0)
         note = f"median of {len(results)}, spread {spread:.0%}"

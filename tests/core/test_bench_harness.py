@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from bench import DURABILITY_SETTINGS, Context, Result, Skipped, harness, steady_rate
+from bench import DURABILITY_SETTINGS, Context, Result, Skipped, Target, harness, steady_rate
 from tests.helpers import run_python
 
 REFERENCE_BENCHMARKS = {
@@ -295,6 +295,35 @@ def test_repeat_interleaves_the_modules_and_reports_each_figure_s_median_min_and
     # And a figure whose repetitions disagree widely is flagged in the table and the JSON
     assert records["fake.noisy"]["notes"] == "n; median of 3, spread 389%, TOO WIDE TO JUDGE"
     assert "TOO WIDE TO JUDGE" in output.out.split(harness.JSON_PREFIX)[0]
+
+
+def test_a_duration_with_a_target_is_judged_for_its_spread_like_a_rate(
+    monkeypatch, capsys, tmp_path
+):
+    # Given a module reporting a duration with a target, noisy from one repetition to the next,
+    # and a duration without a target
+    seconds = iter([0.4, 1.2, 0.5])
+
+    def timed_run(ctx: Context) -> list[Result]:
+        value = next(seconds)
+        return [
+            Result(
+                benchmark="fake.timed",
+                figures={"seconds": value, "setup_seconds": 10 * value},
+                targets=(Target("seconds", at_most=5.0),),
+            )
+        ]
+
+    install_fake_modules(monkeypatch, {"bench_fake_timed": timed_run})
+
+    # When the harness runs it three times
+    exit_code = harness.main(["--repeat", "3", "--results", str(tmp_path / "latest.jsonl")])
+
+    # Then the targeted duration's spread decides the verdict (the other is only reported)
+    records = {record["benchmark"]: record for record in bench_lines(capsys.readouterr().out)}
+    assert exit_code == harness.EXIT_OK
+    assert records["fake.timed"]["figures"]["seconds"] == 0.5
+    assert records["fake.timed"]["notes"] == "median of 3, spread 160%, TOO WIDE TO JUDGE"
 
 
 def test_repeat_refuses_less_than_one(capsys):
