@@ -477,10 +477,11 @@ def run(ctx: Context) -> list[Result]:
 
 
 def _cleanup(page_pks: list[int], page_id: str) -> None:
-    from conversations.services.purge import PURGE_LIFTS
+    from conversations.services.purge import PURGE_LIFTS, statistics_refresh_before_bulk_delete
 
     # The benchmark's own rows: the delete guard of C8 is lifted as the purge lifts it.
     with transaction.atomic(), pgtrigger.ignore(*PURGE_LIFTS), connection.cursor() as cursor:
+        statistics_refresh_before_bulk_delete(cursor)
         for table in ("interactionevent", "message", "conversation", "syncrun"):
             cursor.execute(
                 f"DELETE FROM conversations_{table} WHERE page_id = ANY(%s)",  # noqa: S608
