@@ -55,7 +55,15 @@ def _serve_and_ask(command: list[str], env: dict[str, str], tmp_path: Path, toke
             assert wait_for(lambda: _get(port, "/healthz") == 200, timeout=60, interval=0.2), (
                 log.read_text()
             )
-            statuses = [_get(port, path) for path in _verification_paths(token)]
+            paths = _verification_paths(token)
+            statuses = [_get(port, path) for path in paths]
+            # A server writes a request's log line once the response is sent, possibly after the
+            # client has read it: wait for every line before stopping the server.
+            wait_for(
+                lambda: log.read_text().count("/webhooks/messenger/") >= len(paths),
+                timeout=10,
+                interval=0.05,
+            )
         finally:
             process_group_stop(process, signal.SIGTERM, timeout=20)
     assert statuses == [200, 403]
